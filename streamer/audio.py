@@ -1,0 +1,161 @@
+"""Audio decoding: any file soundfile reads, to mono float32 at 32 kHz.
+
+Decoding never reads more of a file than it needs: the Kaggle path reads the first 60 s only,
+so a long archive file costs no more memory than a one-minute one. Channels are averaged; other
+sample rates are resampled with soxr (the original script refused them). Anything that goes
+wrong while opening or reading becomes :class:`~streamer.errors.AudioDecodeError`, which callers
+turn into fallback rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamer.errors import AudioDecodeError
+
+log = logging.getLogger(__name__)
+
+#: Perch 2.0's input rate and window (SPEC §2).
+TARGET_SAMPLE_RATE_HZ = 32000
+WINDOW_S = 5
+WINDOW_SAMPLES = TARGET_SAMPLE_RATE_HZ * WINDOW_S
+
+#: Frames per soundfile read/write call. Large single OGG writes have crashed libsndfile here
+#: (DESIGN "performance facts"), and bounded reads keep memory flat.
+IO_BLOCK_FRAMES = 1 << 18
+
+#: Extra input read past the needed span before resampling, so the resampler's filter sees
+#: real signal at the cut rather than an artificial end (0.25 s is far beyond soxr HQ's delay).
+RESAMPLE_MARGIN_S = 0.25
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    """Mono samples at :data:`TARGET_SAMPLE_RATE_HZ`.
+
+    Attributes:
+        samples: float32 ``[n_samples]``; exactly the requested length (zero-padded or cut).
+        source_rate_hz: the file's own sample rate.
+        source_channels: the file's channel count.
+        n_source_samples: how many real (not padded) samples at 32 kHz the span held.
+        notes: human-readable remarks (resampled, padded, cut, ...) for the log.
+    """
+
+    samples: np.ndarray
+    source_rate_hz: int
+    source_channels: int
+    n_source_samples: int
+    notes: tuple[str, ...] = ()
+
+
+def _import_soundfile():
+    try:
+        import soundfile
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        from streamer.errors import DependencyError
+
+        raise DependencyError("the 'soundfile' package is required to decode audio: pip install soundfile") from exc
+    return soundfile
+
+
+def resample(samples: np.ndarray, rate_in_hz: int, rate_out_hz: int = TARGET_SAMPLE_RATE_HZ) -> np.ndarray:
+    """Resample mono float32 audio with soxr's high-quality filter."""
+    if rate_in_hz == rate_out_hz:
+        return samples
+    import soxr
+
+    return soxr.resample(samples, rate_in_hz, rate_out_hz, quality="HQ").astype(np.float32, copy=False)
+
+
+def read_span(path: str | os.PathLike, n_samples: int, offset_samples: int = 0) -> DecodedAudio:
+    """Decode ``n_samples`` at 32 kHz starting at ``offset_samples`` (32 kHz units).
+
+    The result is zero-padded when the file ends early. Only the needed part of the file is read.
+
+    Raises:
+        AudioDecodeError: the file cannot be opened or read, or holds no samples at all.
+    """
+    sf = _import_soundfile()
+    path = os.fspath(path)
+    notes: list[str] = []
+    try:
+        with sf.SoundFile(path) as handle:
+            rate = int(handle.samplerate)
+            channels = int(handle.channels)
+            total_frames = int(handle.frames)
+            if rate <= 0:
+                raise AudioDecodeError(f"{path}: invalid sample rate {rate}")
+            start = int(round(offset_samples * rate / TARGET_SAMPLE_RATE_HZ))
+            if rate == TARGET_SAMPLE_RATE_HZ:
+                want = n_samples
+            else:
+                want = int(np.ceil((n_samples / TARGET_SAMPLE_RATE_HZ + RESAMPLE_MARGIN_S) * rate))
+            if start > 0:
+                handle.seek(min(start, total_frames) if total_frames > 0 else start)
+            blocks = []
+            remaining = want
+            while remaining > 0:
+                block = handle.read(min(IO_BLOCK_FRAMES, remaining), dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    break
+                blocks.append(block)
+                remaining -= block.shape[0]
+    except AudioDecodeError:
+        raise
+    except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError, TypeError)
+        raise AudioDecodeError(f"{path}: cannot decode audio ({type(exc).__name__}: {exc})") from exc
+
+    if not blocks:
+        if offset_samples == 0:
+            raise AudioDecodeError(f"{path}: the file holds no audio samples")
+        mono = np.zeros(0, dtype=np.float32)
+    else:
+        frames = np.concatenate(blocks, axis=0)
+        mono = frames[:, 0] if channels == 1 else frames.mean(axis=1, dtype=np.float32)
+        if channels > 1:
+            notes.append(f"{channels} channels averaged")
+    if rate != TARGET_SAMPLE_RATE_HZ:
+        mono = resample(mono, rate)
+        notes.append(f"resampled {rate} Hz -> {TARGET_SAMPLE_RATE_HZ} Hz")
+    if not np.all(np.isfinite(mono)):
+        n_bad = int(np.count_nonzero(~np.isfinite(mono)))
+        mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
+        notes.append(f"{n_bad} non-finite samples set to 0")
+    n_real = min(mono.shape[0], n_samples)
+    if mono.shape[0] < n_samples:
+        if offset_samples == 0:
+            notes.append(f"padded from {mono.shape[0] / TARGET_SAMPLE_RATE_HZ:.2f} s")
+        mono = np.concatenate([mono, np.zeros(n_samples - mono.shape[0], dtype=np.float32)])
+    elif mono.shape[0] > n_samples:
+        mono = mono[:n_samples]
+    if offset_samples == 0 and total_frames / rate > n_samples / TARGET_SAMPLE_RATE_HZ:
+        notes.append(f"cut from {total_frames / rate:.2f} s")
+    return DecodedAudio(
+        samples=np.ascontiguousarray(mono, dtype=np.float32),
+        source_rate_hz=rate,
+        source_channels=channels,
+        n_source_samples=n_real,
+        notes=tuple(notes),
+    )
+
+
+def write_audio(path: str | os.PathLike, samples: np.ndarray, sample_rate_hz: int, *, subtype: str | None = None) -> None:
+    """Write float audio (``[n]`` or ``[n, channels]``) in blocks.
+
+    OGG Vorbis is written block by block: one large write call has crashed libsndfile here.
+    """
+    sf = _import_soundfile()
+    data = np.asarray(samples, dtype=np.float32)
+    if data.ndim == 1:
+        data = data[:, None]
+    path = os.fspath(path)
+    kwargs = {"samplerate": int(sample_rate_hz), "channels": int(data.shape[1])}
+    if subtype is not None:
+        kwargs["subtype"] = subtype
+    with sf.SoundFile(path, mode="w", **kwargs) as handle:
+        for start in range(0, data.shape[0], IO_BLOCK_FRAMES // 4):
+            handle.write(data[start : start + IO_BLOCK_FRAMES // 4])

@@ -1,0 +1,1 @@
+"""Model code. onnxruntime and torch are imported only below this package."""
