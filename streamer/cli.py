@@ -1,0 +1,176 @@
+"""Command line: ``streamer infer | demo | make-standins``.
+
+Exit codes: 0 success; 2 bad arguments, artifacts or metadata (nothing was scored);
+1 an unexpected error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from streamer import __version__
+from streamer.config import DEFAULT_BLEND, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, InferConfig
+from streamer.errors import StreamerError
+
+log = logging.getLogger("streamer")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _threads(value: str) -> int | None:
+    if value == "default":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'default', got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'default', got {value!r}")
+    return n
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """Model, metadata and blend options shared by the commands that run the ensemble."""
+    g = parser.add_argument_group("inputs and artifacts")
+    g.add_argument("--data-dir", type=Path, required=required, help="competition folder (taxonomy.csv, sample_submission.csv, train_soundscapes_labels.csv, test_soundscapes/)")
+    g.add_argument("--perch", type=Path, required=required, help="Perch 2.0 ONNX file, or the folder holding perch_v2.onnx / perch_v2_ir9.onnx / perch_v2_no_dft.onnx")
+    g.add_argument("--perch-labels", type=Path, default=None, help="Perch label list CSV (default: labels.csv, perch_v2_labels.csv or assets/labels.csv beside the ONNX file)")
+    g.add_argument("--moe-dir", type=Path, required=required, help="folder of the MoE bundle (ProtoSSM folds and students)")
+    g.add_argument("--weights-prefix", default=None, help="ProtoSSM fold prefix, files <prefix>_fold1.pt … (default: discovered from --moe-dir)")
+    g.add_argument("--n-folds", type=int, default=DEFAULT_N_FOLDS, help="ProtoSSM folds required (default: %(default)s)")
+    g.add_argument("--cnn", type=Path, default=None, help="StudentCNN checkpoint (default: student_cnn*.pt in --moe-dir)")
+    g.add_argument("--crnn", type=Path, default=None, help="StudentCRNN checkpoint (default: student_crnn*.pt in --moe-dir)")
+    g.add_argument("--no-cnn", action="store_true", help="do not load the StudentCNN (the blend renormalises)")
+    g.add_argument("--no-crnn", action="store_true", help="do not load the StudentCRNN (the blend renormalises)")
+    b = parser.add_argument_group("ensemble")
+    b.add_argument("--blend-perch", type=float, default=DEFAULT_BLEND[0], help="weight of Perch's logits (default: %(default)s)")
+    b.add_argument("--blend-cnn", type=float, default=DEFAULT_BLEND[1], help="weight of the StudentCNN's logits (default: %(default)s)")
+    b.add_argument("--blend-crnn", type=float, default=DEFAULT_BLEND[2], help="weight of the StudentCRNN's logits (default: %(default)s)")
+    b.add_argument("--prior-scale", type=float, default=DEFAULT_PRIOR_SCALE, help="weight of the site/hour prior logit (default: %(default)s)")
+    b.add_argument("--proto-d-model", type=int, default=None, help="ProtoSSM width; checked against the checkpoints (default: read from them, 320 in the released bundle)")
+    r = parser.add_argument_group("execution")
+    r.add_argument("--threads", type=_threads, default=None, metavar="T|default", help="intra-op threads of onnxruntime and torch; 'default' leaves the libraries' own defaults (default: default)")
+    r.add_argument("--allow-spinning", action="store_true", help="let onnxruntime's idle threads spin (off by default)")
+
+
+def config_from_args(args: argparse.Namespace) -> InferConfig:
+    return InferConfig(
+        data_dir=args.data_dir,
+        perch=args.perch,
+        moe_dir=args.moe_dir,
+        out=getattr(args, "out", Path("submission.csv")),
+        perch_labels=args.perch_labels,
+        weights_prefix=args.weights_prefix,
+        n_folds=args.n_folds,
+        cnn=args.cnn,
+        crnn=args.crnn,
+        use_cnn=not args.no_cnn,
+        use_crnn=not args.no_crnn,
+        blend_perch=args.blend_perch,
+        blend_cnn=args.blend_cnn,
+        blend_crnn=args.blend_crnn,
+        prior_scale=args.prior_scale,
+        proto_d_model=args.proto_d_model,
+        dry_run_files=getattr(args, "dry_run_files", DEFAULT_DRY_RUN_FILES),
+        threads=args.threads,
+        allow_spinning=args.allow_spinning,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamer", description="Streaming CPU inference for BirdCLEF+ 2026 style ensembles.")
+    parser.add_argument("--version", action="version", version=f"streamer {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default: %(default)s)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on the console")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("infer", help="score a competition folder and write submission.csv")
+    add_model_arguments(p)
+    p.add_argument("--out", type=Path, default=Path("submission.csv"), help="submission CSV to write (default: %(default)s)")
+    p.add_argument("--dry-run-files", type=int, default=DEFAULT_DRY_RUN_FILES, help="files of train_soundscapes/ to score when test_soundscapes/ is empty (default: %(default)s)")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("make-standins", help="write a stand-in kit: Perch-format ONNX, MoE bundle and competition folder with random weights")
+    p.add_argument("dir", type=Path, help="folder to write the kit into")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.set_defaults(func=cmd_make_standins)
+
+    p = sub.add_parser("demo", help="build the stand-in kit once (cached) and run infer on it")
+    p.add_argument("--cache-dir", type=Path, default=None, help="where the kit is kept (default: $STREAMER_CACHE or ~/.cache/streamer)")
+    p.add_argument("--out", type=Path, default=None, help="submission CSV to write (default: <cache-dir>/demo/submission.csv)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the kit even if it is cached")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from streamer.sequential import run_sequential
+    from streamer.stages import prepare
+
+    config = config_from_args(args)
+    plan = prepare(config)
+    for note in plan.notes:
+        log.info("%s", note)
+    if not plan.jobs:
+        log.warning("no audio files found in %s (test_soundscapes/ or train_soundscapes/); writing a header-only submission", config.data_dir)
+    log.info("scoring %d files from %s", len(plan.jobs), plan.source)
+    report = run_sequential(plan)
+    print(report.summary())
+    return EXIT_OK
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("STREAMER_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "streamer"
+
+
+def cmd_make_standins(args: argparse.Namespace) -> int:
+    from streamer.standins import make_standins
+
+    kit = make_standins(args.dir, seed=args.seed)
+    print(
+        f"stand-in kit written to {kit.root}\n"
+        f"  --data-dir {kit.data_dir}\n  --perch {kit.perch_onnx}\n  --moe-dir {kit.moe_dir}"
+    )
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streamer.demo import run_demo
+
+    cache = args.cache_dir if args.cache_dir is not None else default_cache_dir()
+    print(run_demo(cache, out=args.out, rebuild=args.rebuild))
+    return EXIT_OK
+
+
+def setup_logging(level: str, quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("streamer").setLevel("WARNING" if quiet else level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level, args.quiet)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return EXIT_INTERRUPTED
+    except StreamerError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE

@@ -1,0 +1,137 @@
+"""The Perch 2.0 ONNX session (SPEC §2).
+
+Outputs are resolved by name (``embedding``, ``label``) with a fallback to positions 0 and 3,
+and only those two are requested from onnxruntime, so the large unused outputs
+(``spatial_embedding``, ``spectrogram``) are never copied out. Exports that declare a rank-4
+input get the waveform reshaped to the declared layout.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamer.errors import ArtifactError, DependencyError
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_OUTPUT = "embedding"
+LABEL_OUTPUT = "label"
+EMBEDDING_POSITION = 0
+LABEL_POSITION = 3
+INPUT_NAME = "inputs"
+
+
+@dataclass(frozen=True)
+class ThreadSettings:
+    """Threading of one process's models.
+
+    ``intra_op_threads=None`` leaves onnxruntime's and torch's own defaults untouched (the way the
+    original script ran; the benchmark baseline needs it).
+    """
+
+    intra_op_threads: int | None = None
+    inter_op_threads: int = 1
+    allow_spinning: bool = False
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise DependencyError(
+            "onnxruntime is required to run Perch (pip install onnxruntime; on Kaggle attach its wheel)"
+        ) from exc
+    return onnxruntime
+
+
+def _static_dim(dim) -> int | None:
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+class PerchModel:
+    """One onnxruntime session over the Perch ONNX file.
+
+    Args:
+        onnx_path: the ``.onnx`` file.
+        threads: thread settings; see :class:`ThreadSettings`.
+    """
+
+    def __init__(self, onnx_path: str | Path, threads: ThreadSettings = ThreadSettings()) -> None:
+        ort = import_onnxruntime()
+        self.onnx_path = Path(onnx_path)
+        options = ort.SessionOptions()
+        if threads.intra_op_threads is not None:
+            options.intra_op_num_threads = int(threads.intra_op_threads)
+            options.inter_op_num_threads = int(threads.inter_op_threads)
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if threads.allow_spinning else "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "1" if threads.allow_spinning else "0")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ArtifactError(f"{self.onnx_path}: onnxruntime cannot load this model ({type(exc).__name__}: {exc})") from exc
+
+        inputs = self.session.get_inputs()
+        if not inputs:
+            raise ArtifactError(f"{self.onnx_path}: the model declares no input")
+        by_name = {i.name: i for i in inputs}
+        self._input = by_name.get(INPUT_NAME, inputs[0])
+        self._input_tail = self._input_layout(self._input.shape)
+
+        outputs = self.session.get_outputs()
+        names = [o.name for o in outputs]
+        self.embedding_name = self._pick_output(names, EMBEDDING_OUTPUT, EMBEDDING_POSITION)
+        self.label_name = self._pick_output(names, LABEL_OUTPUT, LABEL_POSITION)
+        decl = {o.name: o.shape for o in outputs}
+        self.declared_n_labels = _static_dim(decl[self.label_name][-1]) if decl[self.label_name] else None
+        self.declared_embed_dim = _static_dim(decl[self.embedding_name][-1]) if decl[self.embedding_name] else None
+
+    def _pick_output(self, names: list[str], wanted: str, position: int) -> str:
+        if wanted in names:
+            return wanted
+        if len(names) > position:
+            log.info("%s: no output named %r; using output %d (%r)", self.onnx_path, wanted, position, names[position])
+            return names[position]
+        raise ArtifactError(
+            f"{self.onnx_path}: no output named {wanted!r} and only {len(names)} outputs {names} "
+            f"(expected Perch's embedding, spatial_embedding, spectrogram, label)"
+        )
+
+    def _input_layout(self, shape) -> tuple[int, ...] | None:
+        """Non-batch dims to reshape the waveform to, or ``None`` for a plain ``[batch, n]`` input."""
+        if shape is None or len(shape) == 2:
+            return None
+        if len(shape) < 2:
+            raise ArtifactError(f"{self.onnx_path}: input {self._input.name!r} has rank {len(shape)}; expected [batch, 160000]")
+        tail = [_static_dim(d) for d in shape[1:]]
+        if sum(d is None for d in tail) > 1:
+            raise ArtifactError(f"{self.onnx_path}: cannot tell how to lay the waveform out in input shape {shape}")
+        return tuple(-1 if d is None else d for d in tail)
+
+    @property
+    def input_name(self) -> str:
+        return self._input.name
+
+    def run(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Embed and classify windows.
+
+        Args:
+            windows: float32 ``[N, 160000]``.
+
+        Returns:
+            embedding float32 ``[N, 1536]`` and logits float32 ``[N, n_labels]``.
+        """
+        batch = np.ascontiguousarray(windows, dtype=np.float32)
+        if self._input_tail is not None:
+            batch = batch.reshape((batch.shape[0],) + self._input_tail)
+        embedding, logits = self.session.run([self.embedding_name, self.label_name], {self._input.name: batch})
+        n = windows.shape[0]
+        return (
+            np.asarray(embedding, dtype=np.float32).reshape(n, -1),
+            np.asarray(logits, dtype=np.float32).reshape(n, -1),
+        )

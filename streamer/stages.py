@@ -1,0 +1,292 @@
+"""The three reusable stages of a run, and the plan that feeds them.
+
+* **decode** (:func:`decode_job`): a file → its 12 windows, or an error record;
+* **models** (:class:`ModelStage`): windows → Perch embedding, mapped Perch logits, student logits;
+* **reduce** (:class:`Reducer`): one file's model outputs → blend, prior, ProtoSSM folds,
+  post-processing → probabilities ``[12, C]``; or the prior-only fallback.
+
+:func:`prepare` checks every artifact and metadata file and builds the picklable
+:class:`RunPlan` *before any audio is read*. The sequential engine calls the stages in a loop;
+the multiprocess engine runs the same stages in its workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from streamer import postprocess
+from streamer.artifacts import class_mapping, map_perch_logits, resolve_moe, resolve_perch
+from streamer.audio import WINDOW_SAMPLES, read_span
+from streamer.config import InferConfig
+from streamer.errors import ArtifactError, AudioDecodeError
+from streamer.metadata import N_WINDOWS_PER_FILE, Competition, file_stem, load_competition, parse_hour, parse_site
+from streamer.models.perch import ThreadSettings
+from streamer.prior import PriorTables, fit_prior
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """One input file; ``index`` is its position in the sorted output."""
+
+    index: int
+    path: Path
+    stem: str
+
+
+@dataclass(frozen=True)
+class DecodedFile:
+    """Decoded windows (float32 ``[12, 160000]``) or, when decoding failed, ``error``."""
+
+    job: FileJob
+    windows: np.ndarray | None
+    error: str | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """One file's network outputs, all float32 with ``T`` windows.
+
+    Attributes:
+        embedding: Perch embedding ``[T, 1536]``.
+        perch_logits: Perch logits mapped to the classes ``[T, C]`` (−8.0 where unmatched).
+        cnn_logits, crnn_logits: student logits ``[T, C]``, ``None`` when not loaded.
+    """
+
+    embedding: np.ndarray
+    perch_logits: np.ndarray
+    cnn_logits: np.ndarray | None
+    crnn_logits: np.ndarray | None
+
+    def rows(self, start: int, stop: int) -> "ModelOutputs":
+        """The outputs of windows ``start:stop`` (to split a multi-file batch)."""
+        pick = lambda a: None if a is None else a[start:stop]  # noqa: E731
+        return ModelOutputs(pick(self.embedding), pick(self.perch_logits), pick(self.cnn_logits), pick(self.crnn_logits))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a process needs to build its :class:`ModelStage` (picklable, no sessions inside)."""
+
+    onnx_path: Path
+    class_map: np.ndarray
+    n_perch_labels: int
+    cnn_path: Path | None
+    crnn_path: Path | None
+    n_classes: int
+    threads: ThreadSettings = ThreadSettings()
+
+
+@dataclass(frozen=True)
+class ReducerSpec:
+    """What the reducer needs (picklable)."""
+
+    fold_paths: tuple[Path, ...]
+    n_classes: int
+    proto_d_model: int | None
+    prior: PriorTables
+    site_index: dict[str, int]
+    blend_weights: tuple[float, float, float]
+    prior_scale: float
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A checked run: the files to score and the specs of every stage."""
+
+    config: InferConfig
+    competition: Competition
+    jobs: tuple[FileJob, ...]
+    source: str
+    model: ModelSpec
+    reducer: ReducerSpec
+    n_matched_classes: int
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def decode_job(job: FileJob, n_windows: int = N_WINDOWS_PER_FILE) -> DecodedFile:
+    """Decode a file's first ``n_windows`` windows (padded or cut); errors become a record."""
+    try:
+        audio = read_span(job.path, n_windows * WINDOW_SAMPLES)
+    except AudioDecodeError as exc:
+        return DecodedFile(job=job, windows=None, error=str(exc))
+    return DecodedFile(job=job, windows=audio.samples.reshape(n_windows, WINDOW_SAMPLES), notes=audio.notes)
+
+
+class ModelStage:
+    """Perch and the students, built inside the process that runs them."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        from streamer.models.moe import Students, set_torch_threads
+        from streamer.models.perch import PerchModel
+
+        self.spec = spec
+        set_torch_threads(spec.threads.intra_op_threads)
+        self.perch = PerchModel(spec.onnx_path, spec.threads)
+        self.students = Students(spec.cnn_path, spec.crnn_path, n_classes=spec.n_classes)
+        self.seconds = {"perch": 0.0, "students": 0.0}
+
+    def check(self) -> None:
+        """Run one silent window and check the output sizes against the label list (also a warm-up)."""
+        emb, logits = self.perch.run(np.zeros((1, WINDOW_SAMPLES), dtype=np.float32))
+        if logits.shape[1] != self.spec.n_perch_labels:
+            raise ArtifactError(
+                f"{self.spec.onnx_path}: the model gives {logits.shape[1]} logits but the label list has "
+                f"{self.spec.n_perch_labels} rows"
+            )
+        if not np.all(np.isfinite(emb)) or not np.all(np.isfinite(logits)):
+            raise ArtifactError(f"{self.spec.onnx_path}: non-finite outputs on a silent window")
+        self.students.run(np.zeros((1, WINDOW_SAMPLES), dtype=np.float32))
+
+    def run(self, windows: np.ndarray) -> ModelOutputs:
+        """float32 ``[N, 160000]`` → :class:`ModelOutputs` with ``N`` rows."""
+        t0 = time.perf_counter()
+        embedding, logits = self.perch.run(windows)
+        t1 = time.perf_counter()
+        cnn, crnn = self.students.run(windows)
+        t2 = time.perf_counter()
+        self.seconds["perch"] += t1 - t0
+        self.seconds["students"] += t2 - t1
+        return ModelOutputs(
+            embedding=embedding,
+            perch_logits=map_perch_logits(logits, self.spec.class_map),
+            cnn_logits=cnn,
+            crnn_logits=crnn,
+        )
+
+
+class Reducer:
+    """Per-file reduction: blend → prior → ProtoSSM folds → post-processing."""
+
+    def __init__(self, spec: ReducerSpec) -> None:
+        from streamer.models.moe import ProtoSSMFolds
+
+        self.spec = spec
+        self.folds = ProtoSSMFolds(spec.fold_paths, n_classes=spec.n_classes, d_model=spec.proto_d_model)
+        n_needed = max(spec.site_index.values(), default=0) + 1
+        if n_needed > self.folds.n_site_slots:
+            log.warning(
+                "the labels name %d sites but the ProtoSSM checkpoints have %d site slots; "
+                "sites numbered %d and above are treated as unknown (0)",
+                n_needed - 1,
+                self.folds.n_site_slots,
+                self.folds.n_site_slots,
+            )
+        self.seconds = {"protossm": 0.0, "postprocess": 0.0}
+
+    def site_id(self, stem: str) -> int:
+        site_id = self.spec.site_index.get(parse_site(stem), 0)
+        return site_id if site_id < self.folds.n_site_slots else 0
+
+    def reduce(self, stem: str, outputs: ModelOutputs) -> np.ndarray:
+        """Probabilities float32 ``[T, C]`` of one file."""
+        t0 = time.perf_counter()
+        blended = postprocess.blend_logits(
+            outputs.perch_logits, outputs.cnn_logits, outputs.crnn_logits, self.spec.blend_weights
+        )
+        teacher = postprocess.add_prior(blended, self.spec.prior.for_stem(stem), self.spec.prior_scale)
+        t1 = time.perf_counter()
+        fold_logits = self.folds.run(outputs.embedding, teacher, self.site_id(stem), parse_hour(stem))
+        t2 = time.perf_counter()
+        probs = postprocess.finalize(postprocess.fold_mean_probability(fold_logits))
+        t3 = time.perf_counter()
+        self.seconds["protossm"] += t2 - t1
+        self.seconds["postprocess"] += (t1 - t0) + (t3 - t2)
+        return probs
+
+    def fallback(self, stem: str, n_windows: int = N_WINDOWS_PER_FILE) -> np.ndarray:
+        """Documented fallback for a file with no usable audio: the site/hour prior probability
+        (no model, no post-processing), the same for every window."""
+        p = self.spec.prior.probability(parse_site(stem), parse_hour(stem)).astype(np.float32)
+        return np.repeat(p[None, :], n_windows, axis=0)
+
+
+def list_jobs(files: list[Path]) -> tuple[FileJob, ...]:
+    """Jobs in sorted file-name order; two files with one stem would give clashing row ids."""
+    ordered = sorted(files, key=lambda p: p.name)
+    stems = [file_stem(p.name) for p in ordered]
+    seen: set[str] = set()
+    for stem, path in zip(stems, ordered):
+        if stem in seen:
+            raise ArtifactError(f"{path}: another input file has the same name stem {stem!r}; row ids would clash")
+        seen.add(stem)
+    return tuple(FileJob(index=i, path=p, stem=s) for i, (p, s) in enumerate(zip(ordered, stems)))
+
+
+def prepare(config: InferConfig, files: list[Path] | None = None) -> RunPlan:
+    """Check every artifact and metadata file and build the plan; reads no audio.
+
+    Args:
+        config: the run's settings.
+        files: score these files instead of the competition folder's test (or dry-run) files.
+
+    Raises:
+        ArtifactError: anything missing or malformed, naming the file.
+    """
+    competition = load_competition(config.data_dir)
+    perch = resolve_perch(config.perch, config.perch_labels)
+    moe = resolve_moe(
+        config.moe_dir,
+        weights_prefix=config.weights_prefix,
+        n_folds=config.n_folds,
+        cnn=config.cnn,
+        crnn=config.crnn,
+        use_cnn=config.use_cnn,
+        use_crnn=config.use_crnn,
+    )
+    weights = config.blend_weights
+    loaded = weights[0] + (weights[1] if moe.cnn_path else 0.0) + (weights[2] if moe.crnn_path else 0.0)
+    if loaded <= 0:
+        raise ArtifactError(f"the blend weights {weights} sum to 0 over the models that loaded")
+
+    mapping = class_mapping(competition.class_names, perch.labels)
+    n_matched = int((mapping >= 0).sum())
+    notes = [f"{n_matched} of {competition.n_classes} classes found in the Perch label list ({perch.labels_path})"]
+    if n_matched == 0:
+        raise ArtifactError(
+            f"{perch.labels_path}: none of the {competition.n_classes} taxonomy scientific names appear in the "
+            f"Perch label list; is it the right file?"
+        )
+
+    if files is None:
+        found, source = competition.audio_files(config.dry_run_files)
+    else:
+        found, source = [Path(f) for f in files], "explicit file list"
+    jobs = list_jobs(found)
+
+    prior = fit_prior(competition.labels, competition.label_files)
+    reducer = ReducerSpec(
+        fold_paths=moe.fold_paths,
+        n_classes=competition.n_classes,
+        proto_d_model=config.proto_d_model,
+        prior=prior,
+        site_index=competition.site_index(),
+        blend_weights=weights,
+        prior_scale=config.prior_scale,
+    )
+    model = ModelSpec(
+        onnx_path=perch.onnx_path,
+        class_map=mapping,
+        n_perch_labels=len(perch.labels),
+        cnn_path=moe.cnn_path,
+        crnn_path=moe.crnn_path,
+        n_classes=competition.n_classes,
+        threads=ThreadSettings(intra_op_threads=config.threads, allow_spinning=config.allow_spinning),
+    )
+    return RunPlan(
+        config=config,
+        competition=competition,
+        jobs=jobs,
+        source=source,
+        model=model,
+        reducer=reducer,
+        n_matched_classes=n_matched,
+        notes=tuple(notes),
+    )
