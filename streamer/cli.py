@@ -156,8 +156,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def setup_logging(level: str, quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler._streamer_console = True  # type: ignore[attr-defined]
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replace only our own console handler from an earlier call (main() may run several times in
+    # one process, e.g. under tests); leave other handlers alone.
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, "_streamer_console", False)] + [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("streamer").setLevel("WARNING" if quiet else level)
 

@@ -1,0 +1,178 @@
+"""Artifact resolution and loading: every missing or malformed artifact stops the run before any
+audio is read, with a message naming the file."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from streamer import cli, stages
+from streamer.artifacts import class_mapping, map_perch_logits, resolve_moe, resolve_perch
+from streamer.config import InferConfig
+from streamer.errors import ArtifactError
+from streamer.models.perch import PerchModel
+
+from conftest import infer_args
+
+
+@pytest.fixture
+def no_audio(monkeypatch):
+    """Fail the test if any audio is decoded."""
+
+    def boom(*a, **k):
+        raise AssertionError("audio was read before the artifacts were checked")
+
+    monkeypatch.setattr(stages, "read_span", boom)
+
+
+def _run(kit, tmp_path, *extra):
+    return cli.main(infer_args(kit, tmp_path / "sub.csv", *extra))
+
+
+def test_perch_folder_resolution(kit, tmp_path):
+    for name in ("perch_v2_ir9.onnx", "perch_v2_no_dft.onnx"):
+        folder = tmp_path / name.replace(".", "_")
+        folder.mkdir()
+        shutil.copy(kit.perch_onnx, folder / name)
+        (folder / "assets").mkdir()
+        shutil.copy(kit.perch_labels, folder / "assets" / "labels.csv")
+        art = resolve_perch(folder)
+        assert art.onnx_path.name == name and art.labels_path.name == "labels.csv"
+        assert len(art.labels) == 14795
+    # perch_v2_labels.csv beside the file is also found
+    folder = tmp_path / "alt"
+    folder.mkdir()
+    shutil.copy(kit.perch_onnx, folder / "perch_v2.onnx")
+    shutil.copy(kit.perch_labels, folder / "perch_v2_labels.csv")
+    assert resolve_perch(folder).labels_path.name == "perch_v2_labels.csv"
+
+
+def test_label_header_variants(kit, tmp_path):
+    names = resolve_perch(kit.perch_onnx).labels
+    for header in ("scientific_name", "whatever"):
+        folder = tmp_path / header
+        folder.mkdir()
+        shutil.copy(kit.perch_onnx, folder / "perch_v2.onnx")
+        (folder / "labels.csv").write_text(header + "\n" + "\n".join(names) + "\n")
+        assert resolve_perch(folder).labels == names
+
+
+def test_class_mapping_and_fill():
+    mapping = class_mapping(("B b", "X x", "A a"), ("A a", "B b", "A a"))
+    assert mapping.tolist() == [1, -1, 0]
+    logits = np.array([[1.0, 2.0, 3.0]], np.float32)
+    np.testing.assert_array_equal(map_perch_logits(logits, mapping), [[2.0, -8.0, 1.0]])
+
+
+@pytest.mark.parametrize(
+    "breakage,needle",
+    [
+        ("perch_missing", "Perch ONNX"),
+        ("labels_missing", "label list"),
+        ("onnx_garbage", "perch_v2.onnx"),
+        ("fold_missing", "_fold3.pt"),
+        ("fold_garbage", "_fold2.pt"),
+        ("fold_wrong_layout", "_fold1.pt"),
+        ("student_wrong_layout", "student_cnn"),
+        ("labels_wrong_count", "label list has"),
+        ("taxonomy_missing", "taxonomy.csv"),
+    ],
+)
+def test_broken_artifacts_stop_before_audio(kit_copy, tmp_path, no_audio, caplog, breakage, needle):
+    kit = kit_copy
+    perch_dir = tmp_path / "perch"
+    shutil.copytree(kit.perch_onnx.parent, perch_dir)
+    perch = perch_dir / "perch_v2.onnx"
+    folds = sorted(kit.moe_dir.glob("*_fold*.pt"))
+    if breakage == "perch_missing":
+        perch.unlink()
+    elif breakage == "labels_missing":
+        (perch_dir / "labels.csv").unlink()
+    elif breakage == "onnx_garbage":
+        perch.write_bytes(b"not an onnx model")
+    elif breakage == "fold_missing":
+        folds[2].unlink()
+    elif breakage == "fold_garbage":
+        folds[1].write_bytes(b"garbage")
+    elif breakage == "fold_wrong_layout":
+        state = torch.load(folds[0], weights_only=True)
+        del state["merge.0.bias"]
+        torch.save(state, folds[0])
+    elif breakage == "student_wrong_layout":
+        cnn = next(kit.moe_dir.glob("student_cnn*.pt"))
+        state = torch.load(cnn, weights_only=True)
+        state["extra.weight"] = torch.zeros(3)
+        torch.save(state, cnn)
+    elif breakage == "labels_wrong_count":
+        lines = (perch_dir / "labels.csv").read_text().splitlines()
+        (perch_dir / "labels.csv").write_text("\n".join(lines[:-5]) + "\n")
+    elif breakage == "taxonomy_missing":
+        (kit.data_dir / "taxonomy.csv").unlink()
+    with caplog.at_level("ERROR"):
+        code = cli.main(infer_args(kit, tmp_path / "sub.csv", "--perch", str(perch)))
+    assert code == 2
+    assert needle in caplog.text
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_fold_prefix_discovery_and_override(kit_copy):
+    moe = resolve_moe(kit_copy.moe_dir)
+    assert moe.prefix == "moe_p0.60_c0.25_r0.15_post_p0.45" and len(moe.fold_paths) == 4
+    for p in moe.fold_paths:
+        shutil.copy(p, p.with_name(p.name.replace("moe_p0.60", "other")))
+    with pytest.raises(ArtifactError, match="several fold prefixes"):
+        resolve_moe(kit_copy.moe_dir)
+    assert resolve_moe(kit_copy.moe_dir, weights_prefix="other_c0.25_r0.15_post_p0.45").prefix.startswith("other")
+    with pytest.raises(ArtifactError, match="nope_fold1.pt"):
+        resolve_moe(kit_copy.moe_dir, weights_prefix="nope")
+
+
+def test_missing_students_allowed(kit_copy):
+    next(kit_copy.moe_dir.glob("student_crnn*.pt")).unlink()
+    moe = resolve_moe(kit_copy.moe_dir)
+    assert moe.cnn_path is not None and moe.crnn_path is None
+
+
+def test_site_slots_read_from_checkpoint(kit_copy):
+    from streamer.models.moe import ProtoSSMFolds
+    from streamer.standins import write_moe_bundle
+
+    write_moe_bundle(kit_copy.moe_dir, n_site_slots=11, with_cnn=False, with_crnn=False)
+    folds = ProtoSSMFolds(resolve_moe(kit_copy.moe_dir).fold_paths, n_classes=234)
+    assert folds.n_site_slots == 11
+
+
+def test_proto_d_model_checked(kit):
+    with pytest.raises(ArtifactError, match="d_model=320"):
+        stages.Reducer(stages.prepare(InferConfig(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir, proto_d_model=256)).reducer)
+
+
+def test_perch_requests_only_needed_outputs(kit):
+    model = PerchModel(kit.perch_onnx)
+    asked = []
+    real_run = model.session.run
+
+    def spy(names, feeds):
+        asked.append(list(names))
+        return real_run(names, feeds)
+
+    model.session.run = spy
+    emb, logits = model.run(np.zeros((2, 160000), np.float32))
+    assert asked == [["embedding", "label"]]
+    assert emb.shape == (2, 1536) and logits.shape == (2, 14795)
+
+
+def test_rank4_input_and_positional_outputs(kit, tmp_path):
+    from streamer.standins import build_perch_onnx
+
+    rng = np.random.default_rng(0)
+    windows = (0.1 * rng.standard_normal((3, 160000))).astype(np.float32)
+    ref_emb, ref_logits = PerchModel(build_perch_onnx(tmp_path / "ref.onnx")).run(windows)
+    rank4 = build_perch_onnx(tmp_path / "rank4.onnx", input_rank=4)
+    renamed = build_perch_onnx(tmp_path / "renamed.onnx", output_names=("out0", "out1", "out2", "out3"))
+    for path in (rank4, renamed):
+        emb, logits = PerchModel(path).run(windows)
+        np.testing.assert_allclose(emb, ref_emb, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    assert PerchModel(renamed).label_name == "out3"
