@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from streamer.metadata import file_stem, parse_site
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,6 @@ N_MATCHED_CLASSES = 203
 SOUNDSCAPE_DURATION_S = 60
 LABEL_WINDOW_S = 5
 
-#: Site field of competition file names (SPEC §4).
-SITE_PATTERN = re.compile(r"^BC\d+_(Train|Test)_\d+_(S\d+)_")
 
 #: Sites of the synthetic training files (a handful, like the real recorders' ids).
 TRAIN_SITES = ("S03", "S08", "S13", "S15", "S22")
@@ -117,12 +116,6 @@ class StandinKit:
     perch_labels: Path
     moe_dir: Path
     data_dir: Path
-
-
-def parse_site(filename: str) -> str | None:
-    """The ``Sxx`` field of a competition file name (SPEC §4), or None when the name differs."""
-    match = SITE_PATTERN.match(Path(filename).name)
-    return match.group(2) if match else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -746,7 +739,7 @@ def make_standins(
     # The real file lists every row twice.
     _write_csv(kit.data_dir / "train_soundscapes_labels.csv", ["filename", "start", "end", "primary_label"],
                label_rows + label_rows)
-    labelled_sites = sorted({parse_site(n) for n in train_names[:n_labelled_files]} - {None})
+    labelled_sites = sorted({parse_site(file_stem(n)) for n in train_names[:n_labelled_files]})
 
     # Test soundscapes: the shipped real recordings plus synthetic files at labelled sites.
     shipped = sorted(_shipped_audio_dir().glob("BC2026_Test_000[1-4]_S90_*.ogg"))
