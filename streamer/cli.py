@@ -10,10 +10,12 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from streamer import __version__
-from streamer.config import DEFAULT_BLEND, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, InferConfig
+from streamer.budget import DEFAULT_BUDGET_MINUTES
+from streamer.config import DEFAULT_BLEND, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, ENGINES, InferConfig
 from streamer.errors import StreamerError
 
 log = logging.getLogger("streamer")
@@ -24,15 +26,25 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def _threads(value: str) -> int | None:
-    if value == "default":
-        return None
+def _threads(value: str) -> int | str:
+    if value in ("auto", "default"):
+        return value
     try:
         n = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'default', got {value!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a positive integer, 'auto' or 'default', got {value!r}") from None
     if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'default', got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, 'auto' or 'default', got {value!r}")
+    return n
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return n
 
 
@@ -56,8 +68,16 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
     b.add_argument("--prior-scale", type=float, default=DEFAULT_PRIOR_SCALE, help="weight of the site/hour prior logit (default: %(default)s)")
     b.add_argument("--proto-d-model", type=int, default=None, help="ProtoSSM width; checked against the checkpoints (default: read from them, 320 in the released bundle)")
     r = parser.add_argument_group("execution")
-    r.add_argument("--threads", type=_threads, default=None, metavar="T|default", help="intra-op threads of onnxruntime and torch; 'default' leaves the libraries' own defaults (default: default)")
+    r.add_argument("--engine", choices=ENGINES, default="pipeline", help="multiprocess pipeline, or the single-process sequential reference (default: %(default)s)")
+    r.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="model (consumer) processes of the pipeline (default: planned from the CPUs)")
+    r.add_argument("--threads", type=_threads, default="auto", metavar="T|auto|default", help="intra-op threads per model process; 'auto' plans them from the CPUs, 'default' leaves onnxruntime's and torch's own defaults (default: %(default)s)")
+    r.add_argument("--decoders", type=_positive_int, default=None, metavar="D", help="decoder processes of the pipeline (default: 1 per 8 CPUs)")
+    r.add_argument("--no-pin", action="store_true", help="do not pin model processes to CPUs")
     r.add_argument("--allow-spinning", action="store_true", help="let onnxruntime's idle threads spin (off by default)")
+    r.add_argument("--budget-minutes", type=float, default=DEFAULT_BUDGET_MINUTES, metavar="M", help="wall-clock budget from the start of the command; a complete CSV is written before it ends (default: %(default)s)")
+    # Test hooks, not for users: a slower model, and injected child deaths.
+    r.add_argument("--debug-model-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    r.add_argument("--debug-fault", action="append", default=[], help=argparse.SUPPRESS)
 
 
 def config_from_args(args: argparse.Namespace) -> InferConfig:
@@ -81,6 +101,14 @@ def config_from_args(args: argparse.Namespace) -> InferConfig:
         dry_run_files=getattr(args, "dry_run_files", DEFAULT_DRY_RUN_FILES),
         threads=args.threads,
         allow_spinning=args.allow_spinning,
+        engine=args.engine,
+        workers=args.workers,
+        decoders=args.decoders,
+        pin=not args.no_pin,
+        budget_minutes=args.budget_minutes,
+        progress=not getattr(args, "quiet", False),
+        debug_model_delay_s=args.debug_model_delay,
+        debug_faults=tuple(args.debug_fault),
     )
 
 
@@ -111,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from streamer.sequential import run_sequential
+    from streamer.pipeline.runner import PipelineError
+    from streamer.run import run_infer
     from streamer.stages import prepare
 
     config = config_from_args(args)
@@ -121,9 +150,16 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if not plan.jobs:
         log.warning("no audio files found in %s (test_soundscapes/ or train_soundscapes/); writing a header-only submission", config.data_dir)
     log.info("scoring %d files from %s", len(plan.jobs), plan.source)
-    report = run_sequential(plan)
+    try:
+        report = run_infer(plan, start=args.start_time)
+    except PipelineError as exc:
+        if exc.report is None:
+            raise
+        print(exc.report.summary())
+        log.error("the run stopped early: %s; %s was written with fallback rows for the unfinished files", exc, config.out)
+        return EXIT_FAILURE
     print(report.summary())
-    return EXIT_OK
+    return EXIT_INTERRUPTED if report.interrupted else EXIT_OK
 
 
 def default_cache_dir() -> Path:
@@ -149,7 +185,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from streamer.demo import run_demo
 
     cache = args.cache_dir if args.cache_dir is not None else default_cache_dir()
-    print(run_demo(cache, out=args.out, rebuild=args.rebuild))
+    print(run_demo(cache, out=args.out, rebuild=args.rebuild, progress=not args.quiet))
     return EXIT_OK
 
 
@@ -166,8 +202,10 @@ def setup_logging(level: str, quiet: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    start_time = time.monotonic()  # the budget counts from here
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.start_time = start_time
     setup_logging(args.log_level, args.quiet)
     try:
         return int(args.func(args))

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamer.budget import DEFAULT_BUDGET_MINUTES
 from streamer.errors import ConfigError
 
 #: Model-card blend (Perch, CNN, CRNN) and prior scale of the public LB 0.914 run (SPEC §3).
@@ -13,6 +14,7 @@ DEFAULT_BLEND = (0.80, 0.13, 0.07)
 DEFAULT_PRIOR_SCALE = 0.20
 DEFAULT_DRY_RUN_FILES = 20
 DEFAULT_N_FOLDS = 4
+ENGINES = ("pipeline", "sequential")
 
 
 @dataclass(frozen=True)
@@ -33,10 +35,19 @@ class InferConfig:
         prior_scale: weight of the site/hour prior logit.
         proto_d_model: ProtoSSM width; ``None`` reads it from the checkpoint.
         dry_run_files: how many training soundscapes to score when ``test_soundscapes`` is empty.
-        threads: intra-op threads for onnxruntime and torch; ``None`` leaves the libraries'
-            own defaults (how the original script ran).
+        threads: intra-op threads per model process for onnxruntime and torch: a number,
+            ``"auto"`` (planned from the CPUs this process may use) or ``"default"`` (leave the
+            libraries' own defaults, the way the original script ran).
         allow_spinning: let onnxruntime's idle threads spin (off by default: spinning steals CPU
             from neighbouring processes).
+        engine: ``"pipeline"`` (multiprocess) or ``"sequential"`` (single-process reference).
+        workers: model (consumer) processes of the pipeline; ``None`` plans it.
+        decoders: decoder processes of the pipeline; ``None`` plans it.
+        pin: pin each consumer to its own CPUs.
+        budget_minutes: wall-clock budget from the start of the command.
+        progress: show the progress bar.
+        debug_model_delay_s: extra seconds per file in each consumer (tests of the budget).
+        debug_faults: injected faults, ``"role:id:n[:always]"`` (tests of fault handling).
     """
 
     data_dir: Path
@@ -56,8 +67,16 @@ class InferConfig:
     prior_scale: float = DEFAULT_PRIOR_SCALE
     proto_d_model: int | None = None
     dry_run_files: int = DEFAULT_DRY_RUN_FILES
-    threads: int | None = None
+    threads: int | str = "auto"
     allow_spinning: bool = False
+    engine: str = "pipeline"
+    workers: int | None = None
+    decoders: int | None = None
+    pin: bool = True
+    budget_minutes: float = DEFAULT_BUDGET_MINUTES
+    progress: bool = True
+    debug_model_delay_s: float = 0.0
+    debug_faults: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("blend_perch", "blend_cnn", "blend_crnn"):
@@ -72,8 +91,18 @@ class InferConfig:
             raise ConfigError(f"--dry-run-files must be >= 0, got {self.dry_run_files}")
         if self.proto_d_model is not None and self.proto_d_model < 1:
             raise ConfigError(f"--proto-d-model must be >= 1, got {self.proto_d_model}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be >= 1 or 'default', got {self.threads}")
+        if not (self.threads in ("auto", "default") or (isinstance(self.threads, int) and self.threads >= 1)):
+            raise ConfigError(f"--threads must be a positive integer, 'auto' or 'default', got {self.threads!r}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        for name in ("workers", "decoders"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {value}")
+        if not self.budget_minutes > 0:
+            raise ConfigError(f"--budget-minutes must be > 0, got {self.budget_minutes}")
+        if self.debug_model_delay_s < 0:
+            raise ConfigError("the model delay must be >= 0")
 
     @property
     def blend_weights(self) -> tuple[float, float, float]:

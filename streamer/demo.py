@@ -57,16 +57,16 @@ def ensure_kit(cache_dir: Path, *, rebuild: bool = False):
     )
 
 
-def run_demo(cache_dir: Path, *, out: Path | None = None, rebuild: bool = False) -> str:
+def run_demo(cache_dir: Path, *, out: Path | None = None, rebuild: bool = False, progress: bool = True) -> str:
     """Run the full ensemble on the stand-in kit; returns a short human-readable summary."""
-    from streamer.sequential import run_sequential
+    from streamer.run import run_infer
     from streamer.stages import prepare
 
     kit = ensure_kit(cache_dir, rebuild=rebuild)
     out = Path(out) if out is not None else Path(cache_dir) / "demo" / "submission.csv"
-    config = InferConfig(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir, out=out)
+    config = InferConfig(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir, out=out, progress=progress)
     plan = prepare(config)
-    report = run_sequential(plan)
+    report = run_infer(plan)
 
     import pandas as pd
 

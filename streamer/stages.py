@@ -132,6 +132,7 @@ class ModelStage:
         self.perch = PerchModel(spec.onnx_path, spec.threads)
         self.students = Students(spec.cnn_path, spec.crnn_path, n_classes=spec.n_classes)
         self.seconds = {"perch": 0.0, "students": 0.0}
+        self.last_seconds = (0.0, 0.0)
 
     def check(self) -> None:
         """Run one silent window and check the output sizes against the label list (also a warm-up)."""
@@ -145,15 +146,18 @@ class ModelStage:
             raise ArtifactError(f"{self.spec.onnx_path}: non-finite outputs on a silent window")
         self.students.run(np.zeros((1, WINDOW_SAMPLES), dtype=np.float32))
 
-    def run(self, windows: np.ndarray) -> ModelOutputs:
-        """float32 ``[N, 160000]`` → :class:`ModelOutputs` with ``N`` rows."""
+    def run(self, windows: np.ndarray, with_students: bool = True) -> ModelOutputs:
+        """float32 ``[N, 160000]`` → :class:`ModelOutputs` with ``N`` rows.
+
+        ``with_students=False`` skips the students (the budget's cheaper tier)."""
         t0 = time.perf_counter()
         embedding, logits = self.perch.run(windows)
         t1 = time.perf_counter()
-        cnn, crnn = self.students.run(windows)
+        cnn, crnn = self.students.run(windows) if with_students else (None, None)
         t2 = time.perf_counter()
         self.seconds["perch"] += t1 - t0
         self.seconds["students"] += t2 - t1
+        self.last_seconds = (t1 - t0, t2 - t1)
         return ModelOutputs(
             embedding=embedding,
             perch_logits=map_perch_logits(logits, self.spec.class_map),
@@ -201,11 +205,14 @@ class Reducer:
         self.seconds["postprocess"] += (t1 - t0) + (t3 - t2)
         return probs
 
-    def fallback(self, stem: str, n_windows: int = N_WINDOWS_PER_FILE) -> np.ndarray:
-        """Documented fallback for a file with no usable audio: the site/hour prior probability
-        (no model, no post-processing), the same for every window."""
-        p = self.spec.prior.probability(parse_site(stem), parse_hour(stem)).astype(np.float32)
-        return np.repeat(p[None, :], n_windows, axis=0)
+
+
+def prior_fallback(prior: PriorTables, stem: str, n_windows: int = N_WINDOWS_PER_FILE) -> np.ndarray:
+    """The documented fallback rows of a file that could not be scored: the site/hour prior
+    probability (no model, no post-processing), the same for each of its windows. float32
+    ``[n_windows, C]``."""
+    p = prior.probability(parse_site(stem), parse_hour(stem)).astype(np.float32)
+    return np.repeat(p[None, :], n_windows, axis=0)
 
 
 def list_jobs(files: list[Path]) -> tuple[FileJob, ...]:
@@ -278,7 +285,8 @@ def prepare(config: InferConfig, files: list[Path] | None = None) -> RunPlan:
         cnn_path=moe.cnn_path,
         crnn_path=moe.crnn_path,
         n_classes=competition.n_classes,
-        threads=ThreadSettings(intra_op_threads=config.threads, allow_spinning=config.allow_spinning),
+        # The engines set the thread count from their layout (see streamer.pipeline.layout).
+        threads=ThreadSettings(intra_op_threads=None, allow_spinning=config.allow_spinning),
     )
     return RunPlan(
         config=config,

@@ -1,0 +1,79 @@
+"""The small typed messages that travel on the pipes between the parent and its children.
+
+Each child has its own duplex pipe to the parent (no queue is shared between processes, so a
+child killed mid-message can only break its own pipe). Window samples never travel on the
+pipes: they sit in a shared slot buffer and only the slot number is sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streamer.stages import FileJob, ModelOutputs
+
+
+# parent → child
+@dataclass(frozen=True)
+class DecodeTask:
+    task_id: int
+    job: FileJob
+    slot: int
+
+
+@dataclass(frozen=True)
+class ModelTask:
+    task_id: int
+    slot: int
+    n_windows: int
+    with_students: bool
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Finish the current message, then exit."""
+
+
+# child → parent
+@dataclass(frozen=True)
+class Ready:
+    role: str
+    wid: int
+    pid: int
+    setup_s: float
+
+
+@dataclass(frozen=True)
+class Decoded:
+    task_id: int
+    notes: tuple[str, ...]
+    seconds: float
+    maxrss_kb: int
+
+
+@dataclass(frozen=True)
+class DecodeFailed:
+    task_id: int
+    error: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ModelDone:
+    task_id: int
+    outputs: ModelOutputs
+    perch_s: float
+    students_s: float
+    busy_s: float
+    maxrss_kb: int
+
+
+@dataclass(frozen=True)
+class ChildError:
+    """An exception inside a child: fatal for the run. ``during`` is ``setup`` or ``work``."""
+
+    role: str
+    wid: int
+    during: str
+    error_type: str
+    message: str
+    traceback: str

@@ -1,0 +1,192 @@
+"""Bodies of the child processes. Module-level functions: they pickle under ``spawn`` and read
+no globals; everything they need arrives as arguments.
+
+Child set-up runs in a fixed order: ignore SIGINT (the parent handles Ctrl-C and stops the
+children) → die with the parent → pin CPUs → set thread counts → load models → warm up →
+report ready.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from streamer.audio import WINDOW_SAMPLES
+from streamer.pipeline.messages import (
+    ChildError,
+    DecodeFailed,
+    Decoded,
+    DecodeTask,
+    ModelDone,
+    ModelTask,
+    Ready,
+    Stop,
+)
+
+#: How often an idle child checks that its parent is still alive (seconds).
+PARENT_POLL_S = 0.5
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class SlotBuffer:
+    """Where the window slots live: a file in shared memory, ``n_slots × slot_samples`` float32."""
+
+    path: str
+    n_slots: int
+    slot_samples: int
+
+    def open(self, mode: str) -> np.ndarray:
+        return np.memmap(self.path, dtype=np.float32, mode=mode, shape=(self.n_slots, self.slot_samples))
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault injected for tests: the child kills itself with SIGKILL on receiving its
+    ``at_task``-th task (first incarnation only, unless ``always``)."""
+
+    role: str
+    wid: int | None
+    at_task: int
+    always: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> "Fault":
+        parts = text.split(":")
+        if len(parts) not in (3, 4) or parts[0] not in ("consumer", "decoder") or (len(parts) == 4 and parts[3] != "always"):
+            raise ValueError(f"bad fault spec {text!r}; expected role:id:n[:always]")
+        return cls(parts[0], None if parts[1] == "*" else int(parts[1]), int(parts[2]), len(parts) == 4)
+
+    def applies(self, role: str, wid: int, generation: int) -> bool:
+        return self.role == role and (self.wid is None or self.wid == wid) and (self.always or generation == 0)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no orphans even if the parent is
+    killed); elsewhere the polling loop notices the parent is gone."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass  # not glibc Linux: the PARENT_POLL_S check covers it
+
+
+def _setup(cpus: tuple[int, ...], threads: int | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    if threads is not None:
+        # Before torch or any BLAS is imported in this process.
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(threads)
+
+
+def _maxrss_kb() -> int:
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def _serve(conn, parent_pid: int, handle) -> None:
+    """Receive messages until Stop, EOF, or the parent disappears."""
+    while True:
+        if not conn.poll(PARENT_POLL_S):
+            if os.getppid() != parent_pid:
+                return
+            continue
+        msg = conn.recv()
+        if isinstance(msg, Stop):
+            return
+        handle(msg)
+
+
+def _report_error(conn, role: str, wid: int, during: str, exc: BaseException) -> None:
+    try:
+        conn.send(ChildError(role, wid, during, type(exc).__name__, str(exc), traceback.format_exc()))
+    except (OSError, EOFError):
+        pass  # the parent is gone; the exit code still tells
+
+
+def consumer_main(wid, generation, conn, parent_pid, spec, slots: SlotBuffer, cpus, delay_s, faults) -> None:
+    """A model process: Perch and the students on windows read from the slot buffer."""
+    during = "setup"
+    try:
+        t0 = time.perf_counter()
+        _setup(cpus, spec.threads.intra_op_threads)
+        from streamer.stages import ModelStage
+
+        stage = ModelStage(spec)
+        stage.check()
+        buffer = slots.open("r+")  # writable only so torch accepts it without a copy; never written here
+        my_faults = [f for f in faults if f.applies("consumer", wid, generation)]
+        conn.send(Ready("consumer", wid, os.getpid(), time.perf_counter() - t0))
+        during = "work"
+        n_tasks = 0
+
+        def handle(task: ModelTask) -> None:
+            nonlocal n_tasks
+            n_tasks += 1
+            if any(f.at_task == n_tasks for f in my_faults):
+                os.kill(os.getpid(), signal.SIGKILL)
+            t_start = time.perf_counter()
+            windows = buffer[task.slot, : task.n_windows * WINDOW_SAMPLES].reshape(task.n_windows, WINDOW_SAMPLES)
+            outputs = stage.run(np.asarray(windows), with_students=task.with_students)
+            if delay_s:
+                time.sleep(delay_s)
+            perch_s, students_s = stage.last_seconds
+            conn.send(ModelDone(task.task_id, outputs, perch_s, students_s, time.perf_counter() - t_start, _maxrss_kb()))
+
+        _serve(conn, parent_pid, handle)
+    except (EOFError, BrokenPipeError):
+        return  # the parent closed our pipe: nothing left to do
+    except BaseException as exc:  # every error travels to the parent as data, then we exit 1
+        _report_error(conn, "consumer", wid, during, exc)
+        sys.exit(1)
+
+
+def decoder_main(wid, generation, conn, parent_pid, slots: SlotBuffer, faults) -> None:
+    """A decoder process: files → windows written into the slot buffer."""
+    during = "setup"
+    try:
+        t0 = time.perf_counter()
+        _setup((), None)
+        from streamer.stages import decode_job
+
+        buffer = slots.open("r+")
+        my_faults = [f for f in faults if f.applies("decoder", wid, generation)]
+        conn.send(Ready("decoder", wid, os.getpid(), time.perf_counter() - t0))
+        during = "work"
+        n_tasks = 0
+
+        def handle(task: DecodeTask) -> None:
+            nonlocal n_tasks
+            n_tasks += 1
+            if any(f.at_task == n_tasks for f in my_faults):
+                os.kill(os.getpid(), signal.SIGKILL)
+            t_start = time.perf_counter()
+            decoded = decode_job(task.job)
+            if decoded.windows is None:
+                conn.send(DecodeFailed(task.task_id, decoded.error or "unreadable", time.perf_counter() - t_start))
+                return
+            flat = decoded.windows.reshape(-1)
+            buffer[task.slot, : flat.shape[0]] = flat
+            conn.send(Decoded(task.task_id, decoded.notes, time.perf_counter() - t_start, _maxrss_kb()))
+
+        _serve(conn, parent_pid, handle)
+    except (EOFError, BrokenPipeError):
+        return
+    except BaseException as exc:
+        _report_error(conn, "decoder", wid, during, exc)
+        sys.exit(1)
+
+
+def with_threads(spec, threads: int | None):
+    """The model spec with this layout's thread count."""
+    return replace(spec, threads=replace(spec.threads, intra_op_threads=threads))

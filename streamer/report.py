@@ -1,0 +1,96 @@
+"""What a run did: tiers per file and why, time per stage, memory, throughput."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streamer.budget import TIER_FULL, TIER_NO_STUDENTS, TIER_PRIOR_ONLY
+from streamer.metadata import N_WINDOWS_PER_FILE, WINDOW_S
+
+#: How many non-full files the summary lists by name.
+SUMMARY_MAX_LISTED = 25
+
+
+@dataclass
+class RunReport:
+    """The outcome of ``infer``.
+
+    Attributes:
+        out: the CSV written.
+        n_files: files in the submission.
+        source: where the files came from.
+        engine: ``sequential`` or ``pipeline`` (with its layout).
+        tiers: stem → tier (``full``, ``no_students``, ``prior_only``).
+        reasons: stem → why a file did not get the full tier.
+        seconds: wall seconds per stage and ``total`` (stage times of parallel children are
+            summed over the children, so they can exceed the wall time).
+        peak_rss_mb: peak resident memory, ``parent`` and per child role.
+        budget_notes: the budget monitor's decisions.
+        interrupted: the run was stopped by Ctrl-C.
+        error: a fatal error that ended the run early (the CSV was still written).
+    """
+
+    out: Path
+    n_files: int
+    source: str
+    engine: str = "sequential"
+    tiers: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    budget_notes: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    error: str | None = None
+
+    def set_tier(self, stem: str, tier: str, reason: str | None = None) -> None:
+        self.tiers[stem] = tier
+        if reason:
+            self.reasons[stem] = reason
+
+    @property
+    def fallbacks(self) -> dict[str, str]:
+        """stem → reason, for the files that got prior-only rows."""
+        return {s: self.reasons.get(s, "") for s, t in self.tiers.items() if t == TIER_PRIOR_ONLY}
+
+    @property
+    def n_windows(self) -> int:
+        return self.n_files * N_WINDOWS_PER_FILE
+
+    @property
+    def n_modelled_windows(self) -> int:
+        return sum(1 for t in self.tiers.values() if t != TIER_PRIOR_ONLY) * N_WINDOWS_PER_FILE
+
+    def summary(self) -> str:
+        total = self.seconds.get("total", 0.0)
+        modelled = self.n_modelled_windows
+        rate = modelled / total if total > 0 else 0.0
+        counts = Counter(self.tiers.values())
+        lines = [
+            f"wrote {self.out} ({self.n_windows} rows = {self.n_files} files x {N_WINDOWS_PER_FILE} windows; "
+            f"files from {self.source}; engine {self.engine})",
+            f"time {total:.1f} s, {rate:.1f} windows/s, real-time factor {rate * WINDOW_S:.0f}x",
+            "stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in self.seconds.items() if k != "total"),
+        ]
+        if self.peak_rss_mb:
+            lines.append("peak memory (RSS): " + ", ".join(f"{k} {v:.0f} MB" for k, v in self.peak_rss_mb.items()))
+        lines.append(
+            "tiers: "
+            + ", ".join(f"{counts.get(t, 0)} {t}" for t in (TIER_FULL, TIER_NO_STUDENTS, TIER_PRIOR_ONLY))
+        )
+        lines.extend(f"budget: {note}" for note in self.budget_notes)
+        if self.fallbacks:
+            lines.append(f"{len(self.fallbacks)} file(s) got prior-only fallback rows:")
+        else:
+            lines.append("0 files needed the fallback")
+        not_full = [(s, self.tiers[s], r) for s, r in sorted(self.reasons.items())]
+        for stem, tier, reason in not_full[:SUMMARY_MAX_LISTED]:
+            lines.append(f"  {stem}: {tier} ({reason})")
+        if len(not_full) > SUMMARY_MAX_LISTED:
+            lines.append(f"  ... and {len(not_full) - SUMMARY_MAX_LISTED} more")
+        if self.interrupted:
+            lines.append("interrupted: unfinished files got prior-only rows")
+        if self.error:
+            lines.append(f"stopped by an error: {self.error}")
+        return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""Choosing the engine and its layout for a checked plan."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+from streamer.budget import Budget
+from streamer.report import RunReport
+from streamer.stages import RunPlan
+
+log = logging.getLogger(__name__)
+
+
+def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
+    """Run the plan with the configured engine under the configured budget.
+
+    Args:
+        plan: from :func:`streamer.stages.prepare`.
+        start: ``time.monotonic()`` at the start of the command (the budget counts from it);
+            default: now.
+    """
+    from streamer.models.moe import set_torch_threads
+    from streamer.pipeline.layout import plan_layout, sequential_threads
+    from streamer.pipeline.workers import with_threads
+
+    config = plan.config
+    budget = Budget(budget_s=config.budget_minutes * 60.0, start=start if start is not None else time.monotonic())
+    if config.engine == "sequential":
+        threads = sequential_threads(config.threads)
+        log.info("engine: sequential, %s intra-op thread(s)", "library default" if threads is None else threads)
+        return _sequential(replace(plan, model=with_threads(plan.model, threads)), budget)
+
+    from streamer.pipeline.runner import run_pipeline
+
+    layout = plan_layout(
+        workers=config.workers, threads=config.threads, decoders=config.decoders, pin=config.pin, n_files=len(plan.jobs)
+    )
+    log.info("engine: pipeline, %s", layout.describe())
+    # The parent only reduces (ProtoSSM on 12 windows at a time): one thread, so it does not
+    # compete with the consumers for every core.
+    set_torch_threads(1)
+    return run_pipeline(
+        plan,
+        layout,
+        budget,
+        progress=config.progress,
+        model_delay_s=config.debug_model_delay_s,
+        faults=config.debug_faults,
+    )
+
+
+def _sequential(plan: RunPlan, budget: Budget) -> RunReport:
+    from streamer.sequential import run_sequential
+
+    return run_sequential(plan, budget=budget)
