@@ -394,15 +394,18 @@ class PipelineRunner:
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
             try:
                 self.stopping = True
-                self._shutdown()
-                if self.writer is not None:
-                    self._finish(reason or "not scored")
-                if self.bar is not None:
-                    self.bar.close()
                 try:
-                    os.unlink(slot_path)
-                except FileNotFoundError:
-                    pass
+                    # The CSV first (the deadline is about the CSV), then the children.
+                    if self.writer is not None:
+                        self._finish(reason or "not scored")
+                finally:
+                    self._shutdown()
+                    if self.bar is not None:
+                        self.bar.close()
+                    try:
+                        os.unlink(slot_path)
+                    except FileNotFoundError:
+                        pass
             finally:
                 if in_main:
                     signal.signal(signal.SIGINT, previous)
