@@ -33,7 +33,7 @@ DEFAULT_BUDGET_MINUTES = 85.0
 PROJECTION_SAFETY = 0.85
 #: Reserve before the deadline: a share of the budget, clamped (seconds).
 RESERVE_FRACTION = 0.03
-RESERVE_MIN_S = 1.5
+RESERVE_MIN_S = 2.0
 RESERVE_MAX_S = 90.0
 #: Files measured before the first projection is trusted (the very first file may still pay
 #: for lazy initialisation inside the libraries).

@@ -47,6 +47,7 @@ class InferConfig:
         budget_minutes: wall-clock budget from the start of the command.
         progress: show the progress bar.
         debug_model_delay_s: extra seconds per file in each consumer (tests of the budget).
+        debug_students_delay_s: extra seconds per file when the students run (tests).
         debug_faults: injected faults, ``"role:id:n[:always]"`` (tests of fault handling).
     """
 
@@ -76,6 +77,7 @@ class InferConfig:
     budget_minutes: float = DEFAULT_BUDGET_MINUTES
     progress: bool = True
     debug_model_delay_s: float = 0.0
+    debug_students_delay_s: float = 0.0
     debug_faults: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -101,8 +103,8 @@ class InferConfig:
                 raise ConfigError(f"--{name} must be >= 1, got {value}")
         if not self.budget_minutes > 0:
             raise ConfigError(f"--budget-minutes must be > 0, got {self.budget_minutes}")
-        if self.debug_model_delay_s < 0:
-            raise ConfigError("the model delay must be >= 0")
+        if self.debug_model_delay_s < 0 or self.debug_students_delay_s < 0:
+            raise ConfigError("the debug delays must be >= 0")
 
     @property
     def blend_weights(self) -> tuple[float, float, float]:

@@ -47,6 +47,7 @@ def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
         budget,
         progress=config.progress,
         model_delay_s=config.debug_model_delay_s,
+        students_delay_s=config.debug_students_delay_s,
         faults=config.debug_faults,
     )
 

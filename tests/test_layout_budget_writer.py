@@ -77,7 +77,7 @@ def test_budget_reserve_and_stop():
     assert not b.must_stop()
     clock.now += 0.2
     assert b.must_stop()
-    assert Budget(budget_s=10.0, start=0.0, clock=clock).reserve_s == 1.5
+    assert Budget(budget_s=10.0, start=0.0, clock=clock).reserve_s == 2.0
     assert Budget(budget_s=85 * 60.0, start=0.0, clock=clock).reserve_s == 90.0
 
 

@@ -122,7 +122,8 @@ class PipelineRunner:
         layout: processes and threads.
         budget: the wall-clock budget.
         progress: show a tqdm progress bar.
-        model_delay_s, faults: test hooks (a slower model; injected child deaths).
+        model_delay_s, students_delay_s, faults: test hooks (a slower model, slower students,
+            injected child deaths).
     """
 
     def __init__(
@@ -133,13 +134,14 @@ class PipelineRunner:
         *,
         progress: bool = False,
         model_delay_s: float = 0.0,
+        students_delay_s: float = 0.0,
         faults: tuple[str, ...] = (),
     ) -> None:
         self.plan = plan
         self.layout = layout
         self.budget = budget
         self.progress = progress
-        self.model_delay_s = model_delay_s
+        self.delays = (model_delay_s, students_delay_s)
         self.faults = tuple(Fault.parse(f) for f in faults)
         self.ctx = mp.get_context("spawn")
         self.spec = with_threads(plan.model, layout.threads)
@@ -162,7 +164,7 @@ class PipelineRunner:
             target = consumer_main
             args = (
                 wid, generation, child_conn, os.getpid(), self.spec, self.slots,
-                self.layout.worker_cpus[wid], self.model_delay_s, self.faults,
+                self.layout.worker_cpus[wid], self.delays, self.faults,
             )
         else:
             target = decoder_main
@@ -462,9 +464,17 @@ class PipelineRunner:
         self.seconds["write"] += time.perf_counter() - t0
 
     def _shutdown(self) -> None:
-        """Stop → join with timeout → terminate → kill. Bounded in time."""
+        """Stop → join with timeout → terminate → kill. Bounded in time.
+
+        Idle children get a Stop message and exit at once. A child still holding tasks is busy
+        with work whose result is no longer wanted (the rows are written): it is terminated
+        straight away rather than waited for.
+        """
         for child in self.children:
-            self._send(child, Stop())
+            if child.tasks:
+                child.process.terminate()
+            else:
+                self._send(child, Stop())
         deadline = time.monotonic() + (0.5 if self.report.interrupted else JOIN_TIMEOUT_S)
         for child in self.children:
             child.process.join(timeout=max(0.0, deadline - time.monotonic()))

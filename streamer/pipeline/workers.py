@@ -114,8 +114,11 @@ def _report_error(conn, role: str, wid: int, during: str, exc: BaseException) ->
         pass  # the parent is gone; the exit code still tells
 
 
-def consumer_main(wid, generation, conn, parent_pid, spec, slots: SlotBuffer, cpus, delay_s, faults) -> None:
-    """A model process: Perch and the students on windows read from the slot buffer."""
+def consumer_main(wid, generation, conn, parent_pid, spec, slots: SlotBuffer, cpus, delays, faults) -> None:
+    """A model process: Perch and the students on windows read from the slot buffer.
+
+    ``delays`` = (seconds added to every task, seconds added when the students run): test
+    hooks that make the model look slower."""
     during = "setup"
     try:
         t0 = time.perf_counter()
@@ -138,9 +141,11 @@ def consumer_main(wid, generation, conn, parent_pid, spec, slots: SlotBuffer, cp
             t_start = time.perf_counter()
             windows = buffer[task.slot, : task.n_windows * WINDOW_SAMPLES].reshape(task.n_windows, WINDOW_SAMPLES)
             outputs = stage.run(np.asarray(windows), with_students=task.with_students)
-            if delay_s:
-                time.sleep(delay_s)
             perch_s, students_s = stage.last_seconds
+            extra_s = delays[0] + (delays[1] if task.with_students else 0.0)
+            if extra_s:
+                time.sleep(extra_s)
+                students_s += delays[1] if task.with_students else 0.0
             conn.send(ModelDone(task.task_id, outputs, perch_s, students_s, time.perf_counter() - t_start, _maxrss_kb()))
 
         _serve(conn, parent_pid, handle)
