@@ -120,3 +120,25 @@ def test_truncated_file_keeps_decoded_part(tmp_path):
         n = int(np.flatnonzero(flat).max()) + 1
         assert 0 < n < MINUTE
         np.testing.assert_allclose(flat[: n // 2], full[: n // 2], atol=1e-6)
+
+
+LONG = Path(__file__).resolve().parent / "data" / "audio" / "jura_S4A03895_20190522_24h_16min_22k.ogg"
+
+
+def test_long_archive_file_reads_only_what_it_needs(monkeypatch):
+    """A 16-min, 22 kHz recording: only the first minute (plus the resampler's margin) is read."""
+    read_frames = []
+    real_read = sf.SoundFile.read
+
+    def counting_read(self, frames=-1, *args, **kwargs):
+        assert frames > 0, "an unbounded read would load the whole file"
+        out = real_read(self, frames, *args, **kwargs)
+        read_frames.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(sf.SoundFile, "read", counting_read)
+    audio = read_span(LONG, MINUTE)
+    assert audio.source_rate_hz == 22000 and audio.samples.shape == (MINUTE,)
+    assert sum(read_frames) <= int(60.25 * 22000) + 1
+    assert any("cut" in n for n in audio.notes) and any("resampled" in n for n in audio.notes)
+    assert np.abs(audio.samples).max() > 0.001  # real sound, not padding

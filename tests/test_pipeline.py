@@ -245,3 +245,27 @@ def test_setup_failure_in_a_child_stops_before_audio(marked, tmp_path):
     with pytest.raises(PipelineError, match="label list has") as info:
         run_infer(prepare(replace(_config(marked, out), perch=bad, workers=1)))
     assert info.value.report is None and not out.exists()
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_the_number_of_files(marked, tmp_path):
+    """Parent and child peak RSS with 6 files vs 60 files (same audio, other names)."""
+    import re
+
+    kit, data = marked
+    peaks = {}
+    for n in (6, 60):
+        d = tmp_path / f"data{n}"
+        shutil.copytree(data, d, ignore=shutil.ignore_patterns("test_soundscapes"))
+        (d / "test_soundscapes").mkdir()
+        src = next(data.glob("test_soundscapes/BC2026_Test_0001_*.ogg"))
+        for i in range(n):
+            shutil.copy(src, d / "test_soundscapes" / f"BC2026_Test_{i + 1:04d}_S03_20250301_{i % 24:02d}0000.ogg")
+        proc = _cli((kit, d), tmp_path / f"m{n}.csv", "--workers", "2", "--no-cnn", "--no-crnn")
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr
+        m = re.search(r"parent (\d+) MB, largest child (\d+) MB", stdout)
+        peaks[n] = (int(m.group(1)), int(m.group(2)))
+        assert len(pd.read_csv(tmp_path / f"m{n}.csv")) == n * 12
+    assert peaks[60][0] - peaks[6][0] < 40, peaks
+    assert peaks[60][1] - peaks[6][1] < 40, peaks
