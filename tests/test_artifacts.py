@@ -176,3 +176,22 @@ def test_rank4_input_and_positional_outputs(kit, tmp_path):
         np.testing.assert_allclose(emb, ref_emb, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
     assert PerchModel(renamed).label_name == "out3"
+
+
+def test_fixed_batch_export_is_fed_in_chunks(tmp_path):
+    import onnx
+
+    from streamer.standins import build_perch_onnx
+
+    ref_path = build_perch_onnx(tmp_path / "ref.onnx")
+    model = onnx.load(str(ref_path))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # batch fixed to 1
+    for out in model.graph.output:
+        out.type.tensor_type.shape.dim[0].dim_value = 1
+    fixed = tmp_path / "fixed.onnx"
+    onnx.save(model, str(fixed))
+    windows = (0.1 * np.random.default_rng(3).standard_normal((3, 160000))).astype(np.float32)
+    ref_emb, ref_logits = PerchModel(ref_path).run(windows)
+    emb, logits = PerchModel(fixed).run(windows)
+    np.testing.assert_allclose(emb, ref_emb, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)

@@ -82,6 +82,8 @@ class PerchModel:
         by_name = {i.name: i for i in inputs}
         self._input = by_name.get(INPUT_NAME, inputs[0])
         self._input_tail = self._input_layout(self._input.shape)
+        # Some exports fix the batch size (often 1): such a model is fed in chunks of that size.
+        self._fixed_batch = _static_dim(self._input.shape[0]) if self._input.shape else None
 
         outputs = self.session.get_outputs()
         names = [o.name for o in outputs]
@@ -127,11 +129,17 @@ class PerchModel:
             embedding float32 ``[N, 1536]`` and logits float32 ``[N, n_labels]``.
         """
         batch = np.ascontiguousarray(windows, dtype=np.float32)
-        if self._input_tail is not None:
-            batch = batch.reshape((batch.shape[0],) + self._input_tail)
-        embedding, logits = self.session.run([self.embedding_name, self.label_name], {self._input.name: batch})
-        n = windows.shape[0]
-        return (
-            np.asarray(embedding, dtype=np.float32).reshape(n, -1),
-            np.asarray(logits, dtype=np.float32).reshape(n, -1),
-        )
+        n = batch.shape[0]
+        step = self._fixed_batch or max(n, 1)
+        embeddings, logits = [], []
+        for start in range(0, n, step):
+            chunk = batch[start : start + step]
+            n_real = chunk.shape[0]
+            if self._fixed_batch and n_real < step:  # pad the last chunk to the fixed size
+                chunk = np.concatenate([chunk, np.zeros((step - n_real,) + chunk.shape[1:], np.float32)])
+            if self._input_tail is not None:
+                chunk = chunk.reshape((chunk.shape[0],) + self._input_tail)
+            emb, lab = self.session.run([self.embedding_name, self.label_name], {self._input.name: chunk})
+            embeddings.append(np.asarray(emb, dtype=np.float32).reshape(chunk.shape[0], -1)[:n_real])
+            logits.append(np.asarray(lab, dtype=np.float32).reshape(chunk.shape[0], -1)[:n_real])
+        return np.concatenate(embeddings), np.concatenate(logits)
