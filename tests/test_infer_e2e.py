@@ -156,7 +156,8 @@ def test_dry_run_uses_first_train_files(kit_copy, tmp_path):
     assert pd.read_csv(out)["row_id"].tolist() == [f"{f}_{5 * (i + 1)}" for f in train for i in range(12)]
 
 
-def test_bad_inputs_get_rows_and_are_counted(kit_copy, tmp_path, capsys, caplog):
+@pytest.mark.parametrize("engine", ["pipeline", "sequential"])
+def test_bad_inputs_get_rows_and_are_counted(kit_copy, tmp_path, capsys, caplog, engine):
     test_dir = kit_copy.data_dir / "test_soundscapes"
     for p in test_dir.glob("*.ogg"):
         p.unlink()
@@ -171,7 +172,7 @@ def test_bad_inputs_get_rows_and_are_counted(kit_copy, tmp_path, capsys, caplog)
     write_audio(test_dir / "BC2026_Test_0106_S13_20250101_060000.ogg", 0.05 * rng.standard_normal(48000 * 60), 48000)
     out = tmp_path / "bad.csv"
     with caplog.at_level("WARNING"):
-        assert cli.main(infer_args(kit_copy, out)) == 0
+        assert cli.main(infer_args(kit_copy, out, "--engine", engine)) == 0
     sub = pd.read_csv(out)
     stems = sorted(p.name[:-4] for p in test_dir.glob("*.ogg"))
     assert sub["row_id"].tolist() == [f"{s}_{5 * (i + 1)}" for s in stems for i in range(12)]
