@@ -26,26 +26,18 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def _threads(value: str) -> int | str:
-    if value in ("auto", "default"):
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, 'auto' or 'default', got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, 'auto' or 'default', got {value!r}")
-    return n
-
-
 def _positive_int(value: str) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+        n = 0
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return n
+
+
+def _threads(value: str) -> int | str:
+    return value if value in ("auto", "default") else _positive_int(value)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:

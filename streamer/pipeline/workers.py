@@ -69,6 +69,19 @@ class Fault:
         return self.role == role and (self.wid is None or self.wid == wid) and (self.always or generation == 0)
 
 
+class FaultTrigger:
+    """Counts a child's tasks and kills the child at an injected fault's task number."""
+
+    def __init__(self, faults, role: str, wid: int, generation: int) -> None:
+        self.at = {f.at_task for f in faults if f.applies(role, wid, generation)}
+        self.n_tasks = 0
+
+    def tick(self) -> None:
+        self.n_tasks += 1
+        if self.n_tasks in self.at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies (no orphans even if the parent is
     killed); elsewhere the polling loop notices the parent is gone."""
@@ -128,16 +141,12 @@ def consumer_main(wid, generation, conn, parent_pid, spec, slots: SlotBuffer, cp
         stage = ModelStage(spec)
         stage.check()
         buffer = slots.open("r+")  # writable only so torch accepts it without a copy; never written here
-        my_faults = [f for f in faults if f.applies("consumer", wid, generation)]
+        trigger = FaultTrigger(faults, "consumer", wid, generation)
         conn.send(Ready("consumer", wid, os.getpid(), time.perf_counter() - t0))
         during = "work"
-        n_tasks = 0
 
         def handle(task: ModelTask) -> None:
-            nonlocal n_tasks
-            n_tasks += 1
-            if any(f.at_task == n_tasks for f in my_faults):
-                os.kill(os.getpid(), signal.SIGKILL)
+            trigger.tick()
             t_start = time.perf_counter()
             windows = buffer[task.slot, : task.n_windows * WINDOW_SAMPLES].reshape(task.n_windows, WINDOW_SAMPLES)
             outputs = stage.run(np.asarray(windows), with_students=task.with_students)
@@ -165,16 +174,12 @@ def decoder_main(wid, generation, conn, parent_pid, slots: SlotBuffer, faults) -
         from streamer.stages import decode_job
 
         buffer = slots.open("r+")
-        my_faults = [f for f in faults if f.applies("decoder", wid, generation)]
+        trigger = FaultTrigger(faults, "decoder", wid, generation)
         conn.send(Ready("decoder", wid, os.getpid(), time.perf_counter() - t0))
         during = "work"
-        n_tasks = 0
 
         def handle(task: DecodeTask) -> None:
-            nonlocal n_tasks
-            n_tasks += 1
-            if any(f.at_task == n_tasks for f in my_faults):
-                os.kill(os.getpid(), signal.SIGKILL)
+            trigger.tick()
             t_start = time.perf_counter()
             decoded = decode_job(task.job)
             if decoded.windows is None:
