@@ -15,6 +15,7 @@ DEFAULT_PRIOR_SCALE = 0.20
 DEFAULT_DRY_RUN_FILES = 20
 DEFAULT_N_FOLDS = 4
 ENGINES = ("pipeline", "sequential")
+STUDENT_BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class InferConfig:
         allow_spinning: let onnxruntime's idle threads spin (off by default: spinning steals CPU
             from neighbouring processes).
         engine: ``"pipeline"`` (multiprocess) or ``"sequential"`` (single-process reference).
+        students_backend: ``"torch"``, ``"onnxruntime"`` (the students exported to ONNX at
+            start-up; same numbers, faster) or ``"auto"`` (onnxruntime in the pipeline, torch in
+            the sequential engine, which mirrors the original script).
         workers: model (consumer) processes of the pipeline; ``None`` plans it.
         decoders: decoder processes of the pipeline; ``None`` plans it.
         pin: pin each consumer to its own CPUs.
@@ -71,6 +75,7 @@ class InferConfig:
     threads: int | str = "auto"
     allow_spinning: bool = False
     engine: str = "pipeline"
+    students_backend: str = "auto"
     workers: int | None = None
     decoders: int | None = None
     pin: bool = True
@@ -95,6 +100,8 @@ class InferConfig:
             raise ConfigError(f"--proto-d-model must be >= 1, got {self.proto_d_model}")
         if not (self.threads in ("auto", "default") or (isinstance(self.threads, int) and self.threads >= 1)):
             raise ConfigError(f"--threads must be a positive integer, 'auto' or 'default', got {self.threads!r}")
+        if self.students_backend not in STUDENT_BACKENDS:
+            raise ConfigError(f"--students-backend must be one of {', '.join(STUDENT_BACKENDS)}, got {self.students_backend!r}")
         if self.engine not in ENGINES:
             raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         for name in ("workers", "decoders"):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from streamer.budget import Budget
 from streamer.report import RunReport
@@ -21,12 +23,38 @@ def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
         start: ``time.monotonic()`` at the start of the command (the budget counts from it);
             default: now.
     """
+    config = plan.config
+    budget = Budget(budget_s=config.budget_minutes * 60.0, start=start if start is not None else time.monotonic())
+    with tempfile.TemporaryDirectory(prefix="streamer-students-") as tmp:
+        plan = _with_student_backend(plan, Path(tmp))
+        report = _run(plan, budget)
+    report.engine += f"; students in {'onnxruntime' if plan.model.students_onnx else 'torch'}"
+    return report
+
+
+def _with_student_backend(plan: RunPlan, tmp: Path) -> RunPlan:
+    """The plan with its students exported to onnxruntime when that backend is chosen."""
+    from streamer.models.student_onnx import export_students
+
+    config, model = plan.config, plan.model
+    backend = config.students_backend
+    if backend == "auto":
+        backend = "torch" if config.engine == "sequential" else "onnxruntime"
+    if backend != "onnxruntime" or not plan.jobs or (model.cnn_path is None and model.crnn_path is None):
+        return plan
+    paths = export_students(model.cnn_path, model.crnn_path, n_classes=model.n_classes, out_dir=tmp)
+    if paths is None:
+        return plan
+    log.info("students run in onnxruntime")
+    return replace(plan, model=replace(model, students_onnx=paths))
+
+
+def _run(plan: RunPlan, budget: Budget) -> RunReport:
     from streamer.models.moe import set_torch_threads
     from streamer.pipeline.layout import plan_layout, sequential_threads
     from streamer.pipeline.workers import with_threads
 
     config = plan.config
-    budget = Budget(budget_s=config.budget_minutes * 60.0, start=start if start is not None else time.monotonic())
     if config.engine == "sequential":
         threads = sequential_threads(config.threads)
         log.info("engine: sequential, %s intra-op thread(s)", "library default" if threads is None else threads)

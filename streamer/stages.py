@@ -82,6 +82,7 @@ class ModelSpec:
     crnn_path: Path | None
     n_classes: int
     threads: ThreadSettings = ThreadSettings()
+    students_onnx: tuple[Path | None, Path | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,9 @@ class ModelStage:
         self.spec = spec
         set_torch_threads(spec.threads.intra_op_threads)
         self.perch = PerchModel(spec.onnx_path, spec.threads)
-        self.students = Students(spec.cnn_path, spec.crnn_path, n_classes=spec.n_classes)
+        self.students = Students(
+            spec.cnn_path, spec.crnn_path, n_classes=spec.n_classes, onnx_paths=spec.students_onnx, threads=spec.threads
+        )
         self.seconds = {"perch": 0.0, "students": 0.0}
         self.last_seconds = (0.0, 0.0)
 

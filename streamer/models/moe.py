@@ -11,6 +11,9 @@ from streamer.errors import ArtifactError, DependencyError
 
 log = logging.getLogger(__name__)
 
+STUDENT_ONNX_INPUT = "mel"
+STUDENT_ONNX_OUTPUT = "logits"
+
 
 def import_torch():
     try:
@@ -102,14 +105,49 @@ def load_student(path: Path, kind: str, *, n_classes: int):
     return _load_strict(model, state, path, what)
 
 
-class Students:
-    """The log-mel front end and the loaded students (either may be absent)."""
+class _OnnxStudent:
+    """A student exported to ONNX (log-mel in, logits out), run by onnxruntime."""
 
-    def __init__(self, cnn_path: Path | None, crnn_path: Path | None, *, n_classes: int) -> None:
+    def __init__(self, onnx_path: Path, threads) -> None:
+        from streamer.models.perch import import_onnxruntime, session_options
+
+        ort = import_onnxruntime()
+        self.session = ort.InferenceSession(str(onnx_path), session_options(threads), providers=["CPUExecutionProvider"])
+
+    def __call__(self, mel):
+        return self.session.run([STUDENT_ONNX_OUTPUT], {STUDENT_ONNX_INPUT: mel.numpy()})[0]
+
+
+class Students:
+    """The log-mel front end and the loaded students (either may be absent).
+
+    The students run in torch, or, when ``onnx_paths`` are given (see
+    :func:`streamer.models.student_onnx.export_students`), in onnxruntime: the same numbers to
+    float32 round-off, about four times faster on CPU. The log-mel stays in torch.
+    """
+
+    def __init__(
+        self,
+        cnn_path: Path | None,
+        crnn_path: Path | None,
+        *,
+        n_classes: int,
+        onnx_paths: tuple[Path | None, Path | None] | None = None,
+        threads=None,
+    ) -> None:
         from streamer.models.experts import LogMel
 
-        self.cnn = load_student(cnn_path, "cnn", n_classes=n_classes) if cnn_path is not None else None
-        self.crnn = load_student(crnn_path, "crnn", n_classes=n_classes) if crnn_path is not None else None
+        self.backend = "onnxruntime" if onnx_paths is not None else "torch"
+        nets = []
+        for kind, path, exported in zip(("cnn", "crnn"), (cnn_path, crnn_path), onnx_paths or (None, None)):
+            if path is None:
+                nets.append(None)
+            elif exported is not None:
+                nets.append(_OnnxStudent(exported, threads))
+            else:
+                net = load_student(path, kind, n_classes=n_classes)
+                nets.append(lambda mel, net=net: net(mel)[1].numpy())
+        self.cnn, self.crnn = nets
         self.logmel = LogMel().eval()
 
     @property
@@ -123,8 +161,8 @@ class Students:
         torch = import_torch()
         with torch.inference_mode():
             mel = self.logmel(torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)))
-            cnn = self.cnn(mel)[1].numpy() if self.cnn is not None else None
-            crnn = self.crnn(mel)[1].numpy() if self.crnn is not None else None
+            cnn = self.cnn(mel) if self.cnn is not None else None
+            crnn = self.crnn(mel) if self.crnn is not None else None
         return cnn, crnn
 
 

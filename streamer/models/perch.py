@@ -48,6 +48,22 @@ def import_onnxruntime():
     return onnxruntime
 
 
+def session_options(threads: ThreadSettings):
+    """onnxruntime session options for a thread setting (untouched defaults when the thread
+    count is ``None``)."""
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    if threads.intra_op_threads is not None:
+        options.intra_op_num_threads = int(threads.intra_op_threads)
+        options.inter_op_num_threads = int(threads.inter_op_threads)
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        spin = "1" if threads.allow_spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
 def _static_dim(dim) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
@@ -63,16 +79,8 @@ class PerchModel:
     def __init__(self, onnx_path: str | Path, threads: ThreadSettings = ThreadSettings()) -> None:
         ort = import_onnxruntime()
         self.onnx_path = Path(onnx_path)
-        options = ort.SessionOptions()
-        if threads.intra_op_threads is not None:
-            options.intra_op_num_threads = int(threads.intra_op_threads)
-            options.inter_op_num_threads = int(threads.inter_op_threads)
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if threads.allow_spinning else "0")
-            options.add_session_config_entry("session.inter_op.allow_spinning", "1" if threads.allow_spinning else "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(self.onnx_path), session_options(threads), providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ArtifactError(f"{self.onnx_path}: onnxruntime cannot load this model ({type(exc).__name__}: {exc})") from exc
 

@@ -1,0 +1,66 @@
+"""Students exported to onnxruntime give the torch numbers; a failed export falls back to torch."""
+
+import numpy as np
+import soundfile as sf
+
+from streamer.models import student_onnx
+from streamer.models.moe import Students
+from streamer.models.perch import ThreadSettings
+
+from conftest import REAL_AUDIO
+
+
+def _windows():
+    audio, _ = sf.read(REAL_AUDIO / "BC2026_Test_0003_S90_20190522_120000.ogg", dtype="float32")
+    return audio[: 3 * 160000].reshape(3, 160000)
+
+
+def test_onnxruntime_students_equal_torch(kit, tmp_path):
+    cnn, crnn = sorted(kit.moe_dir.glob("student_cnn*.pt"))[0], sorted(kit.moe_dir.glob("student_crnn*.pt"))[0]
+    paths = student_onnx.export_students(cnn, crnn, n_classes=234, out_dir=tmp_path)
+    assert paths is not None and all(p.is_file() for p in paths)
+    torch_students = Students(cnn, crnn, n_classes=234)
+    ort_students = Students(cnn, crnn, n_classes=234, onnx_paths=paths, threads=ThreadSettings(1))
+    assert ort_students.backend == "onnxruntime" and torch_students.backend == "torch"
+    windows = _windows()
+    for a, b in zip(torch_students.run(windows), ort_students.run(windows)):
+        assert a.shape == (3, 234)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=2e-5)
+
+
+def test_one_student_only(kit, tmp_path):
+    crnn = sorted(kit.moe_dir.glob("student_crnn*.pt"))[0]
+    paths = student_onnx.export_students(None, crnn, n_classes=234, out_dir=tmp_path)
+    assert paths[0] is None and paths[1].is_file()
+    cnn_out, crnn_out = Students(None, crnn, n_classes=234, onnx_paths=paths, threads=ThreadSettings(1)).run(_windows())
+    assert cnn_out is None and crnn_out.shape == (3, 234)
+
+
+def test_failed_export_falls_back_to_torch(kit, tmp_path, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter unavailable")
+
+    monkeypatch.setattr(student_onnx, "_export", broken)
+    cnn = sorted(kit.moe_dir.glob("student_cnn*.pt"))[0]
+    with caplog.at_level("WARNING"):
+        assert student_onnx.export_students(cnn, None, n_classes=234, out_dir=tmp_path) is None
+    assert "keeping torch" in caplog.text
+
+
+def test_export_that_disagrees_is_rejected(kit, tmp_path, monkeypatch, caplog):
+    real_export = student_onnx._export
+
+    def skewed(net, path, example):
+        import torch
+
+        with torch.no_grad():
+            net.logit_head.bias.add_(1.0)  # the exported graph no longer matches the checkpoint
+        real_export(net, path, example)
+        with torch.no_grad():
+            net.logit_head.bias.sub_(1.0)
+
+    monkeypatch.setattr(student_onnx, "_export", skewed)
+    cnn = sorted(kit.moe_dir.glob("student_cnn*.pt"))[0]
+    with caplog.at_level("WARNING"):
+        assert student_onnx.export_students(cnn, None, n_classes=234, out_dir=tmp_path) is None
+    assert "differs from torch" in caplog.text
