@@ -71,10 +71,16 @@ def resample(samples: np.ndarray, rate_in_hz: int, rate_out_hz: int = TARGET_SAM
     return soxr.resample(samples, rate_in_hz, rate_out_hz, quality="HQ").astype(np.float32, copy=False)
 
 
-def read_span(path: str | os.PathLike, n_samples: int, offset_samples: int = 0) -> DecodedAudio:
+def read_span(
+    path: str | os.PathLike, n_samples: int, offset_samples: int = 0, out: np.ndarray | None = None
+) -> DecodedAudio:
     """Decode ``n_samples`` at 32 kHz starting at ``offset_samples`` (32 kHz units).
 
     The result is zero-padded when the file ends early. Only the needed part of the file is read.
+
+    Args:
+        out: optional float32 ``[n_samples]`` array to decode into (for example a shared-memory
+            slot); the result's ``samples`` is then that array.
 
     Raises:
         AudioDecodeError: the file cannot be opened or read, or holds no samples at all.
@@ -82,6 +88,8 @@ def read_span(path: str | os.PathLike, n_samples: int, offset_samples: int = 0) 
     sf = _import_soundfile()
     path = os.fspath(path)
     notes: list[str] = []
+    if out is not None and (out.dtype != np.float32 or out.shape != (n_samples,)):
+        raise ValueError(f"out must be float32 [{n_samples}], got {out.dtype} {out.shape}")
     try:
         with sf.SoundFile(path) as handle:
             rate = int(handle.samplerate)
@@ -90,6 +98,13 @@ def read_span(path: str | os.PathLike, n_samples: int, offset_samples: int = 0) 
             if rate <= 0:
                 raise AudioDecodeError(f"{path}: invalid sample rate {rate}")
             start = int(round(offset_samples * rate / TARGET_SAMPLE_RATE_HZ))
+            if channels == 1 and rate == TARGET_SAMPLE_RATE_HZ:
+                # The common case: decode straight into the destination, no intermediate copies.
+                if start > 0:
+                    handle.seek(min(start, total_frames) if total_frames > 0 else start)
+                dest = out if out is not None else np.empty(n_samples, dtype=np.float32)
+                n_read = handle.read(n_samples, dtype="float32", out=dest).shape[0]
+                return _finish_direct(path, dest, n_read, n_samples, offset_samples, total_frames, rate)
             if rate == TARGET_SAMPLE_RATE_HZ:
                 want = n_samples
             else:
@@ -134,6 +149,9 @@ def read_span(path: str | os.PathLike, n_samples: int, offset_samples: int = 0) 
         mono = mono[:n_samples]
     if offset_samples == 0 and total_frames / rate > n_samples / TARGET_SAMPLE_RATE_HZ:
         notes.append(f"cut from {total_frames / rate:.2f} s")
+    if out is not None:
+        out[:] = mono
+        mono = out
     return DecodedAudio(
         samples=np.ascontiguousarray(mono, dtype=np.float32),
         source_rate_hz=rate,
@@ -141,6 +159,25 @@ def read_span(path: str | os.PathLike, n_samples: int, offset_samples: int = 0) 
         n_source_samples=n_real,
         notes=tuple(notes),
     )
+
+
+def _finish_direct(
+    path: str, dest: np.ndarray, n_read: int, n_samples: int, offset_samples: int, total_frames: int, rate: int
+) -> DecodedAudio:
+    """Pad, clean and describe a span decoded in place (mono, 32 kHz)."""
+    if n_read == 0 and offset_samples == 0:
+        raise AudioDecodeError(f"{path}: the file holds no audio samples")
+    notes = []
+    dest[n_read:] = 0.0
+    if not np.all(np.isfinite(dest[:n_read])):
+        bad = ~np.isfinite(dest)
+        notes.append(f"{int(bad.sum())} non-finite samples set to 0")
+        dest[bad] = 0.0
+    if n_read < n_samples and offset_samples == 0:
+        notes.append(f"padded from {n_read / TARGET_SAMPLE_RATE_HZ:.2f} s")
+    if offset_samples == 0 and total_frames > n_samples:
+        notes.append(f"cut from {total_frames / rate:.2f} s")
+    return DecodedAudio(samples=dest, source_rate_hz=rate, source_channels=1, n_source_samples=n_read, notes=tuple(notes))
 
 
 def write_audio(path: str | os.PathLike, samples: np.ndarray, sample_rate_hz: int, *, subtype: str | None = None) -> None:

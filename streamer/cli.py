@@ -16,7 +16,7 @@ from pathlib import Path
 from streamer import __version__
 from streamer.budget import DEFAULT_BUDGET_MINUTES
 from streamer.config import DEFAULT_BLEND, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, ENGINES, STUDENT_BACKENDS, InferConfig
-from streamer.errors import StreamerError
+from streamer.errors import ConfigError, StreamerError
 
 log = logging.getLogger("streamer")
 
@@ -62,12 +62,15 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
     r = parser.add_argument_group("execution")
     r.add_argument("--engine", choices=ENGINES, default="pipeline", help="multiprocess pipeline, or the single-process sequential reference (default: %(default)s)")
     r.add_argument("--students-backend", choices=STUDENT_BACKENDS, default="auto", help="run the students in torch or in onnxruntime (exported at start-up; same numbers, ~4x faster); auto: onnxruntime in the pipeline, torch in the sequential engine (default: %(default)s)")
+    r.add_argument("--reduce-in", choices=("consumer", "parent"), default="parent", help="where the pipeline runs each file's prior, ProtoSSM folds and post-processing (default: %(default)s)")
     r.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="model (consumer) processes of the pipeline (default: planned from the CPUs)")
     r.add_argument("--threads", type=_threads, default="auto", metavar="T|auto|default", help="intra-op threads per model process; 'auto' plans them from the CPUs, 'default' leaves onnxruntime's and torch's own defaults (default: %(default)s)")
     r.add_argument("--decoders", type=_positive_int, default=None, metavar="D", help="decoder processes of the pipeline (default: 1 per 8 CPUs)")
     r.add_argument("--no-pin", action="store_true", help="do not pin model processes to CPUs")
     r.add_argument("--allow-spinning", action="store_true", help="let onnxruntime's idle threads spin (off by default)")
     r.add_argument("--budget-minutes", type=float, default=DEFAULT_BUDGET_MINUTES, metavar="M", help="wall-clock budget from the start of the command; a complete CSV is written before it ends (default: %(default)s)")
+    r.add_argument("--profile", type=Path, default=None, metavar="FILE", help="tuned layout from 'streamer tune' (default: the cached profile, if it was measured on this machine and no layout flag is given)")
+    r.add_argument("--no-profile", action="store_true", help="ignore any tuned profile")
     # Test hooks, not for users: a slower model, and injected child deaths.
     r.add_argument("--debug-model-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     r.add_argument("--debug-fault", action="append", default=[], help=argparse.SUPPRESS)
@@ -96,10 +99,13 @@ def config_from_args(args: argparse.Namespace) -> InferConfig:
         allow_spinning=args.allow_spinning,
         engine=args.engine,
         students_backend=args.students_backend,
+        reduce_in=args.reduce_in,
         workers=args.workers,
         decoders=args.decoders,
         pin=not args.no_pin,
         budget_minutes=args.budget_minutes,
+        profile=args.profile,
+        use_profile=not args.no_profile,
         progress=not getattr(args, "quiet", False),
         debug_model_delay_s=args.debug_model_delay,
         debug_faults=tuple(args.debug_fault),
@@ -117,7 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(p)
     p.add_argument("--out", type=Path, default=Path("submission.csv"), help="submission CSV to write (default: %(default)s)")
     p.add_argument("--dry-run-files", type=int, default=DEFAULT_DRY_RUN_FILES, help="files of train_soundscapes/ to score when test_soundscapes/ is empty (default: %(default)s)")
+    p.add_argument("--report-json", type=Path, default=None, metavar="FILE", help="also write the run report (tiers, stage seconds, memory, throughput) as JSON")
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("bench", help="measure baseline, engine, ceiling and a grid of layouts on this machine")
+    _add_bench_arguments(p)
+    p.add_argument("--out-dir", type=Path, default=Path("bench-results"), help="where bench.md, bench.json and bench.png go (default: %(default)s)")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="JSON results (default: <out-dir>/bench.json)")
+    p.add_argument("--chart", type=Path, default=None, metavar="FILE", help="PNG chart of throughput per layout (default: <out-dir>/bench.png)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("tune", help="measure pipeline layouts and save the fastest as the profile infer uses")
+    _add_bench_arguments(p)
+    p.add_argument("--profile", type=Path, default=None, metavar="FILE", help="where to save the profile (default: the cache folder's profile.json, which infer finds by itself)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("make-standins", help="write a stand-in kit: Perch-format ONNX, MoE bundle and competition folder with random weights")
     p.add_argument("dir", type=Path, help="folder to write the kit into")
@@ -130,6 +149,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="rebuild the kit even if it is cached")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="fewer files, repeats and layouts (under about five minutes on 2 cores)")
+    p.add_argument("--files", type=_positive_int, default=None, help="files to score per run (default: 24, quick 12)")
+    p.add_argument("--repeats", type=_positive_int, default=None, help="interleaved repeats of every contender (default: 3, quick 2)")
+    p.add_argument("--audio", type=Path, default=None, metavar="DIR", help="recordings to cycle through (default: the real recordings shipped with streamer)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="where the stand-in models are kept (default: $STREAMER_CACHE or ~/.cache/streamer)")
+    m = p.add_argument_group("models (default: the realistic-cost stand-ins)")
+    m.add_argument("--data-dir", type=Path, default=None, help="competition folder for the class list and the prior (its audio is not used)")
+    m.add_argument("--perch", type=Path, default=None, help="Perch ONNX file or folder")
+    m.add_argument("--moe-dir", type=Path, default=None, help="MoE bundle folder")
+
+
+def _bench_models(args: argparse.Namespace):
+    from streamer.artifacts import resolve_perch_onnx
+    from streamer.bench.runner import BenchModels, default_models
+
+    given = [args.data_dir, args.perch, args.moe_dir]
+    if any(given) and not all(given):
+        raise ConfigError("give all of --data-dir, --perch and --moe-dir to benchmark your own models, or none of them")
+    if all(given):
+        return BenchModels(perch=resolve_perch_onnx(args.perch), moe_dir=args.moe_dir, data_dir=args.data_dir, description=f"Perch {args.perch}, MoE {args.moe_dir}")
+    return default_models(args.cache_dir or default_cache_dir())
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from streamer.bench.runner import run_bench
+
+    result = run_bench(
+        out_dir=args.out_dir, quick=args.quick, n_files=args.files, repeats=args.repeats, audio_dir=args.audio,
+        models=_bench_models(args), cache_dir=args.cache_dir, json_path=args.json, chart_path=args.chart,
+    )
+    print(result["markdown"])
+    print(f"\nresults: {args.json or args.out_dir / 'bench.json'}; chart: {result.get('chart')}")
+    return EXIT_OK
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from streamer.bench.tune import run_tune
+    from streamer.profile import default_profile_path
+
+    path = args.profile or default_profile_path()
+    layout, measurements = run_tune(
+        profile_path=path, models=_bench_models(args), quick=args.quick, n_files=args.files, repeats=args.repeats, audio_dir=args.audio
+    )
+    for m in measurements:
+        print(f"{m['windows_per_s']:8.1f} windows/s  {m['name']}")
+    print(f"best: {layout.describe()}\nprofile saved to {path}; 'streamer infer' uses it on this machine unless layout flags are given")
+    return EXIT_OK
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -149,11 +218,20 @@ def cmd_infer(args: argparse.Namespace) -> int:
     except PipelineError as exc:
         if exc.report is None:
             raise
-        print(exc.report.summary())
+        _report_out(exc.report, args.report_json)
         log.error("the run stopped early: %s; %s was written with fallback rows for the unfinished files", exc, config.out)
         return EXIT_FAILURE
-    print(report.summary())
+    _report_out(report, args.report_json)
     return EXIT_INTERRUPTED if report.interrupted else EXIT_OK
+
+
+def _report_out(report, json_path: Path | None) -> None:
+    import json
+
+    print(report.summary())
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
 
 
 def default_cache_dir() -> Path:

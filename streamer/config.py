@@ -45,11 +45,17 @@ class InferConfig:
         students_backend: ``"torch"``, ``"onnxruntime"`` (the students exported to ONNX at
             start-up; same numbers, faster) or ``"auto"`` (onnxruntime in the pipeline, torch in
             the sequential engine, which mirrors the original script).
+        reduce_in: where the pipeline runs each file's reduction (prior, ProtoSSM folds,
+            post-processing): ``"consumer"`` (right after the models, in the same process) or
+            ``"parent"``.
         workers: model (consumer) processes of the pipeline; ``None`` plans it.
         decoders: decoder processes of the pipeline; ``None`` plans it.
         pin: pin each consumer to its own CPUs.
         budget_minutes: wall-clock budget from the start of the command.
         progress: show the progress bar.
+        profile: a tuned layout profile (``streamer tune``); by default the one in the cache
+            folder is used when it was measured on this machine and no layout flag is given.
+        use_profile: whether to look for a profile at all.
         debug_model_delay_s: extra seconds per file in each consumer (tests of the budget).
         debug_students_delay_s: extra seconds per file when the students run (tests).
         debug_faults: injected faults, ``"role:id:n[:always]"`` (tests of fault handling).
@@ -76,11 +82,14 @@ class InferConfig:
     allow_spinning: bool = False
     engine: str = "pipeline"
     students_backend: str = "auto"
+    reduce_in: str = "parent"
     workers: int | None = None
     decoders: int | None = None
     pin: bool = True
     budget_minutes: float = DEFAULT_BUDGET_MINUTES
     progress: bool = True
+    profile: Path | None = None
+    use_profile: bool = True
     debug_model_delay_s: float = 0.0
     debug_students_delay_s: float = 0.0
     debug_faults: tuple[str, ...] = ()
@@ -102,6 +111,8 @@ class InferConfig:
             raise ConfigError(f"--threads must be a positive integer, 'auto' or 'default', got {self.threads!r}")
         if self.students_backend not in STUDENT_BACKENDS:
             raise ConfigError(f"--students-backend must be one of {', '.join(STUDENT_BACKENDS)}, got {self.students_backend!r}")
+        if self.reduce_in not in ("consumer", "parent"):
+            raise ConfigError(f"--reduce-in must be 'consumer' or 'parent', got {self.reduce_in!r}")
         if self.engine not in ENGINES:
             raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         for name in ("workers", "decoders"):

@@ -44,6 +44,28 @@ class RunReport:
     interrupted: bool = False
     error: str | None = None
 
+    def to_dict(self) -> dict:
+        """A JSON-ready form (``--report-json``)."""
+        total = self.seconds.get("total", 0.0)
+        setup = self.seconds.get("setup", 0.0)
+        return {
+            "out": str(self.out),
+            "n_files": self.n_files,
+            "n_windows": self.n_windows,
+            "n_modelled_windows": self.n_modelled_windows,
+            "source": self.source,
+            "engine": self.engine,
+            "seconds": dict(self.seconds),
+            "windows_per_s": self.n_modelled_windows / total if total > 0 else 0.0,
+            "steady_windows_per_s": self.n_modelled_windows / (total - setup) if total > setup else 0.0,
+            "peak_rss_mb": dict(self.peak_rss_mb),
+            "tiers": dict(self.tiers),
+            "reasons": dict(self.reasons),
+            "budget_notes": list(self.budget_notes),
+            "interrupted": self.interrupted,
+            "error": self.error,
+        }
+
     def set_tier(self, stem: str, tier: str, reason: str | None = None) -> None:
         self.tiers[stem] = tier
         if reason:

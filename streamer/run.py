@@ -62,9 +62,12 @@ def _run(plan: RunPlan, budget: Budget) -> RunReport:
 
     from streamer.pipeline.runner import run_pipeline
 
-    layout = plan_layout(
-        workers=config.workers, threads=config.threads, decoders=config.decoders, pin=config.pin, n_files=len(plan.jobs)
-    )
+    workers, threads, decoders = config.workers, config.threads, config.decoders
+    tuned = _tuned_layout(config)
+    if tuned is not None:
+        workers, threads, decoders = tuned.workers, tuned.threads, tuned.decoders
+        plan = replace(plan, model=replace(plan.model, threads=replace(plan.model.threads, allow_spinning=tuned.allow_spinning)))
+    layout = plan_layout(workers=workers, threads=threads, decoders=decoders, pin=config.pin, n_files=len(plan.jobs))
     log.info("engine: pipeline, %s", layout.describe())
     # The parent only reduces (ProtoSSM on 12 windows at a time): one thread, so it does not
     # compete with the consumers for every core.
@@ -77,7 +80,23 @@ def _run(plan: RunPlan, budget: Budget) -> RunReport:
         model_delay_s=config.debug_model_delay_s,
         students_delay_s=config.debug_students_delay_s,
         faults=config.debug_faults,
+        reduce_in_consumers=config.reduce_in == "consumer",
     )
+
+
+def _tuned_layout(config):
+    """The tuned profile's layout, when one applies: only if no layout flag was given."""
+    from streamer.profile import default_profile_path, load_profile
+
+    if not config.use_profile:
+        return None
+    explicit = config.workers is not None or config.decoders is not None or config.threads != "auto" or config.allow_spinning
+    if explicit:
+        if config.profile is not None:
+            log.info("layout flags given: the profile %s is not used", config.profile)
+        return None
+    path = config.profile if config.profile is not None else default_profile_path()
+    return load_profile(path, required=config.profile is not None)
 
 
 def _sequential(plan: RunPlan, budget: Budget) -> RunReport:

@@ -112,10 +112,12 @@ class RunPlan:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
-def decode_job(job: FileJob, n_windows: int = N_WINDOWS_PER_FILE) -> DecodedFile:
-    """Decode a file's first ``n_windows`` windows (padded or cut); errors become a record."""
+def decode_job(job: FileJob, n_windows: int = N_WINDOWS_PER_FILE, out: np.ndarray | None = None) -> DecodedFile:
+    """Decode a file's first ``n_windows`` windows (padded or cut); errors become a record.
+
+    ``out`` (float32 ``[n_windows * 160000]``) is decoded into when given."""
     try:
-        audio = read_span(job.path, n_windows * WINDOW_SAMPLES)
+        audio = read_span(job.path, n_windows * WINDOW_SAMPLES, out=out)
     except AudioDecodeError as exc:
         return DecodedFile(job=job, windows=None, error=str(exc))
     return DecodedFile(job=job, windows=audio.samples.reshape(n_windows, WINDOW_SAMPLES), notes=audio.notes)

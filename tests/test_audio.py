@@ -142,3 +142,22 @@ def test_long_archive_file_reads_only_what_it_needs(monkeypatch):
     assert sum(read_frames) <= int(60.25 * 22000) + 1
     assert any("cut" in n for n in audio.notes) and any("resampled" in n for n in audio.notes)
     assert np.abs(audio.samples).max() > 0.001  # real sound, not padding
+
+
+@pytest.mark.parametrize("name", ["BC2026_Test_0001_S90_20190522_000000.ogg", "birds_10s_32k.ogg"])
+def test_decoding_into_a_given_buffer_equals_the_plain_result(name):
+    plain = read_span(REAL / name, MINUTE)
+    buf = np.full(MINUTE, 7.0, np.float32)  # garbage that must be overwritten (padding included)
+    direct = read_span(REAL / name, MINUTE, out=buf)
+    assert direct.samples is buf
+    np.testing.assert_array_equal(buf, plain.samples)
+    assert direct.notes == plain.notes
+
+
+def test_decoding_into_a_buffer_with_resampling(tmp_path):
+    path = tmp_path / "tone.wav"
+    write_audio(path, 0.1 * np.ones(22050 * 3, np.float32), 22050, subtype="FLOAT")
+    buf = np.full(MINUTE, 7.0, np.float32)
+    direct = read_span(path, MINUTE, out=buf)
+    np.testing.assert_array_equal(buf, read_span(path, MINUTE).samples)
+    assert direct.samples is buf

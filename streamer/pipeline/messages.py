@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from streamer.stages import FileJob, ModelOutputs
 
 
@@ -26,6 +28,7 @@ class ModelTask:
     slot: int
     n_windows: int
     with_students: bool
+    stem: str
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,16 @@ class DecodeFailed:
 
 @dataclass(frozen=True)
 class ModelDone:
+    """A file's result: its probabilities ``[12, C]`` when the consumer also reduces, else the
+    raw model outputs for the parent to reduce."""
+
     task_id: int
-    outputs: ModelOutputs
+    outputs: ModelOutputs | None
+    probs: np.ndarray | None
     perch_s: float
     students_s: float
+    protossm_s: float
+    postprocess_s: float
     busy_s: float
     maxrss_kb: int
 

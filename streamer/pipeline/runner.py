@@ -136,12 +136,14 @@ class PipelineRunner:
         model_delay_s: float = 0.0,
         students_delay_s: float = 0.0,
         faults: tuple[str, ...] = (),
+        reduce_in_consumers: bool = False,
     ) -> None:
         self.plan = plan
         self.layout = layout
         self.budget = budget
         self.progress = progress
         self.delays = (model_delay_s, students_delay_s)
+        self.reduce_in_consumers = reduce_in_consumers
         self.faults = tuple(Fault.parse(f) for f in faults)
         self.ctx = mp.get_context("spawn")
         self.spec = with_threads(plan.model, layout.threads)
@@ -163,7 +165,8 @@ class PipelineRunner:
         if role == "consumer":
             target = consumer_main
             args = (
-                wid, generation, child_conn, os.getpid(), self.spec, self.slots,
+                wid, generation, child_conn, os.getpid(), self.spec,
+                self.plan.reducer if self.reduce_in_consumers else None, self.slots,
                 self.layout.worker_cpus[wid], self.delays, self.faults,
             )
         else:
@@ -242,7 +245,8 @@ class PipelineRunner:
             task_id = self._task_id()
             child.tasks[task_id] = index
             self.tier_of[index] = tier
-            if not self._send(child, ModelTask(task_id, self.slot_of[index], N_WINDOWS_PER_FILE, tier == TIER_FULL)):
+            task = ModelTask(task_id, self.slot_of[index], N_WINDOWS_PER_FILE, tier == TIER_FULL, self.plan.jobs[index].stem)
+            if not self._send(child, task):
                 break
 
     def _task_id(self) -> int:
@@ -279,12 +283,18 @@ class PipelineRunner:
                 self.free_slots.append(slot)
             self.seconds["perch"] += msg.perch_s
             self.seconds["students"] += msg.students_s
+            self.seconds["protossm"] += msg.protossm_s
+            self.seconds["postprocess"] += msg.postprocess_s
+            # A consumer's own reduction is part of its time per file (busy_s includes it).
             self.budget.costs.observe_model(msg.perch_s, msg.students_s, max(0.0, msg.busy_s - msg.perch_s - msg.students_s))
             if self.writer.has(index):
                 return
-            t0 = time.perf_counter()
-            probs = self.reducer.reduce(self.plan.jobs[index].stem, msg.outputs)
-            self.budget.costs.observe_reduce(time.perf_counter() - t0)
+            if msg.probs is not None:
+                probs = msg.probs
+            else:
+                t0 = time.perf_counter()
+                probs = self.reducer.reduce(self.plan.jobs[index].stem, msg.outputs)
+                self.budget.costs.observe_reduce(time.perf_counter() - t0)
             tier = self.tier_of.pop(index, TIER_FULL)
             self._set_rows(index, probs, tier, None if tier == TIER_FULL else "students dropped to meet the budget")
         elif isinstance(msg, ChildError):
@@ -412,7 +422,8 @@ class PipelineRunner:
                 if in_main:
                     signal.signal(signal.SIGINT, previous)
         self.seconds["total"] = time.perf_counter() - t_start
-        self.seconds.update(self.reducer.seconds)
+        for key, value in self.reducer.seconds.items():  # the parent's own reductions, if any
+            self.seconds[key] += value
         self.report.seconds = {k: v for k, v in self.seconds.items() if not k.endswith("_startup_max")}
         self.report.budget_notes = list(budget.decisions)
         self._memory()

@@ -127,8 +127,9 @@ def _report_error(conn, role: str, wid: int, during: str, exc: BaseException) ->
         pass  # the parent is gone; the exit code still tells
 
 
-def consumer_main(wid, generation, conn, parent_pid, spec, slots: SlotBuffer, cpus, delays, faults) -> None:
-    """A model process: Perch and the students on windows read from the slot buffer.
+def consumer_main(wid, generation, conn, parent_pid, spec, reducer_spec, slots: SlotBuffer, cpus, delays, faults) -> None:
+    """A model process: Perch and the students on windows read from the slot buffer, then, when
+    ``reducer_spec`` is given, the file's reduction (prior, ProtoSSM folds, post-processing).
 
     ``delays`` = (seconds added to every task, seconds added when the students run): test
     hooks that make the model look slower."""
@@ -136,10 +137,11 @@ def consumer_main(wid, generation, conn, parent_pid, spec, slots: SlotBuffer, cp
     try:
         t0 = time.perf_counter()
         _setup(cpus, spec.threads.intra_op_threads)
-        from streamer.stages import ModelStage
+        from streamer.stages import ModelStage, Reducer
 
         stage = ModelStage(spec)
         stage.check()
+        reducer = Reducer(reducer_spec) if reducer_spec is not None else None
         buffer = slots.open("r+")  # writable only so torch accepts it without a copy; never written here
         trigger = FaultTrigger(faults, "consumer", wid, generation)
         conn.send(Ready("consumer", wid, os.getpid(), time.perf_counter() - t0))
@@ -155,7 +157,15 @@ def consumer_main(wid, generation, conn, parent_pid, spec, slots: SlotBuffer, cp
             if extra_s:
                 time.sleep(extra_s)
                 students_s += delays[1] if task.with_students else 0.0
-            conn.send(ModelDone(task.task_id, outputs, perch_s, students_s, time.perf_counter() - t_start, _maxrss_kb()))
+            probs, protossm_s, post_s = None, 0.0, 0.0
+            if reducer is not None:
+                before = dict(reducer.seconds)
+                probs = reducer.reduce(task.stem, outputs)
+                protossm_s = reducer.seconds["protossm"] - before["protossm"]
+                post_s = reducer.seconds["postprocess"] - before["postprocess"]
+                outputs = None
+            busy_s = time.perf_counter() - t_start
+            conn.send(ModelDone(task.task_id, outputs, probs, perch_s, students_s, protossm_s, post_s, busy_s, _maxrss_kb()))
 
         _serve(conn, parent_pid, handle)
     except (EOFError, BrokenPipeError):
@@ -181,12 +191,10 @@ def decoder_main(wid, generation, conn, parent_pid, slots: SlotBuffer, faults) -
         def handle(task: DecodeTask) -> None:
             trigger.tick()
             t_start = time.perf_counter()
-            decoded = decode_job(task.job)
+            decoded = decode_job(task.job, out=buffer[task.slot])  # straight into the shared slot
             if decoded.windows is None:
                 conn.send(DecodeFailed(task.task_id, decoded.error or "unreadable", time.perf_counter() - t_start))
                 return
-            flat = decoded.windows.reshape(-1)
-            buffer[task.slot, : flat.shape[0]] = flat
             conn.send(Decoded(task.task_id, decoded.notes, time.perf_counter() - t_start, _maxrss_kb()))
 
         _serve(conn, parent_pid, handle)

@@ -1,0 +1,368 @@
+"""``streamer bench``: baseline vs engine vs ceiling, and a grid of layouts, in one run.
+
+Every contender that runs ``infer`` runs as its own ``python -m streamer infer`` process, so each
+pays its own start-up and its memory is its own. Contenders are interleaved (round-robin, the
+order rotating each repeat) and repeated, and medians are quoted: the machines are shared and
+noisy, so only ratios measured in one run mean anything.
+
+Throughput is *steady-state* windows per second: windows scored divided by the time after the
+models were loaded. Start-up is reported separately, and both go into the projection for 600
+one-minute files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streamer.metadata import N_WINDOWS_PER_FILE, WINDOW_S
+
+log = logging.getLogger(__name__)
+
+KAGGLE_FILES = 600
+REAL_RECORDINGS = (
+    "BC2026_Test_0001_S90_20190522_000000.ogg",
+    "BC2026_Test_0002_S90_20190522_060000.ogg",
+    "BC2026_Test_0003_S90_20190522_120000.ogg",
+    "BC2026_Test_0004_S90_20190522_180000.ogg",
+    "birds_10s_32k.ogg",
+)
+#: Longest a single contender may run (seconds); a hang fails the benchmark instead of blocking.
+CONTENDER_TIMEOUT_S = 1800
+
+
+@dataclass
+class Contender:
+    """One thing to measure. ``kind`` is ``infer`` (a subprocess) or ``ceiling``."""
+
+    name: str
+    kind: str
+    args: tuple[str, ...] = ()
+    layout: dict = field(default_factory=dict)
+    runs: list[dict] = field(default_factory=list)
+
+    def median(self, key: str) -> float:
+        values = [r[key] for r in self.runs if key in r]
+        return statistics.median(values) if values else float("nan")
+
+
+@dataclass
+class BenchModels:
+    perch: Path
+    moe_dir: Path
+    data_dir: Path  # taxonomy, sample submission, labels (its test files are not used)
+    description: str
+
+
+def default_models(cache_dir: Path) -> BenchModels:
+    """The stand-in kit's MoE and metadata with the realistic-cost (EfficientNet-B3) Perch."""
+    from streamer.bench.perch_b3 import ensure_b3_perch
+    from streamer.demo import ensure_kit
+
+    kit = ensure_kit(cache_dir)
+    perch = ensure_b3_perch(cache_dir, kit.perch_labels)
+    return BenchModels(
+        perch=perch / "perch_v2.onnx",
+        moe_dir=kit.moe_dir,
+        data_dir=kit.data_dir,
+        description="Perch stand-in with an EfficientNet-B3 backbone + stand-in MoE (2 students, 4 ProtoSSM folds)",
+    )
+
+
+def make_inputs(models: BenchModels, audio_dir: Path, n_files: int, work: Path) -> Path:
+    """A competition folder whose ``test_soundscapes`` holds ``n_files`` links to real
+    recordings (cycled; each gets its own competition-style name)."""
+    data = work / "competition"
+    data.mkdir(parents=True, exist_ok=True)
+    for name in ("taxonomy.csv", "sample_submission.csv", "train_soundscapes_labels.csv"):
+        shutil.copy(models.data_dir / name, data / name)
+    test = data / "test_soundscapes"
+    test.mkdir(exist_ok=True)
+    sources = sorted(p for p in Path(audio_dir).iterdir() if p.suffix.lower() in (".ogg", ".flac", ".wav"))
+    if not sources:
+        raise FileNotFoundError(f"{audio_dir}: no recordings to benchmark on")
+    for i in range(n_files):
+        src = sources[i % len(sources)]
+        (test / f"BC2026_Test_{i + 1:04d}_S90_20190522_{(i % 24):02d}0000{src.suffix}").symlink_to(src.resolve())
+    return data
+
+
+def default_audio_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "data" / "audio"
+
+
+def layout_grid(n_cpus: int, full: bool) -> list[tuple[int, int]]:
+    """(consumers, threads) pairs worth measuring on ``n_cpus`` CPUs."""
+    pairs = set()
+    for w in {1, 2, max(1, n_cpus // 2), n_cpus}:
+        if w > n_cpus:
+            continue
+        for t in {1, 2, max(1, n_cpus // w)}:
+            if w * t <= n_cpus:
+                pairs.add((w, t))
+    if full and n_cpus >= 2:
+        pairs.add((n_cpus, 2))  # oversubscribed, for the record
+    if not full:
+        pairs = {p for p in pairs if p[0] * p[1] == n_cpus and p[0] in (1, n_cpus)}
+    return sorted(pairs)
+
+
+def run_infer_subprocess(models: BenchModels, data: Path, args: tuple[str, ...], work: Path, tag: str) -> dict:
+    """Run ``streamer infer`` as a child process; return its report plus wall and start-up time."""
+    report_path = work / f"{tag}.json"
+    cmd = [
+        sys.executable, "-m", "streamer", "-q", "infer",
+        "--data-dir", str(data), "--perch", str(models.perch), "--moe-dir", str(models.moe_dir),
+        "--out", str(work / f"{tag}.csv"), "--report-json", str(report_path), "--no-profile", *args,
+    ]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CONTENDER_TIMEOUT_S)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark run {tag} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    report = json.loads(report_path.read_text())
+    seconds = report["seconds"]
+    steady = seconds.get("total", 0.0) - seconds.get("setup", 0.0)
+    return {
+        "wall_s": wall,
+        "startup_s": wall - steady,
+        "windows": report["n_modelled_windows"],
+        "windows_per_s": report["n_modelled_windows"] / steady if steady > 0 else 0.0,
+        "end_to_end_windows_per_s": report["n_modelled_windows"] / wall,
+        "seconds": seconds,
+        "peak_rss_mb": report["peak_rss_mb"],
+        "engine": report["engine"],
+    }
+
+
+def build_contenders(n_cpus: int, quick: bool) -> list[Contender]:
+    """Baseline, engine (automatic layout), the layout grid and the ceilings."""
+    from streamer.pipeline.layout import plan_layout
+
+    auto = plan_layout(cpus=tuple(range(n_cpus)))
+    contenders = [
+        Contender("baseline (sequential, library threads)", "infer", ("--engine", "sequential", "--threads", "default"),
+                  {"engine": "sequential", "threads": "default"}),
+        Contender("engine (automatic layout)", "infer", (), {"workers": auto.n_workers, "threads": auto.threads, "decoders": auto.n_decoders}),
+    ]
+    if not quick:
+        contenders.append(
+            Contender("sequential, library threads, students in onnxruntime", "infer",
+                      ("--engine", "sequential", "--threads", "default", "--students-backend", "onnxruntime"),
+                      {"engine": "sequential", "threads": "default", "students": "onnxruntime"})
+        )
+    grid = layout_grid(n_cpus, full=not quick)
+    for w, t in grid:
+        for decoders in ((1,) if quick else (1, 2)):
+            for spin in ((False,) if quick else (False, True)):
+                if (w, t, decoders, spin) == (auto.n_workers, auto.threads, auto.n_decoders, False):
+                    continue  # that is the engine contender
+                if (decoders == 2 or spin) and (w, t) != (auto.n_workers, auto.threads):
+                    continue  # decoders and spinning are varied on the automatic layout only
+                args = ("--workers", str(w), "--threads", str(t), "--decoders", str(decoders)) + (("--allow-spinning",) if spin else ())
+                name = f"pipeline {w}x{t}, {decoders} decoder(s)" + (", spinning" if spin else "")
+                contenders.append(Contender(name, "infer", args, {"workers": w, "threads": t, "decoders": decoders, "allow_spinning": spin}))
+    for w, t in grid:
+        if w * t <= n_cpus:
+            contenders.append(Contender(f"ceiling {w}x{t} (models only, pre-decoded)", "ceiling", (), {"workers": w, "threads": t}))
+    return contenders
+
+
+def run_bench(
+    *,
+    out_dir: Path,
+    quick: bool = False,
+    n_files: int | None = None,
+    repeats: int | None = None,
+    audio_dir: Path | None = None,
+    models: BenchModels | None = None,
+    cache_dir: Path | None = None,
+    json_path: Path | None = None,
+    chart_path: Path | None = None,
+) -> dict:
+    """Measure everything, write the Markdown table, the JSON and the chart; return the JSON."""
+    from streamer.cli import default_cache_dir
+    from streamer.config import InferConfig
+    from streamer.pipeline.layout import available_cpus
+    from streamer.run import _with_student_backend
+    from streamer.stages import prepare
+
+    n_files = n_files or (12 if quick else 24)
+    repeats = repeats or (2 if quick else 3)
+    cache_dir = cache_dir or default_cache_dir()
+    models = models or default_models(cache_dir)
+    audio_dir = audio_dir or default_audio_dir()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n_cpus = len(available_cpus())
+    contenders = build_contenders(n_cpus, quick)
+    t_bench = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="streamer-bench-") as tmp:
+        work = Path(tmp)
+        data = make_inputs(models, audio_dir, n_files, work)
+        config = InferConfig(data_dir=data, perch=models.perch, moe_dir=models.moe_dir, out=work / "unused.csv",
+                             students_backend="onnxruntime", progress=False)
+        ceiling_plan = _with_student_backend(prepare(config), work / "students")
+        for r in range(repeats):
+            order = contenders[r % len(contenders):] + contenders[: r % len(contenders)]
+            for c in order:
+                log.info("repeat %d/%d: %s", r + 1, repeats, c.name)
+                if c.kind == "infer":
+                    c.runs.append(run_infer_subprocess(models, data, c.args, work, f"r{r}_{len(c.runs)}_{abs(hash(c.name))}"))
+                else:
+                    from streamer.bench.ceiling import measure_ceiling
+
+                    c.runs.append(measure_ceiling(ceiling_plan, workers=c.layout["workers"], threads=c.layout["threads"]))
+    result = summarise(contenders, models, n_files, repeats, n_cpus, time.perf_counter() - t_bench, quick)
+    json_path = Path(json_path) if json_path else out_dir / "bench.json"
+    chart_path = Path(chart_path) if chart_path else out_dir / "bench.png"
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "bench.md").write_text(result["markdown"] + "\n")
+    result["chart"] = str(draw_chart(contenders, result, chart_path))
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def summarise(contenders: list[Contender], models: BenchModels, n_files: int, repeats: int, n_cpus: int, bench_s: float, quick: bool) -> dict:
+    by_name = {c.name: c for c in contenders}
+    baseline = by_name["baseline (sequential, library threads)"]
+    engine = by_name["engine (automatic layout)"]
+    ceilings = [c for c in contenders if c.kind == "ceiling"]
+    best_ceiling = max(ceilings, key=lambda c: c.median("windows_per_s"))
+    base_rate = baseline.median("windows_per_s")
+    engine_rate = engine.median("windows_per_s")
+    ceiling_rate = best_ceiling.median("windows_per_s")
+    n_windows = KAGGLE_FILES * N_WINDOWS_PER_FILE
+    projected = (engine.median("startup_s") + n_windows / engine_rate) / 60.0 if engine_rate > 0 else float("inf")
+    rows = []
+    for c in contenders:
+        rate = c.median("windows_per_s")
+        row = {
+            "name": c.name,
+            "kind": c.kind,
+            "layout": c.layout,
+            "windows_per_s": rate,
+            "real_time_factor": rate * WINDOW_S,
+            "vs_baseline": rate / base_rate if base_rate > 0 else float("nan"),
+            "vs_ceiling": rate / ceiling_rate if ceiling_rate > 0 else float("nan"),
+            "runs": c.runs,
+        }
+        if c.kind == "infer":
+            row["startup_s"] = c.median("startup_s")
+            row["end_to_end_windows_per_s"] = c.median("end_to_end_windows_per_s")
+            row["peak_rss_mb"] = c.runs[-1]["peak_rss_mb"]
+        rows.append(row)
+    stages = {name: per_window_ms(by_name[name].runs[-1]) for name in (baseline.name, engine.name)}
+    result = {
+        "baseline_windows_per_s": base_rate,
+        "engine_windows_per_s": engine_rate,
+        "ceiling_windows_per_s": ceiling_rate,
+        "ceiling_layout": best_ceiling.layout,
+        "speedup_vs_baseline": engine_rate / base_rate if base_rate > 0 else float("nan"),
+        "efficiency_vs_ceiling": engine_rate / ceiling_rate if ceiling_rate > 0 else float("nan"),
+        "projected_minutes_600_files": projected,
+        "engine_startup_s": engine.median("startup_s"),
+        "machine": _machine(),
+        "thread_environment": environment_note(),
+        "n_cpus": n_cpus,
+        "models": models.description,
+        "n_files": n_files,
+        "repeats": repeats,
+        "quick": quick,
+        "bench_seconds": bench_s,
+        "stage_ms_per_window": stages,
+        "contenders": rows,
+    }
+    result["markdown"] = markdown(result)
+    return result
+
+
+def per_window_ms(run: dict) -> dict:
+    """Stage cost in milliseconds per scored window (summed over processes)."""
+    n = max(1, run["windows"])
+    keys = ("decode", "perch", "students", "protossm", "postprocess", "write")
+    return {k: 1000.0 * run["seconds"].get(k, 0.0) / n for k in keys}
+
+
+def _machine() -> dict:
+    from streamer.profile import machine_fingerprint
+
+    return machine_fingerprint()
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"Machine: {m['cpu_model']}, {result['n_cpus']} usable CPU(s), {m['memory_gb']} GB. Models: {result['models']}.",
+        f"Inputs: {result['n_files']} files of real recordings; medians of {result['repeats']} interleaved repeats.",
+        "",
+        "| contender | windows/s | real-time factor | vs baseline | vs ceiling | start-up s | peak RSS parent / largest child (MB) |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in result["contenders"]:
+        startup = f"{row['startup_s']:.1f}" if "startup_s" in row else ""
+        rss = row.get("peak_rss_mb") or {}
+        mem = " / ".join(f"{v:.0f}" for v in rss.values()) if rss else ""
+        lines.append(
+            f"| {row['name']} | {row['windows_per_s']:.1f} | {row['real_time_factor']:.0f}x | "
+            f"{row['vs_baseline']:.2f}x | {row['vs_ceiling']:.2f} | {startup} | {mem} |"
+        )
+    lines += [
+        "",
+        f"**Engine vs baseline: {result['speedup_vs_baseline']:.2f}x.** "
+        f"**Engine vs ceiling: {result['efficiency_vs_ceiling']:.2f}.** "
+        f"Projected time for {KAGGLE_FILES} one-minute files on this machine: "
+        f"{result['projected_minutes_600_files']:.1f} min (start-up {result['engine_startup_s']:.1f} s included).",
+        "",
+        "Stage cost, ms per window (summed over processes):",
+        "",
+        "| run | " + " | ".join(next(iter(result["stage_ms_per_window"].values())).keys()) + " |",
+        "|---|" + "---:|" * 6,
+    ]
+    for name, stages in result["stage_ms_per_window"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in stages.values()) + " |")
+    return "\n".join(lines)
+
+
+def draw_chart(contenders: list[Contender], result: dict, path: Path) -> Path | None:
+    """A horizontal bar chart of windows/s per contender (PNG)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install -e '.[bench]'): no chart")
+        return None
+    names = [c.name for c in contenders]
+    rates = [c.median("windows_per_s") for c in contenders]
+    colours = ["#888888" if c.name.startswith("baseline") else "#d62728" if c.kind == "ceiling"
+               else "#1f77b4" if c.name.startswith("engine") else "#9ecae1" for c in contenders]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.5))
+    ax.barh(range(len(names)), rates, color=colours)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("windows / s (steady state, median)")
+    ax.set_title(f"streamer bench: engine {result['speedup_vs_baseline']:.2f}x baseline, "
+                 f"{result['efficiency_vs_ceiling']:.2f} of ceiling ({result['n_cpus']} CPUs)", fontsize=10)
+    for i, r in enumerate(rates):
+        ax.text(r, i, f" {r:.1f}", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def environment_note() -> str:
+    """Variables that change thread behaviour, for the record."""
+    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
+    return ", ".join(f"{k}={os.environ[k]}" for k in keys if k in os.environ) or "none set"
