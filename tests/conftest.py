@@ -1,11 +1,17 @@
 """Shared fixtures: one stand-in kit per test session (built once, a few seconds)."""
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REAL_AUDIO = Path(__file__).resolve().parents[1] / "streamer" / "data" / "audio"
+
+# Tests never see the user's cache (a tuned profile there would change the layouts under test);
+# set before anything runs, so child processes inherit it too.
+os.environ["STREAMER_CACHE"] = tempfile.mkdtemp(prefix="streamer-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -14,14 +14,27 @@ from streamer.submission import SubmissionWriter
 BIG = 64 * 2**30
 
 
-def test_auto_layout_one_single_threaded_consumer_per_cpu():
+def test_auto_layout_one_consumer_per_core(monkeypatch):
+    from streamer.pipeline import layout as layout_mod
+
+    monkeypatch.setattr(layout_mod, "smt_width", lambda cpus: 1)  # no SMT visible: CPUs in pairs
     lay = plan_layout(cpus=(0, 1, 2, 3), memory_bytes=BIG)
-    assert (lay.n_workers, lay.threads, lay.n_decoders) == (4, 1, 1)
-    assert lay.worker_cpus == ((0,), (1,), (2,), (3,))
+    assert (lay.n_workers, lay.threads, lay.n_decoders) == (2, 2, 1)
+    assert lay.worker_cpus == ((0, 1), (2, 3))
+    monkeypatch.setattr(layout_mod, "smt_width", lambda cpus: 4)  # 4-way SMT visible
+    assert plan_layout(cpus=tuple(range(8)), memory_bytes=BIG).worker_cpus == ((0, 1, 2, 3), (4, 5, 6, 7))
+    assert plan_layout(cpus=(0,), memory_bytes=BIG).threads == 1
+
+
+def test_smt_width_reads_sysfs():
+    from streamer.pipeline.layout import available_cpus, smt_width
+
+    assert smt_width(available_cpus()) >= 0
+    assert smt_width((10**6,)) == 0  # no such CPU: unknown
 
 
 def test_layout_uses_the_given_cpu_ids():
-    lay = plan_layout(cpus=(5, 9), memory_bytes=BIG)
+    lay = plan_layout(cpus=(5, 9), threads=1, memory_bytes=BIG)
     assert lay.worker_cpus == ((5,), (9,))
 
 
@@ -34,14 +47,14 @@ def test_layout_caps():
     assert plan_layout(cpus=tuple(range(64)), memory_bytes=BIG).n_workers == 8
     assert plan_layout(cpus=tuple(range(64)), memory_bytes=BIG).threads == 8
     assert plan_layout(cpus=tuple(range(64)), memory_bytes=BIG).n_decoders == 8
-    assert plan_layout(cpus=(0, 1, 2, 3), memory_bytes=2 * CONSUMER_MEMORY_BYTES).n_workers == 2
+    assert plan_layout(cpus=(0, 1, 2, 3), threads=1, memory_bytes=2 * CONSUMER_MEMORY_BYTES).n_workers == 2
     assert plan_layout(cpus=(0, 1, 2, 3), memory_bytes=BIG, n_files=1).n_workers == 1
 
 
 def test_default_threads_are_not_pinned():
-    lay = plan_layout(cpus=(0, 1), threads="default", memory_bytes=BIG)
+    lay = plan_layout(cpus=(0, 1, 2, 3), threads="default", memory_bytes=BIG)
     assert lay.threads is None and lay.worker_cpus == ((), ())
-    assert plan_layout(cpus=(0, 1), pin=False, memory_bytes=BIG).worker_cpus == ((), ())
+    assert plan_layout(cpus=(0, 1), threads=1, pin=False, memory_bytes=BIG).worker_cpus == ((), ())
 
 
 def test_oversubscribed_layout_wraps_around():

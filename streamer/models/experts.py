@@ -178,13 +178,19 @@ class SelectiveSSM(nn.Module):
         a = -torch.exp(self.A_log)  # [D,N]
         b_t = self.B_proj(xc)  # [B,T,N]
         c_t = self.C_proj(xc)  # [B,T,N]
+        # h[t] = h[t-1]·exp(A·dt[t]) + x[t]·dt[t]·B[t]. The decay and the input term of every
+        # step are computed for all steps at once (the same element-wise operations, in the same
+        # order, as inside a step-by-step loop, so the numbers are identical); only the
+        # recurrence itself stays a loop, which keeps the per-step operator count small.
+        dt4 = dt[..., None]  # [B,T,D,1]
+        decay = torch.exp(a * dt4)  # [B,T,D,N]
+        drive = x[..., None] * dt4 * b_t[:, :, None, :]  # [B,T,D,N]
+        states = []
         state = x.new_zeros(n_batch, self.d_model, self.d_state)
-        outputs = []
         for t in range(n_steps):
-            dt_t = dt[:, t, :, None]  # [B,D,1]
-            state = state * torch.exp(a * dt_t) + x[:, t, :, None] * dt_t * b_t[:, t, None, :]
-            outputs.append((state * c_t[:, t, None, :]).sum(dim=-1))
-        y = torch.stack(outputs, dim=1)
+            state = state * decay[:, t] + drive[:, t]
+            states.append(state)
+        y = (torch.stack(states, dim=1) * c_t[:, :, None, :]).sum(dim=-1)  # [B,T,D]
         return y + x * self.D
 
 

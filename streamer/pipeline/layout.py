@@ -1,9 +1,17 @@
 """Planning processes and threads from the CPUs this process may use.
 
 CPUs are counted with ``os.sched_getaffinity(0)`` (what a container or ``taskset`` grants),
-never ``os.cpu_count()`` (the whole host). Measured on 2-vCPU machines (DESIGN.md):
-two processes with one thread each beat one process with two threads, and oversubscription
-(2 × 2) was worst; so the automatic layout gives one single-threaded consumer per CPU.
+never ``os.cpu_count()`` (the whole host).
+
+The automatic layout gives one consumer per *physical core*, with as many threads as the core
+has logical CPUs. Where the topology shows no hyper-threading (typical of cloud VMs, whose vCPUs
+are often hyper-threads of the host's cores although the guest cannot tell), logical CPUs are
+taken in pairs. Measured with ``streamer bench`` on the 2-vCPU development VM (full ensemble,
+EfficientNet-B3 Perch stand-in): 1 consumer x 2 threads ran 22.1 windows/s against 14.9 for
+2 x 1 (ceilings 27.2 vs 20.1): two processes on one core's two hyper-threads each bring their own
+copy of the weights into the shared caches, two threads of one process share them. An earlier
+note (2 x 1 faster on the bare backbone) did not hold with the whole ensemble. ``streamer tune``
+measures the machine at hand and overrides this guess.
 """
 
 from __future__ import annotations
@@ -30,6 +38,32 @@ def available_cpus() -> tuple[int, ...]:
         return tuple(sorted(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return tuple(range(os.cpu_count() or 1))
+
+
+def smt_width(cpus: tuple[int, ...]) -> int:
+    """Logical CPUs per physical core among ``cpus`` (from sysfs), or 0 when unknown."""
+    widths = []
+    for cpu in cpus:
+        path = f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list"
+        try:
+            with open(path) as handle:
+                text = handle.read().strip()
+        except OSError:
+            return 0
+        n = 0
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            n += (int(hi) - int(lo) + 1) if hi else 1
+        widths.append(n)
+    return min(widths) if widths else 0
+
+
+def threads_per_core(cpus: tuple[int, ...]) -> int:
+    """Threads to give each consumer: the SMT width when visible, else 2 (vCPUs in pairs)."""
+    width = smt_width(cpus)
+    if width <= 1:
+        width = 2
+    return max(1, min(width, len(cpus)))
 
 
 def _available_memory() -> int | None:
@@ -81,8 +115,8 @@ def plan_layout(
     """Plan the pipeline's layout; explicit values win over the automatic choice.
 
     Args:
-        workers: consumers, or ``None`` for one per CPU (capped by memory, files and
-            :data:`MAX_AUTO_WORKERS`).
+        workers: consumers, or ``None`` for one per physical core (see the module notes;
+            capped by memory, files and :data:`MAX_AUTO_WORKERS`).
         threads: threads per consumer: a number, ``"auto"`` (the CPUs divided among the
             consumers, at least one) or ``"default"`` (library defaults, no pinning).
         decoders: decoder processes, or ``None`` for one per :data:`CPUS_PER_DECODER` CPUs.
@@ -96,7 +130,7 @@ def plan_layout(
     if threads not in ("auto", "default") and not (isinstance(threads, int) and threads >= 1):
         raise ConfigError(f"threads must be a positive integer, 'auto' or 'default', got {threads!r}")
     if workers is None:
-        per_worker = threads if isinstance(threads, int) else 1
+        per_worker = threads if isinstance(threads, int) else threads_per_core(cpus)
         n_workers = max(1, min(MAX_AUTO_WORKERS, n_cpus // per_worker))
         memory = memory_bytes if memory_bytes is not None else _available_memory()
         if memory is not None:
