@@ -1,0 +1,98 @@
+"""Tuned profiles, the benchmark's pieces, and a small end-to-end bench and tune run."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from streamer import cli
+from streamer.bench.runner import BenchModels, build_contenders, layout_grid, run_bench
+from streamer.bench.tune import run_tune
+from streamer.errors import ConfigError
+from streamer.profile import TunedLayout, load_profile, machine_fingerprint, save_profile
+
+from conftest import infer_args
+
+
+def test_profile_round_trip(tmp_path):
+    path = save_profile(tmp_path / "p.json", TunedLayout(1, 2, 1, False), [{"name": "x", "windows_per_s": 3.0}])
+    assert load_profile(path, required=True) == TunedLayout(1, 2, 1, False)
+    doc = json.loads(path.read_text())
+    assert doc["machine"] == machine_fingerprint() and doc["measurements"][0]["name"] == "x"
+
+
+def test_profile_from_another_machine_is_ignored(tmp_path, caplog):
+    path = save_profile(tmp_path / "p.json", TunedLayout(1, 2, 1), [])
+    doc = json.loads(path.read_text())
+    doc["machine"]["n_cpus"] += 62
+    path.write_text(json.dumps(doc))
+    with caplog.at_level("INFO"):
+        assert load_profile(path, required=True) is None
+    assert "another machine" in caplog.text
+
+
+def test_missing_or_broken_profile(tmp_path):
+    assert load_profile(tmp_path / "none.json", required=False) is None
+    with pytest.raises(ConfigError, match="not found"):
+        load_profile(tmp_path / "none.json", required=True)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not a streamer profile"):
+        load_profile(tmp_path / "bad.json", required=True)
+    assert load_profile(tmp_path / "bad.json", required=False) is None
+
+
+def test_infer_uses_the_profile_unless_layout_flags_are_given(kit, tmp_path):
+    profile = save_profile(tmp_path / "p.json", TunedLayout(workers=1, threads=1, decoders=2), [])
+    out = tmp_path / "a.csv"
+    rep = tmp_path / "a.json"
+    assert cli.main(infer_args(kit, out, "--no-cnn", "--no-crnn", "--profile", str(profile), "--report-json", str(rep))) == 0
+    assert "1 consumer(s) x 1 thread(s)" in json.loads(rep.read_text())["engine"]
+    assert "2 decoder(s)" in json.loads(rep.read_text())["engine"]
+    assert cli.main(infer_args(kit, out, "--no-cnn", "--no-crnn", "--profile", str(profile), "--workers", "2", "--threads", "1", "--report-json", str(rep))) == 0
+    assert "2 consumer(s) x 1 thread(s)" in json.loads(rep.read_text())["engine"]
+
+
+def test_layout_grid_and_contenders():
+    assert layout_grid(2, full=False) == [(1, 2), (2, 1)]
+    assert (2, 2) in layout_grid(2, full=True)
+    assert (4, 1) in layout_grid(4, full=True) and (2, 2) in layout_grid(4, full=True)
+    names = [c.name for c in build_contenders(2, quick=True)]
+    assert names[0].startswith("baseline") and names[1].startswith("engine")
+    assert any(n.startswith("ceiling") for n in names)
+    baseline = build_contenders(2, quick=True)[0]
+    assert baseline.args == ("--engine", "sequential", "--threads", "default")
+
+
+def test_b3_standin_has_perchs_interface():
+    import torch
+
+    from streamer.bench.perch_b3 import build_model
+
+    model = build_model()
+    with torch.no_grad():
+        emb, spatial, spec, label = model(torch.zeros(1, 160000) + 0.01)
+    assert emb.shape == (1, 1536) and spatial.shape == (1, 16, 4, 1536)
+    assert spec.shape == (1, 500, 128) and label.shape == (1, 14795)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 30e6 < n_params < 120e6  # B3 backbone + the 14,795-class head
+
+
+@pytest.mark.timeout(600)
+def test_small_bench_and_tune_run(kit, tmp_path):
+    """The whole bench loop on the small stand-ins, kept tiny: every output and key is there."""
+    models = BenchModels(perch=kit.perch_onnx, moe_dir=kit.moe_dir, data_dir=kit.data_dir, description="small stand-ins")
+    result = run_bench(out_dir=tmp_path / "out", quick=True, n_files=2, repeats=1, models=models, cache_dir=tmp_path / "cache")
+    for key in ("baseline_windows_per_s", "engine_windows_per_s", "ceiling_windows_per_s", "speedup_vs_baseline",
+                "efficiency_vs_ceiling", "projected_minutes_600_files"):
+        assert np.isfinite(result[key]) and result[key] > 0, key
+    on_disk = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert on_disk["speedup_vs_baseline"] == pytest.approx(result["speedup_vs_baseline"])
+    assert (tmp_path / "out" / "bench.png").stat().st_size > 1000
+    table = (tmp_path / "out" / "bench.md").read_text()
+    assert "| baseline (sequential, library threads) |" in table and "Engine vs baseline" in table
+    assert result["speedup_vs_baseline"] == pytest.approx(result["engine_windows_per_s"] / result["baseline_windows_per_s"])
+
+    layout, measurements = run_tune(profile_path=tmp_path / "profile.json", models=models, quick=True, n_files=2, repeats=1)
+    assert load_profile(tmp_path / "profile.json", required=True) == layout
+    assert measurements[0]["windows_per_s"] >= measurements[-1]["windows_per_s"]
