@@ -124,6 +124,8 @@ class Budget:
         """
         if self.tier != TIER_FULL or self.costs.n < MIN_OBSERVATIONS or n_remaining <= 0:
             return self.tier
+        if self.costs.students_s <= 0.0:
+            return self.tier  # no students run: a lighter model tier would save nothing
         left = self.time_left()
         full = self.projected_seconds(TIER_FULL, n_remaining, n_consumers)
         if full <= PROJECTION_SAFETY * left:

@@ -131,6 +131,27 @@ def test_budget_says_when_even_the_cheap_tier_will_not_fit():
     assert "prior-only" in b.decisions[0]
 
 
+def test_no_step_down_when_no_student_runs():
+    clock = FakeClock()
+    b = Budget(budget_s=60.0, start=clock.now, clock=clock)
+    for _ in range(3):
+        b.costs.observe_model(perch_s=5.0, students_s=0.0)
+    assert b.choose_tier(100, 1) == TIER_FULL and not b.decisions  # the stop time handles it
+
+
+def test_slots_fall_back_when_dev_shm_is_small(monkeypatch):
+    import os
+    import tempfile
+
+    from streamer.pipeline import runner
+
+    class Small:
+        f_bavail, f_frsize = 10, 4096
+
+    monkeypatch.setattr(runner.os, "statvfs", lambda path: Small())
+    assert runner._shm_dir(64 * 2**20) == tempfile.gettempdir()
+
+
 def test_projection_counts_the_parents_reduction():
     b = Budget(budget_s=math.inf, start=0.0, clock=FakeClock())
     b.costs.observe_model(perch_s=1.0, students_s=0.0)

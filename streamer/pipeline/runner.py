@@ -81,8 +81,24 @@ class PipelineError(StreamerError):
         self.report = report
 
 
-def _shm_dir() -> str:
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+def _shm_dir(needed_bytes: int) -> str:
+    """/dev/shm when it has room for the slots, else the temporary folder.
+
+    Containers often mount a small /dev/shm (Docker's default is 64 MB); touching a page of a
+    file there beyond its size kills the process with SIGBUS, so the space is checked first. A
+    file in the temporary folder works the same way through the page cache.
+    """
+    shm = "/dev/shm"
+    try:
+        if os.path.isdir(shm) and os.access(shm, os.W_OK):
+            st = os.statvfs(shm)
+            if st.f_bavail * st.f_frsize >= 1.25 * needed_bytes:
+                return shm
+            log.info("/dev/shm has %.0f MB free, %.0f MB needed: window slots go to %s instead",
+                     st.f_bavail * st.f_frsize / 2**20, needed_bytes / 2**20, tempfile.gettempdir())
+    except OSError:
+        pass
+    return tempfile.gettempdir()
 
 
 def _exit_hint(code: int | None) -> str:
@@ -376,8 +392,9 @@ class PipelineRunner:
         self.setup_error: ChildError | None = None
         self.bar = None
         n_slots = (self.layout.n_workers + self.layout.n_decoders) * PREFETCH + 1
-        fd, slot_path = tempfile.mkstemp(prefix="streamer-slots-", suffix=".f32", dir=_shm_dir())
-        os.ftruncate(fd, n_slots * N_WINDOWS_PER_FILE * WINDOW_SAMPLES * 4)
+        slot_bytes = n_slots * N_WINDOWS_PER_FILE * WINDOW_SAMPLES * 4
+        fd, slot_path = tempfile.mkstemp(prefix="streamer-slots-", suffix=".f32", dir=_shm_dir(slot_bytes))
+        os.ftruncate(fd, slot_bytes)
         os.close(fd)
         self.slots = SlotBuffer(slot_path, n_slots, N_WINDOWS_PER_FILE * WINDOW_SAMPLES)
         self.free_slots = list(range(n_slots))
