@@ -472,6 +472,7 @@ class PipelineRunner:
     def _loop(self) -> str | None:
         """The event loop. Returns the reason files may still lack rows, or None."""
         n_jobs = len(self.plan.jobs)
+        last = time.perf_counter()
         while self.writer.n_done < n_jobs:
             if self.fatal is not None:
                 return "run stopped by an error"
@@ -480,7 +481,13 @@ class PipelineRunner:
                 log.warning("budget: the stop time has come with %d file(s) unscored; writing prior-only rows", left)
                 return "not scored before the budget's stop"
             self._dispatch()
+            # Consumer starvation: time during which a ready consumer had no work at all while
+            # files were still waiting to be decoded (a sign that decoding does not keep up).
+            starved = sum(1 for c in self._ready("consumer") if not c.tasks) if self.pending else 0
             self._pump(min(EVENT_WAIT_S, max(0.0, self.budget.time_left())))
+            now = time.perf_counter()
+            self.seconds["consumers_starved"] += starved * (now - last)
+            last = now
             self._update_bar()
         return None
 
