@@ -14,6 +14,10 @@ from streamer.stages import RunPlan
 
 log = logging.getLogger(__name__)
 
+#: Exporting the students costs a few seconds of start-up; with less time than this left, they
+#: stay in torch so that the little time there is goes to scoring.
+MIN_SECONDS_FOR_EXPORT = 60.0
+
 
 def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
     """Run the plan with the configured engine under the configured budget.
@@ -26,7 +30,10 @@ def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
     config = plan.config
     budget = Budget(budget_s=config.budget_minutes * 60.0, start=start if start is not None else time.monotonic())
     with tempfile.TemporaryDirectory(prefix="streamer-students-") as tmp:
-        plan = _with_student_backend(plan, Path(tmp))
+        if budget.time_left() >= MIN_SECONDS_FOR_EXPORT:
+            plan = _with_student_backend(plan, Path(tmp))
+        else:
+            log.info("budget: too little time to export the students to onnxruntime; they run in torch")
         report = _run(plan, budget)
     report.engine += f"; students in {'onnxruntime' if plan.model.students_onnx else 'torch'}"
     return report

@@ -269,3 +269,16 @@ def test_peak_memory_does_not_grow_with_the_number_of_files(marked, tmp_path):
         assert len(pd.read_csv(tmp_path / f"m{n}.csv")) == n * 12
     assert peaks[60][0] - peaks[6][0] < 40, peaks
     assert peaks[60][1] - peaks[6][1] < 40, peaks
+
+
+def test_budget_of_seconds_via_the_cli(marked, tmp_path):
+    """A budget far too small for any model: the CSV is still complete and on time."""
+    out = tmp_path / "tiny.csv"
+    start = time.time()
+    proc = _cli(marked, out, "--budget-minutes", "0.1")  # 6 s: the models barely load in that time
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert os.path.getmtime(out) <= start + 6.0  # counted from before the interpreter started
+    frame = pd.read_csv(out)
+    assert len(frame) == (N_MARKED + 1) * 12 and frame.iloc[:, 1:].notna().all().all()
+    assert "prior_only" in stdout

@@ -502,12 +502,12 @@ class PipelineRunner:
         """Stop → join with timeout → terminate → kill. Bounded in time.
 
         Idle children get a Stop message and exit at once. A child still holding tasks is busy
-        with work whose result is no longer wanted (the rows are written): it is terminated
-        straight away rather than waited for.
+        with work whose result is no longer wanted (the rows are written), and one still loading
+        its models cannot read the message: both are terminated straight away.
         """
         for child in self.children:
-            if child.tasks:
-                child.process.terminate()
+            if child.tasks or not child.ready:
+                child.process.terminate()  # busy, or still loading: it cannot read Stop soon
             else:
                 self._send(child, Stop())
         deadline = time.monotonic() + (0.5 if self.report.interrupted else JOIN_TIMEOUT_S)
