@@ -8,6 +8,7 @@ file half-way, so it stops before a file that would not finish in time).
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from pathlib import Path
 
@@ -92,5 +93,6 @@ def run_sequential(plan: RunPlan, out: Path | None = None, budget: Budget | None
     seconds.update(reducer.seconds)
     seconds["total"] = time.perf_counter() - t_start
     report.seconds = seconds
+    report.peak_rss_mb = {"process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
     report.budget_notes = list(budget.decisions)
     return report
