@@ -180,6 +180,84 @@ def _finish_direct(
     return DecodedAudio(samples=dest, source_rate_hz=rate, source_channels=1, n_source_samples=n_read, notes=tuple(notes))
 
 
+@dataclass(frozen=True)
+class AudioChunk:
+    """One consecutive piece of a long recording, at 32 kHz mono.
+
+    Attributes:
+        index: 0 for the first chunk.
+        samples: float32 ``[chunk_samples]``; the last chunk is zero-padded.
+        n_real: how many of ``samples`` are real audio.
+    """
+
+    index: int
+    samples: np.ndarray
+    n_real: int
+
+    @property
+    def start_s(self) -> float:
+        return self.index * self.samples.shape[0] / TARGET_SAMPLE_RATE_HZ
+
+
+def iter_chunks(path: str | os.PathLike, chunk_samples: int):
+    """Stream a recording of any length, rate and channel count as consecutive 32-kHz chunks.
+
+    Memory stays bounded by one chunk plus one read block, whatever the file's length. Channels
+    are averaged; other rates go through soxr's streaming resampler, whose output is identical
+    to resampling the whole file at once (no seams between chunks).
+
+    Yields:
+        :class:`AudioChunk` objects, the last one zero-padded.
+
+    Raises:
+        AudioDecodeError: the file cannot be opened, holds no samples, or fails mid-way (the
+            chunks yielded before stay valid).
+    """
+    sf = _import_soundfile()
+    path = os.fspath(path)
+    try:
+        handle = sf.SoundFile(path)
+    except Exception as exc:
+        raise AudioDecodeError(f"{path}: cannot decode audio ({type(exc).__name__}: {exc})") from exc
+    with handle:
+        rate, channels = int(handle.samplerate), int(handle.channels)
+        stream = None
+        if rate != TARGET_SAMPLE_RATE_HZ:
+            import soxr
+
+            stream = soxr.ResampleStream(rate, TARGET_SAMPLE_RATE_HZ, 1, dtype="float32", quality="HQ")
+        pending = np.zeros(0, dtype=np.float32)
+        index = 0
+        n_total = 0
+        while True:
+            try:
+                block = handle.read(IO_BLOCK_FRAMES, dtype="float32", always_2d=True)
+            except Exception as exc:
+                raise AudioDecodeError(
+                    f"{path}: decoding failed after {n_total / TARGET_SAMPLE_RATE_HZ:.1f} s ({type(exc).__name__}: {exc})"
+                ) from exc
+            last = block.shape[0] == 0
+            mono = block[:, 0] if channels == 1 else block.mean(axis=1, dtype=np.float32)
+            if stream is not None:
+                mono = stream.resample_chunk(np.ascontiguousarray(mono), last=last)
+            if mono.size:
+                mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
+                pending = np.concatenate([pending, mono])
+                n_total += mono.shape[0]
+            while pending.shape[0] >= chunk_samples:
+                yield AudioChunk(index, pending[:chunk_samples].copy(), chunk_samples)
+                pending = pending[chunk_samples:]
+                index += 1
+            if last:
+                break
+        if n_total == 0:
+            raise AudioDecodeError(f"{path}: the file holds no audio samples")
+        if pending.shape[0]:
+            padded = np.zeros(chunk_samples, dtype=np.float32)
+            padded[: pending.shape[0]] = pending
+            yield AudioChunk(index, padded, int(pending.shape[0]))
+
+
 def write_audio(path: str | os.PathLike, samples: np.ndarray, sample_rate_hz: int, *, subtype: str | None = None) -> None:
     """Write float audio (``[n]`` or ``[n, channels]``) in blocks.
 

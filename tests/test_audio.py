@@ -161,3 +161,53 @@ def test_decoding_into_a_buffer_with_resampling(tmp_path):
     direct = read_span(path, MINUTE, out=buf)
     np.testing.assert_array_equal(buf, read_span(path, MINUTE).samples)
     assert direct.samples is buf
+
+
+def test_chunks_of_a_long_resampled_file_are_seamless_and_bounded(monkeypatch):
+    """The 16-min, 22 kHz real recording: 16 chunks of 60 s, streamed with bounded reads."""
+    from streamer.audio import iter_chunks
+
+    sizes = []
+    real_read = sf.SoundFile.read
+
+    def spy(self, frames=-1, *args, **kwargs):
+        assert 0 < frames <= 1 << 18
+        out = real_read(self, frames, *args, **kwargs)
+        sizes.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(sf.SoundFile, "read", spy)
+    chunks = list(iter_chunks(LONG, MINUTE))
+    assert [c.index for c in chunks] == list(range(16))
+    assert all(c.n_real == MINUTE for c in chunks)  # 16 min exactly
+    assert chunks[3].start_s == 180.0
+    first = read_span(LONG, MINUTE).samples
+    # the first chunk matches the one-minute decoder away from the cut (which it resamples alone)
+    np.testing.assert_allclose(chunks[0].samples[: MINUTE - 32000], first[: MINUTE - 32000], atol=1e-5)
+
+
+def test_chunks_equal_whole_file_resampling(tmp_path):
+    import soxr
+
+    from streamer.audio import iter_chunks
+
+    rng = np.random.default_rng(5)
+    stereo = (0.1 * rng.standard_normal((48000 * 25, 2))).astype(np.float32)
+    path = tmp_path / "st48.wav"
+    write_audio(path, stereo, 48000, subtype="FLOAT")
+    whole = soxr.resample(stereo.mean(axis=1, dtype=np.float32), 48000, 32000, quality="HQ")
+    chunks = list(iter_chunks(path, 10 * 32000))
+    assert [c.n_real for c in chunks] == [320000, 320000, len(whole) - 640000]
+    joined = np.concatenate([c.samples[: c.n_real] for c in chunks])
+    np.testing.assert_allclose(joined, whole, atol=1e-6)
+    assert not chunks[-1].samples[chunks[-1].n_real :].any()
+
+
+def test_chunks_of_broken_files(tmp_path):
+    from streamer.audio import iter_chunks
+    from streamer.errors import AudioDecodeError
+
+    empty = tmp_path / "empty.ogg"
+    empty.write_bytes(b"")
+    with pytest.raises(AudioDecodeError, match="empty.ogg"):
+        list(iter_chunks(empty, MINUTE))
