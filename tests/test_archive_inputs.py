@@ -1,0 +1,59 @@
+"""Archive inputs: folders, files and list files, with stable, safe output names."""
+
+from pathlib import PurePosixPath
+
+import pytest
+
+from streamer.archive.inputs import expand_inputs
+from streamer.errors import ConfigError
+
+
+def _touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_folder_file_and_list(tmp_path):
+    root = tmp_path / "site_a"
+    a = _touch(root / "2024" / "a.flac")
+    b = _touch(root / "b.WAV")
+    _touch(root / "notes.md")  # not audio
+    single = _touch(tmp_path / "elsewhere" / "c.ogg")
+    listed = _touch(tmp_path / "lists" / "deep" / "d.mp3")
+    lst = tmp_path / "lists" / "todo.txt"
+    lst.write_text("# recordings\n\ndeep/d.mp3\n")
+    got = expand_inputs([root, single, lst])
+    assert [(e.path, e.rel) for e in got] == [
+        (a, PurePosixPath("site_a/2024/a.flac")),
+        (b, PurePosixPath("site_a/b.WAV")),
+        (single, PurePosixPath("c.ogg")),
+        (listed, PurePosixPath("deep/d.mp3")),
+    ]
+
+
+def test_same_file_twice_is_scored_once(tmp_path):
+    f = _touch(tmp_path / "x.ogg")
+    assert len(expand_inputs([f, tmp_path / "x.ogg"])) == 1
+
+
+def test_clashing_names_and_missing_paths(tmp_path):
+    a = _touch(tmp_path / "one" / "x.ogg")
+    b = _touch(tmp_path / "two" / "x.ogg")
+    with pytest.raises(ConfigError, match="x.ogg.parquet"):
+        expand_inputs([a, b])
+    with pytest.raises(ConfigError, match="no such file"):
+        expand_inputs([tmp_path / "nope.ogg"])
+    lst = tmp_path / "l.txt"
+    lst.write_text("missing.ogg\n")
+    with pytest.raises(ConfigError, match="line 1"):
+        expand_inputs([lst])
+
+
+def test_list_entries_cannot_escape_the_output_folder(tmp_path):
+    f = _touch(tmp_path / "a" / "rec.ogg")
+    lst = tmp_path / "a" / "sub" / "l.txt"
+    lst.parent.mkdir()
+    lst.write_text("../rec.ogg\n")
+    (entry,) = expand_inputs([lst])
+    assert entry.path.resolve() == f.resolve() and entry.rel == PurePosixPath("rec.ogg")
