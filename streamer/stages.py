@@ -190,19 +190,25 @@ class Reducer:
             )
         self.seconds = {"protossm": 0.0, "postprocess": 0.0}
 
-    def site_id(self, stem: str) -> int:
-        site_id = self.spec.site_index.get(parse_site(stem), 0)
+    def site_id(self, site: str) -> int:
+        """ProtoSSM's site index: 1.. for the labelled sites, 0 for any other."""
+        site_id = self.spec.site_index.get(site, 0)
         return site_id if site_id < self.folds.n_site_slots else 0
 
     def reduce(self, stem: str, outputs: ModelOutputs) -> np.ndarray:
-        """Probabilities float32 ``[T, C]`` of one file."""
+        """Probabilities float32 ``[T, C]`` of one file, its site and hour parsed from its name."""
+        return self.reduce_at(outputs, parse_site(stem), parse_hour(stem))
+
+    def reduce_at(self, outputs: ModelOutputs, site: str, hour: int) -> np.ndarray:
+        """Probabilities float32 ``[T, C]`` of ``T`` consecutive windows recorded at ``site``
+        during UTC ``hour`` (a Kaggle file, or one 60-s chunk of a long recording)."""
         t0 = time.perf_counter()
         blended = postprocess.blend_logits(
             outputs.perch_logits, outputs.cnn_logits, outputs.crnn_logits, self.spec.blend_weights
         )
-        teacher = postprocess.add_prior(blended, self.spec.prior.for_stem(stem), self.spec.prior_scale)
+        teacher = postprocess.add_prior(blended, self.spec.prior.logit(site, hour), self.spec.prior_scale)
         t1 = time.perf_counter()
-        fold_logits = self.folds.run(outputs.embedding, teacher, self.site_id(stem), parse_hour(stem))
+        fold_logits = self.folds.run(outputs.embedding, teacher, self.site_id(site), hour)
         t2 = time.perf_counter()
         probs = postprocess.finalize(postprocess.fold_mean_probability(fold_logits))
         t3 = time.perf_counter()
