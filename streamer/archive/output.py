@@ -1,0 +1,122 @@
+"""Per-recording score files of the archive mode, written chunk by chunk and atomically.
+
+Wide format (default): ``file, window, start_s, end_s`` then one float32 column per class.
+Long format (``top_k``): ``file, window, start_s, end_s, rank, class, score`` with the ``top_k``
+best classes of each window, for very large runs. Parquet (via pyarrow; one row group per chunk)
+or CSV. Rows go to a temporary file beside the destination, renamed into place by
+:meth:`ScoreWriter.close`, so a partial file never looks finished; memory holds one chunk.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from streamer.metadata import WINDOW_S
+
+FORMATS = ("parquet", "csv")
+
+
+class ScoreWriter:
+    """Streams one recording's window scores to ``path``.
+
+    Args:
+        path: destination file.
+        file_label: the value of the ``file`` column (the input's relative name).
+        classes: class columns, in order.
+        fmt: ``parquet`` or ``csv``.
+        top_k: keep only the best ``top_k`` classes per window (long format).
+    """
+
+    def __init__(self, path: Path, file_label: str, classes: tuple[str, ...], *, fmt: str = "parquet", top_k: int | None = None) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        if top_k is not None and not 1 <= top_k <= len(classes):
+            raise ValueError(f"top_k must be between 1 and {len(classes)}, got {top_k}")
+        self.path = Path(path)
+        self.file_label = file_label
+        self.classes = tuple(classes)
+        self.fmt = fmt
+        self.top_k = top_k
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self._writer = None
+        self._csv = None
+        self.n_rows = 0
+
+    def _table(self, first_window: int, probs: np.ndarray):
+        import pyarrow as pa
+
+        n = probs.shape[0]
+        window = np.arange(first_window, first_window + n, dtype=np.int64)
+        start = (window * WINDOW_S).astype(np.float64)
+        if self.top_k is None:
+            cols = {
+                "file": pa.array([self.file_label] * n, pa.string()),
+                "window": window,
+                "start_s": start,
+                "end_s": start + WINDOW_S,
+            }
+            for j, name in enumerate(self.classes):
+                cols[name] = pa.array(probs[:, j], pa.float32())
+            return pa.table(cols)
+        order = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]
+        k = self.top_k
+        return pa.table(
+            {
+                "file": pa.array([self.file_label] * (n * k), pa.string()),
+                "window": np.repeat(window, k),
+                "start_s": np.repeat(start, k),
+                "end_s": np.repeat(start + WINDOW_S, k),
+                "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
+                "class": pa.array([self.classes[c] for c in order.reshape(-1)], pa.string()),
+                "score": pa.array(np.take_along_axis(probs, order, axis=1).reshape(-1), pa.float32()),
+            }
+        )
+
+    def write_chunk(self, first_window: int, probs: np.ndarray) -> None:
+        """Append the scores ``[n, C]`` of windows ``first_window …``."""
+        probs = np.asarray(probs, dtype=np.float32)
+        if probs.ndim != 2 or probs.shape[1] != len(self.classes):
+            raise ValueError(f"expected [n, {len(self.classes)}] scores, got {probs.shape}")
+        table = self._table(first_window, probs)
+        if self.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            if self._writer is None:
+                self._writer = pq.ParquetWriter(str(self._tmp), table.schema)
+            self._writer.write_table(table)
+        else:
+            import pyarrow.csv as pacsv
+
+            if self._csv is None:
+                self._csv = pacsv.CSVWriter(str(self._tmp), table.schema)
+            self._csv.write_table(table)
+        self.n_rows += probs.shape[0]
+
+    def close(self) -> Path:
+        """Finish the file and move it into place."""
+        if self._writer is None and self._csv is None:
+            self.write_chunk(0, np.zeros((0, len(self.classes)), np.float32))  # an empty, valid file
+        for w in (self._writer, self._csv):
+            if w is not None:
+                w.close()
+        with open(self._tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        for w in (self._writer, self._csv):
+            if w is not None:
+                try:
+                    w.close()
+                except Exception as exc:  # already broken: the temporary file is removed anyway
+                    del exc
+        if self._tmp.exists():
+            self._tmp.unlink()
