@@ -126,6 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-json", type=Path, default=None, metavar="FILE", help="also write the run report (tiers, stage seconds, memory, throughput) as JSON")
     p.set_defaults(func=cmd_infer)
 
+    p = sub.add_parser("archive", help="score long recordings (any length, rate, channels, format) into one score file per input")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="audio files, folders (searched recursively) or .txt/.lst files listing paths")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (one <relative path>.<format> per input, plus the journal)")
+    add_model_arguments(p)
+    a = p.add_argument_group("archive")
+    a.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="score file format (default: %(default)s)")
+    a.add_argument("--top-k", type=_positive_int, default=None, metavar="K", help="keep only the K best classes per window (long format)")
+    a.add_argument("--site", default=None, help="site of recordings whose names do not follow the competition pattern")
+    a.add_argument("--start-utc", default=None, metavar="ISO", help="start time (ISO 8601, UTC unless a zone is given) of such recordings")
+    a.add_argument("--metadata", type=Path, default=None, metavar="CSV", help="CSV with columns path,site,start giving each recording's site and start time")
+    a.add_argument("--retry-failed", action="store_true", help="retry inputs that failed in an earlier run")
+    p.set_defaults(func=cmd_archive)
+
     p = sub.add_parser("bench", help="measure baseline, engine, ceiling and a grid of layouts on this machine")
     _add_bench_arguments(p)
     p.add_argument("--out-dir", type=Path, default=Path("bench-results"), help="where bench.md, bench.json and bench.png go (default: %(default)s)")
@@ -199,6 +212,30 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"{m['windows_per_s']:8.1f} windows/s  {m['name']}")
     print(f"best: {layout.describe()}\nprofile saved to {path}; 'streamer infer' uses it on this machine unless layout flags are given")
     return EXIT_OK
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from streamer.archive.inputs import expand_inputs
+    from streamer.archive.run import run_archive
+    from streamer.archive.timing import parse_utc, read_metadata_csv
+    from streamer.pipeline.layout import sequential_threads
+    from streamer.pipeline.workers import with_threads
+    from streamer.stages import prepare
+
+    entries = expand_inputs(args.inputs)
+    metadata = read_metadata_csv(args.metadata) if args.metadata else None
+    start = parse_utc(args.start_utc) if args.start_utc else None
+    plan = prepare(config_from_args(args), files=[])
+    plan = replace(plan, model=with_threads(plan.model, sequential_threads(args.threads)))
+    log.info("archive: %d input(s); one process for now (the pipeline and Ray engines are to come)", len(entries))
+    report = run_archive(
+        plan, entries, args.out, fmt=args.format, top_k=args.top_k, retry_failed=args.retry_failed,
+        metadata=metadata, site=args.site, start_utc=start,
+    )
+    print(report.summary())
+    return EXIT_FAILURE if report.failed else EXIT_OK
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
