@@ -104,7 +104,7 @@ def read_span(
                     handle.seek(min(start, total_frames) if total_frames > 0 else start)
                 dest = out if out is not None else np.empty(n_samples, dtype=np.float32)
                 n_read = handle.read(n_samples, dtype="float32", out=dest).shape[0]
-                return _finish_direct(path, dest, n_read, n_samples, offset_samples, total_frames, rate)
+                return _finish_span(path, dest, n_read, offset_samples, total_frames, rate, channels)
             if rate == TARGET_SAMPLE_RATE_HZ:
                 want = n_samples
             else:
@@ -136,48 +136,41 @@ def read_span(
     if rate != TARGET_SAMPLE_RATE_HZ:
         mono = resample(mono, rate)
         notes.append(f"resampled {rate} Hz -> {TARGET_SAMPLE_RATE_HZ} Hz")
-    if not np.all(np.isfinite(mono)):
-        n_bad = int(np.count_nonzero(~np.isfinite(mono)))
-        mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
-        notes.append(f"{n_bad} non-finite samples set to 0")
     n_real = min(mono.shape[0], n_samples)
-    if mono.shape[0] < n_samples:
-        if offset_samples == 0:
-            notes.append(f"padded from {mono.shape[0] / TARGET_SAMPLE_RATE_HZ:.2f} s")
-        mono = np.concatenate([mono, np.zeros(n_samples - mono.shape[0], dtype=np.float32)])
-    elif mono.shape[0] > n_samples:
-        mono = mono[:n_samples]
-    if offset_samples == 0 and total_frames / rate > n_samples / TARGET_SAMPLE_RATE_HZ:
-        notes.append(f"cut from {total_frames / rate:.2f} s")
-    if out is not None:
-        out[:] = mono
-        mono = out
-    return DecodedAudio(
-        samples=np.ascontiguousarray(mono, dtype=np.float32),
-        source_rate_hz=rate,
-        source_channels=channels,
-        n_source_samples=n_real,
-        notes=tuple(notes),
-    )
+    dest = out if out is not None else np.empty(n_samples, dtype=np.float32)
+    dest[:n_real] = mono[:n_real]
+    return _finish_span(path, dest, n_real, offset_samples, total_frames, rate, channels, notes)
 
 
-def _finish_direct(
-    path: str, dest: np.ndarray, n_read: int, n_samples: int, offset_samples: int, total_frames: int, rate: int
+def _finish_span(
+    path: str,
+    dest: np.ndarray,
+    n_read: int,
+    offset_samples: int,
+    total_frames: int,
+    rate: int,
+    channels: int,
+    notes: list[str] | None = None,
 ) -> DecodedAudio:
-    """Pad, clean and describe a span decoded in place (mono, 32 kHz)."""
+    """Zero-pad, clean and describe a span whose first ``n_read`` samples are in ``dest``
+    (shared by the in-place fast path and the general path)."""
     if n_read == 0 and offset_samples == 0:
         raise AudioDecodeError(f"{path}: the file holds no audio samples")
-    notes = []
+    notes = list(notes or ())
+    n_samples = dest.shape[0]
     dest[n_read:] = 0.0
-    if not np.all(np.isfinite(dest[:n_read])):
-        bad = ~np.isfinite(dest)
+    real = dest[:n_read]
+    bad = ~np.isfinite(real)
+    if bad.any():
         notes.append(f"{int(bad.sum())} non-finite samples set to 0")
-        dest[bad] = 0.0
+        real[bad] = 0.0
     if n_read < n_samples and offset_samples == 0:
         notes.append(f"padded from {n_read / TARGET_SAMPLE_RATE_HZ:.2f} s")
-    if offset_samples == 0 and total_frames > n_samples:
+    if offset_samples == 0 and total_frames / rate > n_samples / TARGET_SAMPLE_RATE_HZ:
         notes.append(f"cut from {total_frames / rate:.2f} s")
-    return DecodedAudio(samples=dest, source_rate_hz=rate, source_channels=1, n_source_samples=n_read, notes=tuple(notes))
+    return DecodedAudio(
+        samples=dest, source_rate_hz=rate, source_channels=channels, n_source_samples=n_read, notes=tuple(notes)
+    )
 
 
 @dataclass(frozen=True)
