@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
 from streamer import __version__
 from streamer.budget import DEFAULT_BUDGET_MINUTES
-from streamer.config import DEFAULT_BLEND, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, ENGINES, STUDENT_BACKENDS, InferConfig
+from streamer.config import DEFAULT_BLEND, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, ENGINES, STUDENT_BACKENDS, InferConfig, default_cache_dir
 from streamer.errors import ConfigError, StreamerError
 
 log = logging.getLogger("streamer")
@@ -269,14 +268,6 @@ def _report_out(report, json_path: Path | None) -> None:
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("STREAMER_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "streamer"
 
 
 def cmd_make_standins(args: argparse.Namespace) -> int:

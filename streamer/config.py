@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,16 @@ DEFAULT_DRY_RUN_FILES = 20
 DEFAULT_N_FOLDS = 4
 ENGINES = ("pipeline", "sequential")
 STUDENT_BACKENDS = ("auto", "torch", "onnxruntime")
+
+
+def default_cache_dir() -> Path:
+    """Where stand-in kits, benchmark models and tuned profiles are kept: ``$STREAMER_CACHE``,
+    else ``$XDG_CACHE_HOME/streamer``, else ``~/.cache/streamer``."""
+    env = os.environ.get("STREAMER_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "streamer"
 
 
 @dataclass(frozen=True)

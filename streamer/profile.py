@@ -58,7 +58,7 @@ class TunedLayout:
 
 
 def default_profile_path() -> Path:
-    from streamer.cli import default_cache_dir
+    from streamer.config import default_cache_dir
 
     return default_cache_dir() / PROFILE_NAME
 

@@ -31,7 +31,7 @@ def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
     budget = Budget(budget_s=config.budget_minutes * 60.0, start=start if start is not None else time.monotonic())
     with tempfile.TemporaryDirectory(prefix="streamer-students-") as tmp:
         if budget.time_left() >= MIN_SECONDS_FOR_EXPORT:
-            plan = _with_student_backend(plan, Path(tmp))
+            plan = with_student_backend(plan, Path(tmp))
         else:
             log.info("budget: too little time to export the students to onnxruntime; they run in torch")
         report = _run(plan, budget)
@@ -39,7 +39,7 @@ def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
     return report
 
 
-def _with_student_backend(plan: RunPlan, tmp: Path) -> RunPlan:
+def with_student_backend(plan: RunPlan, tmp: Path) -> RunPlan:
     """The plan with its students exported to onnxruntime when that backend is chosen."""
     from streamer.models.student_onnx import export_students
 

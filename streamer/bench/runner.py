@@ -190,10 +190,10 @@ def run_bench(
     chart_path: Path | None = None,
 ) -> dict:
     """Measure everything, write the Markdown table, the JSON and the chart; return the JSON."""
-    from streamer.cli import default_cache_dir
+    from streamer.config import default_cache_dir
     from streamer.config import InferConfig
     from streamer.pipeline.layout import available_cpus
-    from streamer.run import _with_student_backend
+    from streamer.run import with_student_backend
     from streamer.stages import prepare
 
     n_files = n_files or (12 if quick else 24)
@@ -211,7 +211,7 @@ def run_bench(
         data = make_inputs(models, audio_dir, n_files, work)
         config = InferConfig(data_dir=data, perch=models.perch, moe_dir=models.moe_dir, out=work / "unused.csv",
                              students_backend="onnxruntime", progress=False)
-        ceiling_plan = _with_student_backend(prepare(config), work / "students")
+        ceiling_plan = with_student_backend(prepare(config), work / "students")
         for r in range(repeats):
             order = contenders[r % len(contenders):] + contenders[: r % len(contenders)]
             for c in order:
