@@ -14,7 +14,7 @@ from pathlib import Path
 
 from streamer import __version__
 from streamer.budget import DEFAULT_BUDGET_MINUTES
-from streamer.config import DEFAULT_BLEND, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, ENGINES, STUDENT_BACKENDS, InferConfig, default_cache_dir
+from streamer.config import DEFAULT_BLEND, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, ARCHIVE_ENGINES, ENGINES, STUDENT_BACKENDS, InferConfig, default_cache_dir
 from streamer.errors import ConfigError, StreamerError
 
 log = logging.getLogger("streamer")
@@ -39,8 +39,9 @@ def _threads(value: str) -> int | str:
     return value if value in ("auto", "default") else _positive_int(value)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    """Model, metadata and blend options shared by the commands that run the ensemble."""
+def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True, execution: bool = True) -> None:
+    """Model, metadata and blend options shared by the commands that run the ensemble
+    (``execution=False`` leaves out infer's engine and layout options)."""
     g = parser.add_argument_group("inputs and artifacts")
     g.add_argument("--data-dir", type=Path, required=required, help="competition folder (taxonomy.csv, sample_submission.csv, train_soundscapes_labels.csv, test_soundscapes/)")
     g.add_argument("--perch", type=Path, required=required, help="Perch 2.0 ONNX file, or the folder holding perch_v2.onnx / perch_v2_ir9.onnx / perch_v2_no_dft.onnx")
@@ -58,6 +59,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
     b.add_argument("--blend-crnn", type=float, default=DEFAULT_BLEND[2], help="weight of the StudentCRNN's logits (default: %(default)s)")
     b.add_argument("--prior-scale", type=float, default=DEFAULT_PRIOR_SCALE, help="weight of the site/hour prior logit (default: %(default)s)")
     b.add_argument("--proto-d-model", type=int, default=None, help="ProtoSSM width; checked against the checkpoints (default: read from them, 320 in the released bundle)")
+    if not execution:
+        return
     r = parser.add_argument_group("execution")
     r.add_argument("--engine", choices=ENGINES, default="pipeline", help="multiprocess pipeline, or the single-process sequential reference (default: %(default)s)")
     r.add_argument("--students-backend", choices=STUDENT_BACKENDS, default="auto", help="run the students in torch or in onnxruntime (exported at start-up; same numbers, ~4x faster); auto: onnxruntime in the pipeline, torch in the sequential engine (default: %(default)s)")
@@ -76,6 +79,15 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
 
 
 def config_from_args(args: argparse.Namespace) -> InferConfig:
+    if args.command == "archive":  # its own engines and layout; the plan needs only the models
+        return InferConfig(
+            data_dir=args.data_dir, perch=args.perch, moe_dir=args.moe_dir, perch_labels=args.perch_labels,
+            weights_prefix=args.weights_prefix, n_folds=args.n_folds, cnn=args.cnn, crnn=args.crnn,
+            use_cnn=not args.no_cnn, use_crnn=not args.no_crnn, blend_perch=args.blend_perch, blend_cnn=args.blend_cnn,
+            blend_crnn=args.blend_crnn, prior_scale=args.prior_scale, proto_d_model=args.proto_d_model,
+            threads=args.threads, allow_spinning=args.allow_spinning, students_backend=args.students_backend,
+            progress=not getattr(args, "quiet", False),
+        )
     return InferConfig(
         data_dir=args.data_dir,
         perch=args.perch,
@@ -128,7 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("archive", help="score long recordings (any length, rate, channels, format) into one score file per input")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="audio files, folders (searched recursively) or .txt/.lst files listing paths")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (one <relative path>.<format> per input, plus the journal)")
-    add_model_arguments(p)
+    add_model_arguments(p, execution=False)
+    r = p.add_argument_group("execution")
+    r.add_argument("--engine", choices=ARCHIVE_ENGINES, default="local", help="worker processes on this machine, one process (the reference), or a Ray cluster (pip install 'streamer[ray]') (default: %(default)s)")
+    r.add_argument("--address", default=None, help="Ray cluster to join, e.g. 'auto' or ray://host:10001 (default: start a local Ray instance); inputs, models and --out must be at the same paths on every node")
+    r.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="worker processes (local) or actors (ray), each scoring whole inputs (default: planned from the CPUs)")
+    r.add_argument("--threads", type=_threads, default="auto", metavar="T|auto|default", help="intra-op threads per worker; 'auto' plans them from the CPUs (2 per actor on Ray), 'default' leaves the libraries' defaults (local engines only) (default: %(default)s)")
+    r.add_argument("--no-pin", action="store_true", help="do not pin worker processes to CPUs")
+    r.add_argument("--allow-spinning", action="store_true", help="let onnxruntime's idle threads spin (off by default)")
+    r.add_argument("--students-backend", choices=STUDENT_BACKENDS, default="auto", help="run the students in torch or onnxruntime; auto: onnxruntime except in the sequential engine (default: %(default)s)")
+    r.add_argument("--report-json", type=Path, default=None, metavar="FILE", help="also write the run report (counts, hours, real-time factor, stage seconds, peak memory) as JSON")
+    r.add_argument("--debug-fault", action="append", default=[], help=argparse.SUPPRESS)
     a = p.add_argument_group("archive")
     a.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="score file format (default: %(default)s)")
     a.add_argument("--top-k", type=_positive_int, default=None, metavar="K", help="keep only the K best classes per window (long format)")
@@ -214,27 +236,33 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    import json
 
+    from streamer.archive.engines import ArchiveEngineError
     from streamer.archive.inputs import expand_inputs
     from streamer.archive.run import run_archive
     from streamer.archive.timing import parse_utc, read_metadata_csv
-    from streamer.pipeline.layout import sequential_threads
-    from streamer.pipeline.workers import with_threads
     from streamer.stages import prepare
 
     entries = expand_inputs(args.inputs)
     metadata = read_metadata_csv(args.metadata) if args.metadata else None
     start = parse_utc(args.start_utc) if args.start_utc else None
     plan = prepare(config_from_args(args), files=[])
-    plan = replace(plan, model=with_threads(plan.model, sequential_threads(args.threads)))
-    log.info("archive: %d input(s); one process for now (the pipeline and Ray engines are to come)", len(entries))
-    report = run_archive(
-        plan, entries, args.out, fmt=args.format, top_k=args.top_k, retry_failed=args.retry_failed,
-        metadata=metadata, site=args.site, start_utc=start,
-    )
+    try:
+        report = run_archive(
+            plan, entries, args.out, fmt=args.format, top_k=args.top_k, retry_failed=args.retry_failed,
+            metadata=metadata, site=args.site, start_utc=start, engine=args.engine, workers=args.workers,
+            threads=args.threads, pin=not args.no_pin, address=args.address, progress=not args.quiet,
+            faults=tuple(args.debug_fault),
+        )
+    except ArchiveEngineError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE if exc.setup else EXIT_FAILURE
     print(report.summary())
-    return EXIT_FAILURE if report.failed else EXIT_OK
+    if args.report_json is not None:
+        args.report_json.parent.mkdir(parents=True, exist_ok=True)
+        args.report_json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    return EXIT_FAILURE if report.failed or report.unfinished else EXIT_OK
 
 
 def cmd_infer(args: argparse.Namespace) -> int:

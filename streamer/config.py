@@ -16,6 +16,8 @@ DEFAULT_PRIOR_SCALE = 0.20
 DEFAULT_DRY_RUN_FILES = 20
 DEFAULT_N_FOLDS = 4
 ENGINES = ("pipeline", "sequential")
+#: Engines of ``streamer archive``: worker processes, one process, or a Ray cluster.
+ARCHIVE_ENGINES = ("local", "sequential", "ray")
 STUDENT_BACKENDS = ("auto", "torch", "onnxruntime")
 
 

@@ -1,71 +1,180 @@
-"""``streamer archive``: score long recordings chunk by chunk, one output file per input.
+"""``streamer archive``: score long recordings, one output file per input, resumable.
 
-This first version runs in one process (the multiprocess and Ray engines are still to come):
-per input, 60-s chunks are streamed (:func:`streamer.audio.iter_chunks`), each chunk's windows
-go through Perch and the students, the chunk is reduced with the site and the UTC hour of its
-own start, and only the real windows are written. A journal makes reruns skip finished inputs.
+The driver: expand the inputs, skip what the journal says is finished, read each remaining
+input's duration from its header (for progress), hand the inputs to an engine
+(:mod:`streamer.archive.engines`), and record every outcome in the journal as it arrives. One
+run at a time may write to an output folder (a lock file says so); temporary files left by a
+killed run are removed at the start of the next.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
-import math
+import os
+import re
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 
+from streamer.archive.engines import LocalEngine, RayEngine, longest_first, run_sequential
 from streamer.archive.inputs import ArchiveInput
-from streamer.archive.journal import DONE, FAILED, Journal
-from streamer.archive.output import ScoreWriter
+from streamer.archive.journal import DONE, FAILED, JOURNAL_NAME, Journal
+from streamer.archive.scorer import ArchiveTask, TaskResult
 from streamer.archive.timing import RecordingTime, recording_time
-from streamer.audio import WINDOW_SAMPLES, iter_chunks
-from streamer.errors import AudioDecodeError
-from streamer.metadata import N_WINDOWS_PER_FILE
-from streamer.stages import ModelStage, Reducer, RunPlan
+from streamer.errors import ConfigError
+from streamer.stages import RunPlan
 
 log = logging.getLogger(__name__)
 
-CHUNK_SAMPLES = N_WINDOWS_PER_FILE * WINDOW_SAMPLES
+LOCK_NAME = ".streamer-archive.lock"
+#: Names of ScoreWriter's temporary files.
+_TEMPORARY = re.compile(r"^\..+\.(?:parquet|csv)\.[^.]+\.tmp$")
 
 
 @dataclass
 class ArchiveReport:
+    engine: str = "local"
+    layout: str = ""
     n_inputs: int = 0
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    unfinished: list[str] = field(default_factory=list)
     audio_s: float = 0.0
     seconds: float = 0.0
+    stage_s: dict[str, float] = field(default_factory=dict)
+    peak_worker_rss_mb: float = 0.0
+
+    @property
+    def real_time_factor(self) -> float:
+        """Seconds of audio scored per second of wall time."""
+        return self.audio_s / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
-        rtf = self.audio_s / self.seconds if self.seconds > 0 else 0.0
         lines = [
             f"{len(self.done)} scored, {len(self.skipped)} already finished (journal), {len(self.failed)} failed, "
             f"of {self.n_inputs} input(s); {self.audio_s / 3600:.2f} h of audio in {self.seconds:.1f} s "
-            f"(real-time factor {rtf:.0f}x)"
+            f"(real-time factor {self.real_time_factor:.0f}x; engine {self.engine}{', ' + self.layout if self.layout else ''})"
         ]
         lines += [f"  failed: {name}: {reason}" for name, reason in sorted(self.failed.items())]
         if self.failed:
             lines.append("failed inputs are retried by running the same command with --retry-failed")
+        if self.unfinished:
+            lines.append(f"{len(self.unfinished)} input(s) not finished; rerun the same command to resume")
         return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "engine": self.engine,
+            "layout": self.layout,
+            "n_inputs": self.n_inputs,
+            "done": self.done,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "unfinished": self.unfinished,
+            "audio_hours": self.audio_s / 3600,
+            "seconds": self.seconds,
+            "real_time_factor": self.real_time_factor,
+            "stage_seconds": self.stage_s,
+            "peak_worker_rss_mb": self.peak_worker_rss_mb,
+        }
 
 
 def output_path(out_dir: Path, entry: ArchiveInput, fmt: str) -> Path:
     return Path(out_dir) / f"{entry.rel}.{fmt}"
 
 
-def score_recording(
-    models: ModelStage, reducer: Reducer, entry: ArchiveInput, when: RecordingTime, writer: ScoreWriter
-) -> float:
-    """Score one recording into ``writer``; returns the seconds of audio scored."""
-    n_real_total = 0
-    for chunk in iter_chunks(entry.path, CHUNK_SAMPLES):
-        windows = chunk.samples.reshape(N_WINDOWS_PER_FILE, WINDOW_SAMPLES)
-        probs = reducer.reduce_at(models.run(windows), when.site, when.hour_at(chunk.start_s))
-        n_windows = math.ceil(chunk.n_real / WINDOW_SAMPLES)
-        writer.write_chunk(chunk.index * N_WINDOWS_PER_FILE, probs[:n_windows])
-        n_real_total += chunk.n_real
-    return n_real_total / 32000.0
+class OutputLock:
+    """An exclusive lock on the output folder, so two runs never share a journal."""
+
+    def __init__(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = out_dir / LOCK_NAME
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise ConfigError(f"{out_dir}: another 'streamer archive' run is writing to this folder") from None
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+
+
+def remove_stale_temporaries(out_dir: Path) -> int:
+    """Delete the temporary score files (``.<name>.<random>.tmp``) a killed run left behind."""
+    n = 0
+    for path in out_dir.rglob(".*.tmp"):
+        if path.is_file() and _TEMPORARY.match(path.name):
+            path.unlink()
+            n += 1
+    if n:
+        log.info("removed %d temporary file(s) left by an interrupted run", n)
+    return n
+
+
+def header_duration(path: Path) -> float | None:
+    """Seconds of audio according to the file's header, or ``None`` when it cannot be read."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # unreadable inputs fail properly when scored; here only progress needs it
+        log.debug("%s: no duration from the header (%s)", path, exc)
+        return None
+    return float(info.frames) / float(info.samplerate) if info.samplerate > 0 and info.frames > 0 else None
+
+
+class _Progress:
+    """Hours of audio done / to do, the real-time factor and the ETA on a tqdm bar; periodic log
+    lines when there is no bar."""
+
+    def __init__(self, total_s: float, n_inputs: int, enabled: bool) -> None:
+        self.total_s = total_s
+        self.n_inputs = n_inputs
+        self.done_s = 0.0
+        self.n_done = 0
+        self.t0 = time.perf_counter()
+        self.bar = None
+        if enabled and n_inputs:
+            from tqdm import tqdm
+
+            # Counted in seconds of audio, shown in hours.
+            self.bar = tqdm(total=total_s, unit="h", unit_scale=1 / 3600, desc="audio", dynamic_ncols=True,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total:.2f} h [{elapsed}<{remaining}{postfix}]")
+
+    def advance(self, audio_s: float) -> None:
+        self.done_s += audio_s
+        if self.bar is not None:
+            elapsed = time.perf_counter() - self.t0
+            rtf = self.done_s / elapsed if elapsed > 0 else 0.0
+            self.bar.set_postfix_str(f"RTF {rtf:.0f}x, {self.n_done}/{self.n_inputs} files", refresh=False)
+            self.bar.update(min(audio_s, max(0.0, self.total_s - self.bar.n)))
+
+    def file_done(self, rel: str, audio_s: float, missing_s: float) -> None:
+        """An input ended; ``missing_s`` is audio the bar counted on but will not see (a failure)."""
+        self.n_done += 1
+        if missing_s > 0:
+            self.advance(missing_s)
+        elapsed = time.perf_counter() - self.t0
+        remaining_s = max(0.0, self.total_s - self.done_s)
+        rtf = self.done_s / elapsed if elapsed > 0 else 0.0
+        eta = remaining_s / rtf if rtf > 0 else float("nan")
+        message = (f"[{self.n_done}/{self.n_inputs}] {rel}: {audio_s / 3600:.2f} h; {self.done_s / 3600:.2f} h done, "
+                   f"{remaining_s / 3600:.2f} h to go, real-time factor {rtf:.0f}x, ETA {eta:.0f} s")
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"RTF {rtf:.0f}x, {self.n_done}/{self.n_inputs} files")
+            log.debug(message)
+        else:
+            log.info(message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run_archive(
@@ -76,16 +185,48 @@ def run_archive(
     fmt: str = "parquet",
     top_k: int | None = None,
     retry_failed: bool = False,
-    metadata: dict | None = None,
+    metadata: dict[Path, RecordingTime] | None = None,
     site: str | None = None,
-    start_utc=None,
+    start_utc: datetime | None = None,
+    engine: str = "local",
+    workers: int | None = None,
+    threads: int | str = "auto",
+    pin: bool = True,
+    address: str | None = None,
+    progress: bool = False,
+    faults: tuple[str, ...] = (),
 ) -> ArchiveReport:
-    """Score every input not finished before (failed ones only with ``retry_failed``)."""
+    """Score every input not finished before (failed ones only with ``retry_failed``).
+
+    Args:
+        plan: models and reducer (from :func:`streamer.stages.prepare` with no files).
+        entries: the inputs (:func:`streamer.archive.inputs.expand_inputs`).
+        out_dir: output folder (score files and the journal).
+        engine: ``local`` (worker processes), ``sequential`` (this process) or ``ray``.
+        workers, threads, pin: the layout (``None`` / ``auto``: planned from the CPUs).
+        address: Ray cluster address (``None``: start a local Ray instance).
+        progress: show a progress bar.
+        faults: test hooks (injected worker deaths).
+
+    Raises:
+        ConfigError: another run holds the output folder.
+        ArchiveEngineError: the engine could not start or its workers kept dying (finished
+            inputs stay journaled, so a rerun resumes).
+    """
     t0 = time.perf_counter()
-    journal = Journal(out_dir)
+    out_dir = Path(out_dir)
+    lock = OutputLock(out_dir)
+    try:
+        return _run_locked(plan, entries, out_dir, t0, fmt=fmt, top_k=top_k, retry_failed=retry_failed, metadata=metadata,
+                           site=site, start_utc=start_utc, engine=engine, workers=workers, threads=threads, pin=pin,
+                           address=address, progress=progress, faults=faults)
+    finally:
+        lock.release()
+
+
+def _plan_tasks(entries, out_dir, journal, report, *, fmt, top_k, retry_failed, metadata, site, start_utc) -> list[ArchiveTask]:
     previously_failed = {e.key.path for e in journal.failed()}
-    report = ArchiveReport(n_inputs=len(entries))
-    todo = []
+    tasks = []
     for entry in entries:
         out = output_path(out_dir, entry, fmt)
         key = str(entry.path.resolve())
@@ -94,31 +235,86 @@ def run_archive(
         elif key in previously_failed and not retry_failed and journal.entries[key].key.mtime_ns == entry.path.stat().st_mtime_ns:
             report.failed[str(entry.rel)] = f"failed before ({journal.entries[key].reason}); not retried without --retry-failed"
         else:
-            todo.append(entry)
-    if todo:
-        models = ModelStage(plan.model)
-        models.check()
-        reducer = Reducer(plan.reducer)
-    for i, entry in enumerate(todo, start=1):
-        out = output_path(out_dir, entry, fmt)
-        when = recording_time(entry.path, metadata=metadata, site=site, start_utc=start_utc)
-        writer = ScoreWriter(out, str(entry.rel), plan.competition.classes, fmt=fmt, top_k=top_k)
+            when = recording_time(entry.path, metadata=metadata, site=site, start_utc=start_utc)
+            tasks.append(ArchiveTask(entry.path.resolve(), str(entry.rel), out.resolve(), when, fmt, top_k, header_duration(entry.path)))
+    return tasks
+
+
+def _run_locked(plan, entries, out_dir, t0, *, fmt, top_k, retry_failed, metadata, site, start_utc, engine, workers,
+                threads, pin, address, progress, faults) -> ArchiveReport:
+    from streamer.pipeline.layout import plan_layout, sequential_threads
+    from streamer.pipeline.workers import with_threads
+
+    remove_stale_temporaries(out_dir)
+    journal = Journal(out_dir)
+    report = ArchiveReport(engine=engine, n_inputs=len(entries))
+    tasks = _plan_tasks(entries, out_dir, journal, report, fmt=fmt, top_k=top_k, retry_failed=retry_failed,
+                        metadata=metadata, site=site, start_utc=start_utc)
+    if not tasks:
+        report.seconds = time.perf_counter() - t0
+        return report
+    tasks = longest_first(tasks)
+    total_s = sum(t.audio_s or 0.0 for t in tasks)
+    log.info("archive: %d input(s) to score (%.2f h of audio), %d already finished", len(tasks), total_s / 3600, len(report.skipped))
+    bar = _Progress(total_s, len(tasks), progress)
+    outstanding = {t.rel for t in tasks}
+
+    def on_result(task: ArchiveTask, result: TaskResult) -> None:
+        outstanding.discard(task.rel)
+        output = str(task.out.relative_to(out_dir.resolve()))
+        if result.ok:
+            journal.record(task.path, DONE, output)
+            report.done.append(task.rel)
+            report.audio_s += result.audio_s
+            for k, v in result.stage_s.items():
+                report.stage_s[k] = report.stage_s.get(k, 0.0) + v
+        else:
+            journal.record(task.path, FAILED, output, result.reason)
+            report.failed[task.rel] = result.reason
+            log.warning("%s: %s", task.path, result.reason)
+        report.peak_worker_rss_mb = max(report.peak_worker_rss_mb, result.peak_rss_kb / 1024)
+        bar.file_done(task.rel, result.audio_s, max(0.0, (task.audio_s or 0.0) - result.audio_s))
+
+    with tempfile.TemporaryDirectory(prefix="streamer-archive-") as tmp:
+        plan = _with_students_backend(plan, engine, Path(tmp))
         try:
-            audio_s = score_recording(models, reducer, entry, when, writer)
-        except AudioDecodeError as exc:
-            writer.abort()
-            journal.record(entry.path, FAILED, str(out.relative_to(out_dir)), str(exc))
-            report.failed[str(entry.rel)] = str(exc)
-            log.warning("%s: %s", entry.path, exc)
-            continue
-        except BaseException:
-            writer.abort()  # a partial file never looks finished
-            raise
-        writer.close()
-        journal.record(entry.path, DONE, str(out.relative_to(out_dir)))
-        report.done.append(str(entry.rel))
-        report.audio_s += audio_s
-        elapsed = time.perf_counter() - t0
-        log.info("[%d/%d] %s: %.2f h of audio; %.2f h done in %.0f s", i, len(todo), entry.rel, audio_s / 3600, report.audio_s / 3600, elapsed)
-    report.seconds = time.perf_counter() - t0
+            if engine == "sequential":
+                n_threads = sequential_threads(threads)
+                report.layout = f"1 process x {'library default' if n_threads is None else n_threads} thread(s)"
+                log.info("engine: sequential, %s", report.layout)
+                run_sequential(tasks, with_threads(plan.model, n_threads), plan.reducer, plan.competition.classes, on_result, bar.advance)
+            elif engine == "local":
+                layout = plan_layout(workers=workers, threads=threads, pin=pin, n_files=len(tasks), decoders=1)
+                report.layout = f"{layout.n_workers} worker(s) x {layout.threads or 'default'} thread(s)" + (", pinned" if any(layout.worker_cpus) else "")
+                log.info("engine: local, %s", report.layout)
+                LocalEngine(plan.model, plan.reducer, plan.competition.classes, layout, faults=faults).run(tasks, on_result, bar.advance)
+            else:
+                ray_engine = RayEngine(plan.model, plan.reducer, plan.competition.classes, address=address, workers=workers, threads=threads)
+                report.layout = f"address {address or 'local'}"
+                ray_engine.run(tasks, on_result, bar.advance)
+        finally:
+            bar.close()
+            report.unfinished = sorted(outstanding)
+            report.seconds = time.perf_counter() - t0
     return report
+
+
+def _with_students_backend(plan: RunPlan, engine: str, tmp: Path) -> RunPlan:
+    """Students in onnxruntime (exported once here) unless the sequential engine or the user
+    asked for torch; the same choice as ``infer`` makes."""
+    from streamer.models.student_onnx import export_students
+
+    backend = plan.config.students_backend
+    if backend == "auto":
+        backend = "torch" if engine == "sequential" else "onnxruntime"
+    model = plan.model
+    if backend != "onnxruntime" or (model.cnn_path is None and model.crnn_path is None):
+        return plan
+    paths = export_students(model.cnn_path, model.crnn_path, n_classes=model.n_classes, out_dir=tmp)
+    if paths is None:
+        return plan
+    log.info("students run in onnxruntime")
+    return replace(plan, model=replace(model, students_onnx=paths))
+
+
+__all__ = ["ArchiveReport", "JOURNAL_NAME", "run_archive", "output_path", "remove_stale_temporaries"]

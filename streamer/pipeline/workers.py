@@ -66,7 +66,7 @@ class Fault:
     @classmethod
     def parse(cls, text: str) -> "Fault":
         parts = text.split(":")
-        if len(parts) not in (3, 4) or parts[0] not in ("consumer", "decoder") or (len(parts) == 4 and parts[3] != "always"):
+        if len(parts) not in (3, 4) or parts[0] not in ("consumer", "decoder", "worker") or (len(parts) == 4 and parts[3] != "always"):
             raise ValueError(f"bad fault spec {text!r}; expected role:id:n[:always]")
         return cls(parts[0], None if parts[1] == "*" else int(parts[1]), int(parts[2]), len(parts) == 4)
 

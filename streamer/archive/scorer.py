@@ -1,0 +1,191 @@
+"""The per-input work of the archive mode, the same in every engine.
+
+An :class:`ArchiveScorer` loads Perch, the students and the ProtoSSM folds once, then scores
+whole recordings (:meth:`ArchiveScorer.score`): 60-s chunks are streamed from the file (a
+background thread decodes the next chunk while the models run on this one), each chunk's
+windows go through Perch and the students, the chunk is reduced with the site and the UTC hour
+of its own start, and only its real windows are written. The sequential engine runs one scorer
+in the calling process, the local engine one per worker process, the Ray engine one per actor;
+so a recording scored by any of them gives the same file (at the same thread count).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from streamer.archive.output import ScoreWriter
+from streamer.archive.timing import RecordingTime
+from streamer.audio import TARGET_SAMPLE_RATE_HZ, WINDOW_SAMPLES, AudioChunk, iter_chunks
+from streamer.errors import AudioDecodeError
+from streamer.metadata import N_WINDOWS_PER_FILE
+from streamer.stages import ModelSpec, ModelStage, Reducer, ReducerSpec
+
+log = logging.getLogger(__name__)
+
+#: Samples of one reduction chunk: 12 windows of 5 s, the Kaggle file length.
+CHUNK_SAMPLES = N_WINDOWS_PER_FILE * WINDOW_SAMPLES
+#: Chunks decoded ahead of the models (each is 7.7 MB of float32).
+PREFETCH_CHUNKS = 1
+
+
+@dataclass(frozen=True)
+class ArchiveTask:
+    """One input to score: where it is, where its scores go, and when it was recorded.
+
+    Everything here is a path or a small value, so tasks travel cheaply to worker processes
+    and Ray actors (which read the audio themselves)."""
+
+    path: Path
+    rel: str
+    out: Path
+    when: RecordingTime
+    fmt: str = "parquet"
+    top_k: int | None = None
+    audio_s: float | None = None  # duration from the header, for progress (None: unknown)
+
+
+@dataclass
+class TaskResult:
+    """The outcome of one task. ``ok=False`` with a ``reason`` when the input could not be
+    scored (its partial output was removed)."""
+
+    rel: str
+    ok: bool
+    reason: str = ""
+    audio_s: float = 0.0
+    seconds: float = 0.0
+    n_windows: int = 0
+    stage_s: dict[str, float] = field(default_factory=dict)
+    peak_rss_kb: int = 0
+
+
+def remove_partial(out: Path) -> int:
+    """Delete the temporary files of ``out`` left by a process that died while writing it."""
+    n = 0
+    for path in Path(out).parent.glob(f".{Path(out).name}.*.tmp"):
+        path.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+class _Prefetcher:
+    """Runs an iterator in a background thread, ``depth`` items ahead of the consumer.
+
+    Decoding (libsndfile, soxr) and the models (onnxruntime, torch) release the GIL, so the next
+    chunk is decoded while the models run. An exception in the iterator reaches the consumer at
+    the item where it happened; :meth:`close` stops the thread early."""
+
+    _END = object()
+
+    def __init__(self, iterator: Iterator, depth: int) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(iterator,), name="streamer-decode-ahead", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, iterator: Iterator) -> None:
+        try:
+            for item in iterator:
+                if not self._put((item, None)):
+                    return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._put((None, exc))
+            return
+        self._put((self._END, None))
+
+    def __iter__(self):
+        while True:
+            item, exc = self._queue.get()
+            if exc is not None:
+                raise exc
+            if item is self._END:
+                return
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def chunks_of(path: Path, prefetch: int = PREFETCH_CHUNKS):
+    """The 60-s chunks of a recording, decoded ``prefetch`` chunks ahead (0: in line)."""
+    if prefetch <= 0:
+        return iter_chunks(path, CHUNK_SAMPLES), None
+    fetcher = _Prefetcher(iter_chunks(path, CHUNK_SAMPLES), prefetch)
+    return iter(fetcher), fetcher
+
+
+class ArchiveScorer:
+    """Models loaded once; :meth:`score` turns one recording into one score file."""
+
+    def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes: tuple[str, ...], *, prefetch: int = PREFETCH_CHUNKS) -> None:
+        from streamer.models.moe import set_torch_threads
+
+        set_torch_threads(model_spec.threads.intra_op_threads)
+        self.models = ModelStage(model_spec)
+        self.models.check()
+        self.reducer = Reducer(reducer_spec)
+        self.classes = tuple(classes)
+        self.prefetch = prefetch
+
+    def score_chunk(self, chunk: AudioChunk, when: RecordingTime):
+        """Probabilities ``[n_real_windows, C]`` of one chunk."""
+        windows = chunk.samples.reshape(N_WINDOWS_PER_FILE, WINDOW_SAMPLES)
+        probs = self.reducer.reduce_at(self.models.run(windows), when.site, when.hour_at(chunk.start_s))
+        return probs[: math.ceil(chunk.n_real / WINDOW_SAMPLES)]
+
+    def score(self, task: ArchiveTask, on_chunk: Callable[[float], None] | None = None) -> TaskResult:
+        """Score ``task`` into its output file (written atomically).
+
+        ``on_chunk(seconds_of_audio)`` is called after every chunk (for progress). Unreadable or
+        broken audio gives a failed result; any other error removes the partial file and is
+        raised."""
+        t0 = time.perf_counter()
+        before = {**self.models.seconds, **self.reducer.seconds}
+        writer = ScoreWriter(task.out, task.rel, self.classes, fmt=task.fmt, top_k=task.top_k)
+        n_samples = 0
+        n_windows = 0
+        chunks, fetcher = chunks_of(task.path, self.prefetch)
+        try:
+            for chunk in chunks:
+                probs = self.score_chunk(chunk, task.when)
+                writer.write_chunk(chunk.index * N_WINDOWS_PER_FILE, probs)
+                n_samples += chunk.n_real
+                n_windows += probs.shape[0]
+                if on_chunk is not None:
+                    on_chunk(chunk.n_real / TARGET_SAMPLE_RATE_HZ)
+        except AudioDecodeError as exc:
+            writer.abort()
+            return TaskResult(task.rel, False, str(exc), n_samples / TARGET_SAMPLE_RATE_HZ, time.perf_counter() - t0)
+        except BaseException:
+            writer.abort()  # a partial file never looks finished
+            raise
+        finally:
+            if fetcher is not None:
+                fetcher.close()
+        writer.close()
+        after = {**self.models.seconds, **self.reducer.seconds}
+        return TaskResult(
+            task.rel,
+            True,
+            audio_s=n_samples / TARGET_SAMPLE_RATE_HZ,
+            seconds=time.perf_counter() - t0,
+            n_windows=n_windows,
+            stage_s={k: after[k] - before.get(k, 0.0) for k in after},
+        )
