@@ -207,11 +207,12 @@ class LocalEngine:
             for worker in list(self.workers.values()):
                 if worker.ready:
                     continue
+                alive = worker.process.is_alive()
                 if worker.conn.poll(0.1):
                     try:
                         msg = worker.conn.recv()
-                    except EOFError:
-                        msg = None
+                    except (EOFError, OSError):
+                        msg = None  # the pipe closed: the worker is gone
                     if isinstance(msg, Ready):
                         worker.ready = True
                         log.debug("%s ready in %.1f s", worker.name, msg.setup_s)
@@ -219,8 +220,10 @@ class LocalEngine:
                     if isinstance(msg, ChildError):
                         log.debug("%s failed during set-up:\n%s", worker.name, msg.traceback)
                         raise ArchiveEngineError(f"{msg.error_type}: {msg.message}", setup=True)
-                if not worker.process.is_alive() and not worker.conn.poll(0):
-                    worker.process.join()
+                    if msg is None:
+                        alive = False
+                if not alive:
+                    worker.process.join(JOIN_TIMEOUT_S)
                     raise ArchiveEngineError(f"{worker.name} died while starting ({exit_hint(worker.process.exitcode)})", setup=True)
 
     def _pump(self, pending, on_result: OnResult, on_progress: OnProgress) -> None:
