@@ -167,6 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chart", type=Path, default=None, metavar="FILE", help="PNG chart of throughput per layout (default: <out-dir>/bench.png)")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("bench-archive", help="measure the archive mode's real-time factor and its memory against input length")
+    p.add_argument("--quick", action="store_true", help="lengths 4, 16 and 32 min, one repeat (a few minutes on 2 cores)")
+    p.add_argument("--lengths", type=float, nargs="+", default=None, metavar="MIN", help="input lengths in minutes (default: 4 16 64 128; quick: 4 16 32)")
+    p.add_argument("--engines", nargs="+", choices=ARCHIVE_ENGINES, default=["local"], help="archive engines to measure (default: local)")
+    p.add_argument("--repeats", type=_positive_int, default=None, help="interleaved repeats (default: 2, quick 1)")
+    p.add_argument("--source", type=Path, default=None, metavar="FILE", help="recording looped to each length (default: the 16-min 22-kHz field recording shipped with streamer)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="where the stand-in models are kept (default: $STREAMER_CACHE or ~/.cache/streamer)")
+    m = p.add_argument_group("models (default: the realistic-cost stand-ins)")
+    m.add_argument("--data-dir", type=Path, default=None, help="competition folder for the class list and the prior")
+    m.add_argument("--perch", type=Path, default=None, help="Perch ONNX file or folder")
+    m.add_argument("--moe-dir", type=Path, default=None, help="MoE bundle folder")
+    p.add_argument("--out-dir", type=Path, default=Path("bench-results"), help="where bench-archive.md, .json and .png go (default: %(default)s)")
+    p.set_defaults(func=cmd_bench_archive)
+
     p = sub.add_parser("tune", help="measure pipeline layouts and save the fastest as the profile infer uses")
     _add_bench_arguments(p)
     p.add_argument("--profile", type=Path, default=None, metavar="FILE", help="where to save the profile (default: the cache folder's profile.json, which infer finds by itself)")
@@ -218,6 +232,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     print(result["markdown"])
     print(f"\nresults: {args.json or args.out_dir / 'bench.json'}; chart: {result.get('chart')}")
+    return EXIT_OK
+
+
+def cmd_bench_archive(args: argparse.Namespace) -> int:
+    import json
+
+    from streamer.bench.archive import archive_markdown, draw_archive_chart, run_archive_bench
+
+    result = run_archive_bench(
+        _bench_models(args), source=args.source, lengths_min=tuple(args.lengths) if args.lengths else None,
+        engines=tuple(args.engines), repeats=args.repeats, quick=args.quick,
+    )
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    text = archive_markdown(result)
+    (args.out_dir / "bench-archive.md").write_text(text)
+    (args.out_dir / "bench-archive.json").write_text(json.dumps(result, indent=2) + "\n")
+    chart = draw_archive_chart(result, args.out_dir / "bench-archive.png")
+    print(text)
+    print(f"results: {args.out_dir / 'bench-archive.json'}; chart: {chart}")
     return EXIT_OK
 
 

@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import re
+import resource
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -47,6 +48,7 @@ class ArchiveReport:
     seconds: float = 0.0
     stage_s: dict[str, float] = field(default_factory=dict)
     peak_worker_rss_mb: float = 0.0
+    peak_parent_rss_mb: float = 0.0
 
     @property
     def real_time_factor(self) -> float:
@@ -80,6 +82,7 @@ class ArchiveReport:
             "real_time_factor": self.real_time_factor,
             "stage_seconds": self.stage_s,
             "peak_worker_rss_mb": self.peak_worker_rss_mb,
+            "peak_parent_rss_mb": self.peak_parent_rss_mb,
         }
 
 
@@ -296,6 +299,7 @@ def _run_locked(plan, entries, out_dir, t0, *, fmt, top_k, retry_failed, metadat
             bar.close()
             report.unfinished = sorted(outstanding)
             report.seconds = time.perf_counter() - t0
+            report.peak_parent_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
 
 

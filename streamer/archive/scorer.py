@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: Samples of one reduction chunk: 12 windows of 5 s, the Kaggle file length.
 CHUNK_SAMPLES = N_WINDOWS_PER_FILE * WINDOW_SAMPLES
+#: torch threads of the reduction (ProtoSSM folds), see ArchiveScorer.
+REDUCER_TORCH_THREADS = 1
 #: Chunks decoded ahead of the models (each is 7.7 MB of float32).
 PREFETCH_CHUNKS = 1
 
@@ -143,11 +145,28 @@ class ArchiveScorer:
         self.reducer = Reducer(reducer_spec)
         self.classes = tuple(classes)
         self.prefetch = prefetch
+        # ProtoSSM on 12 windows is a few hundred small operators: one torch thread runs it in
+        # ~25 ms, while two threads spin-wait on each other and, when another process holds a
+        # core, took 1-2 s per chunk (measured on the 2-vCPU VM). torch runs only ProtoSSM when
+        # the students are in onnxruntime (or absent); else its threads go back and forth.
+        self._torch_students = self.models.students.backend == "torch" and self.models.students.any
+        self._model_threads = model_spec.threads.intra_op_threads
+        if not self._torch_students:
+            set_torch_threads(REDUCER_TORCH_THREADS)
 
     def score_chunk(self, chunk: AudioChunk, when: RecordingTime):
         """Probabilities ``[n_real_windows, C]`` of one chunk."""
+        from streamer.models.moe import set_torch_threads
+
         windows = chunk.samples.reshape(N_WINDOWS_PER_FILE, WINDOW_SAMPLES)
-        probs = self.reducer.reduce_at(self.models.run(windows), when.site, when.hour_at(chunk.start_s))
+        outputs = self.models.run(windows)
+        if self._torch_students:
+            set_torch_threads(REDUCER_TORCH_THREADS)
+        try:
+            probs = self.reducer.reduce_at(outputs, when.site, when.hour_at(chunk.start_s))
+        finally:
+            if self._torch_students:
+                set_torch_threads(self._model_threads)
         return probs[: math.ceil(chunk.n_real / WINDOW_SAMPLES)]
 
     def score(self, task: ArchiveTask, on_chunk: Callable[[float], None] | None = None) -> TaskResult:

@@ -1,0 +1,207 @@
+"""``streamer bench-archive``: the archive mode's real-time factor, and memory against input length.
+
+Long inputs are built by looping a real recording (by default the 16-minute, 22.05-kHz field
+recording shipped with streamer) to each requested length, written as FLAC at the source rate,
+so every run resamples and streams as a user's archive would. Each (engine, length) pair runs
+as its own ``python -m streamer archive`` process with ``--report-json``; the runs are
+interleaved and repeated, and medians are quoted.
+
+Reported per run: wall time, the real-time factor (seconds of audio per second of wall time,
+start-up included), and the peak resident memory of the worker(s) and of the parent. Memory
+that stays flat as the length grows is the point of the streaming design.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from streamer.bench.runner import CONTENDER_TIMEOUT_S, BenchModels, _machine, environment_note
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOURCE = "jura_S4A03895_20190522_24h_16min_22k.ogg"
+LENGTHS_MIN = (4, 16, 64, 128)
+QUICK_LENGTHS_MIN = (4, 16, 32)
+
+
+def default_source() -> Path:
+    """The long real recording shipped with streamer's tests, or the package's own audio."""
+    here = Path(__file__).resolve().parent.parent.parent
+    for candidate in (here / "tests" / "data" / "audio" / DEFAULT_SOURCE, here.parent / "shared" / "audio" / DEFAULT_SOURCE):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{DEFAULT_SOURCE} not found; pass a long recording with --source")
+
+
+def make_long_input(source: Path, minutes: float, out: Path) -> Path:
+    """``out`` (FLAC at the source's rate, mono): ``source`` looped to ``minutes``, written block
+    by block so that building a long input needs little memory."""
+    import soundfile as sf
+
+    info = sf.info(str(source))
+    rate = int(info.samplerate)
+    n_total = int(round(minutes * 60 * rate))
+    if out.is_file() and sf.info(str(out)).frames == n_total:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".partial.flac")
+    written = 0
+    with sf.SoundFile(str(tmp), "w", rate, 1, format="FLAC") as dst:
+        while written < n_total:
+            with sf.SoundFile(str(source)) as src:
+                for block in src.blocks(blocksize=rate * 30, dtype="float32", always_2d=True):
+                    block = block.mean(axis=1, dtype=np.float32)[: n_total - written]
+                    dst.write(block)
+                    written += block.shape[0]
+                    if written >= n_total:
+                        break
+    tmp.replace(out)
+    return out
+
+
+def run_archive_subprocess(models: BenchModels, inputs: Path, engine_args: tuple[str, ...], work: Path, tag: str) -> dict:
+    out = work / f"out-{tag}"
+    report_path = work / f"{tag}.json"
+    cmd = [
+        sys.executable, "-m", "streamer", "-q", "archive", str(inputs), "--out", str(out),
+        "--data-dir", str(models.data_dir), "--perch", str(models.perch), "--moe-dir", str(models.moe_dir),
+        "--report-json", str(report_path), *engine_args,
+    ]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CONTENDER_TIMEOUT_S)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark run {tag} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    report = json.loads(report_path.read_text())
+    audio_s = report["audio_hours"] * 3600
+    return {
+        "wall_s": wall,
+        "audio_s": audio_s,
+        "rtf": audio_s / wall if wall > 0 else 0.0,
+        "layout": report["layout"],
+        "peak_worker_rss_mb": report["peak_worker_rss_mb"],
+        "peak_parent_rss_mb": report["peak_parent_rss_mb"],
+        "stage_seconds": report["stage_seconds"],
+    }
+
+
+ENGINE_ARGS = {
+    "local": (),
+    "sequential": ("--engine", "sequential"),
+    "ray": ("--engine", "ray"),
+}
+
+
+def run_archive_bench(
+    models: BenchModels,
+    *,
+    source: Path | None = None,
+    lengths_min: tuple[float, ...] | None = None,
+    engines: tuple[str, ...] = ("local",),
+    repeats: int | None = None,
+    quick: bool = False,
+    work_dir: Path | None = None,
+) -> dict:
+    """Measure every (engine, length); returns the results (see :func:`archive_markdown`)."""
+    source = Path(source) if source is not None else default_source()
+    lengths = tuple(lengths_min) if lengths_min else (QUICK_LENGTHS_MIN if quick else LENGTHS_MIN)
+    repeats = repeats or (1 if quick else 2)
+    for engine in engines:
+        if engine not in ENGINE_ARGS:
+            raise ValueError(f"unknown engine {engine!r}; expected one of {sorted(ENGINE_ARGS)}")
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="streamer-bench-archive-", dir=work_dir) as tmp:
+        work = Path(tmp)
+        inputs = {}
+        for minutes in lengths:
+            folder = work / f"in-{minutes:g}min"
+            make_long_input(source, minutes, folder / f"recording_{minutes:g}min.flac")
+            inputs[minutes] = folder
+        runs: dict[tuple[str, float], list[dict]] = {(e, m): [] for e in engines for m in lengths}
+        keys = list(runs)
+        for rep in range(repeats):
+            order = keys[rep % len(keys):] + keys[: rep % len(keys)]  # rotate, so no pair always goes first
+            for engine, minutes in order:
+                tag = f"{engine}-{minutes:g}-{rep}"
+                log.info("bench-archive: %s, %g min (repeat %d/%d)", engine, minutes, rep + 1, repeats)
+                runs[(engine, minutes)].append(run_archive_subprocess(models, inputs[minutes], ENGINE_ARGS[engine], work, tag))
+    rows = []
+    for (engine, minutes), rs in runs.items():
+        rows.append({
+            "engine": engine,
+            "minutes": minutes,
+            "layout": rs[0]["layout"],
+            "rtf": statistics.median(r["rtf"] for r in rs),
+            "wall_s": statistics.median(r["wall_s"] for r in rs),
+            "peak_worker_rss_mb": max(r["peak_worker_rss_mb"] for r in rs),
+            "peak_parent_rss_mb": max(r["peak_parent_rss_mb"] for r in rs),
+            "runs": rs,
+        })
+    return {
+        "machine": _machine(),
+        "models": models.description,
+        "source": source.name,
+        "repeats": repeats,
+        "quick": quick,
+        "environment": environment_note(),
+        "bench_s": time.perf_counter() - t_start,
+        "rows": rows,
+    }
+
+
+def archive_markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"Machine: {m['cpu_model']}, {m.get('n_cpus', '?')} usable CPU(s), {m['memory_gb']} GB. Models: {result['models']}.",
+        f"Input: {result['source']} looped to each length (FLAC at its own rate, resampled to 32 kHz while streaming); "
+        f"medians of {result['repeats']} interleaved repeat(s); real-time factor = audio seconds per wall second, start-up included.",
+        "",
+        "| engine | layout | length (min) | wall (s) | real-time factor | peak worker RSS (MB) | peak parent RSS (MB) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(f"| {r['engine']} | {r['layout']} | {r['minutes']:g} | {r['wall_s']:.1f} | {r['rtf']:.0f}x | "
+                     f"{r['peak_worker_rss_mb']:.0f} | {r['peak_parent_rss_mb']:.0f} |")
+    lines += ["", f"Benchmark time: {result['bench_s'] / 60:.1f} min. Thread variables: {result['environment']}."]
+    return "\n".join(lines) + "\n"
+
+
+def draw_archive_chart(result: dict, path: Path) -> Path | None:
+    """Real-time factor and peak worker memory against input length (PNG)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install -e '.[bench]'): no chart")
+        return None
+    fig, (ax_rtf, ax_mem) = plt.subplots(1, 2, figsize=(10, 4))
+    for engine in sorted({r["engine"] for r in result["rows"]}):
+        rows = sorted((r for r in result["rows"] if r["engine"] == engine), key=lambda r: r["minutes"])
+        x = [r["minutes"] for r in rows]
+        ax_rtf.plot(x, [r["rtf"] for r in rows], marker="o", label=engine)
+        ax_mem.plot(x, [r["peak_worker_rss_mb"] for r in rows], marker="o", label=f"{engine}: worker")
+        ax_mem.plot(x, [r["peak_parent_rss_mb"] for r in rows], marker="x", linestyle="--", label=f"{engine}: parent")
+    for ax in (ax_rtf, ax_mem):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("input length (minutes)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    ax_rtf.set_ylabel("real-time factor (x)")
+    ax_mem.set_ylabel("peak resident memory (MB)")
+    ax_mem.set_ylim(bottom=0)
+    fig.suptitle("streamer archive: speed and memory against input length", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
