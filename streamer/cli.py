@@ -1,4 +1,4 @@
-"""Command line: ``streamer infer | demo | make-standins``.
+"""Command line: ``streamer infer | archive | score | cache | sweep | bench | tune | make-standins | demo``.
 
 Exit codes: 0 success; 2 bad arguments, artifacts or metadata (nothing was scored);
 1 an unexpected error; 130 interrupted.
@@ -138,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--retry-failed", action="store_true", help="retry inputs that failed in an earlier run")
     p.set_defaults(func=cmd_archive)
 
+    p = sub.add_parser("score", help="the competition metric (macro ROC-AUC) of a submission against train_soundscapes_labels.csv")
+    p.add_argument("submission", type=Path, metavar="SUBMISSION", help="submission CSV (row_id + class columns); rows of unlabelled files are ignored")
+    p.add_argument("--data-dir", type=Path, required=True, help="competition folder (train_soundscapes_labels.csv, sample_submission.csv, taxonomy.csv)")
+    p.add_argument("--out", type=Path, default=None, metavar="CSV", help="per-class and per-taxonomic-class table (default: <SUBMISSION without .csv>.scores.csv)")
+    p.set_defaults(func=cmd_score)
+
     p = sub.add_parser("bench", help="measure baseline, engine, ceiling and a grid of layouts on this machine")
     _add_bench_arguments(p)
     p.add_argument("--out-dir", type=Path, default=Path("bench-results"), help="where bench.md, bench.json and bench.png go (default: %(default)s)")
@@ -235,6 +241,18 @@ def cmd_archive(args: argparse.Namespace) -> int:
     )
     print(report.summary())
     return EXIT_FAILURE if report.failed else EXIT_OK
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from streamer.metadata import load_competition
+    from streamer.validate.score import score_submission
+
+    report = score_submission(args.submission, load_competition(args.data_dir))
+    out = args.out if args.out is not None else args.submission.with_name(args.submission.name.removesuffix(".csv") + ".scores.csv")
+    report.write_csv(out)
+    print(report.summary())
+    print(f"per-class table: {out}")
+    return EXIT_OK
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
