@@ -14,7 +14,7 @@ from pathlib import Path
 
 from streamer import __version__
 from streamer.budget import DEFAULT_BUDGET_MINUTES
-from streamer.config import DEFAULT_BLEND, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, ENGINES, STUDENT_BACKENDS, InferConfig, default_cache_dir
+from streamer.config import DEFAULT_BLEND, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, DEFAULT_SMOOTH, ENGINES, STUDENT_BACKENDS, InferConfig, default_cache_dir
 from streamer.errors import ConfigError, StreamerError
 
 log = logging.getLogger("streamer")
@@ -41,6 +41,13 @@ def _threads(value: str) -> int | str:
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     """Model, metadata and blend options shared by the commands that run the ensemble."""
+    add_artifact_arguments(parser, required=required)
+    add_ensemble_arguments(parser)
+    add_execution_arguments(parser)
+
+
+def add_artifact_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """Where the competition folder and the model artifacts are."""
     g = parser.add_argument_group("inputs and artifacts")
     g.add_argument("--data-dir", type=Path, required=required, help="competition folder (taxonomy.csv, sample_submission.csv, train_soundscapes_labels.csv, test_soundscapes/)")
     g.add_argument("--perch", type=Path, required=required, help="Perch 2.0 ONNX file, or the folder holding perch_v2.onnx / perch_v2_ir9.onnx / perch_v2_no_dft.onnx")
@@ -52,12 +59,22 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
     g.add_argument("--crnn", type=Path, default=None, help="StudentCRNN checkpoint (default: student_crnn*.pt in --moe-dir)")
     g.add_argument("--no-cnn", action="store_true", help="do not load the StudentCNN (the blend renormalises)")
     g.add_argument("--no-crnn", action="store_true", help="do not load the StudentCRNN (the blend renormalises)")
+
+
+def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
+    """Blend weights, prior scale, smoothing and the ProtoSSM width."""
     b = parser.add_argument_group("ensemble")
     b.add_argument("--blend-perch", type=float, default=DEFAULT_BLEND[0], help="weight of Perch's logits (default: %(default)s)")
     b.add_argument("--blend-cnn", type=float, default=DEFAULT_BLEND[1], help="weight of the StudentCNN's logits (default: %(default)s)")
     b.add_argument("--blend-crnn", type=float, default=DEFAULT_BLEND[2], help="weight of the StudentCRNN's logits (default: %(default)s)")
     b.add_argument("--prior-scale", type=float, default=DEFAULT_PRIOR_SCALE, help="weight of the site/hour prior logit (default: %(default)s)")
+    b.add_argument("--smooth-center", type=float, default=DEFAULT_SMOOTH[0], help="temporal smoothing: weight of the window itself (default: %(default)s)")
+    b.add_argument("--smooth-side", type=float, default=DEFAULT_SMOOTH[1], help="temporal smoothing: weight of each neighbouring window, edges replicated (default: %(default)s; --smooth-center 1 --smooth-side 0 turns smoothing off)")
     b.add_argument("--proto-d-model", type=int, default=None, help="ProtoSSM width; checked against the checkpoints (default: read from them, 320 in the released bundle)")
+
+
+def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
+    """Engine, layout, budget and profile options."""
     r = parser.add_argument_group("execution")
     r.add_argument("--engine", choices=ENGINES, default="pipeline", help="multiprocess pipeline, or the single-process sequential reference (default: %(default)s)")
     r.add_argument("--students-backend", choices=STUDENT_BACKENDS, default="auto", help="run the students in torch or in onnxruntime (exported at start-up; same numbers, ~4x faster); auto: onnxruntime in the pipeline, torch in the sequential engine (default: %(default)s)")
@@ -92,6 +109,8 @@ def config_from_args(args: argparse.Namespace) -> InferConfig:
         blend_cnn=args.blend_cnn,
         blend_crnn=args.blend_crnn,
         prior_scale=args.prior_scale,
+        smooth_center=args.smooth_center,
+        smooth_side=args.smooth_side,
         proto_d_model=args.proto_d_model,
         dry_run_files=getattr(args, "dry_run_files", DEFAULT_DRY_RUN_FILES),
         threads=args.threads,
@@ -143,6 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, required=True, help="competition folder (train_soundscapes_labels.csv, sample_submission.csv, taxonomy.csv)")
     p.add_argument("--out", type=Path, default=None, metavar="CSV", help="per-class and per-taxonomic-class table (default: <SUBMISSION without .csv>.scores.csv)")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("cache", help="run Perch and the students once over the labelled training soundscapes and store their outputs for 'streamer sweep'")
+    add_artifact_arguments(p)
+    c = p.add_argument_group("cache")
+    c.add_argument("--out", type=Path, default=Path("validation-cache.npz"), metavar="FILE", help="the cache to write (default: %(default)s); an up-to-date one is reused, one made from other artifacts is rebuilt")
+    c.add_argument("--all-files", action="store_true", help="cache every train_soundscapes/*.ogg, not only the labelled ones")
+    c.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
+    c.add_argument("--threads", type=_threads, default="auto", metavar="T|auto|default", help="intra-op threads of onnxruntime and torch; 'auto' uses every available CPU (default: %(default)s)")
+    c.add_argument("--students-backend", choices=STUDENT_BACKENDS, default="auto", help="students in torch (auto: as infer's sequential engine) or exported to onnxruntime (default: %(default)s)")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("bench", help="measure baseline, engine, ceiling and a grid of layouts on this machine")
     _add_bench_arguments(p)
@@ -252,6 +281,51 @@ def cmd_score(args: argparse.Namespace) -> int:
     report.write_csv(out)
     print(report.summary())
     print(f"per-class table: {out}")
+    return EXIT_OK
+
+
+def validation_config(args: argparse.Namespace) -> InferConfig:
+    """The settings of ``cache`` and ``sweep``: artifacts, plus the ensemble flags when present."""
+    defaults = InferConfig(data_dir=args.data_dir, perch=args.perch, moe_dir=args.moe_dir)
+    pick = lambda name: getattr(args, name, getattr(defaults, name))  # noqa: E731
+    return InferConfig(
+        data_dir=args.data_dir,
+        perch=args.perch,
+        moe_dir=args.moe_dir,
+        perch_labels=args.perch_labels,
+        weights_prefix=args.weights_prefix,
+        n_folds=args.n_folds,
+        cnn=args.cnn,
+        crnn=args.crnn,
+        use_cnn=not args.no_cnn,
+        use_crnn=not args.no_crnn,
+        blend_perch=pick("blend_perch"),
+        blend_cnn=pick("blend_cnn"),
+        blend_crnn=pick("blend_crnn"),
+        prior_scale=pick("prior_scale"),
+        smooth_center=pick("smooth_center"),
+        smooth_side=pick("smooth_side"),
+        proto_d_model=pick("proto_d_model"),
+        threads=pick("threads"),
+        students_backend=pick("students_backend"),
+        engine="sequential",
+        progress=False,
+    )
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from streamer.pipeline.layout import sequential_threads
+    from streamer.validate.cache import build_cache
+
+    config = validation_config(args)
+    cache, built = build_cache(config, args.out, all_files=args.all_files, force=args.force, threads=sequential_threads(config.threads))
+    students = ", ".join(k for k in ("cnn", "crnn") if k in cache.dependencies) or "none"
+    verb = f"written in {cache.info.get('seconds', 0):.1f} s" if built else "up to date, reused"
+    print(
+        f"cache {args.out}: {verb}\n  {len(cache.stems)} files ({cache.info.get('selection', '?')}), "
+        f"{len(cache.classes)} classes, students: {students}\n"
+        f"  keyed by sha256 of: " + ", ".join(f"{role} {d['sha256'][:12]}" for role, d in sorted(cache.dependencies.items()))
+    )
     return EXIT_OK
 
 
