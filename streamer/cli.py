@@ -173,6 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--students-backend", choices=STUDENT_BACKENDS, default="auto", help="students in torch (auto: as infer's sequential engine) or exported to onnxruntime (default: %(default)s)")
     p.set_defaults(func=cmd_cache)
 
+    p = sub.add_parser("sweep", help="score a grid of blend weights, prior scales and smoothing kernels from a cache, with an out-of-fold prior")
+    add_artifact_arguments(p)
+    add_ensemble_arguments(p)
+    w = p.add_argument_group("sweep")
+    w.add_argument("--cache", type=Path, required=True, metavar="FILE", help="cache from 'streamer cache' (checked against the artifacts given)")
+    w.add_argument("--grid", nargs="+", default=[], metavar="AXIS=VALUES", help="axes perch, cnn, crnn (blend weights), prior (prior scale), smooth (CENTER/SIDE, CENTER/SIDE/SIDE or off); VALUES a comma list of numbers or start:stop:step ranges; axes not given keep the ensemble flags' values. Example: perch=0.6,0.8 prior=0:0.6:0.2 smooth=0.8/0.1,0.7/0.15")
+    w.add_argument("--prior-fit", choices=("oof", "all"), default="oof", help="oof: each file's prior is fitted on the other folds' labels (honest); all: one prior on every label, as infer does (leaks the scored labels; only to check a point against infer + score) (default: %(default)s)")
+    w.add_argument("--group", choices=("file", "site"), default="file", help="what the prior's folds are made of: whole files, or whole sites (default: %(default)s)")
+    w.add_argument("--prior-folds", type=_positive_int, default=5, metavar="K", help="number of prior folds, at most one per group (default: %(default)s)")
+    w.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default: %(default)s)")
+    w.add_argument("--out", type=Path, default=Path("sweep.csv"), metavar="CSV", help="every point, ranked, with per-taxonomic-class AUCs (default: %(default)s)")
+    w.add_argument("--heatmap", type=Path, default=None, metavar="PNG", help="heatmap when exactly two axes vary (default: the CSV's name with .png; needs matplotlib)")
+    w.add_argument("--top", type=_positive_int, default=10, metavar="N", help="points shown in the table (default: %(default)s)")
+    w.add_argument("--threads", type=_threads, default="auto", metavar="T|auto|default", help="torch intra-op threads for the ProtoSSM folds (default: %(default)s)")
+    p.set_defaults(func=cmd_sweep)
+
     p = sub.add_parser("bench", help="measure baseline, engine, ceiling and a grid of layouts on this machine")
     _add_bench_arguments(p)
     p.add_argument("--out-dir", type=Path, default=Path("bench-results"), help="where bench.md, bench.json and bench.png go (default: %(default)s)")
@@ -326,6 +342,65 @@ def cmd_cache(args: argparse.Namespace) -> int:
         f"{len(cache.classes)} classes, students: {students}\n"
         f"  keyed by sha256 of: " + ", ".join(f"{role} {d['sha256'][:12]}" for role, d in sorted(cache.dependencies.items()))
     )
+    return EXIT_OK
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import shlex
+
+    import pandas as pd
+
+    from streamer.models.moe import set_torch_threads
+    from streamer.pipeline.layout import sequential_threads
+    from streamer.stages import prepare
+    from streamer.validate.cache import load_cache
+    from streamer.validate.io import atomic_write_text
+    from streamer.validate.score import class_groups
+    from streamer.validate.sweep import SweepPoint, assign_prior_folds, draw_heatmap, parse_grid, prepare_sweep, run_sweep
+
+    config = validation_config(args)
+    base = SweepPoint(config.blend_perch, config.blend_cnn, config.blend_crnn, config.prior_scale, config.smooth_center, config.smooth_side)
+    points, values = parse_grid(args.grid, base)
+    set_torch_threads(sequential_threads(config.threads))
+    t0 = time.perf_counter()
+    plan = prepare(config, files=[])
+    cache = load_cache(args.cache)
+    competition = plan.competition
+    if args.prior_fit == "oof":
+        folds = assign_prior_folds(competition.label_files, group=args.group, n_folds=args.prior_folds, seed=args.seed)
+        prior_note = folds.describe() + f", seed {args.seed}"
+    else:
+        folds = None
+        prior_note = "fitted on ALL labels, as infer does: this leaks the scored labels (use only to check a point against infer + score)"
+    data = prepare_sweep(plan, cache, args.cache, prior_fit=args.prior_fit, folds=folds)
+    setup_s = time.perf_counter() - t0
+    result = run_sweep(data, points, class_groups(competition), has_students=(data.cnn is not None, data.crnn is not None))
+
+    rows = result.rows()
+    atomic_write_text(args.out, pd.DataFrame(rows).to_csv(index=False, float_format="%.6f"))
+    n_rows, n_classes = data.labels.shape
+    per_point_ms = 1000.0 * sum(result.seconds) / len(points)
+    print(f"cache {args.cache}: {len(data.stems)} labelled files, {n_rows} rows, "
+          f"{int(result.results[0].scored.sum())} of {n_classes} classes scored")
+    print(f"prior: {prior_note}")
+    print(f"{len(points)} points in {sum(result.seconds):.2f} s ({per_point_ms:.1f} ms per point; set-up {setup_s:.1f} s)")
+    print(f"{'rank':>4} {'macro AUC':>9} {'perch':>6} {'cnn':>6} {'crnn':>6} {'prior':>6} {'smooth':>10}")
+    for row in rows[: args.top]:
+        print(f"{row['rank']:>4} {row['macro_auc']:>9.4f} {row['perch']:>6g} {row['cnn']:>6g} {row['crnn']:>6g} {row['prior']:>6g} "
+              f"{row['smooth_center']:>5g}/{row['smooth_side']:g}")
+    best = points[result.ranking()[0]]
+    command = ["streamer", "infer", "--data-dir", str(args.data_dir), "--perch", str(args.perch), "--moe-dir", str(args.moe_dir)]
+    for flag, value in (("--perch-labels", args.perch_labels), ("--weights-prefix", args.weights_prefix), ("--cnn", args.cnn),
+                        ("--crnn", args.crnn), ("--proto-d-model", args.proto_d_model)):
+        if value is not None:
+            command += [flag, str(value)]
+    command += ["--no-cnn"] * args.no_cnn + ["--no-crnn"] * args.no_crnn + best.infer_flags()
+    print(f"best: {shlex.join(command)}")
+    print(f"all points: {args.out}")
+    heatmap = args.heatmap if args.heatmap is not None else args.out.with_suffix(".png")
+    title = f"macro ROC-AUC, prior {'out of fold' if folds is not None else 'fitted on all labels (leaky)'}"
+    if draw_heatmap(result, values, heatmap, title) is not None:
+        print(f"heatmap: {heatmap}")
     return EXIT_OK
 
 
