@@ -14,7 +14,8 @@ from pathlib import Path
 
 from streamer import __version__
 from streamer.budget import DEFAULT_BUDGET_MINUTES
-from streamer.config import DEFAULT_BLEND, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, DEFAULT_SMOOTH, ENGINES, STUDENT_BACKENDS, InferConfig, default_cache_dir
+from streamer.config import DEFAULT_BLEND, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, ENGINES, STUDENT_BACKENDS, InferConfig, default_cache_dir
+from streamer.config import DEFAULT_SMOOTH
 from streamer.errors import ConfigError, StreamerError
 
 log = logging.getLogger("streamer")
