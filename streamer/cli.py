@@ -1,4 +1,4 @@
-"""Command line: ``streamer infer | demo | make-standins``.
+"""Command line: ``streamer infer | archive | score | cache | sweep | bench | tune | make-standins | demo``.
 
 Exit codes: 0 success; 2 bad arguments, artifacts or metadata (nothing was scored);
 1 an unexpected error; 130 interrupted.
@@ -15,6 +15,7 @@ from pathlib import Path
 from streamer import __version__
 from streamer.budget import DEFAULT_BUDGET_MINUTES
 from streamer.config import DEFAULT_BLEND, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, ARCHIVE_ENGINES, ENGINES, STUDENT_BACKENDS, InferConfig, default_cache_dir
+from streamer.config import DEFAULT_SMOOTH
 from streamer.errors import ConfigError, StreamerError
 
 log = logging.getLogger("streamer")
@@ -42,6 +43,14 @@ def _threads(value: str) -> int | str:
 def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True, execution: bool = True) -> None:
     """Model, metadata and blend options shared by the commands that run the ensemble
     (``execution=False`` leaves out infer's engine and layout options)."""
+    add_artifact_arguments(parser, required=required)
+    add_ensemble_arguments(parser)
+    if execution:
+        add_execution_arguments(parser)
+
+
+def add_artifact_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """Where the competition folder and the model artifacts are."""
     g = parser.add_argument_group("inputs and artifacts")
     g.add_argument("--data-dir", type=Path, required=required, help="competition folder (taxonomy.csv, sample_submission.csv, train_soundscapes_labels.csv, test_soundscapes/)")
     g.add_argument("--perch", type=Path, required=required, help="Perch 2.0 ONNX file, or the folder holding perch_v2.onnx / perch_v2_ir9.onnx / perch_v2_no_dft.onnx")
@@ -53,14 +62,22 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
     g.add_argument("--crnn", type=Path, default=None, help="StudentCRNN checkpoint (default: student_crnn*.pt in --moe-dir)")
     g.add_argument("--no-cnn", action="store_true", help="do not load the StudentCNN (the blend renormalises)")
     g.add_argument("--no-crnn", action="store_true", help="do not load the StudentCRNN (the blend renormalises)")
+
+
+def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
+    """Blend weights, prior scale, smoothing and the ProtoSSM width."""
     b = parser.add_argument_group("ensemble")
     b.add_argument("--blend-perch", type=float, default=DEFAULT_BLEND[0], help="weight of Perch's logits (default: %(default)s)")
     b.add_argument("--blend-cnn", type=float, default=DEFAULT_BLEND[1], help="weight of the StudentCNN's logits (default: %(default)s)")
     b.add_argument("--blend-crnn", type=float, default=DEFAULT_BLEND[2], help="weight of the StudentCRNN's logits (default: %(default)s)")
     b.add_argument("--prior-scale", type=float, default=DEFAULT_PRIOR_SCALE, help="weight of the site/hour prior logit (default: %(default)s)")
+    b.add_argument("--smooth-center", type=float, default=DEFAULT_SMOOTH[0], help="temporal smoothing: weight of the window itself (default: %(default)s)")
+    b.add_argument("--smooth-side", type=float, default=DEFAULT_SMOOTH[1], help="temporal smoothing: weight of each neighbouring window, edges replicated (default: %(default)s; --smooth-center 1 --smooth-side 0 turns smoothing off)")
     b.add_argument("--proto-d-model", type=int, default=None, help="ProtoSSM width; checked against the checkpoints (default: read from them, 320 in the released bundle)")
-    if not execution:
-        return
+
+
+def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
+    """Engine, layout, budget and profile options."""
     r = parser.add_argument_group("execution")
     r.add_argument("--engine", choices=ENGINES, default="pipeline", help="multiprocess pipeline, or the single-process sequential reference (default: %(default)s)")
     r.add_argument("--students-backend", choices=STUDENT_BACKENDS, default="auto", help="run the students in torch or in onnxruntime (exported at start-up; same numbers, ~4x faster); auto: onnxruntime in the pipeline, torch in the sequential engine (default: %(default)s)")
@@ -85,7 +102,7 @@ def config_from_args(args: argparse.Namespace) -> InferConfig:
             weights_prefix=args.weights_prefix, n_folds=args.n_folds, cnn=args.cnn, crnn=args.crnn,
             use_cnn=not args.no_cnn, use_crnn=not args.no_crnn, blend_perch=args.blend_perch, blend_cnn=args.blend_cnn,
             blend_crnn=args.blend_crnn, prior_scale=args.prior_scale, proto_d_model=args.proto_d_model,
-            threads=args.threads, allow_spinning=args.allow_spinning, students_backend=args.students_backend,
+            smooth_center=args.smooth_center, smooth_side=args.smooth_side, threads=args.threads, allow_spinning=args.allow_spinning, students_backend=args.students_backend,
             progress=not getattr(args, "quiet", False),
         )
     return InferConfig(
@@ -104,6 +121,8 @@ def config_from_args(args: argparse.Namespace) -> InferConfig:
         blend_cnn=args.blend_cnn,
         blend_crnn=args.blend_crnn,
         prior_scale=args.prior_scale,
+        smooth_center=args.smooth_center,
+        smooth_side=args.smooth_side,
         proto_d_model=args.proto_d_model,
         dry_run_files=getattr(args, "dry_run_files", DEFAULT_DRY_RUN_FILES),
         threads=args.threads,
@@ -159,6 +178,38 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--metadata", type=Path, default=None, metavar="CSV", help="CSV with columns path,site,start giving each recording's site and start time")
     a.add_argument("--retry-failed", action="store_true", help="retry inputs that failed in an earlier run")
     p.set_defaults(func=cmd_archive)
+
+    p = sub.add_parser("score", help="the competition metric (macro ROC-AUC) of a submission against train_soundscapes_labels.csv")
+    p.add_argument("submission", type=Path, metavar="SUBMISSION", help="submission CSV (row_id + class columns); rows of unlabelled files are ignored")
+    p.add_argument("--data-dir", type=Path, required=True, help="competition folder (train_soundscapes_labels.csv, sample_submission.csv, taxonomy.csv)")
+    p.add_argument("--out", type=Path, default=None, metavar="CSV", help="per-class and per-taxonomic-class table (default: <SUBMISSION without .csv>.scores.csv)")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("cache", help="run Perch and the students once over the labelled training soundscapes and store their outputs for 'streamer sweep'")
+    add_artifact_arguments(p)
+    c = p.add_argument_group("cache")
+    c.add_argument("--out", type=Path, default=Path("validation-cache.npz"), metavar="FILE", help="the cache to write (default: %(default)s); an up-to-date one is reused, one made from other artifacts is rebuilt")
+    c.add_argument("--all-files", action="store_true", help="cache every train_soundscapes/*.ogg, not only the labelled ones")
+    c.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
+    c.add_argument("--threads", type=_threads, default="auto", metavar="T|auto|default", help="intra-op threads of onnxruntime and torch; 'auto' uses every available CPU (default: %(default)s)")
+    c.add_argument("--students-backend", choices=STUDENT_BACKENDS, default="auto", help="students in torch (auto: as infer's sequential engine) or exported to onnxruntime (default: %(default)s)")
+    p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("sweep", help="score a grid of blend weights, prior scales and smoothing kernels from a cache, with an out-of-fold prior")
+    add_artifact_arguments(p)
+    add_ensemble_arguments(p)
+    w = p.add_argument_group("sweep")
+    w.add_argument("--cache", type=Path, required=True, metavar="FILE", help="cache from 'streamer cache' (checked against the artifacts given)")
+    w.add_argument("--grid", nargs="+", default=[], metavar="AXIS=VALUES", help="axes perch, cnn, crnn (blend weights), prior (prior scale), smooth (CENTER/SIDE, CENTER/SIDE/SIDE or off); VALUES a comma list of numbers or start:stop:step ranges; axes not given keep the ensemble flags' values. Example: perch=0.6,0.8 prior=0:0.6:0.2 smooth=0.8/0.1,0.7/0.15")
+    w.add_argument("--prior-fit", choices=("oof", "all"), default="oof", help="oof: each file's prior is fitted on the other folds' labels (honest); all: one prior on every label, as infer does (leaks the scored labels; only to check a point against infer + score) (default: %(default)s)")
+    w.add_argument("--group", choices=("file", "site"), default="file", help="what the prior's folds are made of: whole files, or whole sites (default: %(default)s)")
+    w.add_argument("--prior-folds", type=_positive_int, default=5, metavar="K", help="number of prior folds, at most one per group (default: %(default)s)")
+    w.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default: %(default)s)")
+    w.add_argument("--out", type=Path, default=Path("sweep.csv"), metavar="CSV", help="every point, ranked, with per-taxonomic-class AUCs (default: %(default)s)")
+    w.add_argument("--heatmap", type=Path, default=None, metavar="PNG", help="heatmap when exactly two axes vary (default: the CSV's name with .png; needs matplotlib)")
+    w.add_argument("--top", type=_positive_int, default=10, metavar="N", help="points shown in the table (default: %(default)s)")
+    w.add_argument("--threads", type=_threads, default="auto", metavar="T|auto|default", help="torch intra-op threads for the ProtoSSM folds (default: %(default)s)")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("bench", help="measure baseline, engine, ceiling and a grid of layouts on this machine")
     _add_bench_arguments(p)
@@ -296,6 +347,122 @@ def cmd_archive(args: argparse.Namespace) -> int:
         args.report_json.parent.mkdir(parents=True, exist_ok=True)
         args.report_json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return EXIT_FAILURE if report.failed or report.unfinished else EXIT_OK
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from streamer.metadata import load_competition
+    from streamer.validate.score import score_submission
+
+    report = score_submission(args.submission, load_competition(args.data_dir))
+    out = args.out if args.out is not None else args.submission.with_name(args.submission.name.removesuffix(".csv") + ".scores.csv")
+    report.write_csv(out)
+    print(report.summary())
+    print(f"per-class table: {out}")
+    return EXIT_OK
+
+
+def validation_config(args: argparse.Namespace) -> InferConfig:
+    """The settings of ``cache`` and ``sweep``: artifacts, plus the ensemble flags when present."""
+    defaults = InferConfig(data_dir=args.data_dir, perch=args.perch, moe_dir=args.moe_dir)
+    pick = lambda name: getattr(args, name, getattr(defaults, name))  # noqa: E731
+    return InferConfig(
+        data_dir=args.data_dir,
+        perch=args.perch,
+        moe_dir=args.moe_dir,
+        perch_labels=args.perch_labels,
+        weights_prefix=args.weights_prefix,
+        n_folds=args.n_folds,
+        cnn=args.cnn,
+        crnn=args.crnn,
+        use_cnn=not args.no_cnn,
+        use_crnn=not args.no_crnn,
+        blend_perch=pick("blend_perch"),
+        blend_cnn=pick("blend_cnn"),
+        blend_crnn=pick("blend_crnn"),
+        prior_scale=pick("prior_scale"),
+        smooth_center=pick("smooth_center"),
+        smooth_side=pick("smooth_side"),
+        proto_d_model=pick("proto_d_model"),
+        threads=pick("threads"),
+        students_backend=pick("students_backend"),
+        engine="sequential",
+        progress=False,
+    )
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from streamer.pipeline.layout import sequential_threads
+    from streamer.validate.cache import build_cache
+
+    config = validation_config(args)
+    cache, built = build_cache(config, args.out, all_files=args.all_files, force=args.force, threads=sequential_threads(config.threads))
+    students = ", ".join(k for k in ("cnn", "crnn") if k in cache.dependencies) or "none"
+    verb = f"written in {cache.info.get('seconds', 0):.1f} s" if built else "up to date, reused"
+    print(
+        f"cache {args.out}: {verb}\n  {len(cache.stems)} files ({cache.info.get('selection', '?')}), "
+        f"{len(cache.classes)} classes, students: {students}\n"
+        f"  keyed by sha256 of: " + ", ".join(f"{role} {d['sha256'][:12]}" for role, d in sorted(cache.dependencies.items()))
+    )
+    return EXIT_OK
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import shlex
+
+    import pandas as pd
+
+    from streamer.models.moe import set_torch_threads
+    from streamer.pipeline.layout import sequential_threads
+    from streamer.stages import prepare
+    from streamer.validate.cache import load_cache
+    from streamer.validate.io import atomic_write_text
+    from streamer.validate.score import class_groups
+    from streamer.validate.sweep import SweepPoint, assign_prior_folds, draw_heatmap, parse_grid, prepare_sweep, run_sweep
+
+    config = validation_config(args)
+    base = SweepPoint(config.blend_perch, config.blend_cnn, config.blend_crnn, config.prior_scale, config.smooth_center, config.smooth_side)
+    points, values = parse_grid(args.grid, base)
+    set_torch_threads(sequential_threads(config.threads))
+    t0 = time.perf_counter()
+    plan = prepare(config, files=[])
+    cache = load_cache(args.cache)
+    competition = plan.competition
+    if args.prior_fit == "oof":
+        folds = assign_prior_folds(competition.label_files, group=args.group, n_folds=args.prior_folds, seed=args.seed)
+        prior_note = folds.describe() + f", seed {args.seed}"
+    else:
+        folds = None
+        prior_note = "fitted on ALL labels, as infer does: this leaks the scored labels (use only to check a point against infer + score)"
+    data = prepare_sweep(plan, cache, args.cache, prior_fit=args.prior_fit, folds=folds)
+    setup_s = time.perf_counter() - t0
+    result = run_sweep(data, points, class_groups(competition), has_students=(data.cnn is not None, data.crnn is not None))
+
+    rows = result.rows()
+    atomic_write_text(args.out, pd.DataFrame(rows).to_csv(index=False, float_format="%.6f"))
+    n_rows, n_classes = data.labels.shape
+    per_point_ms = 1000.0 * sum(result.seconds) / len(points)
+    print(f"cache {args.cache}: {len(data.stems)} labelled files, {n_rows} rows, "
+          f"{int(result.results[0].scored.sum())} of {n_classes} classes scored")
+    print(f"prior: {prior_note}")
+    print(f"{len(points)} points in {sum(result.seconds):.2f} s ({per_point_ms:.1f} ms per point; set-up {setup_s:.1f} s)")
+    print(f"{'rank':>4} {'macro AUC':>9} {'perch':>6} {'cnn':>6} {'crnn':>6} {'prior':>6} {'smooth':>10}")
+    for row in rows[: args.top]:
+        print(f"{row['rank']:>4} {row['macro_auc']:>9.4f} {row['perch']:>6g} {row['cnn']:>6g} {row['crnn']:>6g} {row['prior']:>6g} "
+              f"{row['smooth_center']:>5g}/{row['smooth_side']:g}")
+    best = points[result.ranking()[0]]
+    command = ["streamer", "infer", "--data-dir", str(args.data_dir), "--perch", str(args.perch), "--moe-dir", str(args.moe_dir)]
+    for flag, value in (("--perch-labels", args.perch_labels), ("--weights-prefix", args.weights_prefix), ("--cnn", args.cnn),
+                        ("--crnn", args.crnn), ("--proto-d-model", args.proto_d_model)):
+        if value is not None:
+            command += [flag, str(value)]
+    command += ["--no-cnn"] * args.no_cnn + ["--no-crnn"] * args.no_crnn + best.infer_flags()
+    print(f"best: {shlex.join(command)}")
+    print(f"all points: {args.out}")
+    heatmap = args.heatmap if args.heatmap is not None else args.out.with_suffix(".png")
+    title = f"macro ROC-AUC, prior {'out of fold' if folds is not None else 'fitted on all labels (leaky)'}"
+    if draw_heatmap(result, values, heatmap, title) is not None:
+        print(f"heatmap: {heatmap}")
+    return EXIT_OK
 
 
 def cmd_infer(args: argparse.Namespace) -> int:

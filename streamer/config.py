@@ -13,6 +13,8 @@ from streamer.errors import ConfigError
 #: Model-card blend (Perch, CNN, CRNN) and prior scale of the public LB 0.914 run (SPEC §3).
 DEFAULT_BLEND = (0.80, 0.13, 0.07)
 DEFAULT_PRIOR_SCALE = 0.20
+#: Temporal smoothing of the model-card run: centre weight, weight of each neighbour (SPEC §3 step 9).
+DEFAULT_SMOOTH = (0.8, 0.1)
 DEFAULT_DRY_RUN_FILES = 20
 DEFAULT_N_FOLDS = 4
 ENGINES = ("pipeline", "sequential")
@@ -47,6 +49,8 @@ class InferConfig:
         use_cnn, use_crnn: whether to load each student at all.
         blend_perch, blend_cnn, blend_crnn: blend weights of the pre-sigmoid logits.
         prior_scale: weight of the site/hour prior logit.
+        smooth_center, smooth_side: temporal smoothing ``center·x[t] + side·(x[t−1] + x[t+1])``
+            (edges replicated); 1 and 0 turn it off.
         proto_d_model: ProtoSSM width; ``None`` reads it from the checkpoint.
         dry_run_files: how many training soundscapes to score when ``test_soundscapes`` is empty.
         threads: intra-op threads per model process for onnxruntime and torch: a number,
@@ -89,6 +93,8 @@ class InferConfig:
     blend_cnn: float = DEFAULT_BLEND[1]
     blend_crnn: float = DEFAULT_BLEND[2]
     prior_scale: float = DEFAULT_PRIOR_SCALE
+    smooth_center: float = DEFAULT_SMOOTH[0]
+    smooth_side: float = DEFAULT_SMOOTH[1]
     proto_d_model: int | None = None
     dry_run_files: int = DEFAULT_DRY_RUN_FILES
     threads: int | str = "auto"
@@ -114,6 +120,12 @@ class InferConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
         if not math.isfinite(self.prior_scale):
             raise ConfigError(f"--prior-scale must be finite, got {self.prior_scale}")
+        for name in ("smooth_center", "smooth_side"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        if self.smooth_center + 2 * self.smooth_side <= 0:
+            raise ConfigError("--smooth-center and --smooth-side are both 0: every score would be 0")
         if self.n_folds < 1:
             raise ConfigError(f"--n-folds must be >= 1, got {self.n_folds}")
         if self.dry_run_files < 0:
@@ -140,3 +152,7 @@ class InferConfig:
     @property
     def blend_weights(self) -> tuple[float, float, float]:
         return (self.blend_perch, self.blend_cnn, self.blend_crnn)
+
+    @property
+    def smooth(self) -> tuple[float, float]:
+        return (self.smooth_center, self.smooth_side)

@@ -96,6 +96,7 @@ class ReducerSpec:
     site_index: dict[str, int]
     blend_weights: tuple[float, float, float]
     prior_scale: float
+    smooth: tuple[float, float] = (postprocess.SMOOTH_CENTER, postprocess.SMOOTH_SIDE)
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,8 @@ class Reducer:
         t1 = time.perf_counter()
         fold_logits = self.folds.run(outputs.embedding, teacher, self.site_id(site), hour)
         t2 = time.perf_counter()
-        probs = postprocess.finalize(postprocess.fold_mean_probability(fold_logits))
+        center, side = self.spec.smooth
+        probs = postprocess.finalize(postprocess.fold_mean_probability(fold_logits), center=center, side=side)
         t3 = time.perf_counter()
         self.seconds["protossm"] += t2 - t1
         self.seconds["postprocess"] += (t1 - t0) + (t3 - t2)
@@ -288,6 +290,7 @@ def prepare(config: InferConfig, files: list[Path] | None = None) -> RunPlan:
         site_index=competition.site_index(),
         blend_weights=weights,
         prior_scale=config.prior_scale,
+        smooth=config.smooth,
     )
     model = ModelSpec(
         onnx_path=perch.onnx_path,

@@ -235,6 +235,10 @@ class ProtoSSM(nn.Module):
     def forward(
         self, embedding: torch.Tensor, teacher_logits: torch.Tensor, site_ids: torch.Tensor, hours: torch.Tensor
     ) -> torch.Tensor:
+        return self.fuse(self.similarity(embedding, site_ids, hours), teacher_logits)
+
+    def similarity(self, embedding: torch.Tensor, site_ids: torch.Tensor, hours: torch.Tensor) -> torch.Tensor:
+        """The prototype branch ``[B,T,n_classes]``: everything that does not see the teacher."""
         n_steps = embedding.shape[1]
         h = self.input_proj(embedding) + self.pos_enc[:, :n_steps]
         meta = torch.cat([self.site_emb(site_ids), self.hour_emb(hours)], dim=-1)
@@ -245,6 +249,10 @@ class ProtoSSM(nn.Module):
             h = norm(h + self.drop(merge(torch.cat([a, b], dim=-1))))
         h_unit = F.normalize(h, dim=-1)
         p_unit = F.normalize(self.prototypes, dim=-1)
-        sim = torch.matmul(h_unit, p_unit.t()) * F.softplus(self.proto_temp) + self.class_bias
+        return torch.matmul(h_unit, p_unit.t()) * F.softplus(self.proto_temp) + self.class_bias
+
+    def fuse(self, sim: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """Per-class mix of the prototype branch and the teacher logits: the only place the
+        teacher enters (the local-validation sweep reuses :meth:`similarity` across settings)."""
         alpha = torch.sigmoid(self.fusion_alpha)
         return alpha * sim + (1.0 - alpha) * teacher_logits

@@ -186,6 +186,26 @@ class ProtoSSMFolds:
             hr = torch.tensor([hour], dtype=torch.long)
             return np.stack([fold(emb, teacher, site, hr)[0].numpy() for fold in self.folds])
 
+    def similarity(self, embedding: np.ndarray, site_id: int, hour: int) -> np.ndarray:
+        """One file's prototype branch of every fold, ``[K,T,C]``: the part of :meth:`run` that
+        does not depend on the teacher logits (see :meth:`fuse`)."""
+        torch = import_torch()
+        with torch.inference_mode():
+            emb = torch.from_numpy(np.ascontiguousarray(embedding, dtype=np.float32))[None]
+            site = torch.tensor([site_id], dtype=torch.long)
+            hr = torch.tensor([hour], dtype=torch.long)
+            return np.stack([fold.similarity(emb, site, hr)[0].numpy() for fold in self.folds])
+
+    def fuse(self, similarity: np.ndarray, teacher_logits: np.ndarray) -> np.ndarray:
+        """Fold logits ``[K,...,C]`` from :meth:`similarity` ``[K,...,C]`` and teacher logits
+        ``[...,C]``; ``run(e, t, s, h) == fuse(similarity(e, s, h), t)`` exactly."""
+        torch = import_torch()
+        with torch.inference_mode():
+            teacher = torch.from_numpy(np.ascontiguousarray(teacher_logits, dtype=np.float32))
+            return np.stack(
+                [fold.fuse(torch.from_numpy(np.ascontiguousarray(sim)), teacher).numpy() for fold, sim in zip(self.folds, similarity)]
+            )
+
 
 def set_torch_threads(n_threads: int | None) -> None:
     """Set torch's intra-op threads (``None`` leaves torch's default)."""

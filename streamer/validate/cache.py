@@ -1,0 +1,306 @@
+"""``streamer cache``: the networks' outputs on the labelled training soundscapes, stored once.
+
+Everything the local-validation sweep varies comes after the networks (blend, prior, ProtoSSM
+fusion, smoothing), so Perch and the students run once, through the same stages as ``infer``
+(:func:`streamer.stages.prepare`, :func:`~streamer.stages.decode_job`,
+:class:`~streamer.stages.ModelStage`), and their outputs are kept per window in one ``.npz``:
+
+==================  =========  ==========================
+array               dtype      shape
+==================  =========  ==========================
+``embedding``       float32    ``[files, 12, 1536]``
+``perch_logits``    float32    ``[files, 12, C]`` (mapped, −8.0 where unmatched)
+``cnn_logits``      float32    ``[files, 12, C]`` (absent when the CNN was not loaded)
+``crnn_logits``     float32    ``[files, 12, C]`` (absent when the CRNN was not loaded)
+``meta``            str        JSON header (below)
+==================  =========  ==========================
+
+The header holds the format version, the file stems, the class list, and the path, size and
+SHA-256 of every file the cached numbers depend on: the Perch ONNX file and label list, each
+student checkpoint that was loaded, ``taxonomy.csv`` (scientific names → Perch columns) and
+``sample_submission.csv`` (column order). The ProtoSSM folds and the labels are not among them:
+the sweep reads those itself, so they may change without invalidating the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from streamer import __version__
+from streamer.artifacts import resolve_perch_labels
+from streamer.config import InferConfig
+from streamer.errors import ArtifactError, AudioDecodeError
+from streamer.metadata import N_WINDOWS_PER_FILE, file_stem, load_competition
+from streamer.stages import ModelStage, RunPlan, decode_job, prepare
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+_HASH_CHUNK = 1 << 20
+_ARRAYS = ("embedding", "perch_logits", "cnn_logits", "crnn_logits")
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks (the Perch ONNX file is ~400 MB)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read to hash it ({exc})") from exc
+    return digest.hexdigest()
+
+
+def dependency_paths(plan: RunPlan) -> dict[str, Path]:
+    """The files the cached numbers depend on, by role (students only when loaded)."""
+    config = plan.config
+    paths = {
+        "perch_onnx": plan.model.onnx_path,
+        "perch_labels": resolve_perch_labels(plan.model.onnx_path, config.perch_labels),
+        "taxonomy": Path(config.data_dir) / "taxonomy.csv",
+        "sample_submission": Path(config.data_dir) / "sample_submission.csv",
+    }
+    if plan.model.cnn_path is not None:
+        paths["cnn"] = plan.model.cnn_path
+    if plan.model.crnn_path is not None:
+        paths["crnn"] = plan.model.crnn_path
+    return paths
+
+
+def hash_dependencies(paths: dict[str, Path]) -> dict[str, dict]:
+    """``{role: {"path", "size", "sha256"}}`` of :func:`dependency_paths`."""
+    out = {}
+    for role, path in paths.items():
+        path = Path(path)
+        out[role] = {"path": str(path.resolve()), "size": path.stat().st_size, "sha256": sha256_file(path)}
+    return out
+
+
+@dataclass
+class ModelCache:
+    """Cached network outputs of some files (see the module docstring for the arrays).
+
+    Attributes:
+        stems: file stems, aligned with the arrays' first dimension, sorted.
+        classes: class columns (sample_submission order).
+        dependencies: ``{role: {"path", "size", "sha256"}}`` of the files the numbers depend on.
+        info: the rest of the header (format, streamer version, creation time, file selection).
+    """
+
+    stems: tuple[str, ...]
+    classes: tuple[str, ...]
+    embedding: np.ndarray
+    perch_logits: np.ndarray
+    cnn_logits: np.ndarray | None
+    crnn_logits: np.ndarray | None
+    dependencies: dict[str, dict]
+    info: dict = field(default_factory=dict)
+
+    def index(self, stems) -> np.ndarray:
+        """Positions of ``stems`` in the cache.
+
+        Raises:
+            ArtifactError: some are not cached (names them).
+        """
+        where = {s: i for i, s in enumerate(self.stems)}
+        missing = [s for s in stems if s not in where]
+        if missing:
+            raise ArtifactError(
+                f"{len(missing)} labelled files are not in the cache, e.g. {missing[:3]}; run 'streamer cache' again"
+            )
+        return np.array([where[s] for s in stems], dtype=np.int64)
+
+    def check_dependencies(self, current: dict[str, dict], cache_path: str | Path) -> None:
+        """Raise unless ``current`` (see :func:`hash_dependencies`) matches the cache's record.
+
+        A cached student that is not loaded now is fine (its logits are simply not used).
+
+        Raises:
+            ArtifactError: a file changed, or a student is loaded now that the cache lacks;
+                names them.
+        """
+        problems = []
+        for role in sorted(set(self.dependencies) | set(current)):
+            old, new = self.dependencies.get(role), current.get(role)
+            if old is None:
+                problems.append(f"{role} {new['path']} is loaded now but was not when the cache was made")
+            elif new is None:
+                if role not in ("cnn", "crnn"):
+                    problems.append(f"{role} {old['path']} was used for the cache but is not given now")
+            elif old["sha256"] != new["sha256"]:
+                problems.append(
+                    f"{role} changed: cached {old['path']} (sha256 {old['sha256'][:12]}…), now {new['path']} "
+                    f"(sha256 {new['sha256'][:12]}…)"
+                )
+        if problems:
+            raise ArtifactError(
+                f"{cache_path}: the cache does not match the artifacts given: " + "; ".join(problems)
+                + ". Run 'streamer cache' with these artifacts again."
+            )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the ``.npz`` atomically (temporary file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = dict(self.info)
+        header.update(format=CACHE_FORMAT, stems=list(self.stems), classes=list(self.classes), dependencies=self.dependencies)
+        arrays = {"meta": np.array(json.dumps(header))}
+        for name in _ARRAYS:
+            value = getattr(self, name)
+            if value is not None:
+                arrays[name] = np.ascontiguousarray(value, dtype=np.float32)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
+        os.close(fd)
+        try:
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+
+def load_cache(path: str | Path) -> ModelCache:
+    """Read a cache written by :meth:`ModelCache.save`.
+
+    Raises:
+        ArtifactError: missing, unreadable, another format version, or inconsistent shapes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: cache not found (make it with 'streamer cache')")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            header = json.loads(str(npz["meta"]))
+            arrays = {name: (npz[name] if name in npz.files else None) for name in _ARRAYS}
+    except Exception as exc:
+        raise ArtifactError(f"{path}: not a streamer cache ({type(exc).__name__}: {exc})") from exc
+    if header.get("format") != CACHE_FORMAT:
+        raise ArtifactError(f"{path}: cache format {header.get('format')!r}, this streamer reads {CACHE_FORMAT}; run 'streamer cache' again")
+    stems, classes = tuple(header.pop("stems")), tuple(header.pop("classes"))
+    dependencies = header.pop("dependencies")
+    n = len(stems)
+    expect = {"embedding": None, "perch_logits": len(classes), "cnn_logits": len(classes), "crnn_logits": len(classes)}
+    for name, width in expect.items():
+        a = arrays[name]
+        if a is None:
+            if name in ("embedding", "perch_logits"):
+                raise ArtifactError(f"{path}: the cache has no {name!r} array")
+            continue
+        if a.ndim != 3 or a.shape[:2] != (n, N_WINDOWS_PER_FILE) or (width is not None and a.shape[2] != width):
+            raise ArtifactError(f"{path}: {name!r} has shape {a.shape}, expected ({n}, {N_WINDOWS_PER_FILE}, {width or 'D'})")
+    return ModelCache(stems=stems, classes=classes, dependencies=dependencies, info=header, **arrays)
+
+
+def cache_files(config: InferConfig, all_files: bool) -> tuple[list[Path], str]:
+    """The training soundscapes to cache: those with labels (default) or all of them.
+
+    Raises:
+        ArtifactError: a labelled file is missing from ``train_soundscapes/``, or there is
+            nothing to cache.
+    """
+    competition = load_competition(config.data_dir)
+    train_dir = Path(config.data_dir) / "train_soundscapes"
+    found = {file_stem(p.name): p for p in sorted(train_dir.glob("*.ogg"))} if train_dir.is_dir() else {}
+    missing = [s for s in competition.label_files if s not in found]
+    if missing:
+        raise ArtifactError(
+            f"{train_dir}: {len(missing)} files named in train_soundscapes_labels.csv are missing, e.g. {missing[:3]}"
+        )
+    if all_files:
+        files, selection = list(found.values()), "all train_soundscapes"
+    else:
+        files, selection = [found[s] for s in competition.label_files], "labelled train_soundscapes"
+    if not files:
+        raise ArtifactError(f"{config.data_dir / 'train_soundscapes_labels.csv'}: no labelled files to cache")
+    return files, selection
+
+
+def build_cache(
+    config: InferConfig, out: str | Path, *, all_files: bool = False, force: bool = False, threads: int | None = None
+) -> tuple[ModelCache, bool]:
+    """Run the networks over the training soundscapes and save their outputs to ``out``.
+
+    An existing cache at ``out`` that matches the artifacts and holds every file is reused
+    unless ``force``; one that does not match is rebuilt (and replaced).
+
+    Args:
+        config: artifacts and metadata (the ensemble settings are not used).
+        out: the ``.npz`` to write.
+        all_files: cache every ``train_soundscapes/*.ogg``, not only the labelled ones.
+        force: rebuild even when the existing cache is up to date.
+        threads: intra-op threads of onnxruntime and torch (``None``: the libraries' defaults).
+
+    Returns:
+        The cache and whether it was (re)built.
+
+    Raises:
+        ArtifactError: a missing or malformed artifact, a missing labelled file.
+        AudioDecodeError: a file cannot be decoded (every labelled file is needed).
+    """
+    from streamer.pipeline.workers import with_threads
+    from streamer.run import with_student_backend
+
+    out = Path(out)
+    files, selection = cache_files(config, all_files)
+    plan = prepare(replace(config, engine="sequential"), files=files)
+    current = hash_dependencies(dependency_paths(plan))
+    stems = [job.stem for job in plan.jobs]
+    if out.exists() and not force:
+        try:
+            existing = load_cache(out)
+            existing.check_dependencies(current, out)
+            existing.index(stems)
+        except ArtifactError as exc:
+            log.info("rebuilding the cache: %s", exc)
+        else:
+            log.info("%s is up to date (%d files, same artifacts): reused", out, len(existing.stems))
+            return existing, False
+
+    t0 = time.perf_counter()
+    plan = replace(plan, model=with_threads(plan.model, threads))
+    with tempfile.TemporaryDirectory(prefix="streamer-cache-students-") as tmp:
+        plan = with_student_backend(plan, Path(tmp))
+        models = ModelStage(plan.model)
+        models.check()
+        outputs = []
+        for i, job in enumerate(plan.jobs, start=1):
+            decoded = decode_job(job)
+            if decoded.windows is None:
+                raise AudioDecodeError(f"{job.path}: {decoded.error} (every cached file must decode)")
+            outputs.append(models.run(decoded.windows))
+            log.info("[%d/%d] %s", i, len(plan.jobs), job.path.name)
+
+    def stack(name: str) -> np.ndarray | None:
+        parts = [getattr(o, name) for o in outputs]
+        return None if parts[0] is None else np.stack(parts).astype(np.float32, copy=False)
+
+    cache = ModelCache(
+        stems=tuple(stems),
+        classes=plan.competition.classes,
+        embedding=stack("embedding"),
+        perch_logits=stack("perch_logits"),
+        cnn_logits=stack("cnn_logits"),
+        crnn_logits=stack("crnn_logits"),
+        dependencies=current,
+        info={
+            "streamer_version": __version__,
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "selection": selection,
+            "students_backend": "onnxruntime" if plan.model.students_onnx else "torch",
+            "n_matched_classes": plan.n_matched_classes,
+            "seconds": round(time.perf_counter() - t0, 3),
+        },
+    )
+    cache.save(out)
+    return cache, True

@@ -1,0 +1,331 @@
+"""Local validation: the cache, the out-of-fold prior, the sweep, and a sweep point against
+a full `infer` + `score` run."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from streamer import cli
+from streamer.config import InferConfig
+from streamer.errors import ArtifactError, ConfigError
+from streamer.metadata import load_competition, parse_site
+from streamer.prior import fit_prior
+from streamer.stages import ModelStage, Reducer, decode_job, prepare
+from streamer.validate.cache import build_cache, dependency_paths, hash_dependencies, load_cache
+from streamer.validate.sweep import (
+    SweepPoint,
+    assign_prior_folds,
+    in_fold_prior_logits,
+    out_of_fold_prior_logits,
+    parse_grid,
+)
+
+from conftest import infer_args
+
+BASE = SweepPoint(0.8, 0.13, 0.07, 0.2, 0.8, 0.1)
+
+
+def _kit_flags(kit):
+    return ["--data-dir", str(kit.data_dir), "--perch", str(kit.perch_onnx), "--moe-dir", str(kit.moe_dir)]
+
+
+@pytest.fixture(scope="module")
+def cache_path(kit, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache") / "cache.npz"
+    assert cli.main(["-q", "cache", *_kit_flags(kit), "--out", str(path), "--threads", "2"]) == 0
+    return path
+
+
+# --------------------------------------------------------------------------- grid
+
+
+def test_grid_axes_ranges_and_defaults():
+    points, values = parse_grid(["perch=0.6,0.8", "prior=0:0.4:0.2", "smooth=0.8/0.1,0.7/0.15/0.15,off"], BASE)
+    assert values["prior"] == [0.0, 0.2, 0.4]
+    assert values["smooth"] == [(0.8, 0.1), (0.7, 0.15), (1.0, 0.0)]
+    assert values["cnn"] == [0.13] and values["crnn"] == [0.07]  # not given: the base point's
+    assert len(points) == 2 * 3 * 3
+    assert points[0] == SweepPoint(0.6, 0.13, 0.07, 0.0, 0.8, 0.1)
+    assert points[-1].infer_flags() == [
+        "--blend-perch", "0.8", "--blend-cnn", "0.13", "--blend-crnn", "0.07",
+        "--prior-scale", "0.4", "--smooth-center", "1", "--smooth-side", "0",
+    ]
+    assert parse_grid([], BASE)[0] == [BASE]
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (["blend=0.5"], "unknown axis"),
+        (["perch=0.5", "perch=0.6"], "twice"),
+        (["perch=a"], "not a number"),
+        (["cnn=-0.1"], ">= 0"),
+        (["prior=0.5:0.1:0.1"], "stop >= start"),
+        (["smooth=0.7/0.2/0.1"], "symmetric"),
+        (["smooth=0.8"], "CENTER/SIDE"),
+        (["prior"], "AXIS=VALUES"),
+    ],
+)
+def test_grid_errors(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_grid(spec, BASE)
+
+
+# --------------------------------------------------------------------------- out-of-fold prior
+
+
+def _labels(kit):
+    comp = load_competition(kit.data_dir)
+    return comp.labels.copy(), comp.label_files
+
+
+@pytest.mark.parametrize("group, n_folds", [("file", 5), ("file", 100), ("site", 3)])
+def test_oof_prior_is_the_prior_fitted_on_the_other_folds(kit, group, n_folds):
+    labels, stems = _labels(kit)
+    folds = assign_prior_folds(stems, group=group, n_folds=n_folds)
+    oof = out_of_fold_prior_logits(labels, stems, folds)
+    for i, stem in enumerate(stems):
+        others = [j for j in range(len(stems)) if folds.fold[j] != folds.fold[i]]
+        assert i not in others
+        expected = fit_prior(labels[others], [stems[j] for j in others]).for_stem(stem)
+        np.testing.assert_array_equal(oof[i], expected)
+    if group == "site":  # a site never spans two folds
+        for site in {parse_site(s) for s in stems}:
+            assert len({folds.fold[i] for i, s in enumerate(stems) if parse_site(s) == site}) == 1
+
+
+@pytest.mark.parametrize("group", ["file", "site"])
+def test_a_files_own_labels_cannot_move_its_prior(kit, group):
+    labels, stems = _labels(kit)
+    folds = assign_prior_folds(stems, group=group, n_folds=3)
+    before = out_of_fold_prior_logits(labels, stems, folds)
+    target = 2
+    changed = labels.copy()
+    changed[target] = ~changed[target]  # every window and class of one file flipped
+    after = out_of_fold_prior_logits(changed, stems, folds)
+    same_fold = folds.fold == folds.fold[target]
+    np.testing.assert_array_equal(after[same_fold], before[same_fold])  # its own, and its fold's
+    assert not np.allclose(after[~same_fold], before[~same_fold])  # the others did see the change
+    # The leaky in-fold prior, by contrast, moves with the file's own labels.
+    assert not np.allclose(in_fold_prior_logits(changed, stems)[target], in_fold_prior_logits(labels, stems)[target])
+
+
+def test_prior_folds_errors_and_leave_one_group_out(kit):
+    _, stems = _labels(kit)
+    folds = assign_prior_folds(stems, group="file", n_folds=100)
+    assert folds.n_folds == len(stems) and sorted(folds.fold.tolist()) == list(range(len(stems)))
+    with pytest.raises(ConfigError, match=">= 2"):
+        assign_prior_folds(stems, n_folds=1)
+    with pytest.raises(ConfigError, match="at least 2 sites"):
+        assign_prior_folds([s for s in stems if parse_site(s) == parse_site(stems[0])], group="site")
+
+
+# --------------------------------------------------------------------------- ProtoSSM split
+
+
+def test_protossm_similarity_then_fuse_is_the_forward_pass(kit):
+    plan = prepare(InferConfig(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir), files=[])
+    folds = Reducer(plan.reducer).folds
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(12, 1536)).astype(np.float32)
+    teacher = rng.normal(size=(12, plan.competition.n_classes)).astype(np.float32)
+    direct = folds.run(emb, teacher, 1, 7)
+    np.testing.assert_array_equal(folds.fuse(folds.similarity(emb, 1, 7), teacher), direct)
+    # Batched over files, as the sweep fuses them.
+    stacked = np.stack([folds.similarity(emb, 1, 7)] * 3, axis=1)
+    np.testing.assert_array_equal(folds.fuse(stacked, np.stack([teacher] * 3))[:, 1], direct)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def test_cache_holds_the_model_stage_outputs(kit, cache_path):
+    cache = load_cache(cache_path)
+    comp = load_competition(kit.data_dir)
+    assert cache.stems == comp.label_files and cache.classes == comp.classes
+    assert cache.embedding.shape == (len(comp.label_files), 12, 1536) and cache.embedding.dtype == np.float32
+    for name in ("perch_logits", "cnn_logits", "crnn_logits"):
+        assert getattr(cache, name).shape == (len(comp.label_files), 12, comp.n_classes)
+    plan = prepare(InferConfig(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir, engine="sequential"),
+                   files=[kit.data_dir / "train_soundscapes" / f"{cache.stems[1]}.ogg"])
+    out = ModelStage(plan.model).run(decode_job(plan.jobs[0]).windows)
+    np.testing.assert_array_equal(cache.embedding[1], out.embedding)
+    np.testing.assert_array_equal(cache.perch_logits[1], out.perch_logits)
+    np.testing.assert_allclose(cache.cnn_logits[1], out.cnn_logits, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(cache.crnn_logits[1], out.crnn_logits, rtol=0, atol=1e-5)
+    roles = set(cache.dependencies)
+    assert roles == {"perch_onnx", "perch_labels", "taxonomy", "sample_submission", "cnn", "crnn"}
+    assert all(len(d["sha256"]) == 64 for d in cache.dependencies.values())
+
+
+def test_up_to_date_cache_is_reused(kit, cache_path):
+    config = InferConfig(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir)
+    before = cache_path.stat().st_mtime_ns
+    cache, built = build_cache(config, cache_path)
+    assert not built and cache_path.stat().st_mtime_ns == before
+
+
+def _keep_labels_of(data_dir, n_files):
+    path = data_dir / "train_soundscapes_labels.csv"
+    table = pd.read_csv(path, dtype=str)
+    keep = sorted(table.filename.unique())[:n_files]
+    table[table.filename.isin(keep)].to_csv(path, index=False)
+
+
+def test_changed_model_invalidates_the_cache(kit_copy, tmp_path, capsys):
+    _keep_labels_of(kit_copy.data_dir, 2)  # a small cache: two files
+    config = InferConfig(data_dir=kit_copy.data_dir, perch=kit_copy.perch_onnx, moe_dir=kit_copy.moe_dir, use_crnn=False)
+    path = tmp_path / "cache.npz"
+    first, built = build_cache(config, path, threads=2)
+    assert built and first.crnn_logits is None and "crnn" not in first.dependencies
+
+    cnn_path = next(kit_copy.moe_dir.glob("student_cnn*.pt"))
+    state = torch.load(cnn_path, weights_only=True)
+    state["logit_head.bias"] = state["logit_head.bias"] + 0.5
+    torch.save(state, cnn_path)
+
+    plan = prepare(config, files=[])
+    with pytest.raises(ArtifactError, match="cnn changed") as info:
+        load_cache(path).check_dependencies(hash_dependencies(dependency_paths(plan)), path)
+    assert str(path) in str(info.value)
+    flags = ["--data-dir", str(kit_copy.data_dir), "--perch", str(kit_copy.perch_onnx), "--moe-dir", str(kit_copy.moe_dir), "--no-crnn"]
+    assert cli.main(["sweep", *flags, "--cache", str(path), "--out", str(tmp_path / "s.csv")]) == 2
+    assert "cnn changed" in capsys.readouterr().err
+
+    second, built = build_cache(config, path, threads=2)  # rebuilt automatically
+    assert built
+    np.testing.assert_array_equal(second.perch_logits, first.perch_logits)
+    np.testing.assert_allclose(second.cnn_logits, first.cnn_logits + 0.5, atol=1e-4)
+    # Loading the CRNN now, which the cache lacks, is a mismatch too; dropping a cached student is not.
+    with pytest.raises(ArtifactError, match="crnn .* is loaded now"):
+        second.check_dependencies(hash_dependencies(dependency_paths(prepare(InferConfig(
+            data_dir=kit_copy.data_dir, perch=kit_copy.perch_onnx, moe_dir=kit_copy.moe_dir), files=[]))), path)
+    second.check_dependencies(hash_dependencies(dependency_paths(prepare(InferConfig(
+        data_dir=kit_copy.data_dir, perch=kit_copy.perch_onnx, moe_dir=kit_copy.moe_dir, use_cnn=False, use_crnn=False), files=[]))), path)
+
+
+def test_bad_cache_files_are_errors(tmp_path):
+    with pytest.raises(ArtifactError, match="not found"):
+        load_cache(tmp_path / "nope.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ArtifactError, match="not a streamer cache"):
+        load_cache(tmp_path / "junk.npz")
+
+
+def test_missing_labelled_audio_is_an_error(kit_copy, tmp_path):
+    victim = sorted((kit_copy.data_dir / "train_soundscapes").glob("*.ogg"))[0]
+    victim.unlink()
+    config = InferConfig(data_dir=kit_copy.data_dir, perch=kit_copy.perch_onnx, moe_dir=kit_copy.moe_dir)
+    with pytest.raises(ArtifactError, match=victim.stem):
+        build_cache(config, tmp_path / "c.npz")
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def test_sweep_cli_ranks_writes_csv_heatmap_and_infer_command(kit, cache_path, tmp_path, capsys):
+    out = tmp_path / "sweep.csv"
+    args = ["sweep", *_kit_flags(kit), "--cache", str(cache_path), "--out", str(out),
+            "--grid", "perch=0.6,0.8", "cnn=0,0.25", "prior=0,0.4", "smooth=0.8/0.1,off"]
+    # Two axes vary only when the others are fixed: first the 4-D grid (no heatmap) ...
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "out of fold: 5 folds grouped by file" in printed and "ms per point" in printed
+    table = pd.read_csv(out)
+    assert len(table) == 16 and list(table["rank"]) == list(range(1, 17))
+    assert table.macro_auc.is_monotonic_decreasing
+    assert {"auc_Aves", "auc_Insecta", "seconds"} <= set(table.columns)
+    assert not out.with_suffix(".png").exists()
+    best = table.iloc[0]
+    line = next(l for l in printed.splitlines() if l.startswith("best: "))
+    parsed = cli.build_parser().parse_args(line.split()[2:])  # after "best: streamer"
+    assert parsed.command == "infer"
+    assert (parsed.blend_perch, parsed.blend_cnn, parsed.prior_scale, parsed.smooth_center, parsed.smooth_side) == pytest.approx(
+        (best.perch, best.cnn, best.prior, best.smooth_center, best.smooth_side))
+    # ... then a 2-D grid: a heatmap.
+    assert cli.main(["sweep", *_kit_flags(kit), "--cache", str(cache_path), "--out", str(out), "--group", "site",
+                     "--grid", "perch=0.6,0.8", "prior=0,0.2,0.4"]) == 0
+    assert "grouped by site" in capsys.readouterr().out
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_prior_scale_zero_is_the_same_in_and_out_of_fold(kit, cache_path, tmp_path):
+    rows = {}
+    for fit in ("oof", "all"):
+        out = tmp_path / f"{fit}.csv"
+        assert cli.main(["-q", "sweep", *_kit_flags(kit), "--cache", str(cache_path), "--prior-fit", fit, "--out", str(out),
+                         "--grid", "prior=0,0.5"]) == 0
+        rows[fit] = pd.read_csv(out).set_index("prior").macro_auc
+    assert rows["oof"][0.0] == rows["all"][0.0]
+    assert rows["oof"][0.5] != rows["all"][0.5]
+
+
+def test_sweep_errors(kit, cache_path, tmp_path, capsys):
+    assert cli.main(["sweep", *_kit_flags(kit), "--cache", str(cache_path), "--grid", "perch=oops"]) == 2
+    assert "not a number" in capsys.readouterr().err
+    assert cli.main(["sweep", *_kit_flags(kit), "--cache", str(cache_path), "--out", str(tmp_path / "s.csv"),
+                     "--grid", "perch=0", "cnn=0", "crnn=0"]) == 2
+    assert "sum to 0" in capsys.readouterr().err
+
+
+def test_sweep_point_equals_infers_reducer_on_cached_outputs(kit, cache_path):
+    """Fast check of the post-model path: infer's own reduction stage (Reducer, with its prior
+    fitted on all labels) on the cached outputs gives the sweep point's probabilities."""
+    from streamer.stages import ModelOutputs
+    from streamer.validate.sweep import prepare_sweep
+
+    settings = dict(blend_perch=0.5, blend_cnn=0.3, blend_crnn=0.2, prior_scale=0.6, smooth_center=0.6, smooth_side=0.2)
+    plan = prepare(InferConfig(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir, **settings), files=[])
+    cache = load_cache(cache_path)
+    data = prepare_sweep(plan, cache, cache_path, prior_fit="all")
+    probs = data.probabilities(SweepPoint(*settings.values()))
+    reducer = Reducer(plan.reducer)
+    for i, stem in enumerate(cache.stems):
+        outputs = ModelOutputs(cache.embedding[i], cache.perch_logits[i], cache.cnn_logits[i], cache.crnn_logits[i])
+        np.testing.assert_array_equal(probs[i], reducer.reduce(stem, outputs))
+
+
+@pytest.mark.slow
+def test_sweep_point_reproduces_infer_and_score(kit_copy, cache_path, tmp_path, capsys):
+    """The same settings through `infer` (full engine, sequential) and `score`, and through the
+    cache + sweep with the prior fitted like infer's (`--prior-fit all`): the same rows, the same
+    score. The copy's artifacts are byte-identical, so the kit's cache matches them."""
+    for f in (kit_copy.data_dir / "test_soundscapes").glob("*.ogg"):
+        f.unlink()  # infer's dry run then scores train_soundscapes/
+    labelled = set(load_competition(kit_copy.data_dir).label_files)
+    for f in (kit_copy.data_dir / "train_soundscapes").glob("*.ogg"):
+        if f.stem not in labelled:
+            f.unlink()  # unlabelled rows would be ignored by score anyway; save their model time
+    settings = ["--blend-perch", "0.6", "--blend-cnn", "0.25", "--blend-crnn", "0.15", "--prior-scale", "0.4",
+                "--smooth-center", "0.7", "--smooth-side", "0.15"]
+    sub = tmp_path / "submission.csv"
+    assert cli.main(["-q", *infer_args(kit_copy, sub, "--engine", "sequential", *settings)]) == 0
+    assert cli.main(["-q", "score", str(sub), "--data-dir", str(kit_copy.data_dir)]) == 0
+    score_table = pd.read_csv(tmp_path / "submission.scores.csv")
+    infer_auc = float(score_table[score_table.level == "overall"].auc.iloc[0])
+    capsys.readouterr()
+
+    out = tmp_path / "sweep.csv"
+    flags = ["--data-dir", str(kit_copy.data_dir), "--perch", str(kit_copy.perch_onnx), "--moe-dir", str(kit_copy.moe_dir)]
+    assert cli.main(["-q", "sweep", *flags, "--cache", str(cache_path), "--prior-fit", "all", "--out", str(out),
+                     "--grid", "perch=0.6,0.8", "cnn=0.25", "crnn=0.15", "prior=0.4", "smooth=0.7/0.15,0.8/0.1"]) == 0
+    table = pd.read_csv(out)
+    same = table[(table.perch == 0.6) & (table.smooth_center == 0.7)]
+    assert len(same) == 1
+    # The CSV keeps 6 decimals; compare exactly through the library as well.
+    assert same.macro_auc.iloc[0] == pytest.approx(infer_auc, abs=1e-6)
+
+    from streamer.validate.score import score_submission
+    from streamer.validate.sweep import prepare_sweep
+
+    config = InferConfig(data_dir=kit_copy.data_dir, perch=kit_copy.perch_onnx, moe_dir=kit_copy.moe_dir)
+    data = prepare_sweep(prepare(config, files=[]), load_cache(cache_path), cache_path, prior_fit="all")
+    point = SweepPoint(0.6, 0.25, 0.15, 0.4, 0.7, 0.15)
+    probs = data.probabilities(point)
+    written = pd.read_csv(sub).set_index("row_id")
+    rows = [f"{s}_{5 * (w + 1)}" for s in data.stems for w in range(12)]
+    np.testing.assert_allclose(written.loc[rows].to_numpy(), probs.reshape(len(rows), -1), rtol=0, atol=1e-6)
+    assert data.score(point).macro_auc == pytest.approx(score_submission(sub, load_competition(kit_copy.data_dir)).macro_auc, abs=1e-12)
