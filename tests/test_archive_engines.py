@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import soundfile as sf
 
@@ -159,7 +160,9 @@ def _journal_done(out: Path) -> int:
     return sum('"status": "done"' in line for line in path.read_text().splitlines())
 
 
-def test_kill_and_resume_gives_identical_outputs(kit, tmp_path):
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_kill_and_resume_gives_identical_outputs(kit, tmp_path, how):
+    """SIGKILL to the whole run, as a reboot would; SIGINT (Ctrl-C) to its process group."""
     src = _noise_folder(tmp_path / "in", [190, 130, 70, 65, 60])
     ref = tmp_path / "ref"
     assert cli.main(_args(kit, ref, src, extra=("--workers", "1", "--threads", "1"))) == 0
@@ -170,9 +173,17 @@ def test_kill_and_resume_gives_identical_outputs(kit, tmp_path):
     while _journal_done(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole run, workers included, as a reboot would
-    proc.wait()
+    workers = [k for k in psutil.Process(proc.pid).children(recursive=True) if "resource_tracker" not in " ".join(k.cmdline())]
+    assert workers
+    os.killpg(proc.pid, getattr(signal, how))  # the whole run, workers included
+    code = proc.wait(timeout=60)
+    err = proc.stderr.read().decode()
     proc.stderr.close()
+    if how == "SIGINT":
+        assert code == 130, err[-2000:]
+        assert "interrupted" in err
+        time.sleep(0.5)
+        assert not [k for k in workers if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]  # no orphans
     n_done = _journal_done(out)
     assert 2 <= n_done < 5
     assert cli.main(_args(kit, out, src, extra=("--workers", "1", "--threads", "1"))) == 0
