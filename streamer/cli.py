@@ -95,21 +95,15 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--debug-fault", action="append", default=[], help=argparse.SUPPRESS)
 
 
-def config_from_args(args: argparse.Namespace) -> InferConfig:
-    if args.command == "archive":  # its own engines and layout; the plan needs only the models
-        return InferConfig(
-            data_dir=args.data_dir, perch=args.perch, moe_dir=args.moe_dir, perch_labels=args.perch_labels,
-            weights_prefix=args.weights_prefix, n_folds=args.n_folds, cnn=args.cnn, crnn=args.crnn,
-            use_cnn=not args.no_cnn, use_crnn=not args.no_crnn, blend_perch=args.blend_perch, blend_cnn=args.blend_cnn,
-            blend_crnn=args.blend_crnn, prior_scale=args.prior_scale, proto_d_model=args.proto_d_model,
-            smooth_center=args.smooth_center, smooth_side=args.smooth_side, threads=args.threads, allow_spinning=args.allow_spinning, students_backend=args.students_backend,
-            progress=not getattr(args, "quiet", False),
-        )
-    return InferConfig(
+def model_settings(args: argparse.Namespace) -> dict:
+    """InferConfig's artifact and ensemble settings from the shared flags (an ensemble flag a
+    command does not have keeps InferConfig's default)."""
+    defaults = InferConfig(data_dir=args.data_dir, perch=args.perch, moe_dir=args.moe_dir)
+    pick = lambda name: getattr(args, name, getattr(defaults, name))  # noqa: E731
+    return dict(
         data_dir=args.data_dir,
         perch=args.perch,
         moe_dir=args.moe_dir,
-        out=getattr(args, "out", Path("submission.csv")),
         perch_labels=args.perch_labels,
         weights_prefix=args.weights_prefix,
         n_folds=args.n_folds,
@@ -117,13 +111,19 @@ def config_from_args(args: argparse.Namespace) -> InferConfig:
         crnn=args.crnn,
         use_cnn=not args.no_cnn,
         use_crnn=not args.no_crnn,
-        blend_perch=args.blend_perch,
-        blend_cnn=args.blend_cnn,
-        blend_crnn=args.blend_crnn,
-        prior_scale=args.prior_scale,
-        smooth_center=args.smooth_center,
-        smooth_side=args.smooth_side,
-        proto_d_model=args.proto_d_model,
+        **{name: pick(name) for name in ("blend_perch", "blend_cnn", "blend_crnn", "prior_scale", "smooth_center", "smooth_side", "proto_d_model")},
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> InferConfig:
+    if args.command == "archive":  # its own engines and layout; the plan needs only the models
+        return InferConfig(
+            **model_settings(args), threads=args.threads, allow_spinning=args.allow_spinning,
+            students_backend=args.students_backend, progress=not getattr(args, "quiet", False),
+        )
+    return InferConfig(
+        **model_settings(args),
+        out=getattr(args, "out", Path("submission.csv")),
         dry_run_files=getattr(args, "dry_run_files", DEFAULT_DRY_RUN_FILES),
         threads=args.threads,
         allow_spinning=args.allow_spinning,
@@ -224,11 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", nargs="+", choices=ARCHIVE_ENGINES, default=["local"], help="archive engines to measure (default: local)")
     p.add_argument("--repeats", type=_positive_int, default=None, help="interleaved repeats (default: 2, quick 1)")
     p.add_argument("--source", type=Path, default=None, metavar="FILE", help="recording looped to each length (default: the 16-min 22-kHz field recording shipped with streamer)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="where the stand-in models are kept (default: $STREAMER_CACHE or ~/.cache/streamer)")
-    m = p.add_argument_group("models (default: the realistic-cost stand-ins)")
-    m.add_argument("--data-dir", type=Path, default=None, help="competition folder for the class list and the prior")
-    m.add_argument("--perch", type=Path, default=None, help="Perch ONNX file or folder")
-    m.add_argument("--moe-dir", type=Path, default=None, help="MoE bundle folder")
+    _add_bench_model_arguments(p)
     p.add_argument("--out-dir", type=Path, default=Path("bench-results"), help="where bench-archive.md, .json and .png go (default: %(default)s)")
     p.set_defaults(func=cmd_bench_archive)
 
@@ -255,6 +251,11 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--files", type=_positive_int, default=None, help="files to score per run (default: 24, quick 12)")
     p.add_argument("--repeats", type=_positive_int, default=None, help="interleaved repeats of every contender (default: 3, quick 2)")
     p.add_argument("--audio", type=Path, default=None, metavar="DIR", help="recordings to cycle through (default: the real recordings shipped with streamer)")
+    _add_bench_model_arguments(p)
+
+
+def _add_bench_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The models a benchmark runs: the realistic-cost stand-ins (cached), or the user's."""
     p.add_argument("--cache-dir", type=Path, default=None, help="where the stand-in models are kept (default: $STREAMER_CACHE or ~/.cache/streamer)")
     m = p.add_argument_group("models (default: the realistic-cost stand-ins)")
     m.add_argument("--data-dir", type=Path, default=None, help="competition folder for the class list and the prior (its audio is not used)")
@@ -364,27 +365,10 @@ def cmd_score(args: argparse.Namespace) -> int:
 def validation_config(args: argparse.Namespace) -> InferConfig:
     """The settings of ``cache`` and ``sweep``: artifacts, plus the ensemble flags when present."""
     defaults = InferConfig(data_dir=args.data_dir, perch=args.perch, moe_dir=args.moe_dir)
-    pick = lambda name: getattr(args, name, getattr(defaults, name))  # noqa: E731
     return InferConfig(
-        data_dir=args.data_dir,
-        perch=args.perch,
-        moe_dir=args.moe_dir,
-        perch_labels=args.perch_labels,
-        weights_prefix=args.weights_prefix,
-        n_folds=args.n_folds,
-        cnn=args.cnn,
-        crnn=args.crnn,
-        use_cnn=not args.no_cnn,
-        use_crnn=not args.no_crnn,
-        blend_perch=pick("blend_perch"),
-        blend_cnn=pick("blend_cnn"),
-        blend_crnn=pick("blend_crnn"),
-        prior_scale=pick("prior_scale"),
-        smooth_center=pick("smooth_center"),
-        smooth_side=pick("smooth_side"),
-        proto_d_model=pick("proto_d_model"),
-        threads=pick("threads"),
-        students_backend=pick("students_backend"),
+        **model_settings(args),
+        threads=getattr(args, "threads", defaults.threads),
+        students_backend=getattr(args, "students_backend", defaults.students_backend),
         engine="sequential",
         progress=False,
     )

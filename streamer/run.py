@@ -30,24 +30,28 @@ def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
     config = plan.config
     budget = Budget(budget_s=config.budget_minutes * 60.0, start=start if start is not None else time.monotonic())
     with tempfile.TemporaryDirectory(prefix="streamer-students-") as tmp:
-        if budget.time_left() >= MIN_SECONDS_FOR_EXPORT:
+        if plan.jobs and budget.time_left() >= MIN_SECONDS_FOR_EXPORT:
             plan = with_student_backend(plan, Path(tmp))
-        else:
+        elif plan.jobs:
             log.info("budget: too little time to export the students to onnxruntime; they run in torch")
         report = _run(plan, budget)
     report.engine += f"; students in {'onnxruntime' if plan.model.students_onnx else 'torch'}"
     return report
 
 
-def with_student_backend(plan: RunPlan, tmp: Path) -> RunPlan:
-    """The plan with its students exported to onnxruntime when that backend is chosen."""
+def with_student_backend(plan: RunPlan, tmp: Path, *, sequential: bool | None = None) -> RunPlan:
+    """The plan with its students exported to onnxruntime (into ``tmp``) when that backend is
+    chosen; ``auto`` means onnxruntime except in a sequential engine (``sequential``, default:
+    the config's engine)."""
     from streamer.models.student_onnx import export_students
 
     config, model = plan.config, plan.model
+    if sequential is None:
+        sequential = config.engine == "sequential"
     backend = config.students_backend
     if backend == "auto":
-        backend = "torch" if config.engine == "sequential" else "onnxruntime"
-    if backend != "onnxruntime" or not plan.jobs or (model.cnn_path is None and model.crnn_path is None):
+        backend = "torch" if sequential else "onnxruntime"
+    if backend != "onnxruntime" or (model.cnn_path is None and model.crnn_path is None):
         return plan
     paths = export_students(model.cnn_path, model.crnn_path, n_classes=model.n_classes, out_dir=tmp)
     if paths is None:

@@ -20,7 +20,6 @@ import collections
 import logging
 import multiprocessing as mp
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -30,10 +29,10 @@ from pathlib import Path
 from typing import Callable
 
 from streamer.archive.scorer import ArchiveScorer, ArchiveTask, TaskResult, remove_partial
-from streamer.errors import ArtifactError, DependencyError, StreamerError
+from streamer.errors import DependencyError, StreamerError
 from streamer.pipeline.layout import Layout
 from streamer.pipeline.messages import ChildError, Ready, Stop
-from streamer.pipeline.workers import FaultTrigger, _maxrss_kb, _report_error, _serve, _setup
+from streamer.pipeline.workers import FaultTrigger, _maxrss_kb, _report_error, _serve, _setup, exit_hint
 from streamer.stages import ModelSpec, ReducerSpec
 
 log = logging.getLogger(__name__)
@@ -57,20 +56,6 @@ class ArchiveEngineError(StreamerError):
     def __init__(self, message: str, *, setup: bool = False) -> None:
         super().__init__(message)
         self.setup = setup
-
-
-def exit_hint(code: int | None) -> str:
-    """A process exit code in words."""
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = " (likely the OOM killer, or an external kill)" if code == -signal.SIGKILL else ""
-        return f"killed by {name}{hint}"
-    return f"exit code {code}"
 
 
 def longest_first(tasks: list[ArchiveTask]) -> list[ArchiveTask]:

@@ -9,6 +9,7 @@ or CSV. Rows go to a temporary file beside the destination, renamed into place b
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from streamer.metadata import WINDOW_S
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("parquet", "csv")
 
@@ -117,6 +120,6 @@ class ScoreWriter:
                 try:
                     w.close()
                 except Exception as exc:  # already broken: the temporary file is removed anyway
-                    del exc
+                    log.debug("%s: closing the aborted writer failed: %s", self._tmp, exc)
         if self._tmp.exists():
             self._tmp.unlink()

@@ -16,7 +16,7 @@ import re
 import resource
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from streamer.archive.journal import DONE, FAILED, JOURNAL_NAME, Journal
 from streamer.archive.scorer import ArchiveTask, TaskResult
 from streamer.archive.timing import RecordingTime, recording_time
 from streamer.errors import ConfigError
+from streamer.run import with_student_backend
 from streamer.stages import RunPlan
 
 log = logging.getLogger(__name__)
@@ -279,7 +280,7 @@ def _run_locked(plan, entries, out_dir, t0, *, fmt, top_k, retry_failed, metadat
         bar.file_done(task.rel, result.audio_s, max(0.0, (task.audio_s or 0.0) - result.audio_s))
 
     with tempfile.TemporaryDirectory(prefix="streamer-archive-") as tmp:
-        plan = _with_students_backend(plan, engine, Path(tmp))
+        plan = with_student_backend(plan, Path(tmp), sequential=engine == "sequential")
         try:
             if engine == "sequential":
                 n_threads = sequential_threads(threads)
@@ -301,24 +302,6 @@ def _run_locked(plan, entries, out_dir, t0, *, fmt, top_k, retry_failed, metadat
             report.seconds = time.perf_counter() - t0
             report.peak_parent_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
-
-
-def _with_students_backend(plan: RunPlan, engine: str, tmp: Path) -> RunPlan:
-    """Students in onnxruntime (exported once here) unless the sequential engine or the user
-    asked for torch; the same choice as ``infer`` makes."""
-    from streamer.models.student_onnx import export_students
-
-    backend = plan.config.students_backend
-    if backend == "auto":
-        backend = "torch" if engine == "sequential" else "onnxruntime"
-    model = plan.model
-    if backend != "onnxruntime" or (model.cnn_path is None and model.crnn_path is None):
-        return plan
-    paths = export_students(model.cnn_path, model.crnn_path, n_classes=model.n_classes, out_dir=tmp)
-    if paths is None:
-        return plan
-    log.info("students run in onnxruntime")
-    return replace(plan, model=replace(model, students_onnx=paths))
 
 
 __all__ = ["ArchiveReport", "JOURNAL_NAME", "run_archive", "output_path", "remove_stale_temporaries"]

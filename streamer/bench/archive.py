@@ -13,18 +13,15 @@ that stays flat as the length grows is the point of the streaming design.
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from streamer.bench.runner import CONTENDER_TIMEOUT_S, BenchModels, _machine, environment_note
+from streamer.bench.runner import BenchModels, _machine, environment_note, run_streamer_subprocess
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +66,12 @@ def make_long_input(source: Path, minutes: float, out: Path) -> Path:
 
 
 def run_archive_subprocess(models: BenchModels, inputs: Path, engine_args: tuple[str, ...], work: Path, tag: str) -> dict:
-    out = work / f"out-{tag}"
-    report_path = work / f"{tag}.json"
-    cmd = [
-        sys.executable, "-m", "streamer", "-q", "archive", str(inputs), "--out", str(out),
-        "--data-dir", str(models.data_dir), "--perch", str(models.perch), "--moe-dir", str(models.moe_dir),
-        "--report-json", str(report_path), *engine_args,
-    ]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CONTENDER_TIMEOUT_S)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark run {tag} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    report = json.loads(report_path.read_text())
+    report, wall = run_streamer_subprocess(
+        "archive",
+        [str(inputs), "--out", str(work / f"out-{tag}"), "--data-dir", str(models.data_dir), "--perch", str(models.perch),
+         "--moe-dir", str(models.moe_dir), *engine_args],
+        work / f"{tag}.json", tag,
+    )
     audio_s = report["audio_hours"] * 3600
     return {
         "wall_s": wall,

@@ -116,20 +116,26 @@ def layout_grid(n_cpus: int, full: bool) -> list[tuple[int, int]]:
     return sorted(pairs)
 
 
-def run_infer_subprocess(models: BenchModels, data: Path, args: tuple[str, ...], work: Path, tag: str) -> dict:
-    """Run ``streamer infer`` as a child process; return its report plus wall and start-up time."""
-    report_path = work / f"{tag}.json"
-    cmd = [
-        sys.executable, "-m", "streamer", "-q", "infer",
-        "--data-dir", str(data), "--perch", str(models.perch), "--moe-dir", str(models.moe_dir),
-        "--out", str(work / f"{tag}.csv"), "--report-json", str(report_path), "--no-profile", *args,
-    ]
+def run_streamer_subprocess(command: str, args: list[str], report_path: Path, tag: str) -> tuple[dict, float]:
+    """Run ``streamer -q COMMAND ARGS --report-json REPORT`` as a child process; return its
+    report and the wall time. A failed run raises with the end of its error output."""
+    cmd = [sys.executable, "-m", "streamer", "-q", command, *args, "--report-json", str(report_path)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CONTENDER_TIMEOUT_S)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark run {tag} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    report = json.loads(report_path.read_text())
+    return json.loads(report_path.read_text()), wall
+
+
+def run_infer_subprocess(models: BenchModels, data: Path, args: tuple[str, ...], work: Path, tag: str) -> dict:
+    """Run ``streamer infer`` as a child process; return its report plus wall and start-up time."""
+    report, wall = run_streamer_subprocess(
+        "infer",
+        ["--data-dir", str(data), "--perch", str(models.perch), "--moe-dir", str(models.moe_dir),
+         "--out", str(work / f"{tag}.csv"), "--no-profile", *args],
+        work / f"{tag}.json", tag,
+    )
     seconds = report["seconds"]
     steady = seconds.get("total", 0.0) - seconds.get("setup", 0.0)
     return {

@@ -46,7 +46,7 @@ from streamer.errors import StreamerError
 from streamer.metadata import N_WINDOWS_PER_FILE
 from streamer.pipeline.layout import Layout
 from streamer.pipeline.messages import ChildError, DecodeFailed, Decoded, DecodeTask, ModelDone, ModelTask, Ready, Stop
-from streamer.pipeline.workers import Fault, SlotBuffer, consumer_main, decoder_main, with_threads
+from streamer.pipeline.workers import Fault, SlotBuffer, consumer_main, decoder_main, exit_hint, with_threads
 from streamer.report import RunReport
 from streamer.stages import Reducer, RunPlan, prior_fallback
 from streamer.submission import SubmissionWriter
@@ -99,19 +99,6 @@ def _shm_dir(needed_bytes: int) -> str:
     except OSError:
         pass
     return tempfile.gettempdir()
-
-
-def _exit_hint(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = " (likely the OOM killer, or an external kill)" if code == -signal.SIGKILL else ""
-        return f"killed by {name}{hint}"
-    return f"exit code {code}"
 
 
 @dataclass
@@ -340,7 +327,7 @@ class PipelineRunner:
             pass
         if self.fatal is not None or self.stopping:
             return
-        log.error("%s died: %s; %d task(s) in flight go back to the queue", child.name, _exit_hint(code), len(child.tasks))
+        log.error("%s died: %s; %d task(s) in flight go back to the queue", child.name, exit_hint(code), len(child.tasks))
         for index in child.tasks.values():
             if self.writer.has(index):
                 continue
@@ -356,7 +343,7 @@ class PipelineRunner:
         key = (child.role, child.wid)
         self.restarts[key] += 1
         if self.restarts[key] > MAX_RESTARTS:
-            self.fatal = f"{child.role} {child.wid} keeps dying ({self.restarts[key]} deaths, last: {_exit_hint(code)})"
+            self.fatal = f"{child.role} {child.wid} keeps dying ({self.restarts[key]} deaths, last: {exit_hint(code)})"
             log.error("%s; stopping the run", self.fatal)
             return
         self._start_child(child.role, child.wid, child.generation + 1)

@@ -87,6 +87,20 @@ class FaultTrigger:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def exit_hint(code: int | None) -> str:
+    """A child process's exit code in words (for the parent's messages)."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (likely the OOM killer, or an external kill)" if code == -signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {code}"
+
+
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies (no orphans even if the parent is
     killed); elsewhere the polling loop notices the parent is gone."""
