@@ -337,7 +337,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
         report = run_archive(
             plan, entries, args.out, fmt=args.format, top_k=args.top_k, retry_failed=args.retry_failed,
             metadata=metadata, site=args.site, start_utc=start, engine=args.engine, workers=args.workers,
-            threads=args.threads, pin=not args.no_pin, address=args.address, progress=not args.quiet,
+            threads=args.threads, pin=not args.no_pin, address=args.address, progress=not args.quiet and sys.stderr.isatty(),
             faults=tuple(args.debug_fault),
         )
     except ArchiveEngineError as exc:

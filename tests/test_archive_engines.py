@@ -88,6 +88,10 @@ def test_a_worker_killed_mid_file_is_replaced_and_the_file_redone(kit, tmp_path,
     # The worker SIGKILLs itself on its 2nd chunk: mid-way through the 130-s input (scored first).
     assert cli.main(_args(kit, out, src, extra=("--workers", "1", "--threads", "1", "--debug-fault", "worker:0:2"))) == 0
     assert "died (killed by SIGKILL" in caplog.text
+    # Without a terminal, progress is a log line per finished input; the killed attempt's chunk
+    # is not counted twice (130 s done of 195 s after the first input).
+    assert "[1/2] in/rec0.flac: 0.04 h; 0.04 h done, 0.02 h to go, real-time factor" in caplog.text
+    assert "[2/2] in/rec1.flac: 0.02 h; 0.05 h done, 0.00 h to go, real-time factor" in caplog.text and "ETA" in caplog.text
     _assert_same(_read_all(ref), _read_all(out))
     assert not list(out.rglob("*.tmp"))
 
@@ -240,3 +244,20 @@ def test_ray_engine_reports_unreadable_inputs(kit, tmp_path, local_ray, capsys):
     assert cli.main(_args(kit, out, src, extra=("--engine", "ray", "--threads", "1"))) == 1
     text = capsys.readouterr().out
     assert "1 scored" in text and "failed: in/broken.wav" in text
+
+
+def test_progress_accounting_with_a_retry_and_a_failure():
+    from streamer.archive.run import _Progress
+
+    bar = _Progress(200.0, 2, enabled=True)
+    bar.advance("a", 60.0)
+    bar.advance("a", 60.0)  # the retry of a killed attempt sees the first chunk again
+    assert bar.done_s == 120.0
+    bar.file_done("a", True, 100.0, 100.0)
+    assert bar.done_s == 100.0 and bar.bar.n == 100.0
+    bar.advance("b", 30.0)
+    bar.file_done("b", False, 30.0, 100.0)  # failed: its whole length is no longer to do
+    assert bar.done_s == 200.0 and bar.scored_s == 100.0
+    rtf, remaining, eta = bar.rates()
+    assert remaining == 0.0 and eta == 0.0 and rtf > 0
+    bar.close()

@@ -11,7 +11,8 @@
 
 Every engine writes each input's file atomically from the process that scored it and reports
 the outcome to the driver, which alone writes the journal. Outcomes arrive through
-``on_result(task, result)``, chunk progress through ``on_progress(seconds_of_audio)``.
+``on_result(task, result)``, progress through ``on_progress(rel, seconds_of_audio)`` (per chunk,
+or per input on Ray).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ JOIN_TIMEOUT_S = 5.0
 STARTUP_TIMEOUT_S = 600.0
 
 OnResult = Callable[[ArchiveTask, TaskResult], None]
-OnProgress = Callable[[float], None]
+OnProgress = Callable[[str, float], None]
 
 
 class ArchiveEngineError(StreamerError):
@@ -72,7 +73,7 @@ def run_sequential(tasks, model_spec: ModelSpec, reducer_spec: ReducerSpec, clas
     except StreamerError as exc:
         raise ArchiveEngineError(str(exc), setup=True) from exc
     for task in tasks:
-        result = scorer.score(task, on_chunk=on_progress)
+        result = scorer.score(task, on_chunk=lambda audio_s: on_progress(task.rel, audio_s))
         result.peak_rss_kb = _maxrss_kb()
         on_result(task, result)
 
@@ -229,7 +230,8 @@ class LocalEngine:
             while worker.conn.poll(0):
                 msg = worker.conn.recv()
                 if isinstance(msg, ChunkProgress):
-                    on_progress(msg.audio_s)
+                    if worker.task is not None:
+                        on_progress(worker.task.rel, msg.audio_s)
                 elif isinstance(msg, TaskResult):
                     task, worker.task = worker.task, None
                     self.peak_rss_kb = max(self.peak_rss_kb, msg.peak_rss_kb)
@@ -428,5 +430,5 @@ class RayEngine:
                 idle.append(actor)
                 self.peak_rss_kb = max(self.peak_rss_kb, result.peak_rss_kb)
                 if result.ok:
-                    on_progress(result.audio_s)
+                    on_progress(task.rel, result.audio_s)
                 on_result(task, result)

@@ -134,13 +134,19 @@ def header_duration(path: Path) -> float | None:
 
 
 class _Progress:
-    """Hours of audio done / to do, the real-time factor and the ETA on a tqdm bar; periodic log
-    lines when there is no bar."""
+    """Hours of audio done / to do, the real-time factor and the ETA: on a tqdm bar, or as one
+    log line per finished input when there is no bar.
+
+    Chunks of inputs in flight count as they arrive; when an input ends its count is replaced by
+    what it really scored (a retried input's first attempt is not counted twice), or, for a
+    failed input, by its whole length, so that the work left reaches zero."""
 
     def __init__(self, total_s: float, n_inputs: int, enabled: bool) -> None:
         self.total_s = total_s
         self.n_inputs = n_inputs
-        self.done_s = 0.0
+        self.partial: dict[str, float] = {}  # inputs in flight: audio seconds seen so far
+        self.settled_s = 0.0  # finished or failed inputs
+        self.scored_s = 0.0  # audio actually scored (for the real-time factor)
         self.n_done = 0
         self.t0 = time.perf_counter()
         self.bar = None
@@ -151,27 +157,41 @@ class _Progress:
             self.bar = tqdm(total=total_s, unit="h", unit_scale=1 / 3600, desc="audio", dynamic_ncols=True,
                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total:.2f} h [{elapsed}<{remaining}{postfix}]")
 
-    def advance(self, audio_s: float) -> None:
-        self.done_s += audio_s
-        if self.bar is not None:
-            elapsed = time.perf_counter() - self.t0
-            rtf = self.done_s / elapsed if elapsed > 0 else 0.0
-            self.bar.set_postfix_str(f"RTF {rtf:.0f}x, {self.n_done}/{self.n_inputs} files", refresh=False)
-            self.bar.update(min(audio_s, max(0.0, self.total_s - self.bar.n)))
+    @property
+    def done_s(self) -> float:
+        return self.settled_s + sum(self.partial.values())
 
-    def file_done(self, rel: str, audio_s: float, missing_s: float) -> None:
-        """An input ended; ``missing_s`` is audio the bar counted on but will not see (a failure)."""
-        self.n_done += 1
-        if missing_s > 0:
-            self.advance(missing_s)
+    def rates(self) -> tuple[float, float, float]:
+        """(real-time factor, audio seconds left, ETA in seconds)."""
         elapsed = time.perf_counter() - self.t0
+        rtf = (self.scored_s + sum(self.partial.values())) / elapsed if elapsed > 0 else 0.0
         remaining_s = max(0.0, self.total_s - self.done_s)
-        rtf = self.done_s / elapsed if elapsed > 0 else 0.0
-        eta = remaining_s / rtf if rtf > 0 else float("nan")
+        return rtf, remaining_s, (remaining_s / rtf if rtf > 0 else float("nan"))
+
+    def _refresh(self) -> None:
+        if self.bar is not None:
+            rtf, _, _ = self.rates()
+            self.bar.set_postfix_str(f"RTF {rtf:.0f}x, {self.n_done}/{self.n_inputs} files", refresh=False)
+            self.bar.n = min(self.done_s, self.total_s)
+            self.bar.refresh()
+
+    def advance(self, rel: str, audio_s: float) -> None:
+        """``audio_s`` more seconds of input ``rel`` were scored."""
+        self.partial[rel] = self.partial.get(rel, 0.0) + audio_s
+        self._refresh()
+
+    def file_done(self, rel: str, ok: bool, audio_s: float, expected_s: float | None) -> None:
+        """Input ``rel`` ended: scored ``audio_s`` seconds, or failed."""
+        self.partial.pop(rel, None)
+        self.n_done += 1
+        self.settled_s += audio_s if ok else max(audio_s, expected_s or 0.0)
+        if ok:
+            self.scored_s += audio_s
+        self._refresh()
+        rtf, remaining_s, eta = self.rates()
         message = (f"[{self.n_done}/{self.n_inputs}] {rel}: {audio_s / 3600:.2f} h; {self.done_s / 3600:.2f} h done, "
                    f"{remaining_s / 3600:.2f} h to go, real-time factor {rtf:.0f}x, ETA {eta:.0f} s")
         if self.bar is not None:
-            self.bar.set_postfix_str(f"RTF {rtf:.0f}x, {self.n_done}/{self.n_inputs} files")
             log.debug(message)
         else:
             log.info(message)
@@ -277,7 +297,7 @@ def _run_locked(plan, entries, out_dir, t0, *, fmt, top_k, retry_failed, metadat
             report.failed[task.rel] = result.reason
             log.warning("%s: %s", task.path, result.reason)
         report.peak_worker_rss_mb = max(report.peak_worker_rss_mb, result.peak_rss_kb / 1024)
-        bar.file_done(task.rel, result.audio_s, max(0.0, (task.audio_s or 0.0) - result.audio_s))
+        bar.file_done(task.rel, result.ok, result.audio_s, task.audio_s)
 
     with tempfile.TemporaryDirectory(prefix="streamer-archive-") as tmp:
         plan = with_student_backend(plan, Path(tmp), sequential=engine == "sequential")
