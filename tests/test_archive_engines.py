@@ -237,6 +237,17 @@ def test_ray_and_local_engines_give_identical_files(kit, tmp_path, local_ray):
     assert cli.main(_args(kit, on_ray, src, students=True, extra=("--engine", "ray", "--threads", "1"))) == 0
 
 
+def test_a_ray_actor_killed_mid_file_is_restarted_and_the_file_redone(kit, tmp_path, local_ray, caplog):
+    src = _noise_folder(tmp_path / "in", [130, 65])
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    assert cli.main(_args(kit, local, src, extra=("--workers", "1", "--threads", "1"))) == 0
+    # The actor SIGKILLs itself on its 2nd chunk, mid-way through the first input; Ray restarts it.
+    assert cli.main(_args(kit, on_ray, src, extra=("--engine", "ray", "--workers", "1", "--threads", "1", "--debug-fault", "worker:0:2"))) == 0
+    assert "a Ray actor died while scoring in/rec0.flac; retrying it" in caplog.text
+    _assert_same(_read_all(local), _read_all(on_ray))
+    assert not list(on_ray.rglob("*.tmp"))
+
+
 def test_ray_engine_reports_unreadable_inputs(kit, tmp_path, local_ray, capsys):
     src = _noise_folder(tmp_path / "in", [20])
     (src / "broken.wav").write_bytes(b"RIFF nonsense")

@@ -305,7 +305,9 @@ class RayScorer:
     The students' ONNX exports travel as bytes and are written to the actor's own temporary
     folder, so nodes need no copy of the driver's temporary files."""
 
-    def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes, student_blobs) -> None:
+    def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes, student_blobs, wid: int = 0, faults=()) -> None:
+        import ray
+
         threads = model_spec.threads.intra_op_threads
         if threads is not None:
             for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -322,12 +324,15 @@ class RayScorer:
                 paths.append(path)
             model_spec = replace(model_spec, students_onnx=tuple(paths))
         self.scorer = ArchiveScorer(model_spec, reducer_spec, classes)
+        # Test hook, as in the local workers: die on the n-th chunk (first incarnation only).
+        generation = 1 if ray.get_runtime_context().was_current_actor_reconstructed else 0
+        self.trigger = FaultTrigger(faults, "worker", wid, generation)
 
     def ping(self) -> int:
         return os.getpid()
 
     def score(self, task: ArchiveTask) -> TaskResult:
-        result = self.scorer.score(task)
+        result = self.scorer.score(task, on_chunk=lambda audio_s: self.trigger.tick())
         result.peak_rss_kb = _maxrss_kb()
         return result
 
@@ -346,7 +351,10 @@ def ray_layout(ray, workers: int | None, threads: int | str) -> tuple[int, int]:
 class RayEngine:
     """Ray actors scoring whole inputs (see the module notes)."""
 
-    def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes, *, address: str | None, workers: int | None, threads: int | str) -> None:
+    def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes, *, address: str | None, workers: int | None, threads: int | str, faults=()) -> None:
+        from streamer.pipeline.workers import Fault
+
+        self.faults = tuple(Fault.parse(f) for f in faults)
         self.model_spec = model_spec
         self.reducer_spec = reducer_spec
         self.classes = tuple(classes)
@@ -383,7 +391,7 @@ class RayEngine:
                 num_cpus=n_threads, max_restarts=MAX_RESTARTS, runtime_env={"env_vars": env}
             )
             blobs = self._student_blobs()
-            actors = [actor_cls.remote(spec, self.reducer_spec, self.classes, blobs) for _ in range(n_actors)]
+            actors = [actor_cls.remote(spec, self.reducer_spec, self.classes, blobs, wid, self.faults) for wid in range(n_actors)]
             try:
                 ray.get([a.ping.remote() for a in actors])
             except (RayActorError, RayTaskError) as exc:

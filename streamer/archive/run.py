@@ -313,7 +313,7 @@ def _run_locked(plan, entries, out_dir, t0, *, fmt, top_k, retry_failed, metadat
                 log.info("engine: local, %s", report.layout)
                 LocalEngine(plan.model, plan.reducer, plan.competition.classes, layout, faults=faults).run(tasks, on_result, bar.advance)
             else:
-                ray_engine = RayEngine(plan.model, plan.reducer, plan.competition.classes, address=address, workers=workers, threads=threads)
+                ray_engine = RayEngine(plan.model, plan.reducer, plan.competition.classes, address=address, workers=workers, threads=threads, faults=faults)
                 report.layout = f"address {address or 'local'}"
                 ray_engine.run(tasks, on_result, bar.advance)
         finally:
