@@ -57,3 +57,16 @@ def test_list_entries_cannot_escape_the_output_folder(tmp_path):
     lst.write_text("../rec.ogg\n")
     (entry,) = expand_inputs([lst])
     assert entry.path.resolve() == f.resolve() and entry.rel == PurePosixPath("rec.ogg")
+
+
+def test_no_audio_at_all_is_an_error_and_an_empty_folder_a_warning(tmp_path, caplog):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt.bak").write_text("not audio")
+    with pytest.raises(ConfigError, match="no audio files found in .*empty"):
+        expand_inputs([empty])
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "a.wav").write_bytes(b"")
+    assert [str(e.rel) for e in expand_inputs([empty, full])] == ["full/a.wav"]
+    assert "empty: no audio files in this folder" in caplog.text

@@ -3,11 +3,14 @@ files listing paths, each mapped to the relative name its output will carry."""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from streamer.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: Extensions taken as audio when searching folders (what libsndfile reads, plus MP3 and Opus,
 #: which recent libsndfile builds decode).
@@ -60,13 +63,17 @@ def expand_inputs(inputs: list[str | Path]) -> list[ArchiveInput]:
       to the list's folder), named as written.
 
     Raises:
-        ConfigError: a path does not exist, or two inputs would write the same output.
+        ConfigError: a path does not exist, no audio file was found at all, or two inputs would
+            write the same output.
     """
     found: list[ArchiveInput] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            for f in sorted(p for p in path.rglob("*") if p.is_file() and _is_audio(p)):
+            audio = sorted(p for p in path.rglob("*") if p.is_file() and _is_audio(p))
+            if not audio:
+                log.warning("%s: no audio files in this folder (extensions looked for: %s)", path, " ".join(sorted(AUDIO_EXTENSIONS)))
+            for f in audio:
                 found.append(ArchiveInput(f, PurePosixPath(path.resolve().name) / PurePosixPath(f.relative_to(path).as_posix())))
         elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
             found.extend(_from_list(path))
@@ -74,6 +81,8 @@ def expand_inputs(inputs: list[str | Path]) -> list[ArchiveInput]:
             found.append(ArchiveInput(path, _clean_rel(path.name)))
         else:
             raise ConfigError(f"{path}: no such file or folder")
+    if not found:
+        raise ConfigError(f"no audio files found in {', '.join(map(str, inputs))} (extensions looked for: {' '.join(sorted(AUDIO_EXTENSIONS))})")
     unique: dict[Path, ArchiveInput] = {}
     names: dict[PurePosixPath, Path] = {}
     for entry in found:
