@@ -17,7 +17,8 @@ import soundfile as sf
 
 from streamer import cli
 from streamer.archive.journal import JOURNAL_NAME, Journal
-from streamer.archive.run import LOCK_NAME, OutputLock, remove_stale_temporaries
+from streamer.archive.output import remove_stale_temporaries
+from streamer.archive.run import LOCK_NAME, OutputLock
 from streamer.audio import write_audio
 from streamer.errors import ConfigError
 

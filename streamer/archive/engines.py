@@ -29,7 +29,8 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Callable
 
-from streamer.archive.scorer import ArchiveScorer, ArchiveTask, TaskResult, remove_partial
+from streamer.archive.output import remove_temporaries_of
+from streamer.archive.scorer import ArchiveScorer, ArchiveTask, TaskResult
 from streamer.errors import DependencyError, StreamerError
 from streamer.pipeline.layout import Layout
 from streamer.pipeline.messages import ChildError, Ready, Stop
@@ -250,7 +251,7 @@ class LocalEngine:
         del self.workers[worker.wid]
         task = worker.task
         if task is not None:
-            remove_partial(task.out)
+            remove_temporaries_of(task.out)
             if worker.error is not None:
                 # An error other than unreadable audio (e.g. the output disk is full).
                 reason = f"{worker.error.error_type}: {worker.error.message}"
@@ -421,7 +422,7 @@ class RayEngine:
                 try:
                     result = ray.get(ref)
                 except RayActorError as exc:
-                    remove_partial(task.out)
+                    remove_temporaries_of(task.out)
                     failures[actor] += 1
                     self.attempts[task.rel] += 1
                     if self.attempts[task.rel] >= MAX_FILE_ATTEMPTS:

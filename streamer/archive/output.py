@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -21,6 +22,31 @@ from streamer.metadata import WINDOW_S
 log = logging.getLogger(__name__)
 
 FORMATS = ("parquet", "csv")
+#: A score file's temporary sibling is ``.<name>.<random>.tmp`` until it is renamed into place.
+_TEMP_SUFFIX = ".tmp"
+_TEMPORARY = re.compile(r"^\..+\.(?:" + "|".join(FORMATS) + r")\.[^.]+\.tmp$")
+
+
+def remove_temporaries_of(path: Path) -> int:
+    """Delete the temporary files of the score file ``path`` (left by a process that died
+    while writing it)."""
+    n = 0
+    for tmp in Path(path).parent.glob(f".{Path(path).name}.*{_TEMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def remove_stale_temporaries(out_dir: Path) -> int:
+    """Delete every score writer's temporary file below ``out_dir`` (left by a killed run)."""
+    n = 0
+    for tmp in Path(out_dir).rglob(f".*{_TEMP_SUFFIX}"):
+        if tmp.is_file() and _TEMPORARY.match(tmp.name):
+            tmp.unlink()
+            n += 1
+    if n:
+        log.info("removed %d temporary file(s) left by an interrupted run", n)
+    return n
 
 
 class ScoreWriter:
@@ -45,7 +71,7 @@ class ScoreWriter:
         self.fmt = fmt
         self.top_k = top_k
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=_TEMP_SUFFIX, dir=self.path.parent)
         os.close(fd)
         self._tmp = Path(tmp)
         self._writer = None

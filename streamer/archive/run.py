@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import re
 import resource
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from streamer.archive.engines import LocalEngine, RayEngine, longest_first, run_sequential
 from streamer.archive.inputs import ArchiveInput
 from streamer.archive.journal import DONE, FAILED, JOURNAL_NAME, Journal
+from streamer.archive.output import remove_stale_temporaries
 from streamer.archive.scorer import ArchiveTask, TaskResult
 from streamer.archive.timing import RecordingTime, recording_time
 from streamer.errors import ConfigError
@@ -32,8 +32,6 @@ from streamer.stages import RunPlan
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".streamer-archive.lock"
-#: Names of ScoreWriter's temporary files.
-_TEMPORARY = re.compile(r"^\..+\.(?:parquet|csv)\.[^.]+\.tmp$")
 
 
 @dataclass
@@ -107,18 +105,6 @@ class OutputLock:
     def release(self) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
-
-
-def remove_stale_temporaries(out_dir: Path) -> int:
-    """Delete the temporary score files (``.<name>.<random>.tmp``) a killed run left behind."""
-    n = 0
-    for path in out_dir.rglob(".*.tmp"):
-        if path.is_file() and _TEMPORARY.match(path.name):
-            path.unlink()
-            n += 1
-    if n:
-        log.info("removed %d temporary file(s) left by an interrupted run", n)
-    return n
 
 
 def header_duration(path: Path) -> float | None:
@@ -324,4 +310,4 @@ def _run_locked(plan, entries, out_dir, t0, *, fmt, top_k, retry_failed, metadat
     return report
 
 
-__all__ = ["ArchiveReport", "JOURNAL_NAME", "run_archive", "output_path", "remove_stale_temporaries"]
+__all__ = ["ArchiveReport", "JOURNAL_NAME", "run_archive", "output_path"]

@@ -68,15 +68,6 @@ class TaskResult:
     peak_rss_kb: int = 0
 
 
-def remove_partial(out: Path) -> int:
-    """Delete the temporary files of ``out`` left by a process that died while writing it."""
-    n = 0
-    for path in Path(out).parent.glob(f".{Path(out).name}.*.tmp"):
-        path.unlink(missing_ok=True)
-        n += 1
-    return n
-
-
 class _Prefetcher:
     """Runs an iterator in a background thread, ``depth`` items ahead of the consumer.
 
