@@ -34,7 +34,7 @@ from streamer.archive.scorer import ArchiveScorer, ArchiveTask, TaskResult
 from streamer.errors import DependencyError, StreamerError
 from streamer.pipeline.layout import Layout
 from streamer.pipeline.messages import ChildError, Ready, Stop
-from streamer.pipeline.workers import FaultTrigger, _maxrss_kb, _report_error, _serve, _setup, exit_hint
+from streamer.pipeline.workers import FaultTrigger, _report_error, _serve, _setup, exit_hint, thread_env
 from streamer.stages import ModelSpec, ReducerSpec
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,7 @@ def run_sequential(tasks, model_spec: ModelSpec, reducer_spec: ReducerSpec, clas
     except StreamerError as exc:
         raise ArchiveEngineError(str(exc), setup=True) from exc
     for task in tasks:
-        result = scorer.score(task, on_chunk=lambda audio_s: on_progress(task.rel, audio_s))
-        result.peak_rss_kb = _maxrss_kb()
-        on_result(task, result)
+        on_result(task, scorer.score(task, on_chunk=lambda audio_s: on_progress(task.rel, audio_s)))
 
 
 # ---------------------------------------------------------------------------- local processes
@@ -106,9 +104,7 @@ def archive_worker_main(wid, generation, conn, parent_pid, model_spec, reducer_s
             conn.send(ChunkProgress(wid, audio_s))
 
         def handle(task: ArchiveTask) -> None:
-            result = scorer.score(task, on_chunk=on_chunk)
-            result.peak_rss_kb = _maxrss_kb()
-            conn.send(result)
+            conn.send(scorer.score(task, on_chunk=on_chunk))
 
         _serve(conn, parent_pid, handle)
     except (EOFError, BrokenPipeError):
@@ -148,7 +144,6 @@ class LocalEngine:
         self.workers: dict[int, _Worker] = {}
         self.restarts: collections.Counter = collections.Counter()
         self.attempts: collections.Counter = collections.Counter()
-        self.peak_rss_kb = 0
 
     def _start(self, wid: int, generation: int) -> _Worker:
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
@@ -235,7 +230,6 @@ class LocalEngine:
                         on_progress(worker.task.rel, msg.audio_s)
                 elif isinstance(msg, TaskResult):
                     task, worker.task = worker.task, None
-                    self.peak_rss_kb = max(self.peak_rss_kb, msg.peak_rss_kb)
                     on_result(task, msg)
                 elif isinstance(msg, ChildError):
                     worker.error = msg
@@ -309,10 +303,8 @@ class RayScorer:
     def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes, student_blobs, wid: int = 0, faults=()) -> None:
         import ray
 
-        threads = model_spec.threads.intra_op_threads
-        if threads is not None:
-            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-                os.environ[var] = str(threads)
+        # Thread counts: OMP_NUM_THREADS and kin come from the actor's runtime_env (set before
+        # the process starts); onnxruntime's and torch's from model_spec.
         if student_blobs is not None:
             self._tmp = tempfile.TemporaryDirectory(prefix="streamer-ray-")
             paths = []
@@ -333,9 +325,7 @@ class RayScorer:
         return os.getpid()
 
     def score(self, task: ArchiveTask) -> TaskResult:
-        result = self.scorer.score(task, on_chunk=lambda audio_s: self.trigger.tick())
-        result.peak_rss_kb = _maxrss_kb()
-        return result
+        return self.scorer.score(task, on_chunk=lambda audio_s: self.trigger.tick())
 
 
 def ray_layout(ray, workers: int | None, threads: int | str) -> tuple[int, int]:
@@ -363,7 +353,6 @@ class RayEngine:
         self.workers = workers
         self.threads = threads
         self.attempts: collections.Counter = collections.Counter()
-        self.peak_rss_kb = 0
 
     def _student_blobs(self):
         paths = self.model_spec.students_onnx
@@ -387,9 +376,8 @@ class RayEngine:
             log.info("engine: ray, %d actor(s) x %d thread(s) on a cluster of %d CPU(s)", n_actors, n_threads,
                      int(ray.cluster_resources().get("CPU", 0)))
             spec = with_threads(self.model_spec, n_threads)
-            env = {var: str(n_threads) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
             actor_cls = ray.remote(RayScorer).options(
-                num_cpus=n_threads, max_restarts=MAX_RESTARTS, runtime_env={"env_vars": env}
+                num_cpus=n_threads, max_restarts=MAX_RESTARTS, runtime_env={"env_vars": thread_env(n_threads)}
             )
             blobs = self._student_blobs()
             actors = [actor_cls.remote(spec, self.reducer_spec, self.classes, blobs, wid, self.faults) for wid in range(n_actors)]
@@ -437,7 +425,6 @@ class RayEngine:
                     cause = exc.cause if getattr(exc, "cause", None) is not None else exc
                     result = TaskResult(task.rel, False, f"{type(cause).__name__}: {cause}")
                 idle.append(actor)
-                self.peak_rss_kb = max(self.peak_rss_kb, result.peak_rss_kb)
                 if result.ok:
                     on_progress(task.rel, result.audio_s)
                 on_result(task, result)

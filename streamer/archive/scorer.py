@@ -15,7 +15,6 @@ import logging
 import math
 import queue
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -25,6 +24,8 @@ from streamer.archive.timing import RecordingTime
 from streamer.audio import TARGET_SAMPLE_RATE_HZ, WINDOW_SAMPLES, AudioChunk, iter_chunks
 from streamer.errors import AudioDecodeError
 from streamer.metadata import N_WINDOWS_PER_FILE
+from streamer.models.moe import set_torch_threads
+from streamer.pipeline.workers import _maxrss_kb
 from streamer.stages import ModelSpec, ModelStage, Reducer, ReducerSpec
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,8 @@ class TaskResult:
     ok: bool
     reason: str = ""
     audio_s: float = 0.0
-    seconds: float = 0.0
-    n_windows: int = 0
     stage_s: dict[str, float] = field(default_factory=dict)
-    peak_rss_kb: int = 0
+    peak_rss_kb: int = 0  # of the process that scored it, when it finished
 
 
 class _Prefetcher:
@@ -128,8 +127,6 @@ class ArchiveScorer:
     """Models loaded once; :meth:`score` turns one recording into one score file."""
 
     def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes: tuple[str, ...], *, prefetch: int = PREFETCH_CHUNKS) -> None:
-        from streamer.models.moe import set_torch_threads
-
         set_torch_threads(model_spec.threads.intra_op_threads)
         self.models = ModelStage(model_spec)
         self.models.check()
@@ -147,8 +144,6 @@ class ArchiveScorer:
 
     def score_chunk(self, chunk: AudioChunk, when: RecordingTime):
         """Probabilities ``[n_real_windows, C]`` of one chunk."""
-        from streamer.models.moe import set_torch_threads
-
         windows = chunk.samples.reshape(N_WINDOWS_PER_FILE, WINDOW_SAMPLES)
         outputs = self.models.run(windows)
         if self._torch_students:
@@ -166,23 +161,20 @@ class ArchiveScorer:
         ``on_chunk(seconds_of_audio)`` is called after every chunk (for progress). Unreadable or
         broken audio gives a failed result; any other error removes the partial file and is
         raised."""
-        t0 = time.perf_counter()
         before = {**self.models.seconds, **self.reducer.seconds}
         writer = ScoreWriter(task.out, task.rel, self.classes, fmt=task.fmt, top_k=task.top_k)
         n_samples = 0
-        n_windows = 0
         chunks, fetcher = chunks_of(task.path, self.prefetch)
         try:
             for chunk in chunks:
                 probs = self.score_chunk(chunk, task.when)
                 writer.write_chunk(chunk.index * N_WINDOWS_PER_FILE, probs)
                 n_samples += chunk.n_real
-                n_windows += probs.shape[0]
                 if on_chunk is not None:
                     on_chunk(chunk.n_real / TARGET_SAMPLE_RATE_HZ)
         except AudioDecodeError as exc:
             writer.abort()
-            return TaskResult(task.rel, False, str(exc), n_samples / TARGET_SAMPLE_RATE_HZ, time.perf_counter() - t0)
+            return TaskResult(task.rel, False, str(exc), n_samples / TARGET_SAMPLE_RATE_HZ, peak_rss_kb=_maxrss_kb())
         except BaseException:
             writer.abort()  # a partial file never looks finished
             raise
@@ -195,7 +187,6 @@ class ArchiveScorer:
             task.rel,
             True,
             audio_s=n_samples / TARGET_SAMPLE_RATE_HZ,
-            seconds=time.perf_counter() - t0,
-            n_windows=n_windows,
             stage_s={k: after[k] - before.get(k, 0.0) for k in after},
+            peak_rss_kb=_maxrss_kb(),
         )

@@ -375,5 +375,7 @@ def draw_chart(contenders: list[Contender], result: dict, path: Path) -> Path | 
 
 def environment_note() -> str:
     """Variables that change thread behaviour, for the record."""
-    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
+    from streamer.pipeline.workers import THREAD_ENV_VARS
+
+    keys = (*THREAD_ENV_VARS, "OPENBLAS_CORETYPE")
     return ", ".join(f"{k}={os.environ[k]}" for k in keys if k in os.environ) or "none set"

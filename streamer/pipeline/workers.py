@@ -101,6 +101,15 @@ def exit_hint(code: int | None) -> str:
     return f"exit code {code}"
 
 
+#: Variables through which OpenMP and BLAS libraries read their thread counts.
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment that gives every OpenMP/BLAS pool ``threads`` threads."""
+    return {var: str(threads) for var in THREAD_ENV_VARS}
+
+
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies (no orphans even if the parent is
     killed); elsewhere the polling loop notices the parent is gone."""
@@ -118,8 +127,7 @@ def _setup(cpus: tuple[int, ...], threads: int | None) -> None:
         os.sched_setaffinity(0, cpus)
     if threads is not None:
         # Before torch or any BLAS is imported in this process.
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            os.environ[var] = str(threads)
+        os.environ.update(thread_env(threads))
 
 
 def _maxrss_kb() -> int:
