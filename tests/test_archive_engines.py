@@ -143,6 +143,14 @@ def test_48k_stereo_and_other_formats_through_the_command(kit, tmp_path):
         assert np.isfinite(frame[cls].to_numpy()).all()
 
 
+def test_an_unknown_engine_is_refused_before_anything_is_touched(tmp_path):
+    from streamer.archive.run import run_archive
+
+    with pytest.raises(ConfigError, match="engine must be one of local, sequential, ray, got 'pipeline'"):
+        run_archive(None, [], tmp_path / "out", engine="pipeline")
+    assert not (tmp_path / "out").exists()
+
+
 def test_output_folder_lock_and_stale_temporaries(tmp_path):
     held = OutputLock(tmp_path)
     with pytest.raises(ConfigError, match="another 'streamer archive' run"):

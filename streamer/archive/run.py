@@ -25,6 +25,7 @@ from streamer.archive.journal import DONE, FAILED, JOURNAL_NAME, Journal
 from streamer.archive.output import remove_stale_temporaries
 from streamer.archive.scorer import ArchiveTask, TaskResult
 from streamer.archive.timing import RecordingTime, recording_time
+from streamer.config import ARCHIVE_ENGINES
 from streamer.errors import ConfigError
 from streamer.run import with_student_backend
 from streamer.stages import RunPlan
@@ -219,10 +220,12 @@ def run_archive(
         faults: test hooks (injected worker deaths).
 
     Raises:
-        ConfigError: another run holds the output folder.
+        ConfigError: an unknown engine, or another run holds the output folder.
         ArchiveEngineError: the engine could not start or its workers kept dying (finished
             inputs stay journaled, so a rerun resumes).
     """
+    if engine not in ARCHIVE_ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ARCHIVE_ENGINES)}, got {engine!r}")
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     lock = OutputLock(out_dir)
@@ -298,7 +301,7 @@ def _run_locked(plan, entries, out_dir, t0, *, fmt, top_k, retry_failed, metadat
                 report.layout = f"{layout.n_workers} worker(s) x {layout.threads or 'default'} thread(s)" + (", pinned" if any(layout.worker_cpus) else "")
                 log.info("engine: local, %s", report.layout)
                 LocalEngine(plan.model, plan.reducer, plan.competition.classes, layout, faults=faults).run(tasks, on_result, bar.advance)
-            else:
+            else:  # ray (checked on entry)
                 ray_engine = RayEngine(plan.model, plan.reducer, plan.competition.classes, address=address, workers=workers, threads=threads, faults=faults)
                 report.layout = f"address {address or 'local'}"
                 ray_engine.run(tasks, on_result, bar.advance)
