@@ -399,7 +399,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from streamer.pipeline.layout import sequential_threads
     from streamer.stages import prepare
     from streamer.validate.cache import load_cache
-    from streamer.validate.io import atomic_write_text
+    from streamer.files import atomic_write_text
     from streamer.validate.score import class_groups
     from streamer.validate.sweep import SweepPoint, assign_prior_folds, draw_heatmap, parse_grid, prepare_sweep, run_sweep
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from streamer.errors import ConfigError
+from streamer.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,7 @@ def save_profile(path: Path, layout: TunedLayout, measurements: list[dict], note
         "note": note,
         "measurements": measurements,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
 
 
 def load_profile(path: Path, *, required: bool) -> TunedLayout | None:

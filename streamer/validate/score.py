@@ -156,7 +156,7 @@ class ScoreReport:
         """The score table as CSV (empty ``auc`` for skipped classes), written atomically."""
         import pandas as pd
 
-        from streamer.validate.io import atomic_write_text
+        from streamer.files import atomic_write_text
 
         table = pd.DataFrame(self.rows(), columns=list(SCORE_COLUMNS))
         return atomic_write_text(path, table.to_csv(index=False, float_format="%.6f"))

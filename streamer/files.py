@@ -1,4 +1,4 @@
-"""Small file helpers of the validation commands."""
+"""File helpers shared by the commands."""
 
 from __future__ import annotations
 
