@@ -321,8 +321,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    import json
-
     from streamer.archive.engines import ArchiveEngineError
     from streamer.archive.inputs import expand_inputs
     from streamer.archive.run import run_archive
@@ -343,10 +341,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
     except ArchiveEngineError as exc:
         log.error("%s", exc)
         return EXIT_USAGE if exc.setup else EXIT_FAILURE
-    print(report.summary())
-    if args.report_json is not None:
-        args.report_json.parent.mkdir(parents=True, exist_ok=True)
-        args.report_json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    _report_out(report, args.report_json)
     return EXIT_FAILURE if report.failed or report.unfinished else EXIT_OK
 
 
