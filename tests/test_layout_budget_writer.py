@@ -17,11 +17,21 @@ BIG = 64 * 2**30
 def test_auto_layout_one_consumer_per_core(monkeypatch):
     from streamer.pipeline import layout as layout_mod
 
-    monkeypatch.setattr(layout_mod, "smt_width", lambda cpus: 1)  # no SMT visible: CPUs in pairs
+    monkeypatch.setattr(layout_mod, "_siblings", lambda cpu: (cpu,))  # no SMT visible: a consumer per CPU
     lay = plan_layout(cpus=(0, 1, 2, 3), memory_bytes=BIG)
-    assert (lay.n_workers, lay.threads, lay.n_decoders) == (2, 2, 1)
-    assert lay.worker_cpus == ((0, 1), (2, 3))
-    monkeypatch.setattr(layout_mod, "smt_width", lambda cpus: 4)  # 4-way SMT visible
+    assert (lay.n_workers, lay.threads, lay.n_decoders) == (4, 1, 1)
+    assert lay.worker_cpus == ((0,), (1,), (2,), (3,))
+    many = plan_layout(cpus=tuple(range(64)), memory_bytes=BIG)  # capped processes, more threads each
+    assert (many.n_workers, many.threads) == (8, 8)
+    monkeypatch.setattr(layout_mod, "_siblings", lambda cpu: None)  # topology unknown: the same
+    assert plan_layout(cpus=(0, 1), memory_bytes=BIG).worker_cpus == ((0,), (1,))
+    # 2-way SMT with siblings numbered n/2 apart (0 and 2 share a core): a consumer per core, on its siblings
+    monkeypatch.setattr(layout_mod, "_siblings", lambda cpu: (cpu % 2, cpu % 2 + 2))
+    lay = plan_layout(cpus=(0, 1, 2, 3), memory_bytes=BIG)
+    assert (lay.n_workers, lay.threads) == (2, 2)
+    assert lay.worker_cpus == ((0, 2), (1, 3))
+    assert plan_layout(cpus=(0, 1, 2, 3), threads=1, memory_bytes=BIG).worker_cpus == ((0,), (1,), (2,), (3,))
+    monkeypatch.setattr(layout_mod, "_siblings", lambda cpu: tuple(range(cpu // 4 * 4, cpu // 4 * 4 + 4)))  # 4-way SMT
     assert plan_layout(cpus=tuple(range(8)), memory_bytes=BIG).worker_cpus == ((0, 1, 2, 3), (4, 5, 6, 7))
     assert plan_layout(cpus=(0,), memory_bytes=BIG).threads == 1
 
@@ -53,7 +63,7 @@ def test_layout_caps():
 
 def test_default_threads_are_not_pinned():
     lay = plan_layout(cpus=(0, 1, 2, 3), threads="default", memory_bytes=BIG)
-    assert lay.threads is None and lay.worker_cpus == ((), ())
+    assert lay.threads is None and lay.n_workers >= 1 and lay.worker_cpus == ((),) * lay.n_workers
     assert plan_layout(cpus=(0, 1), threads=1, pin=False, memory_bytes=BIG).worker_cpus == ((), ())
 
 

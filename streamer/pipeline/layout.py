@@ -4,14 +4,15 @@ CPUs are counted with ``os.sched_getaffinity(0)`` (what a container or ``taskset
 never ``os.cpu_count()`` (the whole host).
 
 The automatic layout gives one consumer per *physical core*, with as many threads as the core
-has logical CPUs. Where the topology shows no hyper-threading (typical of cloud VMs, whose vCPUs
-are often hyper-threads of the host's cores although the guest cannot tell), logical CPUs are
-taken in pairs. Measured with ``streamer bench`` on the 2-vCPU development VM (full ensemble,
-EfficientNet-B3 Perch stand-in): 1 consumer x 2 threads ran 22.1 windows/s against 14.9 for
-2 x 1 (ceilings 27.2 vs 20.1): two processes on one core's two hyper-threads each bring their own
-copy of the weights into the shared caches, two threads of one process share them. An earlier
-note (2 x 1 faster on the bare backbone) did not hold with the whole ensemble. ``streamer tune``
-measures the machine at hand and overrides this guess.
+has logical CPUs, when the topology shows hyper-threading. Where it shows none (typical of cloud
+VMs, whose vCPUs may be hyper-threads of the host's cores although the guest cannot tell), each
+logical CPU gets its own single-threaded consumer: no intra-op thread then waits for another
+that the host or a decoder has preempted. Measured with ``streamer bench`` on the 2-vCPU
+development VM (full ensemble, EfficientNet-B3 Perch stand-in), 2 x 1 against 1 x 2, in one
+run each: 26.0 and 24.4 vs 20.1 and 22.4 windows/s on 2026-11-28 (ceilings 25.7-26.1 vs
+20.5-22.5); an earlier run had 22.2 vs 23.7 (ceilings 29.0 vs 24.3), and one early quick run
+the reverse (14.9 vs 22.1) before the reduction moved to one thread. ``streamer tune`` measures
+the machine at hand and overrides this guess.
 """
 
 from __future__ import annotations
@@ -40,30 +41,41 @@ def available_cpus() -> tuple[int, ...]:
         return tuple(range(os.cpu_count() or 1))
 
 
+def _siblings(cpu: int) -> tuple[int, ...] | None:
+    """The logical CPUs sharing ``cpu``'s physical core (from sysfs), or None when unknown."""
+    try:
+        with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as handle:
+            text = handle.read().strip()
+    except OSError:
+        return None
+    ids: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        ids.extend(range(int(lo), int(hi or lo) + 1))
+    return tuple(ids)
+
+
+def core_groups(cpus: tuple[int, ...]) -> tuple[tuple[int, ...], ...] | None:
+    """``cpus`` grouped by physical core (siblings need not have adjacent ids: many machines
+    number them 0 and n/2), in order of each core's first CPU; None when unknown."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for cpu in cpus:
+        siblings = _siblings(cpu)
+        if siblings is None:
+            return None
+        groups.setdefault(siblings, []).append(cpu)
+    return tuple(sorted(tuple(sorted(g)) for g in groups.values()))
+
+
 def smt_width(cpus: tuple[int, ...]) -> int:
     """Logical CPUs per physical core among ``cpus`` (from sysfs), or 0 when unknown."""
-    widths = []
-    for cpu in cpus:
-        path = f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list"
-        try:
-            with open(path) as handle:
-                text = handle.read().strip()
-        except OSError:
-            return 0
-        n = 0
-        for part in text.split(","):
-            lo, _, hi = part.partition("-")
-            n += (int(hi) - int(lo) + 1) if hi else 1
-        widths.append(n)
-    return min(widths) if widths else 0
+    groups = core_groups(cpus)
+    return min(len(g) for g in groups) if groups else 0
 
 
 def threads_per_core(cpus: tuple[int, ...]) -> int:
-    """Threads to give each consumer: the SMT width when visible, else 2 (vCPUs in pairs)."""
-    width = smt_width(cpus)
-    if width <= 1:
-        width = 2
-    return max(1, min(width, len(cpus)))
+    """Threads to give each consumer: the SMT width when visible, else 1."""
+    return max(1, min(smt_width(cpus), len(cpus)))
 
 
 def _available_memory() -> int | None:
@@ -146,7 +158,10 @@ def plan_layout(
     else:
         n_threads = int(threads)
     n_decoders = int(decoders) if decoders is not None else max(1, n_cpus // CPUS_PER_DECODER)
-    if pin and n_threads is not None and n_cpus > 0:
+    groups = core_groups(cpus) if pin and n_threads is not None and n_cpus > 0 else None
+    if groups and n_threads > 1 and n_workers <= len(groups) and all(len(g) == n_threads for g in groups):
+        worker_cpus = groups[:n_workers]  # one consumer per physical core, on its siblings
+    elif pin and n_threads is not None and n_cpus > 0:
         worker_cpus = tuple(
             tuple(sorted({cpus[(w * n_threads + k) % n_cpus] for k in range(n_threads)})) for w in range(n_workers)
         )
