@@ -24,10 +24,13 @@ class RunReport:
         engine: ``sequential`` or ``pipeline`` (with its layout).
         tiers: stem → tier (``full``, ``no_students``, ``prior_only``).
         reasons: stem → why a file did not get the full tier.
-        seconds: wall seconds per stage and ``total`` (stage times of parallel children are
-            summed over the children, so they can exceed the wall time).
+        seconds: wall seconds per stage, ``setup`` (until the models are loaded), ``scoring``
+            (from then until the last file has its rows) and ``total`` (stage times of parallel
+            children are summed over the children, so they can exceed the wall time).
         peak_rss_mb: peak resident memory, ``parent`` and per child role.
         budget_notes: the budget monitor's decisions.
+        n_files_in_parts: files the pipeline cut into parts at the end of the run, to keep
+            every consumer busy.
         interrupted: the run was stopped by Ctrl-C.
         error: a fatal error that ended the run early (the CSV was still written).
     """
@@ -41,13 +44,14 @@ class RunReport:
     seconds: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     budget_notes: list[str] = field(default_factory=list)
+    n_files_in_parts: int = 0
     interrupted: bool = False
     error: str | None = None
 
     def to_dict(self) -> dict:
         """A JSON-ready form (``--report-json``)."""
         total = self.seconds.get("total", 0.0)
-        setup = self.seconds.get("setup", 0.0)
+        scoring = self.seconds.get("scoring", 0.0)
         return {
             "out": str(self.out),
             "n_files": self.n_files,
@@ -57,11 +61,12 @@ class RunReport:
             "engine": self.engine,
             "seconds": dict(self.seconds),
             "windows_per_s": self.n_modelled_windows / total if total > 0 else 0.0,
-            "steady_windows_per_s": self.n_modelled_windows / (total - setup) if total > setup else 0.0,
+            "steady_windows_per_s": self.n_modelled_windows / scoring if scoring > 0 else 0.0,
             "peak_rss_mb": dict(self.peak_rss_mb),
             "tiers": dict(self.tiers),
             "reasons": dict(self.reasons),
             "budget_notes": list(self.budget_notes),
+            "n_files_in_parts": self.n_files_in_parts,
             "interrupted": self.interrupted,
             "error": self.error,
         }

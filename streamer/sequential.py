@@ -71,6 +71,7 @@ def run_sequential(plan: RunPlan, out: Path | None = None, budget: Budget | None
             writer.set_file(job.index, reducer.reduce(job.stem, outputs))
             budget.costs.observe_reduce(time.perf_counter() - t1)
             report.set_tier(job.stem, tier, None if tier == TIER_FULL else "students dropped to meet the budget")
+        seconds["scoring"] = time.perf_counter() - t_start - seconds["setup"]
         fill_fallbacks(plan, writer, report, "not scored before the budget's stop")
     except KeyboardInterrupt:
         report.interrupted = True

@@ -70,6 +70,19 @@ class ModelOutputs:
         pick = lambda a: None if a is None else a[start:stop]  # noqa: E731
         return ModelOutputs(pick(self.embedding), pick(self.perch_logits), pick(self.cnn_logits), pick(self.crnn_logits))
 
+    @staticmethod
+    def concat(parts: "list[ModelOutputs]") -> "ModelOutputs":
+        """Consecutive windows' outputs joined in order (a file scored in parts)."""
+        def join(arrays):
+            return None if any(a is None for a in arrays) else np.concatenate(arrays, axis=0)
+
+        return ModelOutputs(
+            join([p.embedding for p in parts]),
+            join([p.perch_logits for p in parts]),
+            join([p.cnn_logits for p in parts]),
+            join([p.crnn_logits for p in parts]),
+        )
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -203,16 +216,43 @@ class Reducer:
     def reduce_at(self, outputs: ModelOutputs, site: str, hour: int) -> np.ndarray:
         """Probabilities float32 ``[T, C]`` of ``T`` consecutive windows recorded at ``site``
         during UTC ``hour`` (a Kaggle file, or one 60-s chunk of a long recording)."""
+        return self.reduce_many([(outputs, site, hour)])[0]
+
+    def reduce_files(self, items: list[tuple[str, ModelOutputs]]) -> list[np.ndarray]:
+        """:meth:`reduce` of several files (stem, outputs) at once."""
+        return self.reduce_many([(outputs, parse_site(stem), parse_hour(stem)) for stem, outputs in items])
+
+    def reduce_many(self, items: list[tuple[ModelOutputs, str, int]]) -> list[np.ndarray]:
+        """:meth:`reduce_at` of several (outputs, site, hour) at once, in order.
+
+        Items with the same number of windows run the ProtoSSM folds as one batch: the folds'
+        many small operators then run once for the batch instead of once per file (about half
+        the time per file at 8 files, one thread). Every other step is per item. The batched
+        folds give the single-file numbers to float32 round-off (about 1e-6 in a logit)."""
         t0 = time.perf_counter()
-        blended = postprocess.blend_logits(
-            outputs.perch_logits, outputs.cnn_logits, outputs.crnn_logits, self.spec.blend_weights
-        )
-        teacher = postprocess.add_prior(blended, self.spec.prior.logit(site, hour), self.spec.prior_scale)
+        teachers = []
+        for outputs, site, hour in items:
+            blended = postprocess.blend_logits(
+                outputs.perch_logits, outputs.cnn_logits, outputs.crnn_logits, self.spec.blend_weights
+            )
+            teachers.append(postprocess.add_prior(blended, self.spec.prior.logit(site, hour), self.spec.prior_scale))
         t1 = time.perf_counter()
-        fold_logits = self.folds.run(outputs.embedding, teacher, self.site_id(site), hour)
+        fold_logits: list = [None] * len(items)
+        by_length: dict[int, list[int]] = {}
+        for i, (outputs, _, _) in enumerate(items):
+            by_length.setdefault(outputs.embedding.shape[0], []).append(i)
+        for group in by_length.values():
+            batch = self.folds.run_batch(
+                np.stack([items[i][0].embedding for i in group]),
+                np.stack([teachers[i] for i in group]),
+                [self.site_id(items[i][1]) for i in group],
+                [items[i][2] for i in group],
+            )
+            for j, i in enumerate(group):
+                fold_logits[i] = batch[:, j]
         t2 = time.perf_counter()
         center, side = self.spec.smooth
-        probs = postprocess.finalize(postprocess.fold_mean_probability(fold_logits), center=center, side=side)
+        probs = [postprocess.finalize(postprocess.fold_mean_probability(f), center=center, side=side) for f in fold_logits]
         t3 = time.perf_counter()
         self.seconds["protossm"] += t2 - t1
         self.seconds["postprocess"] += (t1 - t0) + (t3 - t2)

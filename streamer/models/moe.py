@@ -178,13 +178,18 @@ class ProtoSSMFolds:
 
     def run(self, embedding: np.ndarray, teacher_logits: np.ndarray, site_id: int, hour: int) -> np.ndarray:
         """One file: embedding ``[T,1536]`` and teacher logits ``[T,C]`` → fold logits ``[K,T,C]``."""
+        return self.run_batch(embedding[None], teacher_logits[None], [site_id], [hour])[:, 0]
+
+    def run_batch(self, embeddings: np.ndarray, teacher_logits: np.ndarray, site_ids, hours) -> np.ndarray:
+        """``B`` files of ``T`` windows each: embeddings ``[B,T,1536]``, teacher logits
+        ``[B,T,C]``, ``B`` site ids and hours → fold logits ``[K,B,T,C]``."""
         torch = import_torch()
         with torch.inference_mode():
-            emb = torch.from_numpy(np.ascontiguousarray(embedding, dtype=np.float32))[None]
-            teacher = torch.from_numpy(np.ascontiguousarray(teacher_logits, dtype=np.float32))[None]
-            site = torch.tensor([site_id], dtype=torch.long)
-            hr = torch.tensor([hour], dtype=torch.long)
-            return np.stack([fold(emb, teacher, site, hr)[0].numpy() for fold in self.folds])
+            emb = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
+            teacher = torch.from_numpy(np.ascontiguousarray(teacher_logits, dtype=np.float32))
+            site = torch.tensor(list(site_ids), dtype=torch.long)
+            hr = torch.tensor(list(hours), dtype=torch.long)
+            return np.stack([fold(emb, teacher, site, hr).numpy() for fold in self.folds])
 
     def similarity(self, embedding: np.ndarray, site_id: int, hour: int) -> np.ndarray:
         """One file's prototype branch of every fold, ``[K,T,C]``: the part of :meth:`run` that

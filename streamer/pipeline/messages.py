@@ -24,11 +24,15 @@ class DecodeTask:
 
 @dataclass(frozen=True)
 class ModelTask:
+    """Run the models on windows ``start .. start + n_windows`` of the file in ``slot`` (a whole
+    file, or a part of one at the end of a run, see the runner's notes)."""
+
     task_id: int
     slot: int
     n_windows: int
     with_students: bool
     stem: str
+    start: int = 0
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,22 @@ Protocol
   per slot). The pool's size bounds memory: decoders cannot run ahead of the models by more
   than the free slots.
 * Parent → decoder: ``DecodeTask(file, slot)``; decoder → parent: ``Decoded`` or
-  ``DecodeFailed``. Parent → consumer: ``ModelTask(slot, tier)``; consumer → parent:
+  ``DecodeFailed``. Parent → consumer: ``ModelTask(slot, windows, tier)``; consumer → parent:
   ``ModelDone(outputs)``. Each child holds at most :data:`PREFETCH` tasks, so it never idles
-  and never hoards work.
-* The parent reduces each file as its outputs arrive (prior, ProtoSSM folds, post-processing)
-  and streams the rows to the submission writer, which keeps sorted file order.
+  and never hoards work. Decoding starts as soon as the decoders are up, while the consumers
+  are still loading their models.
+* **The end of a run.** A model task is a whole file, except at the end: once every file has
+  gone to the decoders, each file still waiting for a consumer is cut into parts (one per
+  consumer, at least :data:`MIN_PART_WINDOWS` windows), and a consumer gets the next part only
+  when it is idle. Without that, one consumer finishes its last file while another still holds
+  one or two whole files, and the run's last second or so uses one consumer of several.
+  Perch and the students see each window on its own, so parts give the same numbers.
+* The parent reduces the files as their outputs arrive (prior, ProtoSSM folds,
+  post-processing): :data:`REDUCE_BATCH` files at once while every consumer is busy (the
+  folds' many small operators then run once per batch), whatever has arrived as soon as a
+  consumer is idle (its CPU is free, as at the end of a run). Files already modelled when a
+  run stops early (budget, error, Ctrl-C) are still reduced before fallback rows are written.
+  The rows stream to the submission writer, which keeps sorted file order.
 * A child that dies is named in the log; its tasks go back to the front of the line (a dead
   consumer's slots are still intact, so those files are not decoded again) and a replacement
   starts. A file in flight during :data:`MAX_FILE_ATTEMPTS` deaths gets fallback rows; a child
@@ -48,13 +59,17 @@ from streamer.pipeline.layout import Layout
 from streamer.pipeline.messages import ChildError, DecodeFailed, Decoded, DecodeTask, ModelDone, ModelTask, Ready, Stop
 from streamer.pipeline.workers import Fault, SlotBuffer, consumer_main, decoder_main, exit_hint, with_threads
 from streamer.report import RunReport
-from streamer.stages import Reducer, RunPlan, prior_fallback
+from streamer.stages import ModelOutputs, Reducer, RunPlan, prior_fallback
 from streamer.submission import SubmissionWriter
 
 log = logging.getLogger(__name__)
 
 #: Tasks a child may hold at once: one running, one waiting, so it never idles between tasks.
 PREFETCH = 2
+#: Smallest part a file is cut into at the end of a run (windows).
+MIN_PART_WINDOWS = 3
+#: Most files the parent reduces at once.
+REDUCE_BATCH = 8
 #: Deaths of a child slot before the run is stopped ("keeps dying").
 MAX_RESTARTS = 3
 #: Child deaths a file may be in flight for before it gets fallback rows instead of a retry.
@@ -101,6 +116,15 @@ def _shm_dir(needed_bytes: int) -> str:
     return tempfile.gettempdir()
 
 
+@dataclass(frozen=True)
+class Unit:
+    """A piece of work: windows ``start .. start + n`` of file ``index``."""
+
+    index: int
+    start: int = 0
+    n: int = N_WINDOWS_PER_FILE
+
+
 @dataclass
 class Child:
     role: str
@@ -109,7 +133,7 @@ class Child:
     process: mp.process.BaseProcess
     conn: object
     ready: bool = False
-    tasks: dict[int, int] = field(default_factory=dict)  # task id → file index
+    tasks: dict[int, Unit] = field(default_factory=dict)  # task id → its unit
     maxrss_kb: int = 0
 
     @property
@@ -155,8 +179,11 @@ class PipelineRunner:
         self.next_task = 0
         n_jobs = len(plan.jobs)
         self.pending: collections.deque[int] = collections.deque(range(n_jobs))  # to decode
-        self.decoded: collections.deque[int] = collections.deque()  # windows in a slot, waiting
+        self.decoded: collections.deque[Unit] = collections.deque()  # windows in a slot, waiting
         self.slot_of: dict[int, int] = {}
+        self.parts: dict[int, dict[int, object]] = {}  # file index → {start: outputs} of its parts done
+        self.to_reduce: list[tuple[int, object]] = []  # (file index, outputs) waiting for the reducer
+        self.deferred: list[tuple[int, str]] = []  # files that failed to decode before the writer existed
         self.attempts: collections.Counter = collections.Counter()
         self.seconds = collections.defaultdict(float)
         self.fatal: str | None = None
@@ -198,6 +225,9 @@ class PipelineRunner:
 
     # ------------------------------------------------------------------ rows
 
+    def _done(self, index: int) -> bool:
+        return self.writer is not None and self.writer.has(index)
+
     def _set_rows(self, index: int, probs, tier: str, reason: str | None) -> None:
         if self.writer.has(index):
             return  # a duplicate after a retry: the first result stands
@@ -207,48 +237,71 @@ class PipelineRunner:
             self.bar.update(1)
 
     def _fallback(self, index: int, reason: str) -> None:
+        if self.writer is None:  # still starting: the rows are written once the writer exists
+            self.deferred.append((index, reason))
+            return
         slot = self.slot_of.pop(index, None)
         if slot is not None:
             self.free_slots.append(slot)
+        self.parts.pop(index, None)
         stem = self.plan.jobs[index].stem
         self._set_rows(index, prior_fallback(self.plan.reducer.prior, stem), TIER_PRIOR_ONLY, reason)
 
     # ------------------------------------------------------------------ dispatch
 
-    def _n_remaining(self) -> int:
-        return len(self.pending) + len(self.decoded) + sum(
-            len(c.tasks) for c in self.children if c.role == "decoder"
-        )
+    def _n_remaining(self, also: int) -> int:
+        """Files not yet sent (whole or in part) to a consumer, file ``also`` included."""
+        waiting = {u.index for u in self.decoded} | {also}
+        decoding = sum(len(c.tasks) for c in self.children if c.role == "decoder")
+        return len(self.pending) + decoding + len(waiting - self.tier_of.keys())
 
-    def _dispatch(self) -> None:
+    def _dispatch_decodes(self) -> None:
         decoders = self._ready("decoder")
         while self.pending and self.free_slots and decoders:
             child = min(decoders, key=lambda c: len(c.tasks))
             if len(child.tasks) >= PREFETCH:
                 break
             index = self.pending.popleft()
-            if self.writer.has(index):
+            if self._done(index):
                 continue
             slot = self.free_slots.pop()
             self.slot_of[index] = slot
             task_id = self._task_id()
-            child.tasks[task_id] = index
+            child.tasks[task_id] = Unit(index)
             if not self._send(child, DecodeTask(task_id, self.plan.jobs[index], slot)):
                 break
+
+    def _in_end_game(self) -> bool:
+        """Every file has gone to the decoders: cut what is left into parts (see the notes)."""
+        return not self.pending and not self.reduce_in_consumers and len(self._ready("consumer")) > 1
+
+    def _split(self, unit: Unit, n_consumers: int) -> list[Unit]:
+        size = max(MIN_PART_WINDOWS, -(-unit.n // n_consumers))
+        return [Unit(unit.index, start, min(size, unit.start + unit.n - start)) for start in range(unit.start, unit.start + unit.n, size)]
+
+    def _dispatch(self) -> None:
+        self._dispatch_decodes()
         consumers = self._ready("consumer")
+        end_game = self._in_end_game()
+        prefetch = 1 if end_game else PREFETCH
         while self.decoded and consumers:
             child = min(consumers, key=lambda c: len(c.tasks))
-            if len(child.tasks) >= PREFETCH:
+            if len(child.tasks) >= prefetch:
                 break
-            index = self.decoded.popleft()
+            unit = self.decoded.popleft()
+            index = unit.index
             if self.writer.has(index):
-                self.free_slots.append(self.slot_of.pop(index))
-                continue
-            tier = self.budget.choose_tier(self._n_remaining() + 1, len(consumers))
+                continue  # its slot went back to the pool when its rows were set
+            if end_game and unit.n == N_WINDOWS_PER_FILE:
+                parts = self._split(unit, len(consumers))
+                self.report.n_files_in_parts += len(parts) > 1
+                unit = parts[0]
+                self.decoded.extendleft(reversed(parts[1:]))
+            if index not in self.tier_of:  # one tier per file, whatever its parts
+                self.tier_of[index] = self.budget.choose_tier(self._n_remaining(index), len(consumers))
             task_id = self._task_id()
-            child.tasks[task_id] = index
-            self.tier_of[index] = tier
-            task = ModelTask(task_id, self.slot_of[index], N_WINDOWS_PER_FILE, tier == TIER_FULL, self.plan.jobs[index].stem)
+            child.tasks[task_id] = unit
+            task = ModelTask(task_id, self.slot_of[index], unit.n, self.tier_of[index] == TIER_FULL, self.plan.jobs[index].stem, unit.start)
             if not self._send(child, task):
                 break
 
@@ -264,42 +317,48 @@ class PipelineRunner:
             self.seconds[f"{msg.role}_startup_max"] = max(self.seconds[f"{msg.role}_startup_max"], msg.setup_s)
             log.debug("%s ready after %.1f s", child.name, msg.setup_s)
         elif isinstance(msg, Decoded):
-            index = child.tasks.pop(msg.task_id)
+            index = child.tasks.pop(msg.task_id).index
             self.seconds["decode"] += msg.seconds
             child.maxrss_kb = max(child.maxrss_kb, msg.maxrss_kb)
             if msg.notes:
                 log.info("%s: %s", self.plan.jobs[index].path.name, "; ".join(msg.notes))
-            if self.writer.has(index):
+            if self._done(index):
                 self.free_slots.append(self.slot_of.pop(index))
             else:
-                self.decoded.append(index)
+                self.decoded.append(Unit(index))
         elif isinstance(msg, DecodeFailed):
-            index = child.tasks.pop(msg.task_id)
+            index = child.tasks.pop(msg.task_id).index
             self.seconds["decode"] += msg.seconds
             log.warning("%s: %s; writing prior-only fallback rows", self.plan.jobs[index].path, msg.error)
             self._fallback(index, f"unreadable: {msg.error}")
         elif isinstance(msg, ModelDone):
-            index = child.tasks.pop(msg.task_id)
+            unit = child.tasks.pop(msg.task_id)
+            index = unit.index
             child.maxrss_kb = max(child.maxrss_kb, msg.maxrss_kb)
-            slot = self.slot_of.pop(index, None)
-            if slot is not None:
-                self.free_slots.append(slot)
             self.seconds["perch"] += msg.perch_s
             self.seconds["students"] += msg.students_s
             self.seconds["protossm"] += msg.protossm_s
             self.seconds["postprocess"] += msg.postprocess_s
-            # A consumer's own reduction is part of its time per file (busy_s includes it).
-            self.budget.costs.observe_model(msg.perch_s, msg.students_s, max(0.0, msg.busy_s - msg.perch_s - msg.students_s))
+            self.seconds["consumers_busy"] += msg.busy_s
+            # Costs per whole file (a part is scaled up); a consumer's own reduction is part of
+            # its time per file (busy_s includes it).
+            scale = N_WINDOWS_PER_FILE / unit.n
+            self.budget.costs.observe_model(
+                msg.perch_s * scale, msg.students_s * scale, max(0.0, msg.busy_s - msg.perch_s - msg.students_s) * scale
+            )
             if self.writer.has(index):
                 return
             if msg.probs is not None:
-                probs = msg.probs
-            else:
-                t0 = time.perf_counter()
-                probs = self.reducer.reduce(self.plan.jobs[index].stem, msg.outputs)
-                self.budget.costs.observe_reduce(time.perf_counter() - t0)
-            tier = self.tier_of.pop(index, TIER_FULL)
-            self._set_rows(index, probs, tier, None if tier == TIER_FULL else "students dropped to meet the budget")
+                self._file_scored(index, msg.probs)
+                return
+            parts = self.parts.setdefault(index, {})
+            parts[unit.start] = msg.outputs
+            if sum(p.embedding.shape[0] for p in parts.values()) < N_WINDOWS_PER_FILE:
+                return  # other parts are still out
+            del self.parts[index]
+            self._release_slot(index)
+            outputs = parts[0] if len(parts) == 1 else ModelOutputs.concat([parts[k] for k in sorted(parts)])
+            self.to_reduce.append((index, outputs))
         elif isinstance(msg, ChildError):
             self.fatal = f"{child.name} failed during {msg.during}: {msg.error_type}: {msg.message}"
             log.error("%s\n%s", self.fatal, msg.traceback.rstrip())
@@ -307,6 +366,31 @@ class PipelineRunner:
                 self.setup_error = msg
         else:
             raise TypeError(f"unexpected message from {child.name}: {type(msg).__name__}")
+
+    def _release_slot(self, index: int) -> None:
+        slot = self.slot_of.pop(index, None)
+        if slot is not None:
+            self.free_slots.append(slot)
+
+    def _file_scored(self, index: int, probs) -> None:
+        self._release_slot(index)
+        tier = self.tier_of.pop(index, TIER_FULL)
+        self._set_rows(index, probs, tier, None if tier == TIER_FULL else "students dropped to meet the budget")
+
+    def _reduce_waiting(self, force: bool = False) -> None:
+        """Reduce the files whose outputs are all in: in batches of :data:`REDUCE_BATCH`, or
+        whatever has arrived when ``force`` (the end of a run)."""
+        while self.to_reduce and (force or len(self.to_reduce) >= REDUCE_BATCH):
+            batch, self.to_reduce = self.to_reduce[:REDUCE_BATCH], self.to_reduce[REDUCE_BATCH:]
+            batch = [(i, o) for i, o in batch if not self.writer.has(i)]
+            if not batch:
+                continue
+            t0 = time.perf_counter()
+            probs = self.reducer.reduce_files([(self.plan.jobs[i].stem, o) for i, o in batch])
+            per_file = (time.perf_counter() - t0) / len(batch)
+            for (index, _), p in zip(batch, probs):
+                self.budget.costs.observe_reduce(per_file)
+                self._file_scored(index, p)
 
     def _drain(self, child: Child) -> bool:
         """Read every message waiting from a child. Returns False at EOF (the child is gone)."""
@@ -328,15 +412,16 @@ class PipelineRunner:
         if self.fatal is not None or self.stopping:
             return
         log.error("%s died: %s; %d task(s) in flight go back to the queue", child.name, exit_hint(code), len(child.tasks))
-        for index in child.tasks.values():
-            if self.writer.has(index):
+        for unit in child.tasks.values():
+            index = unit.index
+            if self._done(index):
                 continue
             self.attempts[index] += 1
             if self.attempts[index] >= MAX_FILE_ATTEMPTS:
                 log.error("%s: in flight during %d crashes; writing fallback rows", self.plan.jobs[index].stem, self.attempts[index])
                 self._fallback(index, f"{child.role} crashed {self.attempts[index]} times while handling this file")
             elif child.role == "consumer":
-                self.decoded.appendleft(index)  # the slot still holds its windows
+                self.decoded.appendleft(unit)  # the slot still holds its windows
             else:
                 self.free_slots.append(self.slot_of.pop(index))
                 self.pending.appendleft(index)
@@ -397,9 +482,12 @@ class PipelineRunner:
             t_ready = time.perf_counter()
             self.seconds["setup"] = t_ready - t_start
             self.writer = SubmissionWriter(out, [j.stem for j in plan.jobs], plan.competition.classes)
+            for index, why in self.deferred:
+                self._fallback(index, why)
             if reason is None and plan.jobs:
                 self.bar = self._make_bar()
                 reason = self._loop()
+                self.seconds["scoring"] = time.perf_counter() - t_ready
         except KeyboardInterrupt:
             self.report.interrupted = True
             reason = "interrupted"
@@ -453,6 +541,7 @@ class PipelineRunner:
                 return "the budget ran out before the models were ready"
             if time.monotonic() > t_limit:
                 raise PipelineError(f"the children did not start within {STARTUP_TIMEOUT_S:.0f} s")
+            self._dispatch_decodes()  # decoding overlaps the consumers' start-up
             self._pump(min(EVENT_WAIT_S, max(0.0, self.budget.time_left())))
         return None
 
@@ -468,17 +557,29 @@ class PipelineRunner:
                 log.warning("budget: the stop time has come with %d file(s) unscored; writing prior-only rows", left)
                 return "not scored before the budget's stop"
             self._dispatch()
-            # Consumer starvation: time during which a ready consumer had no work at all while
-            # files were still waiting to be decoded (a sign that decoding does not keep up).
-            starved = sum(1 for c in self._ready("consumer") if not c.tasks) if self.pending else 0
+            # Idle consumers: a ready consumer with no work at all. "Starved" is the part of it
+            # while files were still waiting to be decoded (decoding does not keep up); the rest
+            # is the end of the run.
+            idle = sum(1 for c in self._ready("consumer") if not c.tasks)
+            starved = idle if self.pending else 0
             self._pump(min(EVENT_WAIT_S, max(0.0, self.budget.time_left())))
+            self._dispatch()  # before reducing, so no consumer waits for the reducer
             now = time.perf_counter()
             self.seconds["consumers_starved"] += starved * (now - last)
+            self.seconds["consumers_idle"] += idle * (now - last)
             last = now
+            # Batches while the consumers are busy; at once when one is idle (its CPU is free).
+            self._reduce_waiting(force=any(not c.tasks for c in self._ready("consumer")))
             self._update_bar()
         return None
 
     def _finish(self, reason: str) -> None:
+        if self.to_reduce:
+            try:
+                self._reduce_waiting(force=True)  # files already modelled keep their scores
+            except Exception as exc:  # noqa: BLE001 - the rows below are written whatever happened
+                log.error("reducing the last %d modelled file(s) failed (%s: %s); they get fallback rows",
+                          len(self.to_reduce), type(exc).__name__, exc)
         for index in self.writer.missing():
             self._fallback(index, reason)
         t0 = time.perf_counter()

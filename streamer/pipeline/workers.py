@@ -177,7 +177,10 @@ def consumer_main(wid, generation, conn, parent_pid, spec, reducer_spec, slots: 
         def handle(task: ModelTask) -> None:
             trigger.tick()
             t_start = time.perf_counter()
-            windows = buffer[task.slot, : task.n_windows * WINDOW_SAMPLES].reshape(task.n_windows, WINDOW_SAMPLES)
+            if reducer is not None and task.start != 0:
+                raise ValueError("a consumer that reduces needs whole files, not parts")
+            span = slice(task.start * WINDOW_SAMPLES, (task.start + task.n_windows) * WINDOW_SAMPLES)
+            windows = buffer[task.slot, span].reshape(task.n_windows, WINDOW_SAMPLES)
             outputs = stage.run(np.asarray(windows), with_students=task.with_students)
             perch_s, students_s = stage.last_seconds
             extra_s = delays[0] + (delays[1] if task.with_students else 0.0)
