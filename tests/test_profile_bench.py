@@ -92,6 +92,14 @@ def test_small_bench_and_tune_run(kit, tmp_path):
     table = (tmp_path / "out" / "bench.md").read_text()
     assert "| baseline (sequential, library threads) |" in table and "Engine vs baseline" in table
     assert result["speedup_vs_baseline"] == pytest.approx(result["engine_windows_per_s"] / result["baseline_windows_per_s"])
+    engine_run = next(c for c in result["contenders"] if c["name"].startswith("engine"))["runs"][0]
+    seconds = engine_run["seconds"]
+    # Throughput is over the scoring interval, which lies inside the run: its fixed cost is the rest.
+    assert 0 < seconds["scoring"] < seconds["total"] - seconds["setup"] + 1e-6
+    assert engine_run["windows_per_s"] == pytest.approx(engine_run["windows"] / seconds["scoring"])
+    assert engine_run["fixed_s"] == pytest.approx(engine_run["wall_s"] - seconds["scoring"])
+    assert 0 < seconds["decode_cpu"]  # the decoders' CPU time is measured (it backs the stage table)
+    assert "decode CPU" in table
 
     layout, measurements = run_tune(profile_path=tmp_path / "profile.json", models=models, quick=True, n_files=2, repeats=1)
     assert load_profile(tmp_path / "profile.json", required=True) == layout

@@ -55,6 +55,7 @@ class Decoded:
     notes: tuple[str, ...]
     seconds: float
     maxrss_kb: int
+    cpu_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -319,6 +319,7 @@ class PipelineRunner:
         elif isinstance(msg, Decoded):
             index = child.tasks.pop(msg.task_id).index
             self.seconds["decode"] += msg.seconds
+            self.seconds["decode_cpu"] += msg.cpu_seconds
             child.maxrss_kb = max(child.maxrss_kb, msg.maxrss_kb)
             if msg.notes:
                 log.info("%s: %s", self.plan.jobs[index].path.name, "; ".join(msg.notes))

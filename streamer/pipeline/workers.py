@@ -221,12 +221,12 @@ def decoder_main(wid, generation, conn, parent_pid, slots: SlotBuffer, faults) -
 
         def handle(task: DecodeTask) -> None:
             trigger.tick()
-            t_start = time.perf_counter()
+            t_start, cpu_start = time.perf_counter(), time.process_time()
             decoded = decode_job(task.job, out=buffer[task.slot])  # straight into the shared slot
             if decoded.windows is None:
                 conn.send(DecodeFailed(task.task_id, decoded.error or "unreadable", time.perf_counter() - t_start))
                 return
-            conn.send(Decoded(task.task_id, decoded.notes, time.perf_counter() - t_start, _maxrss_kb()))
+            conn.send(Decoded(task.task_id, decoded.notes, time.perf_counter() - t_start, _maxrss_kb(), time.process_time() - cpu_start))
 
         _serve(conn, parent_pid, handle)
     except (EOFError, BrokenPipeError):
