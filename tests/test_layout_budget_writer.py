@@ -150,7 +150,6 @@ def test_no_step_down_when_no_student_runs():
 
 
 def test_slots_fall_back_when_dev_shm_is_small(monkeypatch):
-    import os
     import tempfile
 
     from streamer.pipeline import runner

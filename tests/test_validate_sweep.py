@@ -1,8 +1,6 @@
 """Local validation: the cache, the out-of-fold prior, the sweep, and a sweep point against
 a full `infer` + `score` run."""
 
-import shutil
-
 import numpy as np
 import pandas as pd
 import pytest
