@@ -330,3 +330,13 @@ def test_unreadable_file_decoded_during_start_up_gets_fallback_rows(marked, refe
     assert report.fallbacks.keys() == {"BC2026_Test_0000_S03_20250301_010000", "BC2026_Test_0099_S03_20250301_050000"}
     assert report.reasons["BC2026_Test_0000_S03_20250301_010000"].startswith("unreadable")
     _assert_same(frame[~frame["row_id"].str.startswith("BC2026_Test_0000")].reset_index(drop=True), reference[False])
+
+
+def test_reduction_in_the_consumers_equals_sequential(marked, reference, tmp_path):
+    """``--reduce-in consumer``: each consumer reduces its own files; files are then never cut
+    into parts (a part cannot be reduced alone)."""
+    out = tmp_path / "in_consumers.csv"
+    report = _run(marked, out, workers=2, threads=1, reduce_in="consumer")
+    _assert_same(pd.read_csv(out), reference[True])
+    assert report.n_files_in_parts == 0
+    assert report.seconds["protossm"] > 0  # the consumers' reduction is accounted for
