@@ -99,6 +99,10 @@ def test_small_bench_and_tune_run(kit, tmp_path):
     assert engine_run["fixed_s"] == pytest.approx(engine_run["wall_s"] - seconds["scoring"])
     assert 0 < seconds["decode_cpu"]  # the decoders' CPU time is measured (it backs the stage table)
     assert "decode CPU" in table
+    ceiling_run = next(c for c in result["contenders"] if c["kind"] == "ceiling")["runs"][0]
+    # The ceiling is the sum of its workers' own rates, never below the slowest worker's view.
+    assert ceiling_run["windows_per_s"] == pytest.approx(sum(ceiling_run["worker_windows_per_s"]))
+    assert ceiling_run["windows_per_s"] >= ceiling_run["slowest_windows_per_s"] > 0
 
     layout, measurements = run_tune(profile_path=tmp_path / "profile.json", models=models, quick=True, n_files=2, repeats=1)
     assert load_profile(tmp_path / "profile.json", required=True) == layout
