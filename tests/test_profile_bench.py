@@ -107,3 +107,17 @@ def test_small_bench_and_tune_run(kit, tmp_path):
     layout, measurements = run_tune(profile_path=tmp_path / "profile.json", models=models, quick=True, n_files=2, repeats=1)
     assert load_profile(tmp_path / "profile.json", required=True) == layout
     assert measurements[0]["windows_per_s"] >= measurements[-1]["windows_per_s"]
+
+
+def test_repeat_order_is_a_fixed_shuffle_per_repeat():
+    from streamer.bench.runner import repeat_order
+
+    items = list(range(12))
+    orders = [repeat_order(items, r) for r in range(3)]
+    assert all(sorted(o) == items for o in orders)  # every contender, once
+    assert orders == [repeat_order(items, r) for r in range(3)]  # repeatable
+    assert len({tuple(o) for o in orders}) == 3  # a new order each repeat
+    # not a rotation of the first order, so neighbours change too
+    first = orders[0]
+    rotations = {tuple(first[k:] + first[:k]) for k in range(len(first))}
+    assert any(tuple(o) not in rotations for o in orders[1:])

@@ -1,8 +1,8 @@
 """``streamer bench``: baseline vs engine vs ceiling, and a grid of layouts, in one run.
 
 Every contender that runs ``infer`` runs as its own ``python -m streamer infer`` process, so each
-pays its own start-up and its memory is its own. Contenders are interleaved (round-robin, the
-order rotating each repeat) and repeated, and medians are quoted: the machines are shared and
+pays its own start-up and its memory is its own. Contenders are interleaved (in a new shuffled
+order each repeat) and repeated, and medians are quoted: the machines are shared and
 noisy, so only ratios measured in one run mean anything.
 
 Throughput is *steady-state* windows per second: windows scored divided by the scoring interval,
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -116,6 +117,15 @@ def layout_grid(n_cpus: int, full: bool) -> list[tuple[int, int]]:
     if not full:
         pairs = {p for p in pairs if p[0] * p[1] == n_cpus and p[0] in (1, n_cpus)}
     return sorted(pairs)
+
+
+def repeat_order(items: list, repeat: int) -> list:
+    """The order of the contenders in one repeat: shuffled, with a seed fixed per repeat (so a
+    run can be repeated exactly). A merely rotated order keeps every contender behind the same
+    neighbour, and on a shared host a position effect then looks like a difference."""
+    order = list(items)
+    random.Random(1000 + repeat).shuffle(order)
+    return order
 
 
 def run_streamer_subprocess(command: str, args: list[str], report_path: Path, tag: str) -> tuple[dict, float]:
@@ -222,7 +232,7 @@ def run_bench(
                              students_backend="onnxruntime", progress=False)
         ceiling_plan = with_student_backend(prepare(config), work / "students")
         for r in range(repeats):
-            order = contenders[r % len(contenders):] + contenders[: r % len(contenders)]
+            order = repeat_order(contenders, r)
             for c in order:
                 log.info("repeat %d/%d: %s", r + 1, repeats, c.name)
                 if c.kind == "infer":

@@ -6,7 +6,15 @@ import logging
 import tempfile
 from pathlib import Path
 
-from streamer.bench.runner import BenchModels, Contender, build_contenders, default_audio_dir, make_inputs, run_infer_subprocess
+from streamer.bench.runner import (
+    BenchModels,
+    Contender,
+    build_contenders,
+    default_audio_dir,
+    make_inputs,
+    repeat_order,
+    run_infer_subprocess,
+)
 from streamer.profile import TunedLayout, save_profile
 
 log = logging.getLogger(__name__)
@@ -31,7 +39,7 @@ def run_tune(
         work = Path(tmp)
         data = make_inputs(models, audio_dir or default_audio_dir(), n_files, work)
         for r in range(repeats):
-            order = candidates[r % len(candidates):] + candidates[: r % len(candidates)]
+            order = repeat_order(candidates, r)
             for c in order:
                 log.info("repeat %d/%d: %s", r + 1, repeats, c.name)
                 c.runs.append(run_infer_subprocess(models, data, c.args, work, f"t{r}_{len(c.runs)}_{abs(hash(c.name))}"))
