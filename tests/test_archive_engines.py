@@ -1,6 +1,7 @@
 """`streamer archive` engines: local worker processes, sequential, Ray; worker deaths, kill and
 resume, formats and rates, the output-folder lock, memory on long inputs."""
 
+import collections
 import json
 import os
 import signal
@@ -281,3 +282,48 @@ def test_progress_accounting_with_a_retry_and_a_failure():
     rtf, remaining, eta = bar.rates()
     assert remaining == 0.0 and eta == 0.0 and rtf > 0
     bar.close()
+
+
+def test_ray_loop_waits_for_a_restarting_actor_without_counting_deaths(tmp_path, monkeypatch, caplog):
+    """When an actor dies, the task it held may come back as "temporarily unavailable" (that
+    counts as the death); while Ray restarts the actor, the tasks sent to it come back the same
+    way. Those later answers are not deaths: the input waits and goes to the actor once it is
+    back, instead of burning the input's attempts within milliseconds."""
+    from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+
+    from streamer.archive import engines
+    from streamer.archive.scorer import ArchiveTask, TaskResult
+
+    monkeypatch.setattr(engines, "RAY_UNAVAILABLE_PAUSE_S", 0.01)
+    answers = ["unavailable"] * 5 + ["ok"]  # the death, then more answers than MAX_FILE_ATTEMPTS
+
+    class Ref:
+        def __init__(self, task):
+            self.task, self.answer = task, answers.pop(0)
+
+    class Actor:
+        class score:  # noqa: N801 - mimics ray's actor.method.remote
+            @staticmethod
+            def remote(task):
+                return Ref(task)
+
+    class FakeRay:
+        @staticmethod
+        def wait(refs, num_returns, timeout):
+            return refs[:1], refs[1:]
+
+        @staticmethod
+        def get(ref):
+            if ref.answer == "unavailable":
+                raise ActorUnavailableError("The actor is restarting", None)
+            return TaskResult(ref.task.rel, True, audio_s=60.0)
+
+    task = ArchiveTask(path=tmp_path / "a.flac", rel="a.flac", out=tmp_path / "a.parquet", when=None)
+    results = []
+    engine = engines.RayEngine(None, None, (), address=None, workers=1, threads=1)
+    with caplog.at_level("WARNING"):
+        engine._loop(FakeRay, [Actor()], collections.deque([task]), lambda t, r: results.append(r),
+                     lambda rel, s: None, (ActorUnavailableError, RayActorError, RayTaskError))
+    assert [r.ok for r in results] == [True] and not answers
+    assert engine.attempts["a.flac"] == 1  # the death, once
+    assert caplog.text.count("a Ray actor died while scoring a.flac; retrying it") == 1

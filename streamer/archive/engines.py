@@ -44,6 +44,10 @@ MAX_RESTARTS = 3
 #: Worker deaths an input may be in flight for before it is reported failed.
 MAX_FILE_ATTEMPTS = 3
 EVENT_WAIT_S = 0.5
+#: A Ray actor that Ray reports as restarting ("temporarily unavailable") is left alone this long
+#: before it gets another task, and given up after this much waiting in all.
+RAY_UNAVAILABLE_PAUSE_S = 1.0
+RAY_UNAVAILABLE_LIMIT_S = 300.0
 JOIN_TIMEOUT_S = 5.0
 STARTUP_TIMEOUT_S = 600.0
 
@@ -364,7 +368,7 @@ class RayEngine:
         from streamer.pipeline.workers import with_threads
 
         ray = import_ray()
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
         started_here = not ray.is_initialized()
         if started_here:
@@ -385,22 +389,34 @@ class RayEngine:
                 ray.get([a.ping.remote() for a in actors])
             except (RayActorError, RayTaskError) as exc:
                 raise ArchiveEngineError(f"Ray actors failed to start: {exc}", setup=True) from exc
-            self._loop(ray, actors, collections.deque(tasks), on_result, on_progress, RayActorError, RayTaskError)
+            self._loop(ray, actors, collections.deque(tasks), on_result, on_progress, (ActorUnavailableError, RayActorError, RayTaskError))
         finally:
             for actor in actors:
                 ray.kill(actor)
             if started_here:
                 ray.shutdown()
 
-    def _loop(self, ray, actors, pending, on_result, on_progress, RayActorError, RayTaskError) -> None:
+    def _loop(self, ray, actors, pending, on_result, on_progress, errors) -> None:
+        ActorUnavailableError, RayActorError, RayTaskError = errors
         idle = list(actors)
         failures: collections.Counter = collections.Counter()
         in_flight = {}
+        resting: dict = {}  # actor → when it may get a task again (Ray is restarting it)
+        waited: collections.Counter = collections.Counter()  # actor → seconds rested in all
+        restarting: set = set()  # actors whose death was counted and that have not answered since
         while pending or in_flight:
+            now = time.monotonic()
+            for actor, until in list(resting.items()):
+                if until <= now:
+                    del resting[actor]
+                    idle.append(actor)
             while idle and pending:
                 actor, task = idle.pop(0), pending.popleft()
                 in_flight[actor.score.remote(task)] = (actor, task)
             if not in_flight:
+                if resting:
+                    time.sleep(max(0.0, min(resting.values()) - time.monotonic()))
+                    continue
                 raise ArchiveEngineError(
                     f"every Ray actor kept dying; {len(pending)} input(s) left unscored, rerun to resume"
                 )
@@ -409,8 +425,20 @@ class RayEngine:
                 actor, task = in_flight.pop(ref)
                 try:
                     result = ray.get(ref)
-                except RayActorError as exc:
+                except RayActorError as exc:  # ActorUnavailableError included
                     remove_temporaries_of(task.out)
+                    if isinstance(exc, ActorUnavailableError) and actor in restarting:
+                        # Ray is still restarting an actor whose death was already counted: the
+                        # task was not run. Not a death of its own; the input goes back to the
+                        # front and the actor rests a moment, up to a limit.
+                        pending.appendleft(task)
+                        waited[actor] += RAY_UNAVAILABLE_PAUSE_S
+                        if waited[actor] <= RAY_UNAVAILABLE_LIMIT_S:
+                            resting[actor] = time.monotonic() + RAY_UNAVAILABLE_PAUSE_S
+                        else:
+                            log.warning("a Ray actor stayed unavailable for %.0f s; giving it up", waited[actor])
+                        continue
+                    # The actor died (or went away) while it held this input: a death.
                     failures[actor] += 1
                     self.attempts[task.rel] += 1
                     if self.attempts[task.rel] >= MAX_FILE_ATTEMPTS:
@@ -419,11 +447,13 @@ class RayEngine:
                         log.warning("a Ray actor died while scoring %s; retrying it", task.rel)
                         pending.appendleft(task)
                     if failures[actor] <= MAX_RESTARTS:
-                        idle.append(actor)  # Ray restarts it (max_restarts)
+                        restarting.add(actor)  # Ray restarts it (max_restarts); let it come back
+                        resting[actor] = time.monotonic() + RAY_UNAVAILABLE_PAUSE_S
                     continue
                 except RayTaskError as exc:
                     cause = exc.cause if getattr(exc, "cause", None) is not None else exc
                     result = TaskResult(task.rel, False, f"{type(cause).__name__}: {cause}")
+                restarting.discard(actor)  # it answered: it is up
                 idle.append(actor)
                 if result.ok:
                     on_progress(task.rel, result.audio_s)
