@@ -240,9 +240,7 @@ class PipelineRunner:
         if self.writer is None:  # still starting: the rows are written once the writer exists
             self.deferred.append((index, reason))
             return
-        slot = self.slot_of.pop(index, None)
-        if slot is not None:
-            self.free_slots.append(slot)
+        self._release_slot(index)
         self.parts.pop(index, None)
         stem = self.plan.jobs[index].stem
         self._set_rows(index, prior_fallback(self.plan.reducer.prior, stem), TIER_PRIOR_ONLY, reason)
@@ -349,7 +347,8 @@ class PipelineRunner:
             )
             if self.writer.has(index):
                 return
-            if msg.probs is not None:
+            if msg.probs is not None:  # the consumer reduced the whole file itself
+                self._release_slot(index)
                 self._file_scored(index, msg.probs)
                 return
             parts = self.parts.setdefault(index, {})
@@ -357,7 +356,7 @@ class PipelineRunner:
             if sum(p.embedding.shape[0] for p in parts.values()) < N_WINDOWS_PER_FILE:
                 return  # other parts are still out
             del self.parts[index]
-            self._release_slot(index)
+            self._release_slot(index)  # every window is modelled: the slot can take another file
             outputs = parts[0] if len(parts) == 1 else ModelOutputs.concat([parts[k] for k in sorted(parts)])
             self.to_reduce.append((index, outputs))
         elif isinstance(msg, ChildError):
@@ -369,18 +368,18 @@ class PipelineRunner:
             raise TypeError(f"unexpected message from {child.name}: {type(msg).__name__}")
 
     def _release_slot(self, index: int) -> None:
+        """Give file ``index``'s slot back to the pool, if it still holds one."""
         slot = self.slot_of.pop(index, None)
         if slot is not None:
             self.free_slots.append(slot)
 
     def _file_scored(self, index: int, probs) -> None:
-        self._release_slot(index)
         tier = self.tier_of.pop(index, TIER_FULL)
         self._set_rows(index, probs, tier, None if tier == TIER_FULL else "students dropped to meet the budget")
 
     def _reduce_waiting(self, force: bool = False) -> None:
         """Reduce the files whose outputs are all in: in batches of :data:`REDUCE_BATCH`, or
-        whatever has arrived when ``force`` (the end of a run)."""
+        whatever has arrived when ``force`` (a consumer is idle, or the run is ending)."""
         while self.to_reduce and (force or len(self.to_reduce) >= REDUCE_BATCH):
             batch, self.to_reduce = self.to_reduce[:REDUCE_BATCH], self.to_reduce[REDUCE_BATCH:]
             batch = [(i, o) for i, o in batch if not self.writer.has(i)]
