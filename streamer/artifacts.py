@@ -97,7 +97,38 @@ def read_perch_labels(path: Path) -> tuple[str, ...]:
 def resolve_perch(path: str | Path, labels: str | Path | None = None) -> PerchArtifacts:
     onnx_path = resolve_perch_onnx(path)
     labels_path = resolve_perch_labels(onnx_path, labels)
-    return PerchArtifacts(onnx_path=onnx_path, labels_path=labels_path, labels=read_perch_labels(labels_path))
+    perch = PerchArtifacts(onnx_path=onnx_path, labels_path=labels_path, labels=read_perch_labels(labels_path))
+    check_perch_outputs(perch)
+    return perch
+
+
+def check_perch_outputs(perch: PerchArtifacts) -> None:
+    """Check the ONNX file's declared outputs against the label list, without loading the
+    model (:mod:`streamer.onnx_outputs`): it must be an ONNX model, declare the ``label``
+    output (by name, else the fourth output, as :class:`~streamer.models.perch.PerchModel`
+    finds it), and, where its width is static, as many logits as the list has rows.
+
+    Raises:
+        ArtifactError: naming the file.
+    """
+    from streamer.onnx_outputs import OnnxFormatError, declared_outputs
+
+    try:
+        outputs = declared_outputs(perch.onnx_path)
+    except (OnnxFormatError, OSError) as exc:
+        raise ArtifactError(f"{perch.onnx_path}: not a readable ONNX model ({exc})") from exc
+    by_name = {o.name: o for o in outputs}
+    label = by_name.get("label") or (outputs[3] if len(outputs) > 3 else None)
+    if label is None:
+        raise ArtifactError(
+            f"{perch.onnx_path}: no 'label' output (outputs: {[o.name for o in outputs]}); is it the Perch 2.0 export?"
+        )
+    width = label.shape[-1] if label.shape else None
+    if isinstance(width, int) and width > 0 and width != len(perch.labels):
+        raise ArtifactError(
+            f"{perch.onnx_path}: the model gives {width} logits but the label list has {len(perch.labels)} rows "
+            f"({perch.labels_path})"
+        )
 
 
 def class_mapping(class_names: tuple[str, ...] | list[str], perch_labels: tuple[str, ...] | list[str]) -> np.ndarray:

@@ -12,11 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-from streamer import __version__
+from streamer import __version__, failpoints
 from streamer.budget import DEFAULT_BUDGET_MINUTES
 from streamer.config import DEFAULT_BLEND, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, ARCHIVE_ENGINES, ENGINES, STUDENT_BACKENDS, InferConfig, default_cache_dir
-from streamer.config import DEFAULT_SMOOTH
-from streamer.errors import ConfigError, StreamerError
+from streamer.config import DEFAULT_SMOOTH, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S
+from streamer.errors import ConfigError, OutputWriteError, StreamerError
 
 log = logging.getLogger("streamer")
 
@@ -90,9 +90,8 @@ def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--budget-minutes", type=float, default=DEFAULT_BUDGET_MINUTES, metavar="M", help="wall-clock budget from the start of the command; a complete CSV is written before it ends (default: %(default)s)")
     r.add_argument("--profile", type=Path, default=None, metavar="FILE", help="tuned layout from 'streamer tune' (default: the cached profile, if it was measured on this machine and no layout flag is given)")
     r.add_argument("--no-profile", action="store_true", help="ignore any tuned profile")
-    # Test hooks, not for users: a slower model, and injected child deaths.
-    r.add_argument("--debug-model-delay", type=float, default=0.0, help=argparse.SUPPRESS)
-    r.add_argument("--debug-fault", action="append", default=[], help=argparse.SUPPRESS)
+    r.add_argument("--task-timeout", type=float, default=DEFAULT_TASK_TIMEOUT_S, metavar="S", help="a pipeline process that does not answer a task for S seconds (or 20 times a file's measured cost, if longer) is declared hung, killed and replaced; its file is retried (default: %(default)s)")
+    r.add_argument("--startup-timeout", type=float, default=DEFAULT_STARTUP_TIMEOUT_S, metavar="S", help="a pipeline process not ready S seconds after it started is declared hung, killed and replaced (default: %(default)s)")
 
 
 def model_settings(args: argparse.Namespace) -> dict:
@@ -137,8 +136,8 @@ def config_from_args(args: argparse.Namespace) -> InferConfig:
         profile=args.profile,
         use_profile=not args.no_profile,
         progress=not getattr(args, "quiet", False),
-        debug_model_delay_s=args.debug_model_delay,
-        debug_faults=tuple(args.debug_fault),
+        task_timeout_s=args.task_timeout,
+        startup_timeout_s=args.startup_timeout,
     )
 
 
@@ -169,7 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--allow-spinning", action="store_true", help="let onnxruntime's idle threads spin (off by default)")
     r.add_argument("--students-backend", choices=STUDENT_BACKENDS, default="auto", help="run the students in torch or onnxruntime; auto: onnxruntime except in the sequential engine (default: %(default)s)")
     r.add_argument("--report-json", type=Path, default=None, metavar="FILE", help="also write the run report (counts, hours, real-time factor, stage seconds, peak memory) as JSON")
-    r.add_argument("--debug-fault", action="append", default=[], help=argparse.SUPPRESS)
     a = p.add_argument_group("archive")
     a.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="score file format (default: %(default)s)")
     a.add_argument("--top-k", type=_positive_int, default=None, metavar="K", help="keep only the K best classes per window (long format)")
@@ -336,7 +334,6 @@ def cmd_archive(args: argparse.Namespace) -> int:
             plan, entries, args.out, fmt=args.format, top_k=args.top_k, retry_failed=args.retry_failed,
             metadata=metadata, site=args.site, start_utc=start, engine=args.engine, workers=args.workers,
             threads=args.threads, pin=not args.no_pin, address=args.address, progress=not args.quiet and sys.stderr.isatty(),
-            faults=tuple(args.debug_fault),
         )
     except ArchiveEngineError as exc:
         log.error("%s", exc)
@@ -445,36 +442,50 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from streamer.pipeline.runner import PipelineError
+    from streamer.budget import Budget
+    from streamer.files import check_writable_file
+    from streamer.report import RunReport
+    from streamer.rows import write_prior_only
     from streamer.run import run_infer
-    from streamer.stages import prepare
+    from streamer.stages import prepare, read_frame
 
     config = config_from_args(args)
-    plan = prepare(config)
+    # Outputs that could not be written at the end are refused before anything runs.
+    check_writable_file(config.out, "--out")
+    if args.report_json is not None:
+        check_writable_file(args.report_json, "--report-json")
+    frame = read_frame(config)
+    try:
+        plan = prepare(config, frame=frame)
+    except KeyboardInterrupt:
+        # The competition folder is read: even now, Ctrl-C leaves a complete CSV.
+        report = RunReport(out=config.out, n_files=len(frame.jobs), source=frame.source, engine=config.engine, interrupted=True)
+        write_prior_only(frame, report, Budget(budget_s=float("inf"), start=args.start_time), "interrupted")
+        _report_out(report, args.report_json)
+        return EXIT_INTERRUPTED
     for note in plan.notes:
         log.info("%s", note)
     if not plan.jobs:
         log.warning("no audio files found in %s (test_soundscapes/ or train_soundscapes/); writing a header-only submission", config.data_dir)
     log.info("scoring %d files from %s", len(plan.jobs), plan.source)
-    try:
-        report = run_infer(plan, start=args.start_time)
-    except PipelineError as exc:
-        if exc.report is None:
-            raise
-        _report_out(exc.report, args.report_json)
-        log.error("the run stopped early: %s; %s was written with fallback rows for the unfinished files", exc, config.out)
-        return EXIT_FAILURE
+    report = run_infer(plan, start=args.start_time)
     _report_out(report, args.report_json)
-    return EXIT_INTERRUPTED if report.interrupted else EXIT_OK
+    if report.interrupted:
+        return EXIT_INTERRUPTED
+    if report.error is not None:
+        log.error("the run stopped early: %s; %s was written with prior-only rows for the unfinished files", report.error, config.out)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _report_out(report, json_path: Path | None) -> None:
     import json
 
+    from streamer.files import atomic_write_text
+
     print(report.summary())
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2) + "\n")
 
 
 def cmd_make_standins(args: argparse.Namespace) -> int:
@@ -515,10 +526,14 @@ def main(argv: list[str] | None = None) -> int:
     args.start_time = start_time
     setup_logging(args.log_level, args.quiet)
     try:
+        failpoints.configure(fresh=True)  # STREAMER_FAILPOINTS (tests); nothing when unset
         return int(args.func(args))
     except KeyboardInterrupt:
         log.error("interrupted")
         return EXIT_INTERRUPTED
+    except OutputWriteError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
     except StreamerError as exc:
         log.error("%s", exc)
         return EXIT_USAGE

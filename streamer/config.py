@@ -18,6 +18,11 @@ DEFAULT_SMOOTH = (0.8, 0.1)
 DEFAULT_DRY_RUN_FILES = 20
 DEFAULT_N_FOLDS = 4
 ENGINES = ("pipeline", "sequential")
+#: Hang limits of the pipeline's children (seconds); see streamer.pipeline.scheduler. A file
+#: costs about a second on one CPU (12 windows of Perch and the students); two minutes without
+#: an answer is far beyond any machine's noise, and ten minutes to load the models likewise.
+DEFAULT_TASK_TIMEOUT_S = 120.0
+DEFAULT_STARTUP_TIMEOUT_S = 600.0
 #: Engines of ``streamer archive``: worker processes, one process, or a Ray cluster.
 ARCHIVE_ENGINES = ("local", "sequential", "ray")
 STUDENT_BACKENDS = ("auto", "torch", "onnxruntime")
@@ -73,9 +78,10 @@ class InferConfig:
         profile: a tuned layout profile (``streamer tune``); by default the one in the cache
             folder is used when it was measured on this machine and no layout flag is given.
         use_profile: whether to look for a profile at all.
-        debug_model_delay_s: extra seconds per file in each consumer (tests of the budget).
-        debug_students_delay_s: extra seconds per file when the students run (tests).
-        debug_faults: injected faults, ``"role:id:n[:always]"`` (tests of fault handling).
+        task_timeout_s: a pipeline child that does not answer a task for this long (or 20 times
+            a file's measured cost, if longer) is declared hung, killed and its file retried.
+        startup_timeout_s: a pipeline child that is not ready this long after it started is
+            declared hung and killed (then restarted, up to the restart limit).
     """
 
     data_dir: Path
@@ -109,9 +115,8 @@ class InferConfig:
     progress: bool = True
     profile: Path | None = None
     use_profile: bool = True
-    debug_model_delay_s: float = 0.0
-    debug_students_delay_s: float = 0.0
-    debug_faults: tuple[str, ...] = ()
+    task_timeout_s: float = DEFAULT_TASK_TIMEOUT_S
+    startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
 
     def __post_init__(self) -> None:
         for name in ("blend_perch", "blend_cnn", "blend_crnn"):
@@ -146,8 +151,10 @@ class InferConfig:
                 raise ConfigError(f"--{name} must be >= 1, got {value}")
         if not self.budget_minutes > 0:
             raise ConfigError(f"--budget-minutes must be > 0, got {self.budget_minutes}")
-        if self.debug_model_delay_s < 0 or self.debug_students_delay_s < 0:
-            raise ConfigError("the debug delays must be >= 0")
+        for name in ("task_timeout_s", "startup_timeout_s"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ConfigError(f"--{name[:-2].replace('_', '-')} must be > 0 seconds, got {value}")
 
     @property
     def blend_weights(self) -> tuple[float, float, float]:

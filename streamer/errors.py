@@ -4,6 +4,7 @@ Two families, kept apart on purpose (DESIGN: "expected vs fatal by name"):
 
 * :class:`ArtifactError` and :class:`ConfigError` are fatal. They are raised before any audio
   is read and name the file or setting at fault.
+* :class:`OutputWriteError` is fatal too, but after work began: an output could not be written.
 * :class:`AudioDecodeError` is expected. A file that cannot be decoded gets fallback rows, one
   warning and a count in the final report; it never stops a run.
 """
@@ -27,3 +28,8 @@ class DependencyError(StreamerError):
 
 class AudioDecodeError(StreamerError):
     """An audio file could not be decoded; the caller substitutes fallback rows."""
+
+
+class OutputWriteError(StreamerError):
+    """An output file could not be written (a full disk, a lost folder). Nothing partial is left
+    under the final name, and a file already there is left untouched; the command exits 1."""

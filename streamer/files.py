@@ -1,22 +1,179 @@
-"""File helpers shared by the commands."""
+"""Writing files: atomically, with the permissions a plain ``open(path, "w")`` would give.
+
+Every file streamer writes goes to a temporary sibling first and is renamed into place only when
+complete, so a crash never leaves a half-written file under the final name. ``tempfile.mkstemp``
+creates its file with mode 0600 whatever the umask; the temporary file is therefore given
+``0666 & ~umask`` (0644 under the usual umask 022) before anything is written, as ``open``
+would have done.
+
+Temporary names are ``.<name>.<pid>.<random>.tmp``: the pid lets a later run tell a temporary
+file left by a dead process (removed by :func:`remove_stale_temporaries`) from one that another
+live run is still writing.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
 import tempfile
 from pathlib import Path
+from typing import IO, Iterator
+
+from streamer.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TEMP_SUFFIX = ".tmp"
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (``/proc``), else by
+    setting it and restoring it at once."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass  # not Linux, or an old kernel: the set-and-restore below is equivalent
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file under the current umask."""
+    return 0o666 & ~current_umask()
+
+
+def temporary_sibling(path: str | Path) -> tuple[int, Path]:
+    """Create ``path``'s temporary sibling (normal permissions); returns (fd, temporary path).
+    The destination's folder is created if needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        os.fchmod(fd, default_file_mode())
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return fd, Path(tmp)
+
+
+def install(tmp: str | Path, path: str | Path) -> Path:
+    """fsync the finished temporary file, rename it over ``path``, fsync the folder."""
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(Path(path).parent)
+    return Path(path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # some file systems do not open folders; the rename itself is done
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        log.debug("%s: fsync of the folder failed (%s); the rename is done", folder, exc)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
+    """Open a temporary sibling of ``path`` for writing; on a normal exit it is renamed into
+    place, on an exception it is removed (``path`` is then left as it was).
+
+    ``mode`` is ``"w"`` (text, UTF-8 unless ``encoding`` is given) or ``"wb"``."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+    if mode == "w":
+        kwargs.setdefault("encoding", "utf-8")
+        kwargs.setdefault("newline", "")
+    fd, tmp = temporary_sibling(path)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            yield handle
+        install(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def _pid_alive(pid: int) -> bool:
     try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> int:
+    """Remove the temporary siblings of ``path`` left by processes that no longer run (a run
+    killed before it could clean up); those of live processes are left alone."""
+    path = Path(path)
+    pattern = re.compile(r"^\." + re.escape(path.name) + r"\.(\d+)\.[^.]+" + re.escape(TEMP_SUFFIX) + "$")
+    n = 0
+    if not path.parent.is_dir():
+        return 0
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*{TEMP_SUFFIX}"):
+        match = pattern.match(tmp.name)
+        if match and not _pid_alive(int(match.group(1))):
+            tmp.unlink(missing_ok=True)
+            n += 1
+    if n:
+        log.info("removed %d temporary file(s) of %s left by an interrupted run", n, path)
+    return n
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with the glob metacharacters escaped."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def check_writable_file(path: str | Path, what: str) -> Path:
+    """Refuse, before any work, a destination that could not be written at the end: a folder,
+    a path below a file, or a folder without write permission. Missing parent folders are
+    created (as the writers would).
+
+    Raises:
+        ConfigError: naming ``what`` (e.g. ``--out``) and the path.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path}: is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"{what} {path}: {path.parent} is not a folder") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot create its folder ({exc.strerror})") from None
+    try:
+        fd, tmp = temporary_sibling(path)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot write there ({exc.strerror})") from None
+    os.close(fd)
+    tmp.unlink()
     return path

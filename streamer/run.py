@@ -1,4 +1,11 @@
-"""Choosing the engine and its layout for a checked plan."""
+"""Running ``infer``: the row sink first, then the students' export, then the engine.
+
+The submission's temporary file is opened before anything slow starts (so an ``--out`` that
+cannot be written fails at once), and from then on every way a run can end leaves a complete
+CSV: the engine's own end, the budget's stop, an error in the engine (exit 1), or Ctrl-C at any
+moment, while the students export or the models load included (exit 130). Only a failed write
+of the CSV itself leaves none (the file at ``--out`` is then untouched).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from streamer.budget import Budget
+from streamer.errors import OutputWriteError
 from streamer.report import RunReport
-from streamer.stages import RunPlan
+from streamer.rows import RowSink, sigint_deferred
+from streamer.stages import Reducer, RunPlan, check_students
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +35,57 @@ def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
         plan: from :func:`streamer.stages.prepare`.
         start: ``time.monotonic()`` at the start of the command (the budget counts from it);
             default: now.
+
+    Returns:
+        The report; ``report.error`` is set when the run stopped early because of an error,
+        ``report.interrupted`` after Ctrl-C. The CSV is complete in every case.
+
+    Raises:
+        OutputWriteError: the CSV could not be written.
     """
     config = plan.config
+    t_start = time.perf_counter()
     budget = Budget(budget_s=config.budget_minutes * 60.0, start=start if start is not None else time.monotonic())
-    with tempfile.TemporaryDirectory(prefix="streamer-students-") as tmp:
-        if plan.jobs and budget.time_left() >= MIN_SECONDS_FOR_EXPORT:
-            plan = with_student_backend(plan, Path(tmp))
-        elif plan.jobs:
-            log.info("budget: too little time to export the students to onnxruntime; they run in torch")
-        report = _run(plan, budget)
-    report.engine += f"; students in {'onnxruntime' if plan.model.students_onnx else 'torch'}"
+    report = RunReport(out=Path(config.out), n_files=len(plan.jobs), source=plan.source, engine=config.engine)
+    # What the parent can load, it checks before anything starts (ArtifactError: exit 2, no CSV).
+    reducer = Reducer(plan.reducer)
+    check_students(plan.model)
+    sink = RowSink(plan.frame, report, budget, plan.reducer, progress=config.progress)
+    sink.reducer = reducer
+    reason = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="streamer-students-") as tmp:
+            if plan.jobs and budget.time_left() >= MIN_SECONDS_FOR_EXPORT:
+                plan = with_student_backend(plan, Path(tmp))
+            elif plan.jobs:
+                log.info("budget: too little time to export the students to onnxruntime; they run in torch")
+            students = "onnxruntime" if plan.model.students_onnx else "torch"
+            _run(plan, budget, sink, report)
+        report.engine += f"; students in {students}"
+    except KeyboardInterrupt:
+        report.interrupted = True
+        reason = "interrupted"
+        log.warning("interrupted: writing prior-only rows for the %d unfinished files", len(sink.writer.missing()))
+    except OutputWriteError:
+        sink.abort()
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the CSV is still written
+        report.error = f"{type(exc).__name__}: {exc}"
+        reason = "run stopped by an error"
+        log.exception("the run failed; writing prior-only rows for the unfinished files")
+    finally:
+        sink.close_progress()
+    with sigint_deferred() as late:
+        try:
+            sink.finish(reason or "not scored before the budget's stop")
+        except BaseException:
+            sink.abort()
+            raise
+    if late.seen:
+        report.interrupted = True
+    report.seconds.setdefault("write", sink.seconds.get("write", 0.0))
+    report.seconds["total"] = max(report.seconds.get("total", 0.0), time.perf_counter() - t_start)
+    report.budget_notes = list(budget.decisions)
     return report
 
 
@@ -60,18 +110,21 @@ def with_student_backend(plan: RunPlan, tmp: Path, *, sequential: bool | None = 
     return replace(plan, model=replace(model, students_onnx=paths))
 
 
-def _run(plan: RunPlan, budget: Budget) -> RunReport:
+def _run(plan: RunPlan, budget: Budget, sink: RowSink, report: RunReport) -> None:
     from streamer.models.moe import set_torch_threads
     from streamer.pipeline.layout import plan_layout, sequential_threads
     from streamer.pipeline.workers import with_threads
 
     config = plan.config
     if config.engine == "sequential":
+        from streamer.sequential import run_sequential
+
         threads = sequential_threads(config.threads)
         log.info("engine: sequential, %s intra-op thread(s)", "library default" if threads is None else threads)
-        return _sequential(replace(plan, model=with_threads(plan.model, threads)), budget)
+        run_sequential(replace(plan, model=with_threads(plan.model, threads)), sink, report, budget)
+        return
 
-    from streamer.pipeline.runner import run_pipeline
+    from streamer.pipeline.runner import PipelineRunner
 
     workers, threads, decoders = config.workers, config.threads, config.decoders
     tuned = _tuned_layout(config)
@@ -83,16 +136,12 @@ def _run(plan: RunPlan, budget: Budget) -> RunReport:
     # The parent only reduces (ProtoSSM on 12 windows at a time): one thread, so it does not
     # compete with the consumers for every core.
     set_torch_threads(1)
-    return run_pipeline(
-        plan,
-        layout,
-        budget,
-        progress=config.progress,
-        model_delay_s=config.debug_model_delay_s,
-        students_delay_s=config.debug_students_delay_s,
-        faults=config.debug_faults,
+    PipelineRunner(
+        plan, layout, budget, sink, report,
         reduce_in_consumers=config.reduce_in == "consumer",
-    )
+        task_timeout_s=config.task_timeout_s,
+        startup_timeout_s=config.startup_timeout_s,
+    ).run()
 
 
 def _tuned_layout(config):
@@ -108,9 +157,3 @@ def _tuned_layout(config):
         return None
     path = config.profile if config.profile is not None else default_profile_path()
     return load_profile(path, required=config.profile is not None)
-
-
-def _sequential(plan: RunPlan, budget: Budget) -> RunReport:
-    from streamer.sequential import run_sequential
-
-    return run_sequential(plan, budget=budget)

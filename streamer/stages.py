@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer import postprocess
+from streamer import failpoints, postprocess
 from streamer.artifacts import class_mapping, map_perch_logits, resolve_moe, resolve_perch
 from streamer.audio import WINDOW_SAMPLES, read_span
 from streamer.config import InferConfig
@@ -125,11 +125,16 @@ class RunPlan:
     n_matched_classes: int
     notes: tuple[str, ...] = field(default_factory=tuple)
 
+    @property
+    def frame(self) -> "SubmissionFrame":
+        return SubmissionFrame(self.config, self.competition, self.jobs, self.source, self.reducer.prior)
+
 
 def decode_job(job: FileJob, n_windows: int = N_WINDOWS_PER_FILE, out: np.ndarray | None = None) -> DecodedFile:
     """Decode a file's first ``n_windows`` windows (padded or cut); errors become a record.
 
     ``out`` (float32 ``[n_windows * 160000]``) is decoded into when given."""
+    failpoints.hit("decoder.read", job.stem)
     try:
         audio = read_span(job.path, n_windows * WINDOW_SAMPLES, out=out)
     except AudioDecodeError as exc:
@@ -165,14 +170,19 @@ class ModelStage:
             raise ArtifactError(f"{self.spec.onnx_path}: non-finite outputs on a silent window")
         self.students.run(np.zeros((1, WINDOW_SAMPLES), dtype=np.float32))
 
-    def run(self, windows: np.ndarray, with_students: bool = True) -> ModelOutputs:
+    def run(self, windows: np.ndarray, with_students: bool = True, key: str | None = None) -> ModelOutputs:
         """float32 ``[N, 160000]`` → :class:`ModelOutputs` with ``N`` rows.
 
-        ``with_students=False`` skips the students (the budget's cheaper tier)."""
+        ``with_students=False`` skips the students (the budget's cheaper tier). ``key`` names
+        the file for the failpoints ``consumer.mid_inference`` and ``consumer.students``."""
         t0 = time.perf_counter()
         embedding, logits = self.perch.run(windows)
+        if failpoints.hit("consumer.mid_inference", key) == "nan":
+            embedding, logits = np.full_like(embedding, np.nan), np.full_like(logits, np.nan)
         t1 = time.perf_counter()
         cnn, crnn = self.students.run(windows) if with_students else (None, None)
+        if with_students and failpoints.hit("consumer.students", key) == "nan":
+            cnn, crnn = (None if a is None else np.full_like(a, np.nan) for a in (cnn, crnn))
         t2 = time.perf_counter()
         self.seconds["perch"] += t1 - t0
         self.seconds["students"] += t2 - t1
@@ -260,6 +270,16 @@ class Reducer:
 
 
 
+def check_students(spec: ModelSpec) -> None:
+    """Load each student checkpoint once (in the parent), so a malformed one is reported before
+    any process starts. Raises ArtifactError naming the file."""
+    from streamer.models.moe import load_student
+
+    for kind, path in (("cnn", spec.cnn_path), ("crnn", spec.crnn_path)):
+        if path is not None:
+            load_student(path, kind, n_classes=spec.n_classes)
+
+
 def prior_fallback(prior: PriorTables, stem: str, n_windows: int = N_WINDOWS_PER_FILE) -> np.ndarray:
     """The documented fallback rows of a file that could not be scored: the site/hour prior
     probability (no model, no post-processing), the same for each of its windows. float32
@@ -280,17 +300,50 @@ def list_jobs(files: list[Path]) -> tuple[FileJob, ...]:
     return tuple(FileJob(index=i, path=p, stem=s) for i, (p, s) in enumerate(zip(ordered, stems)))
 
 
-def prepare(config: InferConfig, files: list[Path] | None = None) -> RunPlan:
-    """Check every artifact and metadata file and build the plan; reads no audio.
+@dataclass(frozen=True)
+class SubmissionFrame:
+    """What a complete submission needs even when nothing can be scored: the files (rows), the
+    classes (columns) and the site/hour prior (the fallback rows)."""
+
+    config: InferConfig
+    competition: Competition
+    jobs: tuple[FileJob, ...]
+    source: str
+    prior: PriorTables
+
+
+def read_frame(config: InferConfig, files: list[Path] | None = None) -> SubmissionFrame:
+    """Read the competition folder and list the files to score (reads no audio).
 
     Args:
         config: the run's settings.
         files: score these files instead of the competition folder's test (or dry-run) files.
 
     Raises:
-        ArtifactError: anything missing or malformed, naming the file.
+        ArtifactError: a metadata file missing or malformed, or two files with one stem.
     """
     competition = load_competition(config.data_dir)
+    if files is None:
+        found, source = competition.audio_files(config.dry_run_files)
+    else:
+        found, source = [Path(f) for f in files], "explicit file list"
+    return SubmissionFrame(config, competition, list_jobs(found), source, fit_prior(competition.labels, competition.label_files))
+
+
+def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: SubmissionFrame | None = None) -> RunPlan:
+    """Check every artifact and metadata file and build the plan; reads no audio.
+
+    Args:
+        config: the run's settings.
+        files: score these files instead of the competition folder's test (or dry-run) files.
+        frame: the competition folder already read (:func:`read_frame`).
+
+    Raises:
+        ArtifactError: anything missing or malformed, naming the file.
+    """
+    if frame is None:
+        frame = read_frame(config, files)
+    competition = frame.competition
     perch = resolve_perch(config.perch, config.perch_labels)
     moe = resolve_moe(
         config.moe_dir,
@@ -315,18 +368,11 @@ def prepare(config: InferConfig, files: list[Path] | None = None) -> RunPlan:
             f"Perch label list; is it the right file?"
         )
 
-    if files is None:
-        found, source = competition.audio_files(config.dry_run_files)
-    else:
-        found, source = [Path(f) for f in files], "explicit file list"
-    jobs = list_jobs(found)
-
-    prior = fit_prior(competition.labels, competition.label_files)
     reducer = ReducerSpec(
         fold_paths=moe.fold_paths,
         n_classes=competition.n_classes,
         proto_d_model=config.proto_d_model,
-        prior=prior,
+        prior=frame.prior,
         site_index=competition.site_index(),
         blend_weights=weights,
         prior_scale=config.prior_scale,
@@ -345,8 +391,8 @@ def prepare(config: InferConfig, files: list[Path] | None = None) -> RunPlan:
     return RunPlan(
         config=config,
         competition=competition,
-        jobs=jobs,
-        source=source,
+        jobs=frame.jobs,
+        source=frame.source,
         model=model,
         reducer=reducer,
         n_matched_classes=n_matched,

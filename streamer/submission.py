@@ -2,19 +2,27 @@
 
 Rows are written as soon as every earlier file is done, so memory does not grow with the number
 of files: only results that arrive ahead of an unfinished earlier file wait in memory. The rows
-go to a temporary file in the destination folder that is renamed over the destination only when
-every file has its 12 rows, so a crash never leaves a partial file under the final name.
+go to a temporary file in the destination folder (normal permissions, UTF-8) that is renamed
+over the destination only when every file's 12 rows are in it, so a crash never leaves a partial
+file under the final name. A write that fails (a full disk, ...) aborts the writer: the
+temporary file is removed, the destination is left as it was, and :class:`OutputWriteError`
+says why.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from streamer import failpoints
+from streamer.errors import OutputWriteError
+from streamer.files import install, remove_stale_temporaries, temporary_sibling
 from streamer.metadata import N_WINDOWS_PER_FILE, row_ids
+
+log = logging.getLogger(__name__)
 
 #: Nine significant digits round-trip every float32 exactly.
 FLOAT_FORMAT = "%.9g"
@@ -39,21 +47,30 @@ class SubmissionWriter:
         path: the submission to write.
         stems: file stems in output (sorted) order.
         classes: class columns in ``sample_submission.csv`` order.
+
+    Raises:
+        OutputWriteError: from any method that writes, when writing fails (the writer is then
+            aborted).
     """
 
     def __init__(self, path: str | Path, stems: list[str] | tuple[str, ...], classes: tuple[str, ...]) -> None:
         self.path = Path(path)
         self.stems = tuple(stems)
         self.classes = tuple(classes)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        self._tmp = Path(tmp)
-        self._handle = os.fdopen(fd, "w", newline="")
-        self._handle.write(",".join(("row_id",) + self.classes) + "\n")
         self._waiting: dict[int, np.ndarray] = {}
         self._done = np.zeros(len(self.stems), dtype=bool)
         self._next = 0
+        self.n_rows = 0
         self.closed = False
+        self.broken: str | None = None
+        self._handle = None
+        remove_stale_temporaries(self.path)
+        try:
+            fd, self._tmp = temporary_sibling(self.path)
+            self._handle = os.fdopen(fd, "w", encoding="utf-8", newline="")
+            self._handle.write(",".join(("row_id",) + self.classes) + "\n")
+        except OSError as exc:
+            self._fail(exc)
 
     def has(self, index: int) -> bool:
         return bool(self._done[index])
@@ -67,36 +84,66 @@ class SubmissionWriter:
         return [int(i) for i in np.flatnonzero(~self._done)]
 
     def set_file(self, index: int, probs: np.ndarray) -> None:
-        """Store file ``index``'s probabilities ``[12, C]`` (once; a second call is an error)."""
+        """Store file ``index``'s probabilities ``[12, C]`` (once; a second call is an error)
+        and write every block that is now next in order."""
+        if self.broken is not None:
+            raise OutputWriteError(self.broken)
         if self._done[index]:
             raise ValueError(f"{self.stems[index]}: rows given twice")
         block = check_block(self.stems[index], probs, len(self.classes))
         self._done[index] = True
         self._waiting[index] = block
         while self._next in self._waiting:
-            self._write_rows(self._next, self._waiting.pop(self._next))
+            try:
+                self._write_rows(self._next, self._waiting[self._next])
+            except (OSError, ValueError, UnicodeError) as exc:
+                self._fail(exc)
+            del self._waiting[self._next]  # only once its rows are in the file
             self._next += 1
 
     def _write_rows(self, index: int, block: np.ndarray) -> None:
+        failpoints.hit("parent.row_write", self.stems[index])
         ids = row_ids(self.stems[index])
         lines = [rid + "," + ",".join([FLOAT_FORMAT % v for v in row]) for rid, row in zip(ids, block.tolist())]
         self._handle.write("\n".join(lines) + "\n")
+        self.n_rows += len(lines)
+
+    def _fail(self, exc: BaseException):
+        reason = f"could not write {self.path}: {getattr(exc, 'strerror', None) or exc}"
+        self.abort()
+        self.broken = reason
+        raise OutputWriteError(reason) from exc
 
     def close(self) -> Path:
-        """Check that every file has rows, then atomically move the file into place."""
+        """Check that every file has its rows, then atomically move the file into place."""
+        if self.broken is not None:
+            raise OutputWriteError(self.broken)
         missing = self.missing()
         if missing:
             raise ValueError(f"{len(missing)} files have no rows, e.g. {[self.stems[i] for i in missing[:3]]}")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
-        os.replace(self._tmp, self.path)
+        expected = len(self.stems) * N_WINDOWS_PER_FILE
+        if self.n_rows != expected:  # never install a short file, whatever went wrong
+            self._fail(RuntimeError(f"{self.n_rows} rows written, {expected} expected"))
+        try:
+            self._handle.flush()
+            self._handle.close()
+            failpoints.hit("parent.before_rename")
+            install(self._tmp, self.path)
+        except OSError as exc:
+            self._fail(exc)
+        except BaseException:
+            self.abort()
+            raise
         self.closed = True
         return self.path
 
     def abort(self) -> None:
         """Drop the temporary file (the destination is left as it was)."""
-        if not self._handle.closed:
-            self._handle.close()
-        if self._tmp.exists():
-            self._tmp.unlink()
+        if self._handle is not None and not self._handle.closed:
+            try:
+                self._handle.close()
+            except OSError as exc:  # the data is being thrown away; a failed flush changes nothing
+                log.debug("%s: closing the aborted file: %s", self._tmp, exc)
+        tmp = getattr(self, "_tmp", None)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)

@@ -83,12 +83,13 @@ def test_students_in_workers_match_the_torch_reference(kit, tmp_path):
     _assert_same(_read_all(seq), _read_all(local), exact=False, rtol=1e-4, atol=1e-5)  # onnxruntime vs torch students
 
 
-def test_a_worker_killed_mid_file_is_replaced_and_the_file_redone(kit, tmp_path, caplog):
+def test_a_worker_killed_mid_file_is_replaced_and_the_file_redone(kit, tmp_path, caplog, monkeypatch):
     src = _noise_folder(tmp_path / "in", [130, 65])
     ref, out = tmp_path / "ref", tmp_path / "out"
     assert cli.main(_args(kit, ref, src, extra=("--workers", "1", "--threads", "1"))) == 0
-    # The worker SIGKILLs itself on its 2nd chunk: mid-way through the 130-s input (scored first).
-    assert cli.main(_args(kit, out, src, extra=("--workers", "1", "--threads", "1", "--debug-fault", "worker:0:2"))) == 0
+    # The worker SIGKILLs itself on the run's 2nd chunk: mid-way through the 130-s input (scored first).
+    monkeypatch.setenv("STREAMER_FAILPOINTS", "archive.worker_chunk=kill@2")
+    assert cli.main(_args(kit, out, src, extra=("--workers", "1", "--threads", "1"))) == 0
     assert "died (killed by SIGKILL" in caplog.text
     # Without a terminal, progress is a log line per finished input; the killed attempt's chunk
     # is not counted twice (130 s done of 195 s after the first input).
@@ -98,10 +99,11 @@ def test_a_worker_killed_mid_file_is_replaced_and_the_file_redone(kit, tmp_path,
     assert not list(out.rglob("*.tmp"))
 
 
-def test_an_input_that_keeps_killing_its_worker_is_reported_failed(kit, tmp_path, capsys):
+def test_an_input_that_keeps_killing_its_worker_is_reported_failed(kit, tmp_path, capsys, monkeypatch):
     src = _noise_folder(tmp_path / "in", [70])
     out = tmp_path / "out"
-    code = cli.main(_args(kit, out, src, extra=("--workers", "1", "--threads", "1", "--debug-fault", "worker:0:2:always")))
+    monkeypatch.setenv("STREAMER_FAILPOINTS", "archive.worker_chunk=kill@2+")  # the 2nd chunk of the run and every later one
+    code = cli.main(_args(kit, out, src, extra=("--workers", "1", "--threads", "1")))
     assert code == 1
     text = capsys.readouterr().out
     assert "failed: in/rec0.flac: the worker scoring it died 3 times" in text
@@ -247,13 +249,14 @@ def test_ray_and_local_engines_give_identical_files(kit, tmp_path, local_ray):
     assert cli.main(_args(kit, on_ray, src, students=True, extra=("--engine", "ray", "--threads", "1"))) == 0
 
 
-def test_a_ray_actor_killed_mid_file_is_restarted_and_the_file_redone(kit, tmp_path, local_ray, caplog):
+def test_a_ray_actor_killed_mid_file_is_restarted_and_the_file_redone(kit, tmp_path, local_ray, caplog, monkeypatch):
     src = _noise_folder(tmp_path / "in", [130, 65])
     local, on_ray = tmp_path / "local", tmp_path / "ray"
     assert cli.main(_args(kit, local, src, extra=("--workers", "1", "--threads", "1"))) == 0
-    # The actor SIGKILLs itself on its 2nd chunk, mid-way through the first input; Ray restarts it.
-    assert cli.main(_args(kit, on_ray, src, extra=("--engine", "ray", "--workers", "1", "--threads", "1", "--debug-fault", "worker:0:2"))) == 0
-    assert "a Ray actor died while scoring in/rec0.flac; retrying it" in caplog.text
+    # The actor SIGKILLs itself on the run's 2nd chunk, mid-way through the first input; Ray restarts it.
+    monkeypatch.setenv("STREAMER_FAILPOINTS", "archive.worker_chunk=kill@2")
+    assert cli.main(_args(kit, on_ray, src, extra=("--engine", "ray", "--workers", "1", "--threads", "1"))) == 0
+    assert "in/rec0.flac: the Ray actor scoring it died" in caplog.text and "retrying it" in caplog.text
     _assert_same(_read_all(local), _read_all(on_ray))
     assert not list(on_ray.rglob("*.tmp"))
 
@@ -326,4 +329,4 @@ def test_ray_loop_waits_for_a_restarting_actor_without_counting_deaths(tmp_path,
                      lambda rel, s: None, (ActorUnavailableError, RayActorError, RayTaskError))
     assert [r.ok for r in results] == [True] and not answers
     assert engine.attempts["a.flac"] == 1  # the death, once
-    assert caplog.text.count("a Ray actor died while scoring a.flac; retrying it") == 1
+    assert caplog.text.count("a.flac: the Ray actor scoring it died") == 1

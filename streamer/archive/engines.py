@@ -19,37 +19,31 @@ from __future__ import annotations
 
 import collections
 import logging
-import multiprocessing as mp
 import os
-import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
-from multiprocessing.connection import wait
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from streamer import failpoints
 from streamer.archive.output import remove_temporaries_of
 from streamer.archive.scorer import ArchiveScorer, ArchiveTask, TaskResult
 from streamer.errors import DependencyError, StreamerError
 from streamer.pipeline.layout import Layout
-from streamer.pipeline.messages import ChildError, Ready, Stop
-from streamer.pipeline.workers import FaultTrigger, _report_error, _serve, _setup, exit_hint, thread_env
+from streamer.config import DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S
+from streamer.pipeline.children import (
+    EVENT_WAIT_S, Body, ChildSpec, Death, Message, Ready, SlotHealth, Supervisor, thread_env,
+)
+from streamer.pipeline.scheduler import MAX_FILE_ATTEMPTS
 from streamer.stages import ModelSpec, ReducerSpec
 
 log = logging.getLogger(__name__)
 
-#: Restarts of one worker slot before it is given up.
-MAX_RESTARTS = 3
-#: Worker deaths an input may be in flight for before it is reported failed.
-MAX_FILE_ATTEMPTS = 3
-EVENT_WAIT_S = 0.5
 #: A Ray actor that Ray reports as restarting ("temporarily unavailable") is left alone this long
 #: before it gets another task, and given up after this much waiting in all.
 RAY_UNAVAILABLE_PAUSE_S = 1.0
 RAY_UNAVAILABLE_LIMIT_S = 300.0
-JOIN_TIMEOUT_S = 5.0
-STARTUP_TIMEOUT_S = 600.0
 
 OnResult = Callable[[ArchiveTask, TaskResult], None]
 OnProgress = Callable[[str, float], None]
@@ -86,205 +80,151 @@ def run_sequential(tasks, model_spec: ModelSpec, reducer_spec: ReducerSpec, clas
 
 @dataclass(frozen=True)
 class ChunkProgress:
-    wid: int
+    """Worker → parent: ``audio_s`` more seconds of the current input were scored."""
+
     audio_s: float
 
 
-def archive_worker_main(wid, generation, conn, parent_pid, model_spec, reducer_spec, classes, cpus, faults) -> None:
-    """A worker process: load the models once, then score the inputs the parent sends.
+class ArchiveWorkerBody(Body):
+    """A worker process: load the models once, then score the inputs the parent sends."""
 
-    An injected fault (tests) counts *chunks* here: ``worker:0:3`` dies on its 3rd chunk."""
-    during = "setup"
-    try:
-        t0 = time.perf_counter()
-        _setup(cpus, model_spec.threads.intra_op_threads)
-        scorer = ArchiveScorer(model_spec, reducer_spec, classes)
-        trigger = FaultTrigger(faults, "worker", wid, generation)
-        conn.send(Ready("worker", wid, os.getpid(), time.perf_counter() - t0))
-        during = "work"
+    setup_point = "archive.worker_setup"
 
-        def on_chunk(audio_s: float) -> None:
-            trigger.tick()
-            conn.send(ChunkProgress(wid, audio_s))
+    def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes) -> None:
+        self.model_spec = model_spec
+        self.reducer_spec = reducer_spec
+        self.classes = tuple(classes)
 
-        def handle(task: ArchiveTask) -> None:
-            conn.send(scorer.score(task, on_chunk=on_chunk))
+    def setup(self, role: str, wid: int, generation: int) -> None:
+        self.scorer = ArchiveScorer(self.model_spec, self.reducer_spec, self.classes)
 
-        _serve(conn, parent_pid, handle)
-    except (EOFError, BrokenPipeError):
-        return
-    except BaseException as exc:  # every error travels to the parent as data, then we exit 1
-        _report_error(conn, "worker", wid, during, exc)
-        sys.exit(1)
+    def handle(self, task: ArchiveTask, send) -> None:
+        send(self.scorer.score(task, on_chunk=lambda audio_s: send(ChunkProgress(audio_s))))
 
 
 @dataclass
-class _Worker:
-    wid: int
-    generation: int
-    process: mp.process.BaseProcess
-    conn: object
-    ready: bool = False
+class _Slot:
+    health: SlotHealth = field(default_factory=SlotHealth)
     task: ArchiveTask | None = None
-    error: ChildError | None = None
-
-    @property
-    def name(self) -> str:
-        return f"worker {self.wid} (pid {self.process.pid})"
+    since: float = 0.0  # when it last showed progress (task sent, or a chunk done)
 
 
 class LocalEngine:
-    """Worker processes on this machine (see the module notes)."""
+    """Worker processes on this machine (see the module notes).
 
-    def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes, layout: Layout, *, faults=()) -> None:
-        from streamer.pipeline.workers import Fault, with_threads
+    A worker that dies is restarted and its input redone from the start; an input in flight
+    during :data:`MAX_FILE_ATTEMPTS` deaths is reported failed. A worker slot is given up after
+    deaths in a row without progress (a set-up error at once); when every slot is given up the
+    run stops. A worker silent for ``task_timeout_s`` on an input (no chunk done), or not ready
+    ``startup_timeout_s`` after it started, is declared hung and killed, which counts as a
+    death."""
+
+    def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes, layout: Layout, *,
+                 task_timeout_s: float = DEFAULT_TASK_TIMEOUT_S, startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S) -> None:
+        from streamer.pipeline.workers import with_threads
 
         self.model_spec = with_threads(model_spec, layout.threads)
-        self.reducer_spec = reducer_spec
-        self.classes = tuple(classes)
+        self.body = ArchiveWorkerBody(self.model_spec, reducer_spec, classes)
         self.layout = layout
-        self.faults = tuple(Fault.parse(f) for f in faults)
-        self.ctx = mp.get_context("spawn")
-        self.workers: dict[int, _Worker] = {}
-        self.restarts: collections.Counter = collections.Counter()
+        self.task_timeout_s = task_timeout_s
+        self.startup_timeout_s = startup_timeout_s
+        self.supervisor = Supervisor()
+        self.slots: dict[int, _Slot] = {}
         self.attempts: collections.Counter = collections.Counter()
+        self.kill_reason: dict[int, str] = {}
+        self.n_scored = 0
+        self._setup_errors_only = True
 
-    def _start(self, wid: int, generation: int) -> _Worker:
-        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
-        process = self.ctx.Process(
-            target=archive_worker_main,
-            args=(wid, generation, child_conn, os.getpid(), self.model_spec, self.reducer_spec, self.classes,
-                  self.layout.worker_cpus[wid], self.faults),
-            name=f"streamer-archive-{wid}",
-            daemon=True,
-        )
-        process.start()
-        child_conn.close()  # a dead child then reads as EOF
-        worker = _Worker(wid, generation, process, parent_conn)
-        self.workers[wid] = worker
-        return worker
+    def _start(self, wid: int) -> None:
+        self.supervisor.start(ChildSpec("worker", wid, self.body, cpus=self.layout.worker_cpus[wid],
+                                        threads=self.model_spec.threads.intra_op_threads))
 
     def run(self, tasks: list[ArchiveTask], on_result: OnResult, on_progress: OnProgress) -> None:
         pending = collections.deque(tasks)
         n = min(self.layout.n_workers, max(1, len(tasks)))
+        sup = self.supervisor
         try:
             for wid in range(n):
-                self._start(wid, 0)
-            self._wait_ready()
-            while pending or any(w.task is not None for w in self.workers.values()):
-                for worker in self.workers.values():
-                    if worker.ready and worker.task is None and pending:
-                        worker.task = pending.popleft()
-                        worker.conn.send(worker.task)
-                if not self.workers:
+                self.slots[wid] = _Slot()
+                self._start(wid)
+            while pending or any(s.task is not None for s in self.slots.values()):
+                for wid, slot in self.slots.items():
+                    child = sup.get("worker", wid)
+                    if child is not None and child.ready and slot.task is None and pending:
+                        slot.task, slot.since = pending.popleft(), time.monotonic()
+                        sup.send(child, slot.task)
+                if all(s.health.given_up for s in self.slots.values()):
                     raise ArchiveEngineError(
-                        f"every worker process kept dying ({MAX_RESTARTS} restarts each); "
-                        f"{len(pending)} input(s) left unscored, rerun to resume"
+                        f"every worker process kept dying; {len(pending)} input(s) left unscored, rerun to resume",
+                        setup=self.n_scored == 0 and self._setup_errors_only,
                     )
-                self._pump(pending, on_result, on_progress)
+                for event in sup.wait(EVENT_WAIT_S):
+                    if isinstance(event, Message):
+                        self._on_message(event, on_result, on_progress)
+                    else:
+                        self._on_death(event, pending, on_result)
+                self._watch()
         finally:
-            self._shutdown()
+            sup.shutdown(busy={("worker", w) for w, s in self.slots.items() if s.task is not None})
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not all(w.ready for w in self.workers.values()):
-            if time.monotonic() > deadline:
-                raise ArchiveEngineError(f"worker processes did not start within {STARTUP_TIMEOUT_S:.0f} s", setup=True)
-            for worker in list(self.workers.values()):
-                if worker.ready:
-                    continue
-                alive = worker.process.is_alive()
-                if worker.conn.poll(0.1):
-                    try:
-                        msg = worker.conn.recv()
-                    except (EOFError, OSError):
-                        msg = None  # the pipe closed: the worker is gone
-                    if isinstance(msg, Ready):
-                        worker.ready = True
-                        log.debug("%s ready in %.1f s", worker.name, msg.setup_s)
-                        continue
-                    if isinstance(msg, ChildError):
-                        log.debug("%s failed during set-up:\n%s", worker.name, msg.traceback)
-                        raise ArchiveEngineError(f"{msg.error_type}: {msg.message}", setup=True)
-                    if msg is None:
-                        alive = False
-                if not alive:
-                    worker.process.join(JOIN_TIMEOUT_S)
-                    raise ArchiveEngineError(f"{worker.name} died while starting ({exit_hint(worker.process.exitcode)})", setup=True)
+    def _on_message(self, event: Message, on_result: OnResult, on_progress: OnProgress) -> None:
+        slot, msg = self.slots[event.child.wid], event.msg
+        if isinstance(msg, Ready):
+            log.debug("%s ready in %.1f s", event.child.name, msg.setup_s)
+        elif isinstance(msg, ChunkProgress):
+            slot.since = time.monotonic()
+            if slot.task is not None:
+                on_progress(slot.task.rel, msg.audio_s)
+        elif isinstance(msg, TaskResult):
+            task, slot.task = slot.task, None
+            slot.health.progressed()
+            self.n_scored += 1
+            on_result(task, msg)
 
-    def _pump(self, pending, on_result: OnResult, on_progress: OnProgress) -> None:
-        by_handle = {}
-        for worker in self.workers.values():
-            by_handle[worker.conn] = worker
-            by_handle[worker.process.sentinel] = worker
-        for handle in wait(list(by_handle), timeout=EVENT_WAIT_S):
-            worker = by_handle[handle]
-            if self.workers.get(worker.wid) is not worker:
-                continue  # already replaced this round
-            if not self._drain(worker, on_result, on_progress):
-                self._on_death(worker, pending, on_result)
+    def _watch(self) -> None:
+        now = time.monotonic()
+        for wid, slot in self.slots.items():
+            child = self.supervisor.get("worker", wid)
+            if child is None or wid in self.kill_reason:
+                continue
+            if not child.ready and now - child.started > self.startup_timeout_s:
+                self.kill_reason[wid] = f"did not start within {self.startup_timeout_s:.0f} s (hung)"
+            elif slot.task is not None and now - slot.since > self.task_timeout_s:
+                self.kill_reason[wid] = f"no progress for {self.task_timeout_s:.0f} s on {slot.task.rel} (hung)"
+            else:
+                continue
+            log.error("%s %s; killing it", child.name, self.kill_reason[wid])
+            self.supervisor.kill(child)
 
-    def _drain(self, worker: _Worker, on_result: OnResult, on_progress: OnProgress) -> bool:
-        """Read every waiting message; False when the worker is gone."""
-        try:
-            while worker.conn.poll(0):
-                msg = worker.conn.recv()
-                if isinstance(msg, ChunkProgress):
-                    if worker.task is not None:
-                        on_progress(worker.task.rel, msg.audio_s)
-                elif isinstance(msg, TaskResult):
-                    task, worker.task = worker.task, None
-                    on_result(task, msg)
-                elif isinstance(msg, ChildError):
-                    worker.error = msg
-                elif isinstance(msg, Ready):
-                    worker.ready = True
-        except (EOFError, OSError):
-            return False
-        return worker.process.is_alive()
-
-    def _on_death(self, worker: _Worker, pending, on_result: OnResult) -> None:
-        worker.process.join(JOIN_TIMEOUT_S)
-        hint = exit_hint(worker.process.exitcode)
-        del self.workers[worker.wid]
-        task = worker.task
+    def _on_death(self, death: Death, pending, on_result: OnResult) -> None:
+        wid = death.child.wid
+        slot = self.slots[wid]
+        cause = self.kill_reason.pop(wid, None) or death.describe()
+        setup_error = death.error is not None and death.error.during == "setup"
+        if not setup_error:
+            self._setup_errors_only = False
+        if death.error is not None:
+            log.debug("%s failed:\n%s", death.child.name, death.error.traceback)
+        task, slot.task = slot.task, None
+        settled = False
         if task is not None:
             remove_temporaries_of(task.out)
-            if worker.error is not None:
-                # An error other than unreadable audio (e.g. the output disk is full).
-                reason = f"{worker.error.error_type}: {worker.error.message}"
-                log.debug("%s failed on %s:\n%s", worker.name, task.rel, worker.error.traceback)
-                on_result(task, TaskResult(task.rel, False, reason))
+            self.attempts[task.rel] += 1
+            n = self.attempts[task.rel]
+            if n >= MAX_FILE_ATTEMPTS:
+                on_result(task, TaskResult(task.rel, False, f"the worker scoring it died {n} times (last: {cause})"))
+                settled = True
             else:
-                self.attempts[task.rel] += 1
-                if self.attempts[task.rel] >= MAX_FILE_ATTEMPTS:
-                    on_result(task, TaskResult(task.rel, False, f"the worker scoring it died {self.attempts[task.rel]} times (last: {hint})"))
-                else:
-                    log.warning("%s died (%s) while scoring %s; retrying it", worker.name, hint, task.rel)
-                    pending.appendleft(task)
+                log.warning("%s died (%s) while scoring %s; retrying it", death.child.name, cause, task.rel)
+                pending.appendleft(task)
         else:
-            log.warning("%s died (%s) while idle", worker.name, hint)
-        self.restarts[worker.wid] += 1
-        if self.restarts[worker.wid] > MAX_RESTARTS:
-            log.error("%s keeps dying; not restarting it", worker.name)
+            log.warning("%s died (%s) while %s", death.child.name, cause, "idle" if death.child.ready else "starting")
+        if settled:
+            slot.health.progressed()
+        elif slot.health.died(setup_error=setup_error):
+            log.error("worker %d: giving up on it (%s)", wid, cause if setup_error else "it keeps dying without progress")
             return
-        self._start(worker.wid, worker.generation + 1)
-        # Ready arrives through the event loop; tasks go out once it has.
-
-    def _shutdown(self) -> None:
-        for worker in self.workers.values():
-            try:
-                worker.conn.send(Stop())
-            except (OSError, EOFError):
-                pass  # already gone: joined below all the same
-        deadline = time.monotonic() + JOIN_TIMEOUT_S
-        for worker in self.workers.values():
-            worker.process.join(max(0.0, deadline - time.monotonic()))
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join()
-            worker.conn.close()
-        self.workers.clear()
+        self._start(wid)  # Ready arrives through the event loop; tasks go out once it has
 
 
 # ---------------------------------------------------------------------------- Ray
@@ -304,9 +244,8 @@ class RayScorer:
     The students' ONNX exports travel as bytes and are written to the actor's own temporary
     folder, so nodes need no copy of the driver's temporary files."""
 
-    def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes, student_blobs, wid: int = 0, faults=()) -> None:
-        import ray
-
+    def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes, student_blobs) -> None:
+        failpoints.hit("archive.worker_setup")
         # Thread counts: OMP_NUM_THREADS and kin come from the actor's runtime_env (set before
         # the process starts); onnxruntime's and torch's from model_spec.
         if student_blobs is not None:
@@ -321,15 +260,12 @@ class RayScorer:
                 paths.append(path)
             model_spec = replace(model_spec, students_onnx=tuple(paths))
         self.scorer = ArchiveScorer(model_spec, reducer_spec, classes)
-        # Test hook, as in the local workers: die on the n-th chunk (first incarnation only).
-        generation = 1 if ray.get_runtime_context().was_current_actor_reconstructed else 0
-        self.trigger = FaultTrigger(faults, "worker", wid, generation)
 
     def ping(self) -> int:
         return os.getpid()
 
     def score(self, task: ArchiveTask) -> TaskResult:
-        return self.scorer.score(task, on_chunk=lambda audio_s: self.trigger.tick())
+        return self.scorer.score(task)
 
 
 def ray_layout(ray, workers: int | None, threads: int | str) -> tuple[int, int]:
@@ -346,10 +282,7 @@ def ray_layout(ray, workers: int | None, threads: int | str) -> tuple[int, int]:
 class RayEngine:
     """Ray actors scoring whole inputs (see the module notes)."""
 
-    def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes, *, address: str | None, workers: int | None, threads: int | str, faults=()) -> None:
-        from streamer.pipeline.workers import Fault
-
-        self.faults = tuple(Fault.parse(f) for f in faults)
+    def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes, *, address: str | None, workers: int | None, threads: int | str) -> None:
         self.model_spec = model_spec
         self.reducer_spec = reducer_spec
         self.classes = tuple(classes)
@@ -381,10 +314,11 @@ class RayEngine:
                      int(ray.cluster_resources().get("CPU", 0)))
             spec = with_threads(self.model_spec, n_threads)
             actor_cls = ray.remote(RayScorer).options(
-                num_cpus=n_threads, max_restarts=MAX_RESTARTS, runtime_env={"env_vars": thread_env(n_threads)}
+                num_cpus=n_threads, max_restarts=-1,  # the loop below decides when an actor is given up
+                runtime_env={"env_vars": {**thread_env(n_threads), **failpoints.environment()}},
             )
             blobs = self._student_blobs()
-            actors = [actor_cls.remote(spec, self.reducer_spec, self.classes, blobs, wid, self.faults) for wid in range(n_actors)]
+            actors = [actor_cls.remote(spec, self.reducer_spec, self.classes, blobs) for _ in range(n_actors)]
             try:
                 ray.get([a.ping.remote() for a in actors])
             except (RayActorError, RayTaskError) as exc:
@@ -396,10 +330,22 @@ class RayEngine:
             if started_here:
                 ray.shutdown()
 
+    def _retry_or_fail(self, task: ArchiveTask, what: str, cause: str, pending, on_result: OnResult) -> bool:
+        """Count an attempt of ``task``: back to the queue, or reported failed after
+        :data:`MAX_FILE_ATTEMPTS` (then True: the input is settled)."""
+        self.attempts[task.rel] += 1
+        n = self.attempts[task.rel]
+        if n >= MAX_FILE_ATTEMPTS:
+            on_result(task, TaskResult(task.rel, False, f"{what} {n} times (last: {cause})"))
+            return True
+        log.warning("%s: %s (%s); retrying it", task.rel, what, cause)
+        pending.appendleft(task)
+        return False
+
     def _loop(self, ray, actors, pending, on_result, on_progress, errors) -> None:
         ActorUnavailableError, RayActorError, RayTaskError = errors
         idle = list(actors)
-        failures: collections.Counter = collections.Counter()
+        health: dict = collections.defaultdict(SlotHealth)
         in_flight = {}
         resting: dict = {}  # actor → when it may get a task again (Ray is restarting it)
         waited: collections.Counter = collections.Counter()  # actor → seconds rested in all
@@ -439,21 +385,23 @@ class RayEngine:
                             log.warning("a Ray actor stayed unavailable for %.0f s; giving it up", waited[actor])
                         continue
                     # The actor died (or went away) while it held this input: a death.
-                    failures[actor] += 1
-                    self.attempts[task.rel] += 1
-                    if self.attempts[task.rel] >= MAX_FILE_ATTEMPTS:
-                        on_result(task, TaskResult(task.rel, False, f"the Ray actor scoring it died {self.attempts[task.rel]} times ({exc})"))
-                    else:
-                        log.warning("a Ray actor died while scoring %s; retrying it", task.rel)
-                        pending.appendleft(task)
-                    if failures[actor] <= MAX_RESTARTS:
-                        restarting.add(actor)  # Ray restarts it (max_restarts); let it come back
-                        resting[actor] = time.monotonic() + RAY_UNAVAILABLE_PAUSE_S
+                    if self._retry_or_fail(task, "the Ray actor scoring it died", str(exc), pending, on_result):
+                        health[actor].progressed()
+                    elif health[actor].died():
+                        log.error("a Ray actor keeps dying without progress; giving it up")
+                        continue
+                    restarting.add(actor)  # Ray restarts it; let it come back
+                    resting[actor] = time.monotonic() + RAY_UNAVAILABLE_PAUSE_S
                     continue
-                except RayTaskError as exc:
+                except RayTaskError as exc:  # an error inside the task; the actor lives on
+                    remove_temporaries_of(task.out)
                     cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-                    result = TaskResult(task.rel, False, f"{type(cause).__name__}: {cause}")
+                    self._retry_or_fail(task, "scoring it failed", f"{type(cause).__name__}: {cause}", pending, on_result)
+                    restarting.discard(actor)
+                    idle.append(actor)
+                    continue
                 restarting.discard(actor)  # it answered: it is up
+                health[actor].progressed()
                 idle.append(actor)
                 if result.ok:
                     on_progress(task.rel, result.audio_s)

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamer import failpoints
+
 log = logging.getLogger(__name__)
 
 JOURNAL_NAME = ".streamer-journal.jsonl"
@@ -86,7 +88,8 @@ class Journal:
         doc = {"key": entry.key.__dict__, "status": status, "output": output, "reason": reason,
                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as handle:
+        failpoints.hit("archive.journal_append", output)
+        with open(self.path, "a", encoding="utf-8") as handle:
             if handle.tell() > 0 and not self._ends_with_newline():
                 handle.write("\n")  # close a line a crash cut short, so this one stays whole
             handle.write(json.dumps(doc) + "\n")

@@ -12,26 +12,27 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from streamer.files import TEMP_SUFFIX as _TEMP_SUFFIX
+from streamer.files import glob_escape, install, temporary_sibling
 from streamer.metadata import WINDOW_S
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("parquet", "csv")
-#: A score file's temporary sibling is ``.<name>.<random>.tmp`` until it is renamed into place.
-_TEMP_SUFFIX = ".tmp"
-_TEMPORARY = re.compile(r"^\..+\.(?:" + "|".join(FORMATS) + r")\.[^.]+\.tmp$")
+#: A score file's temporary sibling is ``.<name>.<pid>.<random>.tmp`` until it is renamed into
+#: place (streamer.files).
+_TEMPORARY = re.compile(r"^\..+\.(?:" + "|".join(FORMATS) + r")\.(?:\d+\.)?[^.]+\.tmp$")
 
 
 def remove_temporaries_of(path: Path) -> int:
     """Delete the temporary files of the score file ``path`` (left by a process that died
     while writing it)."""
     n = 0
-    for tmp in Path(path).parent.glob(f".{Path(path).name}.*{_TEMP_SUFFIX}"):
+    for tmp in Path(path).parent.glob(f".{glob_escape(Path(path).name)}.*{_TEMP_SUFFIX}"):
         tmp.unlink(missing_ok=True)
         n += 1
     return n
@@ -70,10 +71,8 @@ class ScoreWriter:
         self.classes = tuple(classes)
         self.fmt = fmt
         self.top_k = top_k
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=_TEMP_SUFFIX, dir=self.path.parent)
+        fd, self._tmp = temporary_sibling(self.path)  # normal permissions, as open() would give
         os.close(fd)
-        self._tmp = Path(tmp)
         self._writer = None
         self._csv = None
         self.n_rows = 0
@@ -135,10 +134,7 @@ class ScoreWriter:
         for w in (self._writer, self._csv):
             if w is not None:
                 w.close()
-        with open(self._tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(self._tmp, self.path)
-        return self.path
+        return install(self._tmp, self.path)
 
     def abort(self) -> None:
         for w in (self._writer, self._csv):

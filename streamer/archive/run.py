@@ -25,7 +25,7 @@ from streamer.archive.journal import DONE, FAILED, JOURNAL_NAME, Journal
 from streamer.archive.output import remove_stale_temporaries
 from streamer.archive.scorer import ArchiveTask, TaskResult
 from streamer.archive.timing import RecordingTime, recording_time
-from streamer.config import ARCHIVE_ENGINES
+from streamer.config import ARCHIVE_ENGINES, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S
 from streamer.errors import ConfigError
 from streamer.run import with_student_backend
 from streamer.stages import RunPlan
@@ -44,6 +44,7 @@ class ArchiveReport:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     unfinished: list[str] = field(default_factory=list)
+    notes: dict[str, list[str]] = field(default_factory=dict)
     audio_s: float = 0.0
     seconds: float = 0.0
     stage_s: dict[str, float] = field(default_factory=dict)
@@ -62,6 +63,7 @@ class ArchiveReport:
             f"(real-time factor {self.real_time_factor:.0f}x; engine {self.engine}{', ' + self.layout if self.layout else ''})"
         ]
         lines += [f"  failed: {name}: {reason}" for name, reason in sorted(self.failed.items())]
+        lines += [f"  note: {name}: {note}" for name, notes in sorted(self.notes.items()) for note in notes]
         if self.failed:
             lines.append("failed inputs are retried by running the same command with --retry-failed")
         if self.unfinished:
@@ -77,6 +79,7 @@ class ArchiveReport:
             "skipped": self.skipped,
             "failed": self.failed,
             "unfinished": self.unfinished,
+            "notes": self.notes,
             "audio_hours": self.audio_s / 3600,
             "seconds": self.seconds,
             "real_time_factor": self.real_time_factor,
@@ -205,7 +208,8 @@ def run_archive(
     pin: bool = True,
     address: str | None = None,
     progress: bool = False,
-    faults: tuple[str, ...] = (),
+    task_timeout_s: float = DEFAULT_TASK_TIMEOUT_S,
+    startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
 ) -> ArchiveReport:
     """Score every input not finished before (failed ones only with ``retry_failed``).
 
@@ -217,7 +221,7 @@ def run_archive(
         workers, threads, pin: the layout (``None`` / ``auto``: planned from the CPUs).
         address: Ray cluster address (``None``: start a local Ray instance).
         progress: show a progress bar.
-        faults: test hooks (injected worker deaths).
+        task_timeout_s, startup_timeout_s: hang limits of the local engine's workers.
 
     Raises:
         ConfigError: an unknown engine, or another run holds the output folder.
@@ -232,7 +236,8 @@ def run_archive(
     try:
         return _run_locked(plan, entries, out_dir, t0, fmt=fmt, top_k=top_k, retry_failed=retry_failed, metadata=metadata,
                            site=site, start_utc=start_utc, engine=engine, workers=workers, threads=threads, pin=pin,
-                           address=address, progress=progress, faults=faults)
+                           address=address, progress=progress, task_timeout_s=task_timeout_s,
+                           startup_timeout_s=startup_timeout_s)
     finally:
         lock.release()
 
@@ -254,7 +259,7 @@ def _plan_tasks(entries, out_dir, journal, report, *, fmt, top_k, retry_failed, 
 
 
 def _run_locked(plan, entries, out_dir, t0, *, fmt, top_k, retry_failed, metadata, site, start_utc, engine, workers,
-                threads, pin, address, progress, faults) -> ArchiveReport:
+                threads, pin, address, progress, task_timeout_s, startup_timeout_s) -> ArchiveReport:
     from streamer.pipeline.layout import plan_layout, sequential_threads
     from streamer.pipeline.workers import with_threads
 
@@ -275,6 +280,10 @@ def _run_locked(plan, entries, out_dir, t0, *, fmt, top_k, retry_failed, metadat
     def on_result(task: ArchiveTask, result: TaskResult) -> None:
         outstanding.discard(task.rel)
         output = str(task.out.relative_to(out_dir.resolve()))
+        for note in result.notes:
+            log.warning("%s: %s", task.rel, note)
+        if result.notes:
+            report.notes[task.rel] = list(result.notes)
         if result.ok:
             journal.record(task.path, DONE, output)
             report.done.append(task.rel)
@@ -300,9 +309,10 @@ def _run_locked(plan, entries, out_dir, t0, *, fmt, top_k, retry_failed, metadat
                 layout = plan_layout(workers=workers, threads=threads, pin=pin, n_files=len(tasks), decoders=1)
                 report.layout = f"{layout.n_workers} worker(s) x {layout.threads or 'default'} thread(s)" + (", pinned" if any(layout.worker_cpus) else "")
                 log.info("engine: local, %s", report.layout)
-                LocalEngine(plan.model, plan.reducer, plan.competition.classes, layout, faults=faults).run(tasks, on_result, bar.advance)
+                LocalEngine(plan.model, plan.reducer, plan.competition.classes, layout, task_timeout_s=task_timeout_s,
+                            startup_timeout_s=startup_timeout_s).run(tasks, on_result, bar.advance)
             else:  # ray (checked on entry)
-                ray_engine = RayEngine(plan.model, plan.reducer, plan.competition.classes, address=address, workers=workers, threads=threads, faults=faults)
+                ray_engine = RayEngine(plan.model, plan.reducer, plan.competition.classes, address=address, workers=workers, threads=threads)
                 report.layout = f"address {address or 'local'}"
                 ray_engine.run(tasks, on_result, bar.advance)
         finally:

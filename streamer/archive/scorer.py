@@ -15,18 +15,21 @@ import logging
 import math
 import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
+
+from streamer import failpoints
 from streamer.archive.output import ScoreWriter
 from streamer.archive.timing import RecordingTime
 from streamer.audio import TARGET_SAMPLE_RATE_HZ, WINDOW_SAMPLES, AudioChunk, iter_chunks
-from streamer.errors import AudioDecodeError
+from streamer.errors import AudioDecodeError, StreamerError
 from streamer.metadata import N_WINDOWS_PER_FILE
 from streamer.models.moe import set_torch_threads
-from streamer.pipeline.workers import _maxrss_kb
-from streamer.stages import ModelSpec, ModelStage, Reducer, ReducerSpec
+from streamer.pipeline.children import maxrss_kb
+from streamer.stages import ModelOutputs, ModelSpec, ModelStage, Reducer, ReducerSpec
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,11 @@ class TaskResult:
     audio_s: float = 0.0
     stage_s: dict[str, float] = field(default_factory=dict)
     peak_rss_kb: int = 0  # of the process that scored it, when it finished
+    notes: list[str] = field(default_factory=list)  # chunks scored without the students, and why
+
+
+class UnscorableInput(StreamerError):
+    """An input the models cannot score (non-finite Perch outputs): it is reported failed."""
 
 
 class _Prefetcher:
@@ -142,10 +150,25 @@ class ArchiveScorer:
         if not self._torch_students:
             set_torch_threads(REDUCER_TORCH_THREADS)
 
-    def score_chunk(self, chunk: AudioChunk, when: RecordingTime):
-        """Probabilities ``[n_real_windows, C]`` of one chunk."""
+    def score_chunk(self, chunk: AudioChunk, when: RecordingTime, key: str | None = None, notes: list | None = None):
+        """Probabilities ``[n_real_windows, C]`` of one chunk.
+
+        The model outputs are checked as ``infer``'s are: non-finite Perch outputs make the
+        input unscorable (:class:`UnscorableInput`); non-finite student logits make this chunk
+        scored without the students (a line in ``notes``)."""
         windows = chunk.samples.reshape(N_WINDOWS_PER_FILE, WINDOW_SAMPLES)
         outputs = self.models.run(windows)
+        if failpoints.hit("archive.worker_chunk", key) == "nan":
+            outputs = ModelOutputs(*(None if a is None else np.full_like(a, np.nan) for a in
+                                     (outputs.embedding, outputs.perch_logits, outputs.cnn_logits, outputs.crnn_logits)))
+        if not (np.all(np.isfinite(outputs.embedding)) and np.all(np.isfinite(outputs.perch_logits))):
+            raise UnscorableInput(f"Perch gave non-finite outputs on the chunk starting at {chunk.start_s:.0f} s")
+        bad = [name for name, a in (("CNN", outputs.cnn_logits), ("CRNN", outputs.crnn_logits))
+               if a is not None and not np.all(np.isfinite(a))]
+        if bad:
+            outputs = replace(outputs, cnn_logits=None, crnn_logits=None)
+            if notes is not None:
+                notes.append(f"chunk at {chunk.start_s:.0f} s: non-finite {' and '.join(bad)} logits, scored without the students")
         if self._torch_students:
             set_torch_threads(REDUCER_TORCH_THREADS)
         try:
@@ -164,17 +187,18 @@ class ArchiveScorer:
         before = {**self.models.seconds, **self.reducer.seconds}
         writer = ScoreWriter(task.out, task.rel, self.classes, fmt=task.fmt, top_k=task.top_k)
         n_samples = 0
+        notes: list[str] = []
         chunks, fetcher = chunks_of(task.path, self.prefetch)
         try:
             for chunk in chunks:
-                probs = self.score_chunk(chunk, task.when)
+                probs = self.score_chunk(chunk, task.when, key=task.rel, notes=notes)
                 writer.write_chunk(chunk.index * N_WINDOWS_PER_FILE, probs)
                 n_samples += chunk.n_real
                 if on_chunk is not None:
                     on_chunk(chunk.n_real / TARGET_SAMPLE_RATE_HZ)
-        except AudioDecodeError as exc:
+        except (AudioDecodeError, UnscorableInput) as exc:
             writer.abort()
-            return TaskResult(task.rel, False, str(exc), n_samples / TARGET_SAMPLE_RATE_HZ, peak_rss_kb=_maxrss_kb())
+            return TaskResult(task.rel, False, str(exc), n_samples / TARGET_SAMPLE_RATE_HZ, peak_rss_kb=maxrss_kb())
         except BaseException:
             writer.abort()  # a partial file never looks finished
             raise
@@ -188,5 +212,6 @@ class ArchiveScorer:
             True,
             audio_s=n_samples / TARGET_SAMPLE_RATE_HZ,
             stage_s={k: after[k] - before.get(k, 0.0) for k in after},
-            peak_rss_kb=_maxrss_kb(),
+            peak_rss_kb=maxrss_kb(),
+            notes=notes,
         )

@@ -395,7 +395,7 @@ def draw_chart(contenders: list[Contender], result: dict, path: Path) -> Path | 
 
 def environment_note() -> str:
     """Variables that change thread behaviour, for the record."""
-    from streamer.pipeline.workers import THREAD_ENV_VARS
+    from streamer.pipeline.children import THREAD_ENV_VARS
 
     keys = (*THREAD_ENV_VARS, "OPENBLAS_CORETYPE")
     return ", ".join(f"{k}={os.environ[k]}" for k in keys if k in os.environ) or "none set"

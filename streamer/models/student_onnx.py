@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamer import failpoints
 from streamer.models.moe import STUDENT_ONNX_INPUT, STUDENT_ONNX_OUTPUT, import_torch, load_student
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def export_students(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path | None] = []
     try:
+        failpoints.hit("students.export")
         ort = import_onnxruntime()
         for kind, ckpt in (("cnn", cnn_path), ("crnn", crnn_path)):
             if ckpt is None:

@@ -1,8 +1,8 @@
 """The small typed messages that travel on the pipes between the parent and its children.
 
-Each child has its own duplex pipe to the parent (no queue is shared between processes, so a
-child killed mid-message can only break its own pipe). Window samples never travel on the
-pipes: they sit in a shared slot buffer and only the slot number is sent.
+The messages every child shares (Ready, Stop, ChildError) are in
+:mod:`streamer.pipeline.children`; these are the pipeline's own. Window samples never travel on
+the pipes: they sit in a shared slot buffer and only the slot number is sent.
 """
 
 from __future__ import annotations
@@ -35,20 +35,7 @@ class ModelTask:
     start: int = 0
 
 
-@dataclass(frozen=True)
-class Stop:
-    """Finish the current message, then exit."""
-
-
 # child → parent
-@dataclass(frozen=True)
-class Ready:
-    role: str
-    wid: int
-    pid: int
-    setup_s: float
-
-
 @dataclass(frozen=True)
 class Decoded:
     task_id: int
@@ -79,15 +66,3 @@ class ModelDone:
     postprocess_s: float
     busy_s: float
     maxrss_kb: int
-
-
-@dataclass(frozen=True)
-class ChildError:
-    """An exception inside a child: fatal for the run. ``during`` is ``setup`` or ``work``."""
-
-    role: str
-    wid: int
-    during: str
-    error_type: str
-    message: str
-    traceback: str

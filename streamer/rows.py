@@ -1,0 +1,263 @@
+"""The row sink: every row of the submission goes through here, whatever the engine.
+
+:class:`RowSink` owns the submission writer, the reducer (blend, prior, ProtoSSM folds,
+post-processing; batched), the checks on model outputs, the one function that writes fallback
+rows, the run report's tiers and the progress bar. The sequential engine and the pipeline both
+hand it model outputs (or, when the consumers reduce, finished probabilities) and fallbacks;
+:meth:`RowSink.finish` writes prior-only rows for every file still without rows and installs
+the CSV.
+
+Per-file faults never stop a run:
+
+* non-finite Perch outputs: the file gets prior-only rows;
+* non-finite student outputs (Perch fine): the file is scored without the students
+  (``no_students``), as the budget's cheaper tier would;
+* a reduction that raises: a failed batch is redone file by file, and a file that still fails
+  gets prior-only rows; non-finite probabilities after the reduction, the same.
+
+Each gets one warning and a reason in the summary. Only a failed *write* of the CSV stops the
+run (:class:`~streamer.errors.OutputWriteError`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections import defaultdict
+from dataclasses import replace
+
+import numpy as np
+
+from streamer import failpoints
+from streamer.budget import TIER_FULL, TIER_NO_STUDENTS, TIER_PRIOR_ONLY, Budget
+from streamer.errors import OutputWriteError
+from streamer.metadata import N_WINDOWS_PER_FILE
+from streamer.report import RunReport
+from streamer.stages import ModelOutputs, Reducer, ReducerSpec, SubmissionFrame, prior_fallback
+from streamer.submission import SubmissionWriter
+
+log = logging.getLogger(__name__)
+
+#: Most files reduced at once (the ProtoSSM folds' many small operators run once per batch).
+REDUCE_BATCH = 8
+BUDGET_REASON = "students dropped to meet the budget"
+
+
+def _finite(array) -> bool:
+    return array is None or bool(np.all(np.isfinite(array)))
+
+
+class RowSink:
+    """See the module notes.
+
+    Args:
+        frame: the files, classes, prior and ``--out`` (``plan.frame``).
+        report: the run report; tiers and reasons are recorded in it.
+        budget: the run's budget (the reduction's cost is observed into it).
+        reducer_spec: the reducer's settings (``plan.reducer``); ``None`` when only fallback
+            rows can be written.
+        progress: show a progress bar (once :meth:`start_progress` is called).
+    """
+
+    def __init__(self, frame: SubmissionFrame, report: RunReport, budget: Budget, reducer_spec: ReducerSpec | None = None,
+                 *, progress: bool = False) -> None:
+        self.frame = frame
+        self.jobs = frame.jobs
+        self.report = report
+        self.budget = budget
+        self.reducer_spec = reducer_spec
+        self.progress = progress
+        self.writer = SubmissionWriter(frame.config.out, [j.stem for j in frame.jobs], frame.competition.classes)
+        self.reducer: Reducer | None = None
+        self.waiting: list[tuple[int, ModelOutputs, str, str | None]] = []  # modelled, not yet reduced
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.finished = False
+        self.bar = None
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def broken(self) -> bool:
+        return self.writer.broken is not None
+
+    def has(self, index: int) -> bool:
+        return self.writer.has(index)
+
+    @property
+    def n_done(self) -> int:
+        return self.writer.n_done
+
+    def stem(self, index: int) -> str:
+        return self.jobs[index].stem
+
+    # ------------------------------------------------------------------ rows
+
+    def load_reducer(self) -> Reducer:
+        if self.reducer is None:
+            self.reducer = Reducer(self.reducer_spec)
+        return self.reducer
+
+    def _set(self, index: int, probs: np.ndarray, tier: str, reason: str | None) -> None:
+        if self.writer.has(index):
+            return  # a duplicate (a retried task finished twice): the first result stands
+        self.writer.set_file(index, probs)
+        self.report.set_tier(self.stem(index), tier, reason)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def fallback(self, index: int, reason: str) -> None:
+        """The documented fallback: file ``index``'s rows are the site/hour prior probability."""
+        self._set(index, prior_fallback(self.frame.prior, self.stem(index)), TIER_PRIOR_ONLY, reason)
+
+    def add_modelled(self, index: int, outputs: ModelOutputs, tier: str) -> None:
+        """File ``index``'s model outputs, to be reduced (in a batch) by :meth:`reduce_waiting`."""
+        if self.writer.has(index):
+            return
+        screened = self._screen(index, outputs, tier)
+        if screened is not None:
+            self.waiting.append((index, *screened))
+
+    def add_scored(self, index: int, probs: np.ndarray, tier: str) -> None:
+        """File ``index``'s probabilities, reduced elsewhere (a consumer)."""
+        if not _finite(probs):
+            log.warning("%s: non-finite scores; writing prior-only rows", self.stem(index))
+            self.fallback(index, "non-finite scores (model outputs or reduction)")
+            return
+        self._set(index, probs, tier, None if tier == TIER_FULL else BUDGET_REASON)
+
+    def _screen(self, index: int, outputs: ModelOutputs, tier: str):
+        """(outputs, tier, reason) to reduce, or None when the file got prior-only rows."""
+        stem = self.stem(index)
+        if not (_finite(outputs.embedding) and _finite(outputs.perch_logits)):
+            log.warning("%s: Perch gave non-finite outputs; writing prior-only rows", stem)
+            self.fallback(index, "non-finite Perch outputs")
+            return None
+        bad = [name for name, a in (("CNN", outputs.cnn_logits), ("CRNN", outputs.crnn_logits)) if not _finite(a)]
+        if bad:
+            log.warning("%s: the student %s gave non-finite logits; scoring it without the students", stem, " and ".join(bad))
+            return (replace(outputs, cnn_logits=None, crnn_logits=None), TIER_NO_STUDENTS,
+                    f"non-finite {' and '.join(bad)} logits: scored without the students")
+        return outputs, tier, (None if tier == TIER_FULL else BUDGET_REASON)
+
+    def reduce_waiting(self, force: bool = False) -> None:
+        """Reduce the files waiting: in batches of :data:`REDUCE_BATCH`, or whatever is there
+        when ``force`` (a consumer is idle, or the run is ending)."""
+        while self.waiting and (force or len(self.waiting) >= REDUCE_BATCH):
+            batch, self.waiting = self.waiting[:REDUCE_BATCH], self.waiting[REDUCE_BATCH:]
+            self._reduce([item for item in batch if not self.writer.has(item[0])])
+
+    def _reduce(self, batch: list) -> None:
+        if not batch:
+            return
+        reducer = self.load_reducer()
+        t0 = time.perf_counter()
+        try:
+            failpoints.hit("parent.reduction", self.stem(batch[0][0]) if len(batch) == 1 else None)
+            probs = reducer.reduce_files([(self.stem(i), outputs) for i, outputs, _, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - one file's failure must not cost the others their rows
+            if len(batch) > 1:
+                log.warning("reducing %d files together failed (%s: %s); reducing them one by one",
+                            len(batch), type(exc).__name__, exc)
+                for item in batch:
+                    self._reduce([item])
+                return
+            index = batch[0][0]
+            log.error("%s: the reduction failed (%s: %s); writing prior-only rows", self.stem(index), type(exc).__name__, exc)
+            self.fallback(index, f"reduction failed: {type(exc).__name__}: {exc}")
+            return
+        per_file = (time.perf_counter() - t0) / len(batch)
+        for (index, _, tier, reason), p in zip(batch, probs):
+            self.budget.costs.observe_reduce(per_file)
+            if not _finite(p):
+                log.warning("%s: non-finite scores after the reduction; writing prior-only rows", self.stem(index))
+                self.fallback(index, "non-finite scores after the reduction")
+                continue
+            self._set(index, p, tier, reason)
+
+    # ------------------------------------------------------------------ the end
+
+    def finish(self, reason: str) -> None:
+        """Reduce what is waiting, give every file still without rows prior-only rows for
+        ``reason``, and install the CSV. Does nothing the second time."""
+        if self.finished:
+            return
+        self.reduce_waiting(force=True)  # files already modelled keep their scores
+        for index in self.writer.missing():
+            self.fallback(index, reason)
+        t0 = time.perf_counter()
+        self.writer.close()
+        self.seconds["write"] += time.perf_counter() - t0
+        self.finished = True
+        self.close_progress()
+
+    def abort(self) -> None:
+        """Drop the temporary CSV (the destination is left as it was)."""
+        self.writer.abort()
+        self.close_progress()
+
+    # ------------------------------------------------------------------ progress
+
+    def start_progress(self) -> None:
+        if self.progress and self.bar is None and self.jobs:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=len(self.jobs), initial=self.n_done, unit="file", desc="streamer",
+                            dynamic_ncols=True, leave=True)
+
+    def update_progress(self, n_consumers: int) -> None:
+        if self.bar is None:
+            return
+        elapsed = time.monotonic() - self.budget.start
+        done = self.writer.n_done
+        rate = done * N_WINDOWS_PER_FILE / elapsed if elapsed > 0 else 0.0
+        left = len(self.jobs) - done
+        projected = self.budget.projected_seconds(self.budget.tier, left, n_consumers)
+        self.bar.set_postfix_str(
+            f"{rate:.1f} win/s, RTF {rate * 5:.0f}x, finish ~{(elapsed + projected) / 60:.1f}"
+            f"/{self.budget.budget_s / 60:.1f} min, tier {self.budget.tier}",
+            refresh=False,
+        )
+
+    def close_progress(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class _LateInterrupt:
+    seen = False
+
+
+@contextlib.contextmanager
+def sigint_deferred():
+    """While the CSV is being finished, a Ctrl-C is recorded instead of raised (a second Ctrl-C
+    must not cut the write short); ``.seen`` tells whether one came."""
+    flag = _LateInterrupt()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def record(signum, frame):
+        flag.seen = True
+
+    previous = signal.signal(signal.SIGINT, record)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def write_prior_only(frame: SubmissionFrame, report: RunReport, budget: Budget, reason: str) -> None:
+    """A complete CSV of prior-only rows (a run interrupted before its models were checked)."""
+    sink = RowSink(frame, report, budget)
+    try:
+        sink.finish(reason)
+    except BaseException:
+        sink.abort()
+        raise
+
+
+__all__ = ["RowSink", "sigint_deferred", "write_prior_only", "OutputWriteError", "REDUCE_BATCH"]
