@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--allow-spinning", action="store_true", help="let onnxruntime's idle threads spin (off by default)")
     r.add_argument("--students-backend", choices=STUDENT_BACKENDS, default="auto", help="run the students in torch or onnxruntime; auto: onnxruntime except in the sequential engine (default: %(default)s)")
     r.add_argument("--report-json", type=Path, default=None, metavar="FILE", help="also write the run report (counts, hours, real-time factor, stage seconds, peak memory) as JSON")
+    r.add_argument("--task-timeout", type=float, default=DEFAULT_TASK_TIMEOUT_S, metavar="S", help="a local worker that finishes no 60-s chunk for S seconds is declared hung, killed and replaced; its input is retried (default: %(default)s)")
+    r.add_argument("--startup-timeout", type=float, default=DEFAULT_STARTUP_TIMEOUT_S, metavar="S", help="a local worker not ready S seconds after it started is declared hung, killed and replaced (default: %(default)s)")
     a = p.add_argument_group("archive")
     a.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="score file format (default: %(default)s)")
     a.add_argument("--top-k", type=_positive_int, default=None, metavar="K", help="keep only the K best classes per window (long format)")
@@ -334,6 +336,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
             plan, entries, args.out, fmt=args.format, top_k=args.top_k, retry_failed=args.retry_failed,
             metadata=metadata, site=args.site, start_utc=start, engine=args.engine, workers=args.workers,
             threads=args.threads, pin=not args.no_pin, address=args.address, progress=not args.quiet and sys.stderr.isatty(),
+            task_timeout_s=args.task_timeout, startup_timeout_s=args.startup_timeout,
         )
     except ArchiveEngineError as exc:
         log.error("%s", exc)

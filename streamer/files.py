@@ -120,7 +120,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -140,7 +140,7 @@ def remove_stale_temporaries(path: str | Path) -> int:
         return 0
     for tmp in path.parent.glob(f".{glob_escape(path.name)}.*{TEMP_SUFFIX}"):
         match = pattern.match(tmp.name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             tmp.unlink(missing_ok=True)
             n += 1
     if n:

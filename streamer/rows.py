@@ -103,8 +103,10 @@ class RowSink:
     def _set(self, index: int, probs: np.ndarray, tier: str, reason: str | None) -> None:
         if self.writer.has(index):
             return  # a duplicate (a retried task finished twice): the first result stands
-        self.writer.set_file(index, probs)
+        # The tier first: once set_file has the block, the rows are written even if a Ctrl-C
+        # cuts this call short (the writer writes waiting blocks on its next call).
         self.report.set_tier(self.stem(index), tier, reason)
+        self.writer.set_file(index, probs)
         if self.bar is not None:
             self.bar.update(1)
 
@@ -149,7 +151,7 @@ class RowSink:
             batch, self.waiting = self.waiting[:REDUCE_BATCH], self.waiting[REDUCE_BATCH:]
             self._reduce([item for item in batch if not self.writer.has(item[0])])
 
-    def _reduce(self, batch: list) -> None:
+    def _reduce(self, batch: list, retry: bool = True) -> None:
         if not batch:
             return
         reducer = self.load_reducer()
@@ -158,11 +160,11 @@ class RowSink:
             failpoints.hit("parent.reduction", self.stem(batch[0][0]) if len(batch) == 1 else None)
             probs = reducer.reduce_files([(self.stem(i), outputs) for i, outputs, _, _ in batch])
         except Exception as exc:  # noqa: BLE001 - one file's failure must not cost the others their rows
-            if len(batch) > 1:
-                log.warning("reducing %d files together failed (%s: %s); reducing them one by one",
+            if retry:
+                log.warning("reducing %d file(s) failed (%s: %s); reducing each alone once more",
                             len(batch), type(exc).__name__, exc)
                 for item in batch:
-                    self._reduce([item])
+                    self._reduce([item], retry=False)
                 return
             index = batch[0][0]
             log.error("%s: the reduction failed (%s: %s); writing prior-only rows", self.stem(index), type(exc).__name__, exc)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamer import failpoints
+from streamer.errors import OutputWriteError
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,15 @@ class Journal:
         doc = {"key": entry.key.__dict__, "status": status, "output": output, "reason": reason,
                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        failpoints.hit("archive.journal_append", output)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            if handle.tell() > 0 and not self._ends_with_newline():
-                handle.write("\n")  # close a line a crash cut short, so this one stays whole
-            handle.write(json.dumps(doc) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            failpoints.hit("archive.journal_append", output)
+            with open(self.path, "a", encoding="utf-8") as handle:
+                if handle.tell() > 0 and not self._ends_with_newline():
+                    handle.write("\n")  # close a line a crash cut short, so this one stays whole
+                handle.write(json.dumps(doc) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise OutputWriteError(f"could not append to the journal {self.path}: {exc.strerror or exc}; "
+                                   f"rerun to resume once it can be written") from exc
         self.entries[entry.key.path] = entry

@@ -24,10 +24,12 @@ import resource
 import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 
 from streamer.audio import WINDOW_SAMPLES
 from streamer.budget import Budget
 from streamer.errors import OutputWriteError
+from streamer.files import pid_alive
 from streamer.metadata import N_WINDOWS_PER_FILE
 from streamer.pipeline import scheduler as sch
 from streamer.pipeline.children import EVENT_WAIT_S, STARTUP_TIMEOUT_S, ChildSpec, Death, Message, Ready, Supervisor
@@ -59,6 +61,18 @@ def _shm_dir(needed_bytes: int) -> str:
     except OSError as exc:
         log.debug("/dev/shm not usable (%s)", exc)
     return tempfile.gettempdir()
+
+
+SLOT_PREFIX = "streamer-slots-"
+
+
+def remove_stale_slot_files(folder: str) -> None:
+    """Remove window-slot files of runs whose parent was killed (``streamer-slots-<pid>-*``)."""
+    for path in Path(folder).glob(f"{SLOT_PREFIX}*.f32"):
+        pid = path.name[len(SLOT_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            path.unlink(missing_ok=True)
+            log.info("removed %s, left by a run that was killed", path)
 
 
 class PipelineRunner:
@@ -212,7 +226,9 @@ class PipelineRunner:
         report.engine = f"pipeline: {self.layout.describe()}"
         self.sink.load_reducer()  # the folds load before any child starts
         slot_bytes = self.n_slots * N_WINDOWS_PER_FILE * WINDOW_SAMPLES * 4
-        fd, slot_path = tempfile.mkstemp(prefix="streamer-slots-", suffix=".f32", dir=_shm_dir(slot_bytes))
+        folder = _shm_dir(slot_bytes)
+        remove_stale_slot_files(folder)
+        fd, slot_path = tempfile.mkstemp(prefix=f"{SLOT_PREFIX}{os.getpid()}-", suffix=".f32", dir=folder)
         reason: str | None = None
         try:
             os.ftruncate(fd, slot_bytes)
