@@ -62,6 +62,41 @@ def _import_soundfile():
     return soundfile
 
 
+#: Extensions taken as audio without opening the file (what libsndfile reads, plus MP3 and Opus,
+#: which recent libsndfile builds decode). Other files are opened to ask soundfile.
+AUDIO_EXTENSIONS = frozenset(
+    {".ogg", ".oga", ".opus", ".flac", ".wav", ".wave", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd", ".w64", ".caf", ".rf64"}
+)
+
+
+def is_audio(path: str | os.PathLike) -> bool:
+    """True for a file with an audio extension (any case), or one soundfile can open."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.suffix.lower() in AUDIO_EXTENSIONS:
+        return True
+    sf = _import_soundfile()
+    try:
+        sf.info(str(path))
+    except Exception as exc:  # noqa: BLE001 - libsndfile's errors are not one type: any means "not audio"
+        log.debug("%s: not audio (%s)", path, exc)
+        return False
+    return True
+
+
+def find_audio(folder: str | os.PathLike) -> tuple[list, list]:
+    """(audio files, other files) directly in ``folder``; hidden files are ignored."""
+    from pathlib import Path
+
+    audio, other = [], []
+    for path in sorted(Path(folder).iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        (audio if is_audio(path) else other).append(path)
+    return audio, other
+
+
 def resample(samples: np.ndarray, rate_in_hz: int, rate_out_hz: int = TARGET_SAMPLE_RATE_HZ) -> np.ndarray:
     """Resample mono float32 audio with soxr's high-quality filter."""
     if rate_in_hz == rate_out_hz:

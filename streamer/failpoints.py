@@ -149,7 +149,8 @@ def _next_count(name: str) -> int:
     """Increment and return the run-wide hit counter ``name`` (a locked file)."""
     folder = Path(os.environ[STATE_ENV])
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o644)
+    safe = re.sub(r"[^A-Za-z0-9._-]", lambda m: f"%{ord(m.group()):02x}", name)  # keys may hold '/'
+    fd = os.open(folder / safe, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         raw = os.read(fd, 64).strip()

@@ -6,6 +6,7 @@ file stops the run early with a message naming it.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from streamer.errors import ArtifactError
+
+log = logging.getLogger(__name__)
 
 #: ``BC2026_Test_0001_S05_20250227_010002`` → site ``S05`` (SPEC §4).
 _SITE_RE = re.compile(r"^BC\d+_(Train|Test)_\d+_(S\d+)_")
@@ -49,6 +52,10 @@ def parse_hour(stem: str) -> int:
         if len(head) == 2 and head.isdigit():
             return int(head) % 24
     return 0
+
+
+def _stem_order(path: Path) -> tuple[str, str]:
+    return (file_stem(path.name), path.name)
 
 
 def row_ids(stem: str, n_windows: int = N_WINDOWS_PER_FILE) -> list[str]:
@@ -103,16 +110,30 @@ class Competition:
         return len(self.classes)
 
     def audio_files(self, dry_run_files: int) -> tuple[list[Path], str]:
-        """The files to score: ``test_soundscapes/*.ogg`` or, when there are none, the first
-        ``dry_run_files`` of ``train_soundscapes/*.ogg`` (sorted by name). Returns the list and
-        which folder it came from."""
+        """The files to score: every audio file in ``test_soundscapes/`` (any format soundfile
+        reads, any case of extension) or, when it holds none, the first ``dry_run_files`` of
+        ``train_soundscapes/`` (sorted by stem). Returns the list and which folder it came from.
+
+        Raises:
+            ArtifactError: ``test_soundscapes/`` holds files but none of them is audio (they
+                would otherwise be ignored and the dry run scored instead).
+        """
+        from streamer.audio import find_audio
+
         test_dir = self.data_dir / "test_soundscapes"
-        files = sorted(test_dir.glob("*.ogg")) if test_dir.is_dir() else []
+        files, others = find_audio(test_dir) if test_dir.is_dir() else ([], [])
+        if others:
+            names = ", ".join(p.name for p in others[:5]) + (", ..." if len(others) > 5 else "")
+            if not files:
+                raise ArtifactError(
+                    f"{test_dir}: holds {len(others)} file(s) but none is audio that soundfile can read ({names})"
+                )
+            log.warning("%s: ignoring %d file(s) that are not audio: %s", test_dir, len(others), names)
         if files:
-            return files, "test_soundscapes"
+            return sorted(files, key=_stem_order), "test_soundscapes"
         train_dir = self.data_dir / "train_soundscapes"
-        files = sorted(train_dir.glob("*.ogg"))[: max(0, dry_run_files)] if train_dir.is_dir() else []
-        return files, "train_soundscapes (dry run)"
+        files = find_audio(train_dir)[0] if train_dir.is_dir() else []
+        return sorted(files, key=_stem_order)[: max(0, dry_run_files)], "train_soundscapes (dry run)"
 
     def site_index(self) -> dict[str, int]:
         """ProtoSSM site ids: sorted distinct sites of the labelled files numbered from 1."""

@@ -289,14 +289,15 @@ def prior_fallback(prior: PriorTables, stem: str, n_windows: int = N_WINDOWS_PER
 
 
 def list_jobs(files: list[Path]) -> tuple[FileJob, ...]:
-    """Jobs in sorted file-name order; two files with one stem would give clashing row ids."""
-    ordered = sorted(files, key=lambda p: p.name)
+    """Jobs in sorted stem order; two files with one stem (``a.ogg`` and ``a.flac``) would give
+    clashing row ids: an error naming both."""
+    ordered = sorted(files, key=lambda p: (file_stem(p.name), p.name))
     stems = [file_stem(p.name) for p in ordered]
-    seen: set[str] = set()
+    seen: dict[str, Path] = {}
     for stem, path in zip(stems, ordered):
         if stem in seen:
-            raise ArtifactError(f"{path}: another input file has the same name stem {stem!r}; row ids would clash")
-        seen.add(stem)
+            raise ArtifactError(f"{path} and {seen[stem].name} have the same name stem {stem!r}; row ids would clash")
+        seen[stem] = path
     return tuple(FileJob(index=i, path=p, stem=s) for i, (p, s) in enumerate(zip(ordered, stems)))
 
 

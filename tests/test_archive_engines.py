@@ -1,23 +1,18 @@
-"""`streamer archive` engines: local worker processes, sequential, Ray; worker deaths, kill and
-resume, formats and rates, the output-folder lock, memory on long inputs."""
+"""`streamer archive` engines: local worker processes, sequential, Ray; worker deaths, formats
+and rates, the output-folder lock, memory on long inputs. Kill-and-resume and the other faults
+are in test_faults_archive.py."""
 
 import collections
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
 import pytest
 import soundfile as sf
 
 from streamer import cli
-from streamer.archive.journal import JOURNAL_NAME, Journal
+from streamer.archive.journal import Journal
 from streamer.archive.output import remove_stale_temporaries
 from streamer.archive.run import LOCK_NAME, OutputLock
 from streamer.audio import write_audio
@@ -167,45 +162,6 @@ def test_output_folder_lock_and_stale_temporaries(tmp_path):
     mine.write_bytes(b"keep")
     assert remove_stale_temporaries(tmp_path) == 1
     assert not stale.exists() and mine.exists() and (tmp_path / LOCK_NAME).exists()
-
-
-def _journal_done(out: Path) -> int:
-    path = out / JOURNAL_NAME
-    if not path.exists():
-        return 0
-    return sum('"status": "done"' in line for line in path.read_text().splitlines())
-
-
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
-def test_kill_and_resume_gives_identical_outputs(kit, tmp_path, how):
-    """SIGKILL to the whole run, as a reboot would; SIGINT (Ctrl-C) to its process group."""
-    src = _noise_folder(tmp_path / "in", [190, 130, 70, 65, 60])
-    ref = tmp_path / "ref"
-    assert cli.main(_args(kit, ref, src, extra=("--workers", "1", "--threads", "1"))) == 0
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "streamer", "-q", *_args(kit, out, src, extra=("--workers", "1", "--threads", "1"))]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while _journal_done(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    workers = [k for k in psutil.Process(proc.pid).children(recursive=True) if "resource_tracker" not in " ".join(k.cmdline())]
-    assert workers
-    os.killpg(proc.pid, getattr(signal, how))  # the whole run, workers included
-    code = proc.wait(timeout=60)
-    err = proc.stderr.read().decode()
-    proc.stderr.close()
-    if how == "SIGINT":
-        assert code == 130, err[-2000:]
-        assert "interrupted" in err
-        time.sleep(0.5)
-        assert not [k for k in workers if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]  # no orphans
-    n_done = _journal_done(out)
-    assert 2 <= n_done < 5
-    assert cli.main(_args(kit, out, src, extra=("--workers", "1", "--threads", "1"))) == 0
-    _assert_same(_read_all(ref), _read_all(out))
-    assert not list(out.rglob("*.tmp"))
-    assert _journal_done(out) == 5  # the two runs together: every input once
 
 
 def test_memory_stays_flat_on_a_long_input(kit, tmp_path):

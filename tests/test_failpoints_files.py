@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from streamer import failpoints
-from streamer.errors import ConfigError, OutputWriteError
+from streamer.errors import ArtifactError, ConfigError, OutputWriteError
 from streamer.files import atomic_write_text, check_writable_file, remove_stale_temporaries, temporary_sibling
 from streamer.submission import SubmissionWriter
 
@@ -45,14 +45,14 @@ def test_unarmed_hit_does_nothing():
 
 
 def test_counts_and_keys(arm):
-    arm("parent.reduction=raise@2,decoder.read[b]=nan@1+")
+    arm("parent.reduction=raise@2,decoder.read[b/c.flac]=nan@1+")
     failpoints.hit("parent.reduction")  # 1st: nothing
     with pytest.raises(failpoints.FailpointError, match="parent.reduction"):
         failpoints.hit("parent.reduction")  # 2nd: raises
     failpoints.hit("parent.reduction")  # 3rd: nothing again
     assert failpoints.hit("decoder.read", "a") is None  # another key: not counted
-    assert failpoints.hit("decoder.read", "b") == "nan"
-    assert failpoints.hit("decoder.read", "b") == "nan"  # @1+: every later hit too
+    assert failpoints.hit("decoder.read", "b/c.flac") == "nan"  # a key may be a relative path
+    assert failpoints.hit("decoder.read", "b/c.flac") == "nan"  # @1+: every later hit too
 
 
 def test_enospc_is_an_oserror(arm):
@@ -178,3 +178,33 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
         p.write_text("x")
     assert remove_stale_temporaries(tmp_path / "sub.csv") == 1
     assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_every_audio_file_of_test_soundscapes_is_found(kit_copy, caplog):
+    from streamer.audio import write_audio
+    from streamer.metadata import load_competition
+    from streamer.stages import list_jobs
+
+    test_dir = kit_copy.data_dir / "test_soundscapes"
+    for p in test_dir.iterdir():
+        p.unlink()
+    tone = np.sin(np.arange(32000) / 5.0).astype(np.float32) * 0.1
+    write_audio(test_dir / "b_upper.OGG", tone, 32000)
+    write_audio(test_dir / "a_flac.flac", tone, 32000)
+    write_audio(test_dir / "c.flac", tone, 32000)
+    (test_dir / "c.flac").rename(test_dir / "c_noext")  # no extension: soundfile is asked, and reads it
+    (test_dir / "notes.txt").write_text("not audio")
+    (test_dir / ".DS_Store").write_bytes(b"\0")
+    competition = load_competition(kit_copy.data_dir)
+    with caplog.at_level("WARNING"):
+        files, source = competition.audio_files(20)
+    assert [p.name for p in files] == ["a_flac.flac", "b_upper.OGG", "c_noext"] and source == "test_soundscapes"
+    assert "notes.txt" in caplog.text and ".DS_Store" not in caplog.text
+    (test_dir / "a_flac.ogg").write_bytes((test_dir / "b_upper.OGG").read_bytes())
+    with pytest.raises(ArtifactError, match="same name stem 'a_flac'"):
+        list_jobs(competition.audio_files(20)[0])
+    for p in test_dir.iterdir():
+        if p.name != "notes.txt" and not p.name.startswith("."):
+            p.unlink()
+    with pytest.raises(ArtifactError, match="holds 1 file\\(s\\) but none is audio"):
+        competition.audio_files(20)

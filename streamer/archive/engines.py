@@ -72,7 +72,17 @@ def run_sequential(tasks, model_spec: ModelSpec, reducer_spec: ReducerSpec, clas
     except StreamerError as exc:
         raise ArchiveEngineError(str(exc), setup=True) from exc
     for task in tasks:
-        on_result(task, scorer.score(task, on_chunk=lambda audio_s: on_progress(task.rel, audio_s)))
+        for attempt in range(1, MAX_FILE_ATTEMPTS + 1):
+            try:
+                result = scorer.score(task, on_chunk=lambda audio_s: on_progress(task.rel, audio_s))
+            except Exception as exc:  # noqa: BLE001 - as a worker's death in the local engine: retried, then failed
+                cause = f"{type(exc).__name__}: {exc}"
+                if attempt < MAX_FILE_ATTEMPTS:
+                    log.warning("%s: scoring it failed (%s); retrying it", task.rel, cause)
+                    continue
+                result = TaskResult(task.rel, False, f"scoring it failed {attempt} times (last: {cause})")
+            on_result(task, result)
+            break
 
 
 # ---------------------------------------------------------------------------- local processes

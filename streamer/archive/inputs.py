@@ -8,15 +8,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from streamer.audio import AUDIO_EXTENSIONS
 from streamer.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: Extensions taken as audio when searching folders (what libsndfile reads, plus MP3 and Opus,
-#: which recent libsndfile builds decode).
-AUDIO_EXTENSIONS = frozenset(
-    {".ogg", ".oga", ".opus", ".flac", ".wav", ".wave", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd", ".w64", ".caf", ".rf64"}
-)
 #: Extensions of list files: one path per line, blank lines and ``#`` comments ignored.
 LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from streamer import __version__
+from streamer.audio import find_audio
 from streamer.artifacts import resolve_perch_labels
 from streamer.config import InferConfig
 from streamer.errors import ArtifactError, AudioDecodeError
@@ -211,7 +212,7 @@ def cache_files(config: InferConfig, all_files: bool) -> tuple[list[Path], str]:
     """
     competition = load_competition(config.data_dir)
     train_dir = Path(config.data_dir) / "train_soundscapes"
-    found = {file_stem(p.name): p for p in sorted(train_dir.glob("*.ogg"))} if train_dir.is_dir() else {}
+    found = {file_stem(p.name): p for p in find_audio(train_dir)[0]} if train_dir.is_dir() else {}
     missing = [s for s in competition.label_files if s not in found]
     if missing:
         raise ArtifactError(
@@ -237,7 +238,7 @@ def build_cache(
     Args:
         config: artifacts and metadata (the ensemble settings are not used).
         out: the ``.npz`` to write.
-        all_files: cache every ``train_soundscapes/*.ogg``, not only the labelled ones.
+        all_files: cache every audio file of ``train_soundscapes/``, not only the labelled ones.
         force: rebuild even when the existing cache is up to date.
         threads: intra-op threads of onnxruntime and torch (``None``: the libraries' defaults).
 

@@ -1,0 +1,164 @@
+"""The fault matrix of ``streamer archive``: a failpoint × action per cell, each run as the real
+command in its own process group. For each cell: the documented exit code; no child process
+left; and the outputs after a plain rerun (with ``--retry-failed`` where an input was reported
+failed) equal to an uninterrupted run's, with no temporary file left and every input journaled
+once as done. Faults are triggered at failpoints, never by timing."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+
+from streamer.archive.journal import JOURNAL_NAME
+from streamer.audio import write_audio
+
+pytestmark = pytest.mark.timeout(240)
+
+LENGTHS_S = (130, 65, 20)
+VICTIM = "in/rec1.flac"
+BASE = ("--workers", "1", "--threads", "1", "--no-cnn", "--no-crnn")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("archive") / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for i, seconds in enumerate(LENGTHS_S):
+        t = np.arange(32000 * seconds) / 32000
+        tone = 0.05 * np.sin(2 * np.pi * (700 + 250 * i) * t) * (np.sin(2 * np.pi * t / 6) > 0)
+        write_audio(folder / f"rec{i}.flac", tone + 0.02 * rng.standard_normal(t.shape), 32000)
+    return folder
+
+
+def _pgid(pid):
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def archive(kit, inputs, out, spec="", *extra, args=BASE):
+    env = {**os.environ, "STREAMER_FAILPOINTS": spec}
+    env.pop("STREAMER_FAILPOINTS_STATE", None)
+    report = out.parent / f"{out.name}.json"
+    report.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "streamer", "-q", "archive", str(inputs), "--out", str(out), "--data-dir", str(kit.data_dir),
+           "--perch", str(kit.perch_onnx), "--moe-dir", str(kit.moe_dir), "--report-json", str(report), *args, *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    stdout, stderr = proc.communicate(timeout=200)
+    group = [p for p in psutil.process_iter() if _pgid(p.pid) == proc.pid]
+    _, alive = psutil.wait_procs(group, timeout=10)  # children die with the run, whatever ended it
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], f"children left: {alive}"
+    doc = json.loads(report.read_text()) if report.exists() else None
+    return proc.returncode, doc, stdout + stderr
+
+
+def read_all(out):
+    return {str(p.relative_to(out)): pd.read_parquet(p) for p in sorted(out.rglob("*.parquet"))}
+
+
+@pytest.fixture(scope="module")
+def reference(kit, inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "out"
+    code, _, text = archive(kit, inputs, out)
+    assert code == 0, text[-3000:]
+    return read_all(out)
+
+
+def assert_resumed(kit, inputs, out, reference, retry_failed=False):
+    """A plain rerun (no failpoint) completes the folder: equal to the uninterrupted run."""
+    code, _, text = archive(kit, inputs, out, "", *(["--retry-failed"] if retry_failed else []))
+    assert code == 0, text[-3000:]
+    got = read_all(out)
+    assert sorted(got) == sorted(reference)
+    for name in reference:
+        pd.testing.assert_frame_equal(got[name], reference[name], check_exact=True)
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    lines = [json.loads(line) for line in (out / JOURNAL_NAME).read_text().splitlines()]
+    done = {}
+    for line in lines:
+        done[line["output"]] = line["status"]
+    assert sorted(done.values()) == ["done"] * len(LENGTHS_S)
+
+
+@pytest.mark.parametrize("spec", [
+    "archive.worker_chunk=kill@2",
+    "archive.worker_chunk=raise@2",
+    "archive.worker_chunk=enospc@3",
+    "archive.worker_setup=kill@1",
+])
+def test_recovered(kit, inputs, reference, tmp_path, spec):
+    out = tmp_path / "out"
+    code, doc, text = archive(kit, inputs, out, spec)
+    assert code == 0, text[-3000:]
+    assert not doc["failed"] and len(doc["done"]) == len(LENGTHS_S)
+    assert_resumed(kit, inputs, out, reference)
+
+
+def test_a_hung_worker_is_killed_and_its_input_redone(kit, inputs, reference, tmp_path):
+    out = tmp_path / "out"
+    code, doc, text = archive(kit, inputs, out, "archive.worker_chunk=hang@2", "--task-timeout", "3")
+    assert code == 0, text[-3000:]
+    assert "(hung)" in text
+    assert_resumed(kit, inputs, out, reference)
+
+
+@pytest.mark.parametrize("spec,reason", [
+    (f"archive.worker_chunk[{VICTIM}]=kill", "the worker scoring it died 3 times (last: killed by SIGKILL"),
+    (f"archive.worker_chunk[{VICTIM}]=nan", "Perch gave non-finite outputs"),
+])
+def test_one_input_fails_alone(kit, inputs, reference, tmp_path, spec, reason):
+    out = tmp_path / "out"
+    code, doc, text = archive(kit, inputs, out, spec)
+    assert code == 1, text[-3000:]
+    assert list(doc["failed"]) == [VICTIM] and reason in doc["failed"][VICTIM]
+    assert len(doc["done"]) == len(LENGTHS_S) - 1
+    assert_resumed(kit, inputs, out, reference, retry_failed=True)
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("archive.worker_chunk=sigint@3", 130),
+    ("archive.journal_append=sigint@2", 130),
+    ("archive.journal_append=kill@2", -9),
+    ("archive.journal_append=enospc@2", 1),
+])
+def test_interrupted_runs_resume_to_the_same_outputs(kit, inputs, reference, tmp_path, spec, expected):
+    out = tmp_path / "out"
+    code, _, text = archive(kit, inputs, out, spec)
+    assert code == expected, text[-3000:]
+    if spec.endswith("enospc@2"):
+        assert "could not append to the journal" in text
+    assert_resumed(kit, inputs, out, reference)
+
+
+def test_workers_that_cannot_load_their_models_stop_before_scoring(kit, inputs, tmp_path):
+    out = tmp_path / "out"
+    code, _, text = archive(kit, inputs, out, "archive.worker_setup=raise")
+    assert code == 2, text[-3000:]
+    assert "every worker process kept dying" in text
+    assert not list(out.rglob("*.parquet"))
+
+
+@pytest.mark.parametrize("spec", ["archive.worker_chunk=raise@2", f"archive.worker_chunk[{VICTIM}]=nan"])
+def test_sequential_engine(kit, inputs, reference, tmp_path, spec):
+    out = tmp_path / "out"
+    code, doc, text = archive(kit, inputs, out, spec, args=("--engine", "sequential", "--threads", "1", "--no-cnn", "--no-crnn"))
+    assert code == (1 if "nan" in spec else 0), text[-3000:]
+    assert_resumed(kit, inputs, out, reference, retry_failed=True)
+
+
+@pytest.mark.parametrize("spec", ["archive.worker_chunk=raise@2", f"archive.worker_chunk[{VICTIM}]=nan"])
+def test_ray_engine(kit, inputs, reference, tmp_path, spec):
+    pytest.importorskip("ray")
+    out = tmp_path / "out"
+    code, doc, text = archive(kit, inputs, out, spec, args=("--engine", "ray", "--workers", "1", "--threads", "1", "--no-cnn", "--no-crnn"))
+    assert code == (1 if "nan" in spec else 0), text[-3000:]
+    if "nan" in spec:
+        assert list(doc["failed"]) == [VICTIM]
+    assert_resumed(kit, inputs, out, reference, retry_failed=True)
