@@ -7,6 +7,7 @@ Exit codes: 0 success; 2 bad arguments, artifacts or metadata (nothing was score
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -14,7 +15,10 @@ from pathlib import Path
 
 from streamer import __version__, failpoints
 from streamer.budget import DEFAULT_BUDGET_MINUTES
-from streamer.config import DEFAULT_BLEND, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, ARCHIVE_ENGINES, ENGINES, STUDENT_BACKENDS, InferConfig, default_cache_dir
+from streamer.config import (
+    ARCHIVE_ENGINES, DEFAULT_BLEND, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, ENGINES, STUDENT_BACKENDS,
+    ArchiveSettings, ArtifactSettings, EnsembleSettings, ExecutionSettings, InferConfig, default_cache_dir,
+)
 from streamer.config import DEFAULT_SMOOTH, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S
 from streamer.errors import ConfigError, OutputWriteError, StreamerError
 
@@ -40,13 +44,10 @@ def _threads(value: str) -> int | str:
     return value if value in ("auto", "default") else _positive_int(value)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True, execution: bool = True) -> None:
-    """Model, metadata and blend options shared by the commands that run the ensemble
-    (``execution=False`` leaves out infer's engine and layout options)."""
+def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """Artifact and ensemble options, shared by the commands that run the ensemble."""
     add_artifact_arguments(parser, required=required)
     add_ensemble_arguments(parser)
-    if execution:
-        add_execution_arguments(parser)
 
 
 def add_artifact_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -76,68 +77,72 @@ def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--proto-d-model", type=int, default=None, help="ProtoSSM width; checked against the checkpoints (default: read from them, 320 in the released bundle)")
 
 
-def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
-    """Engine, layout, budget and profile options."""
+def add_execution_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """Engine, layout and fault options of ``infer`` or ``archive``: the flags both have are
+    declared once, here; each command adds its own engines."""
     r = parser.add_argument_group("execution")
-    r.add_argument("--engine", choices=ENGINES, default="pipeline", help="multiprocess pipeline, or the single-process sequential reference (default: %(default)s)")
-    r.add_argument("--students-backend", choices=STUDENT_BACKENDS, default="auto", help="run the students in torch or in onnxruntime (exported at start-up; same numbers, ~4x faster); auto: onnxruntime in the pipeline, torch in the sequential engine (default: %(default)s)")
-    r.add_argument("--reduce-in", choices=("consumer", "parent"), default="parent", help="where the pipeline runs each file's prior, ProtoSSM folds and post-processing (default: %(default)s)")
-    r.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="model (consumer) processes of the pipeline (default: planned from the CPUs)")
-    r.add_argument("--threads", type=_threads, default="auto", metavar="T|auto|default", help="intra-op threads per model process; 'auto' plans them from the CPUs, 'default' leaves onnxruntime's and torch's own defaults (default: %(default)s)")
-    r.add_argument("--decoders", type=_positive_int, default=None, metavar="D", help="decoder processes of the pipeline (default: 1 per 8 CPUs)")
+    if command == "infer":
+        r.add_argument("--engine", choices=ENGINES, default="pipeline", help="multiprocess pipeline, or the single-process sequential reference (default: %(default)s)")
+    else:
+        r.add_argument("--engine", choices=ARCHIVE_ENGINES, default="local", help="worker processes on this machine, one process (the reference), or a Ray cluster (pip install 'streamer[ray]') (default: %(default)s)")
+        r.add_argument("--address", default=None, help="Ray cluster to join, e.g. 'auto' or ray://host:10001 (default: start a local Ray instance); inputs, models and --out must be at the same paths on every node")
+    r.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="model processes: pipeline consumers, archive workers or Ray actors (default: planned from the CPUs)")
+    r.add_argument("--threads", type=_threads, default="auto", metavar="T|auto|default", help="intra-op threads per model process (onnxruntime and torch); 'auto' plans them from the CPUs (2 per actor on Ray), 'default' leaves the libraries' own defaults (default: %(default)s)")
     r.add_argument("--no-pin", action="store_true", help="do not pin model processes to CPUs")
     r.add_argument("--allow-spinning", action="store_true", help="let onnxruntime's idle threads spin (off by default)")
-    r.add_argument("--budget-minutes", type=float, default=DEFAULT_BUDGET_MINUTES, metavar="M", help="wall-clock budget from the start of the command; a complete CSV is written before it ends (default: %(default)s)")
-    r.add_argument("--profile", type=Path, default=None, metavar="FILE", help="tuned layout from 'streamer tune' (default: the cached profile, if it was measured on this machine and no layout flag is given)")
-    r.add_argument("--no-profile", action="store_true", help="ignore any tuned profile")
-    r.add_argument("--task-timeout", type=float, default=DEFAULT_TASK_TIMEOUT_S, metavar="S", help="a pipeline process that does not answer a task for S seconds (or 20 times a file's measured cost, if longer) is declared hung, killed and replaced; its file is retried (default: %(default)s)")
-    r.add_argument("--startup-timeout", type=float, default=DEFAULT_STARTUP_TIMEOUT_S, metavar="S", help="a pipeline process not ready S seconds after it started is declared hung, killed and replaced (default: %(default)s)")
+    r.add_argument("--students-backend", choices=STUDENT_BACKENDS, default="auto", help="run the students in torch or in onnxruntime (exported at start-up; same numbers, ~4x faster); auto: onnxruntime except in the sequential engine (default: %(default)s)")
+    r.add_argument("--task-timeout", type=float, default=DEFAULT_TASK_TIMEOUT_S, metavar="S", help="a model or decoder process that does not answer a task for S seconds (or 20 times a file's measured cost, if longer; an archive worker: no 60-s chunk done) is declared hung, killed and replaced; its work is retried (default: %(default)s)")
+    r.add_argument("--startup-timeout", type=float, default=DEFAULT_STARTUP_TIMEOUT_S, metavar="S", help="a process not ready S seconds after it started is declared hung, killed and replaced (default: %(default)s)")
+    r.add_argument("--report-json", type=Path, default=None, metavar="FILE", help="also write the run report as JSON")
+    if command == "infer":
+        r.add_argument("--reduce-in", choices=("consumer", "parent"), default="parent", help="where the pipeline runs each file's prior, ProtoSSM folds and post-processing (default: %(default)s)")
+        r.add_argument("--decoders", type=_positive_int, default=None, metavar="D", help="decoder processes of the pipeline (default: 1 per 8 CPUs)")
+        r.add_argument("--budget-minutes", type=float, default=DEFAULT_BUDGET_MINUTES, metavar="M", help="wall-clock budget from the start of the command; a complete CSV is written before it ends (default: %(default)s)")
+        r.add_argument("--profile", type=Path, default=None, metavar="FILE", help="tuned layout from 'streamer tune' (default: the cached profile, if it was measured on this machine and no layout flag is given)")
+        r.add_argument("--no-profile", action="store_true", help="ignore any tuned profile")
 
 
-def model_settings(args: argparse.Namespace) -> dict:
-    """InferConfig's artifact and ensemble settings from the shared flags (an ensemble flag a
-    command does not have keeps InferConfig's default)."""
-    defaults = InferConfig(data_dir=args.data_dir, perch=args.perch, moe_dir=args.moe_dir)
-    pick = lambda name: getattr(args, name, getattr(defaults, name))  # noqa: E731
-    return dict(
-        data_dir=args.data_dir,
-        perch=args.perch,
-        moe_dir=args.moe_dir,
-        perch_labels=args.perch_labels,
-        weights_prefix=args.weights_prefix,
-        n_folds=args.n_folds,
-        cnn=args.cnn,
-        crnn=args.crnn,
-        use_cnn=not args.no_cnn,
-        use_crnn=not args.no_crnn,
-        **{name: pick(name) for name in ("blend_perch", "blend_cnn", "blend_crnn", "prior_scale", "smooth_center", "smooth_side", "proto_d_model")},
+def artifacts_from_args(args: argparse.Namespace) -> ArtifactSettings:
+    return ArtifactSettings(
+        data_dir=args.data_dir, perch=args.perch, moe_dir=args.moe_dir, perch_labels=args.perch_labels,
+        weights_prefix=args.weights_prefix, n_folds=args.n_folds, cnn=args.cnn, crnn=args.crnn,
+        use_cnn=not args.no_cnn, use_crnn=not args.no_crnn,
     )
 
 
+def ensemble_from_args(args: argparse.Namespace) -> EnsembleSettings:
+    """The ensemble flags (a command without them keeps the defaults)."""
+    names = [f.name for f in dataclasses.fields(EnsembleSettings)]
+    return EnsembleSettings(**{n: getattr(args, n) for n in names if hasattr(args, n)})
+
+
+def execution_from_args(args: argparse.Namespace, **overrides) -> ExecutionSettings:
+    """The execution flags a command has (the others keep their defaults)."""
+    found = {
+        "engine": getattr(args, "engine", None) if getattr(args, "engine", None) in ENGINES else None,
+        "threads": getattr(args, "threads", None),
+        "allow_spinning": getattr(args, "allow_spinning", None),
+        "students_backend": getattr(args, "students_backend", None),
+        "workers": getattr(args, "workers", None),
+        "decoders": getattr(args, "decoders", None),
+        "pin": not args.no_pin if hasattr(args, "no_pin") else None,
+        "reduce_in": getattr(args, "reduce_in", None),
+        "budget_minutes": getattr(args, "budget_minutes", None),
+        "progress": not getattr(args, "quiet", False),
+        "profile": getattr(args, "profile", None),
+        "use_profile": not args.no_profile if hasattr(args, "no_profile") else None,
+        "task_timeout_s": getattr(args, "task_timeout", None),
+        "startup_timeout_s": getattr(args, "startup_timeout", None),
+    }
+    found.update(overrides)
+    return ExecutionSettings(**{k: v for k, v in found.items() if v is not None})
+
+
 def config_from_args(args: argparse.Namespace) -> InferConfig:
-    if args.command == "archive":  # its own engines and layout; the plan needs only the models
-        return InferConfig(
-            **model_settings(args), threads=args.threads, allow_spinning=args.allow_spinning,
-            students_backend=args.students_backend, progress=not getattr(args, "quiet", False),
-        )
     return InferConfig(
-        **model_settings(args),
-        out=getattr(args, "out", Path("submission.csv")),
+        artifacts_from_args(args), ensemble_from_args(args), execution_from_args(args),
+        out=getattr(args, "out", Path("submission.csv")) if args.command == "infer" else Path("submission.csv"),
         dry_run_files=getattr(args, "dry_run_files", DEFAULT_DRY_RUN_FILES),
-        threads=args.threads,
-        allow_spinning=args.allow_spinning,
-        engine=args.engine,
-        students_backend=args.students_backend,
-        reduce_in=args.reduce_in,
-        workers=args.workers,
-        decoders=args.decoders,
-        pin=not args.no_pin,
-        budget_minutes=args.budget_minutes,
-        profile=args.profile,
-        use_profile=not args.no_profile,
-        progress=not getattr(args, "quiet", False),
-        task_timeout_s=args.task_timeout,
-        startup_timeout_s=args.startup_timeout,
     )
 
 
@@ -150,26 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("infer", help="score a competition folder and write submission.csv")
     add_model_arguments(p)
+    add_execution_arguments(p, "infer")
     p.add_argument("--out", type=Path, default=Path("submission.csv"), help="submission CSV to write (default: %(default)s)")
     p.add_argument("--dry-run-files", type=int, default=DEFAULT_DRY_RUN_FILES, help="files of train_soundscapes/ to score when test_soundscapes/ is empty (default: %(default)s)")
-    p.add_argument("--report-json", type=Path, default=None, metavar="FILE", help="also write the run report (tiers, stage seconds, memory, throughput) as JSON")
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("archive", help="score long recordings (any length, rate, channels, format) into one score file per input")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="audio files, folders (searched recursively) or .txt/.lst files listing paths")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (one <relative path>.<format> per input, plus the journal)")
-    add_model_arguments(p, execution=False)
-    r = p.add_argument_group("execution")
-    r.add_argument("--engine", choices=ARCHIVE_ENGINES, default="local", help="worker processes on this machine, one process (the reference), or a Ray cluster (pip install 'streamer[ray]') (default: %(default)s)")
-    r.add_argument("--address", default=None, help="Ray cluster to join, e.g. 'auto' or ray://host:10001 (default: start a local Ray instance); inputs, models and --out must be at the same paths on every node")
-    r.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="worker processes (local) or actors (ray), each scoring whole inputs (default: planned from the CPUs)")
-    r.add_argument("--threads", type=_threads, default="auto", metavar="T|auto|default", help="intra-op threads per worker; 'auto' plans them from the CPUs (2 per actor on Ray), 'default' leaves the libraries' defaults (local engines only) (default: %(default)s)")
-    r.add_argument("--no-pin", action="store_true", help="do not pin worker processes to CPUs")
-    r.add_argument("--allow-spinning", action="store_true", help="let onnxruntime's idle threads spin (off by default)")
-    r.add_argument("--students-backend", choices=STUDENT_BACKENDS, default="auto", help="run the students in torch or onnxruntime; auto: onnxruntime except in the sequential engine (default: %(default)s)")
-    r.add_argument("--report-json", type=Path, default=None, metavar="FILE", help="also write the run report (counts, hours, real-time factor, stage seconds, peak memory) as JSON")
-    r.add_argument("--task-timeout", type=float, default=DEFAULT_TASK_TIMEOUT_S, metavar="S", help="a local worker that finishes no 60-s chunk for S seconds is declared hung, killed and replaced; its input is retried (default: %(default)s)")
-    r.add_argument("--startup-timeout", type=float, default=DEFAULT_STARTUP_TIMEOUT_S, metavar="S", help="a local worker not ready S seconds after it started is declared hung, killed and replaced (default: %(default)s)")
+    add_model_arguments(p)
+    add_execution_arguments(p, "archive")
     a = p.add_argument_group("archive")
     a.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="score file format (default: %(default)s)")
     a.add_argument("--top-k", type=_positive_int, default=None, metavar="K", help="keep only the K best classes per window (long format)")
@@ -324,20 +319,21 @@ def cmd_archive(args: argparse.Namespace) -> int:
     from streamer.archive.engines import ArchiveEngineError
     from streamer.archive.inputs import expand_inputs
     from streamer.archive.run import run_archive
-    from streamer.archive.timing import parse_utc, read_metadata_csv
+    from streamer.archive.timing import parse_utc
+    from streamer.files import check_writable_file
     from streamer.stages import prepare
 
+    settings = ArchiveSettings(
+        out_dir=args.out, fmt=args.format, top_k=args.top_k, retry_failed=args.retry_failed, metadata=args.metadata,
+        site=args.site, start_utc=parse_utc(args.start_utc) if args.start_utc else None, engine=args.engine,
+        address=args.address,
+    )
+    if args.report_json is not None:
+        check_writable_file(args.report_json, "--report-json")
     entries = expand_inputs(args.inputs)
-    metadata = read_metadata_csv(args.metadata) if args.metadata else None
-    start = parse_utc(args.start_utc) if args.start_utc else None
     plan = prepare(config_from_args(args), files=[])
     try:
-        report = run_archive(
-            plan, entries, args.out, fmt=args.format, top_k=args.top_k, retry_failed=args.retry_failed,
-            metadata=metadata, site=args.site, start_utc=start, engine=args.engine, workers=args.workers,
-            threads=args.threads, pin=not args.no_pin, address=args.address, progress=not args.quiet and sys.stderr.isatty(),
-            task_timeout_s=args.task_timeout, startup_timeout_s=args.startup_timeout,
-        )
+        report = run_archive(plan, entries, settings)
     except ArchiveEngineError as exc:
         log.error("%s", exc)
         return EXIT_USAGE if exc.setup else EXIT_FAILURE
@@ -359,14 +355,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def validation_config(args: argparse.Namespace) -> InferConfig:
     """The settings of ``cache`` and ``sweep``: artifacts, plus the ensemble flags when present."""
-    defaults = InferConfig(data_dir=args.data_dir, perch=args.perch, moe_dir=args.moe_dir)
-    return InferConfig(
-        **model_settings(args),
-        threads=getattr(args, "threads", defaults.threads),
-        students_backend=getattr(args, "students_backend", defaults.students_backend),
-        engine="sequential",
-        progress=False,
-    )
+    return InferConfig(artifacts_from_args(args), ensemble_from_args(args),
+                       execution_from_args(args, engine="sequential", progress=False))
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -374,7 +364,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from streamer.validate.cache import build_cache
 
     config = validation_config(args)
-    cache, built = build_cache(config, args.out, all_files=args.all_files, force=args.force, threads=sequential_threads(config.threads))
+    cache, built = build_cache(config, args.out, all_files=args.all_files, force=args.force, threads=sequential_threads(config.execution.threads))
     students = ", ".join(k for k in ("cnn", "crnn") if k in cache.dependencies) or "none"
     verb = f"written in {cache.info.get('seconds', 0):.1f} s" if built else "up to date, reused"
     print(
@@ -399,9 +389,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from streamer.validate.sweep import SweepPoint, assign_prior_folds, draw_heatmap, parse_grid, prepare_sweep, run_sweep
 
     config = validation_config(args)
-    base = SweepPoint(config.blend_perch, config.blend_cnn, config.blend_crnn, config.prior_scale, config.smooth_center, config.smooth_side)
+    e = config.ensemble
+    base = SweepPoint(e.blend_perch, e.blend_cnn, e.blend_crnn, e.prior_scale, e.smooth_center, e.smooth_side)
     points, values = parse_grid(args.grid, base)
-    set_torch_threads(sequential_threads(config.threads))
+    set_torch_threads(sequential_threads(config.execution.threads))
     t0 = time.perf_counter()
     plan = prepare(config, files=[])
     cache = load_cache(args.cache)
@@ -462,14 +453,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
         plan = prepare(config, frame=frame)
     except KeyboardInterrupt:
         # The competition folder is read: even now, Ctrl-C leaves a complete CSV.
-        report = RunReport(out=config.out, n_files=len(frame.jobs), source=frame.source, engine=config.engine, interrupted=True)
+        report = RunReport(out=config.out, n_files=len(frame.jobs), source=frame.source, engine=config.execution.engine, interrupted=True)
         write_prior_only(frame, report, Budget(budget_s=float("inf"), start=args.start_time), "interrupted")
         _report_out(report, args.report_json)
         return EXIT_INTERRUPTED
     for note in plan.notes:
         log.info("%s", note)
     if not plan.jobs:
-        log.warning("no audio files found in %s (test_soundscapes/ or train_soundscapes/); writing a header-only submission", config.data_dir)
+        log.warning("no audio files found in %s (test_soundscapes/ or train_soundscapes/); writing a header-only submission", config.artifacts.data_dir)
     log.info("scoring %d files from %s", len(plan.jobs), plan.source)
     report = run_infer(plan, start=args.start_time)
     _report_out(report, args.report_json)

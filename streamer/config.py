@@ -1,10 +1,22 @@
-"""Settings of a run, checked once when they are made."""
+"""Settings, by concern, checked once when they are made.
+
+* :class:`ArtifactSettings`: where the competition folder and the model files are;
+* :class:`EnsembleSettings`: blend weights, prior scale, smoothing (what changes the numbers);
+* :class:`ExecutionSettings`: engine, processes, threads, budget, timeouts (what changes the
+  speed, never the numbers beyond float round-off);
+* :class:`ArchiveSettings`: what ``streamer archive`` adds (output folder, format, timing,
+  resume, its engines).
+
+``infer``, ``archive``, ``cache``, ``sweep`` and ``bench`` build them from the same command-line
+flags; :class:`InferConfig` joins the first three for a scoring run.
+"""
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 
 from streamer.budget import DEFAULT_BUDGET_MINUTES
@@ -38,56 +50,30 @@ def default_cache_dir() -> Path:
     return Path(base) / "streamer"
 
 
+def _check_non_negative(prefix: str, **values: float) -> None:
+    for name, value in values.items():
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"--{prefix}{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+
+
 @dataclass(frozen=True)
-class InferConfig:
-    """Everything ``streamer infer`` needs.
+class ArtifactSettings:
+    """Where the inputs of a run are.
 
     Attributes:
         data_dir: competition folder (SPEC §1).
         perch: Perch ONNX file or its folder.
         moe_dir: folder of the MoE bundle.
-        out: submission CSV to write.
         perch_labels: explicit Perch label list (else found beside the ONNX file).
         weights_prefix: fold file prefix (else discovered from the folder).
         n_folds: number of ProtoSSM folds required.
         cnn, crnn: explicit student checkpoints (else found in ``moe_dir``).
         use_cnn, use_crnn: whether to load each student at all.
-        blend_perch, blend_cnn, blend_crnn: blend weights of the pre-sigmoid logits.
-        prior_scale: weight of the site/hour prior logit.
-        smooth_center, smooth_side: temporal smoothing ``center·x[t] + side·(x[t−1] + x[t+1])``
-            (edges replicated); 1 and 0 turn it off.
-        proto_d_model: ProtoSSM width; ``None`` reads it from the checkpoint.
-        dry_run_files: how many training soundscapes to score when ``test_soundscapes`` is empty.
-        threads: intra-op threads per model process for onnxruntime and torch: a number,
-            ``"auto"`` (planned from the CPUs this process may use) or ``"default"`` (leave the
-            libraries' own defaults, the way the original script ran).
-        allow_spinning: let onnxruntime's idle threads spin (off by default: spinning steals CPU
-            from neighbouring processes).
-        engine: ``"pipeline"`` (multiprocess) or ``"sequential"`` (single-process reference).
-        students_backend: ``"torch"``, ``"onnxruntime"`` (the students exported to ONNX at
-            start-up; same numbers, faster) or ``"auto"`` (onnxruntime in the pipeline, torch in
-            the sequential engine, which mirrors the original script).
-        reduce_in: where the pipeline runs each file's reduction (prior, ProtoSSM folds,
-            post-processing): ``"consumer"`` (right after the models, in the same process) or
-            ``"parent"``.
-        workers: model (consumer) processes of the pipeline; ``None`` plans it.
-        decoders: decoder processes of the pipeline; ``None`` plans it.
-        pin: pin each consumer to its own CPUs.
-        budget_minutes: wall-clock budget from the start of the command.
-        progress: show the progress bar.
-        profile: a tuned layout profile (``streamer tune``); by default the one in the cache
-            folder is used when it was measured on this machine and no layout flag is given.
-        use_profile: whether to look for a profile at all.
-        task_timeout_s: a pipeline child that does not answer a task for this long (or 20 times
-            a file's measured cost, if longer) is declared hung, killed and its file retried.
-        startup_timeout_s: a pipeline child that is not ready this long after it started is
-            declared hung and killed (then restarted, up to the restart limit).
     """
 
     data_dir: Path
     perch: Path
     moe_dir: Path
-    out: Path = Path("submission.csv")
     perch_labels: Path | None = None
     weights_prefix: str | None = None
     n_folds: int = DEFAULT_N_FOLDS
@@ -95,6 +81,24 @@ class InferConfig:
     crnn: Path | None = None
     use_cnn: bool = True
     use_crnn: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_folds < 1:
+            raise ConfigError(f"--n-folds must be >= 1, got {self.n_folds}")
+
+
+@dataclass(frozen=True)
+class EnsembleSettings:
+    """How the networks' outputs are combined (SPEC §3).
+
+    Attributes:
+        blend_perch, blend_cnn, blend_crnn: blend weights of the pre-sigmoid logits.
+        prior_scale: weight of the site/hour prior logit.
+        smooth_center, smooth_side: temporal smoothing ``center·x[t] + side·(x[t−1] + x[t+1])``
+            (edges replicated); 1 and 0 turn it off.
+        proto_d_model: ProtoSSM width; ``None`` reads it from the checkpoint.
+    """
+
     blend_perch: float = DEFAULT_BLEND[0]
     blend_cnn: float = DEFAULT_BLEND[1]
     blend_crnn: float = DEFAULT_BLEND[2]
@@ -102,15 +106,67 @@ class InferConfig:
     smooth_center: float = DEFAULT_SMOOTH[0]
     smooth_side: float = DEFAULT_SMOOTH[1]
     proto_d_model: int | None = None
-    dry_run_files: int = DEFAULT_DRY_RUN_FILES
+
+    def __post_init__(self) -> None:
+        _check_non_negative("", blend_perch=self.blend_perch, blend_cnn=self.blend_cnn, blend_crnn=self.blend_crnn,
+                            smooth_center=self.smooth_center, smooth_side=self.smooth_side)
+        if not math.isfinite(self.prior_scale):
+            raise ConfigError(f"--prior-scale must be finite, got {self.prior_scale}")
+        if self.smooth_center + 2 * self.smooth_side <= 0:
+            raise ConfigError("--smooth-center and --smooth-side are both 0: every score would be 0")
+        if self.proto_d_model is not None and self.proto_d_model < 1:
+            raise ConfigError(f"--proto-d-model must be >= 1, got {self.proto_d_model}")
+
+    @property
+    def blend_weights(self) -> tuple[float, float, float]:
+        return (self.blend_perch, self.blend_cnn, self.blend_crnn)
+
+    @property
+    def smooth(self) -> tuple[float, float]:
+        return (self.smooth_center, self.smooth_side)
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    """How a run uses the machine; none of it changes the numbers beyond float round-off.
+
+    Attributes:
+        engine: ``infer``'s engine, ``"pipeline"`` (multiprocess) or ``"sequential"``
+            (single-process reference). ``archive`` has its own (:class:`ArchiveSettings`).
+        threads: intra-op threads per model process for onnxruntime and torch: a number,
+            ``"auto"`` (planned from the CPUs this process may use) or ``"default"`` (leave the
+            libraries' own defaults, the way the original script ran).
+        allow_spinning: let onnxruntime's idle threads spin (off by default: spinning steals CPU
+            from neighbouring processes).
+        students_backend: ``"torch"``, ``"onnxruntime"`` (the students exported to ONNX at
+            start-up; same numbers, faster) or ``"auto"`` (onnxruntime except in a sequential
+            engine, which mirrors the original script).
+        workers: model processes (pipeline consumers, archive workers or actors); ``None``
+            plans it.
+        decoders: decoder processes of the pipeline; ``None`` plans it.
+        pin: pin each model process to its own CPUs.
+        reduce_in: where the pipeline runs each file's reduction (prior, ProtoSSM folds,
+            post-processing): ``"parent"`` or ``"consumer"``.
+        budget_minutes: ``infer``'s wall-clock budget from the start of the command.
+        progress: show the progress bar.
+        profile: a tuned layout profile (``streamer tune``); by default the one in the cache
+            folder is used when it was measured on this machine and no layout flag is given.
+        use_profile: whether to look for a profile at all.
+        task_timeout_s: a process that does not answer a task for this long (or 20 times a
+            file's measured cost, if longer; an archive worker: no 60-s chunk done) is declared
+            hung, killed and its work retried.
+        startup_timeout_s: a process not ready this long after it started is declared hung and
+            killed (then restarted, up to the restart limit).
+    """
+
+    engine: str = "pipeline"
     threads: int | str = "auto"
     allow_spinning: bool = False
-    engine: str = "pipeline"
     students_backend: str = "auto"
-    reduce_in: str = "parent"
     workers: int | None = None
     decoders: int | None = None
     pin: bool = True
+    reduce_in: str = "parent"
     budget_minutes: float = DEFAULT_BUDGET_MINUTES
     progress: bool = True
     profile: Path | None = None
@@ -119,32 +175,14 @@ class InferConfig:
     startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
 
     def __post_init__(self) -> None:
-        for name in ("blend_perch", "blend_cnn", "blend_crnn"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
-        if not math.isfinite(self.prior_scale):
-            raise ConfigError(f"--prior-scale must be finite, got {self.prior_scale}")
-        for name in ("smooth_center", "smooth_side"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
-        if self.smooth_center + 2 * self.smooth_side <= 0:
-            raise ConfigError("--smooth-center and --smooth-side are both 0: every score would be 0")
-        if self.n_folds < 1:
-            raise ConfigError(f"--n-folds must be >= 1, got {self.n_folds}")
-        if self.dry_run_files < 0:
-            raise ConfigError(f"--dry-run-files must be >= 0, got {self.dry_run_files}")
-        if self.proto_d_model is not None and self.proto_d_model < 1:
-            raise ConfigError(f"--proto-d-model must be >= 1, got {self.proto_d_model}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if not (self.threads in ("auto", "default") or (isinstance(self.threads, int) and self.threads >= 1)):
             raise ConfigError(f"--threads must be a positive integer, 'auto' or 'default', got {self.threads!r}")
         if self.students_backend not in STUDENT_BACKENDS:
             raise ConfigError(f"--students-backend must be one of {', '.join(STUDENT_BACKENDS)}, got {self.students_backend!r}")
         if self.reduce_in not in ("consumer", "parent"):
             raise ConfigError(f"--reduce-in must be 'consumer' or 'parent', got {self.reduce_in!r}")
-        if self.engine not in ENGINES:
-            raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         for name in ("workers", "decoders"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -156,10 +194,82 @@ class InferConfig:
             if not value > 0:
                 raise ConfigError(f"--{name[:-2].replace('_', '-')} must be > 0 seconds, got {value}")
 
-    @property
-    def blend_weights(self) -> tuple[float, float, float]:
-        return (self.blend_perch, self.blend_cnn, self.blend_crnn)
 
-    @property
-    def smooth(self) -> tuple[float, float]:
-        return (self.smooth_center, self.smooth_side)
+@dataclass(frozen=True)
+class ArchiveSettings:
+    """What ``streamer archive`` adds to the shared settings.
+
+    Attributes:
+        out_dir: output folder (score files, the journal, the lock).
+        fmt: ``parquet`` or ``csv``.
+        top_k: keep only the K best classes per window (long format); ``None``: every class.
+        retry_failed: retry inputs that failed in an earlier run.
+        metadata: CSV with columns ``path,site,start`` for each recording's site and start.
+        site, start_utc: site and start time of recordings whose names do not tell them.
+        engine: ``local`` (worker processes), ``sequential`` (this process) or ``ray``.
+        address: the Ray cluster to join (``None``: start a local Ray instance).
+    """
+
+    out_dir: Path
+    fmt: str = "parquet"
+    top_k: int | None = None
+    retry_failed: bool = False
+    metadata: Path | None = None
+    site: str | None = None
+    start_utc: datetime | None = None
+    engine: str = "local"
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine not in ARCHIVE_ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ARCHIVE_ENGINES)}, got {self.engine!r}")
+        if self.fmt not in ("parquet", "csv"):
+            raise ConfigError(f"--format must be parquet or csv, got {self.fmt!r}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"--top-k must be >= 1, got {self.top_k}")
+
+
+_GROUPS = {"artifacts": ArtifactSettings, "ensemble": EnsembleSettings, "execution": ExecutionSettings}
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """Everything a scoring run needs: the three groups of settings, where the submission goes,
+    and how many training files a dry run scores.
+
+    Attributes:
+        artifacts, ensemble, execution: see the classes.
+        out: submission CSV to write.
+        dry_run_files: how many training soundscapes to score when ``test_soundscapes`` is empty.
+    """
+
+    artifacts: ArtifactSettings
+    ensemble: EnsembleSettings = field(default_factory=EnsembleSettings)
+    execution: ExecutionSettings = field(default_factory=ExecutionSettings)
+    out: Path = Path("submission.csv")
+    dry_run_files: int = DEFAULT_DRY_RUN_FILES
+
+    def __post_init__(self) -> None:
+        if self.dry_run_files < 0:
+            raise ConfigError(f"--dry-run-files must be >= 0, got {self.dry_run_files}")
+
+    @classmethod
+    def create(cls, data_dir, perch, moe_dir, **settings) -> "InferConfig":
+        """A config from flat keyword settings, each sent to the group that has it, e.g.
+        ``InferConfig.create(data_dir=..., perch=..., moe_dir=..., out="sub.csv", threads=1,
+        blend_perch=0.7)``.
+
+        Raises:
+            TypeError: a setting no group has.
+        """
+        grouped: dict[str, dict] = {name: {} for name in _GROUPS}
+        top = {k: settings.pop(k) for k in ("out", "dry_run_files") if k in settings}
+        for key, value in settings.items():
+            group = next((g for g, kind in _GROUPS.items() if key in {f.name for f in fields(kind)}), None)
+            if group is None:
+                raise TypeError(f"unknown setting {key!r}")
+            grouped[group][key] = value
+        artifacts = ArtifactSettings(Path(data_dir), Path(perch), Path(moe_dir), **grouped["artifacts"])
+        if "out" in top:
+            top["out"] = Path(top["out"])
+        return cls(artifacts, EnsembleSettings(**grouped["ensemble"]), ExecutionSettings(**grouped["execution"]), **top)

@@ -64,7 +64,7 @@ def run_demo(cache_dir: Path, *, out: Path | None = None, rebuild: bool = False,
 
     kit = ensure_kit(cache_dir, rebuild=rebuild)
     out = Path(out) if out is not None else Path(cache_dir) / "demo" / "submission.csv"
-    config = InferConfig(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir, out=out, progress=progress)
+    config = InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir, out=out, progress=progress)
     plan = prepare(config)
     report = run_infer(plan)
 

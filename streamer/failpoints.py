@@ -53,6 +53,7 @@ POINTS = {
     "decoder.setup": "a decoder process, while it starts",
     "decoder.read": "a decoder, before it reads a file",
     "decoder.slot_write": "a decoder, after it wrote a file's windows into the shared slot",
+    "parent.checks": "the parent, after reading the competition folder, before it checks the model files",
     "parent.reduction": "the parent, before it reduces a batch of files (prior, ProtoSSM, post-processing)",
     "parent.row_write": "the parent, before it writes a file's rows to the submission",
     "parent.before_rename": "the parent, before the finished submission is renamed into place",

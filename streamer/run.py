@@ -45,12 +45,12 @@ def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
     """
     config = plan.config
     t_start = time.perf_counter()
-    budget = Budget(budget_s=config.budget_minutes * 60.0, start=start if start is not None else time.monotonic())
-    report = RunReport(out=Path(config.out), n_files=len(plan.jobs), source=plan.source, engine=config.engine)
+    budget = Budget(budget_s=config.execution.budget_minutes * 60.0, start=start if start is not None else time.monotonic())
+    report = RunReport(out=Path(config.out), n_files=len(plan.jobs), source=plan.source, engine=config.execution.engine)
     # What the parent can load, it checks before anything starts (ArtifactError: exit 2, no CSV).
     reducer = Reducer(plan.reducer)
     check_students(plan.model)
-    sink = RowSink(plan.frame, report, budget, plan.reducer, progress=config.progress)
+    sink = RowSink(plan.frame, report, budget, plan.reducer, progress=config.execution.progress)
     sink.reducer = reducer
     reason = None
     try:
@@ -97,8 +97,8 @@ def with_student_backend(plan: RunPlan, tmp: Path, *, sequential: bool | None = 
 
     config, model = plan.config, plan.model
     if sequential is None:
-        sequential = config.engine == "sequential"
-    backend = config.students_backend
+        sequential = config.execution.engine == "sequential"
+    backend = config.execution.students_backend
     if backend == "auto":
         backend = "torch" if sequential else "onnxruntime"
     if backend != "onnxruntime" or (model.cnn_path is None and model.crnn_path is None):
@@ -116,31 +116,31 @@ def _run(plan: RunPlan, budget: Budget, sink: RowSink, report: RunReport) -> Non
     from streamer.pipeline.workers import with_threads
 
     config = plan.config
-    if config.engine == "sequential":
+    if config.execution.engine == "sequential":
         from streamer.sequential import run_sequential
 
-        threads = sequential_threads(config.threads)
+        threads = sequential_threads(config.execution.threads)
         log.info("engine: sequential, %s intra-op thread(s)", "library default" if threads is None else threads)
         run_sequential(replace(plan, model=with_threads(plan.model, threads)), sink, report, budget)
         return
 
     from streamer.pipeline.runner import PipelineRunner
 
-    workers, threads, decoders = config.workers, config.threads, config.decoders
+    workers, threads, decoders = config.execution.workers, config.execution.threads, config.execution.decoders
     tuned = _tuned_layout(config)
     if tuned is not None:
         workers, threads, decoders = tuned.workers, tuned.threads, tuned.decoders
         plan = replace(plan, model=replace(plan.model, threads=replace(plan.model.threads, allow_spinning=tuned.allow_spinning)))
-    layout = plan_layout(workers=workers, threads=threads, decoders=decoders, pin=config.pin, n_files=len(plan.jobs))
+    layout = plan_layout(workers=workers, threads=threads, decoders=decoders, pin=config.execution.pin, n_files=len(plan.jobs))
     log.info("engine: pipeline, %s", layout.describe())
     # The parent only reduces (ProtoSSM on 12 windows at a time): one thread, so it does not
     # compete with the consumers for every core.
     set_torch_threads(1)
     PipelineRunner(
         plan, layout, budget, sink, report,
-        reduce_in_consumers=config.reduce_in == "consumer",
-        task_timeout_s=config.task_timeout_s,
-        startup_timeout_s=config.startup_timeout_s,
+        reduce_in_consumers=config.execution.reduce_in == "consumer",
+        task_timeout_s=config.execution.task_timeout_s,
+        startup_timeout_s=config.execution.startup_timeout_s,
     ).run()
 
 
@@ -148,12 +148,12 @@ def _tuned_layout(config):
     """The tuned profile's layout, when one applies: only if no layout flag was given."""
     from streamer.profile import default_profile_path, load_profile
 
-    if not config.use_profile:
+    if not config.execution.use_profile:
         return None
-    explicit = config.workers is not None or config.decoders is not None or config.threads != "auto" or config.allow_spinning
+    explicit = config.execution.workers is not None or config.execution.decoders is not None or config.execution.threads != "auto" or config.execution.allow_spinning
     if explicit:
-        if config.profile is not None:
-            log.info("layout flags given: the profile %s is not used", config.profile)
+        if config.execution.profile is not None:
+            log.info("layout flags given: the profile %s is not used", config.execution.profile)
         return None
-    path = config.profile if config.profile is not None else default_profile_path()
-    return load_profile(path, required=config.profile is not None)
+    path = config.execution.profile if config.execution.profile is not None else default_profile_path()
+    return load_profile(path, required=config.execution.profile is not None)

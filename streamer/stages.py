@@ -323,7 +323,7 @@ def read_frame(config: InferConfig, files: list[Path] | None = None) -> Submissi
     Raises:
         ArtifactError: a metadata file missing or malformed, or two files with one stem.
     """
-    competition = load_competition(config.data_dir)
+    competition = load_competition(config.artifacts.data_dir)
     if files is None:
         found, source = competition.audio_files(config.dry_run_files)
     else:
@@ -344,18 +344,19 @@ def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: Subm
     """
     if frame is None:
         frame = read_frame(config, files)
+    failpoints.hit("parent.checks")
     competition = frame.competition
-    perch = resolve_perch(config.perch, config.perch_labels)
+    perch = resolve_perch(config.artifacts.perch, config.artifacts.perch_labels)
     moe = resolve_moe(
-        config.moe_dir,
-        weights_prefix=config.weights_prefix,
-        n_folds=config.n_folds,
-        cnn=config.cnn,
-        crnn=config.crnn,
-        use_cnn=config.use_cnn,
-        use_crnn=config.use_crnn,
+        config.artifacts.moe_dir,
+        weights_prefix=config.artifacts.weights_prefix,
+        n_folds=config.artifacts.n_folds,
+        cnn=config.artifacts.cnn,
+        crnn=config.artifacts.crnn,
+        use_cnn=config.artifacts.use_cnn,
+        use_crnn=config.artifacts.use_crnn,
     )
-    weights = config.blend_weights
+    weights = config.ensemble.blend_weights
     loaded = weights[0] + (weights[1] if moe.cnn_path else 0.0) + (weights[2] if moe.crnn_path else 0.0)
     if loaded <= 0:
         raise ArtifactError(f"the blend weights {weights} sum to 0 over the models that loaded")
@@ -372,12 +373,12 @@ def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: Subm
     reducer = ReducerSpec(
         fold_paths=moe.fold_paths,
         n_classes=competition.n_classes,
-        proto_d_model=config.proto_d_model,
+        proto_d_model=config.ensemble.proto_d_model,
         prior=frame.prior,
         site_index=competition.site_index(),
         blend_weights=weights,
-        prior_scale=config.prior_scale,
-        smooth=config.smooth,
+        prior_scale=config.ensemble.prior_scale,
+        smooth=config.ensemble.smooth,
     )
     model = ModelSpec(
         onnx_path=perch.onnx_path,
@@ -387,7 +388,7 @@ def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: Subm
         crnn_path=moe.crnn_path,
         n_classes=competition.n_classes,
         # The engines set the thread count from their layout (see streamer.pipeline.layout).
-        threads=ThreadSettings(intra_op_threads=None, allow_spinning=config.allow_spinning),
+        threads=ThreadSettings(intra_op_threads=None, allow_spinning=config.execution.allow_spinning),
     )
     return RunPlan(
         config=config,

@@ -98,7 +98,7 @@ def marked_config(kit_and_data, out, **kw):
     kit, data = kit_and_data
     base = dict(data_dir=data, perch=kit.perch_onnx, moe_dir=kit.moe_dir, out=out, progress=False)
     base.update(kw)
-    return InferConfig(**base)
+    return InferConfig.create(**base)
 
 
 def run_marked(kit_and_data, out, **kw):

@@ -142,10 +142,10 @@ def test_48k_stereo_and_other_formats_through_the_command(kit, tmp_path):
 
 
 def test_an_unknown_engine_is_refused_before_anything_is_touched(tmp_path):
-    from streamer.archive.run import run_archive
+    from streamer.config import ArchiveSettings
 
     with pytest.raises(ConfigError, match="engine must be one of local, sequential, ray, got 'pipeline'"):
-        run_archive(None, [], tmp_path / "out", engine="pipeline")
+        ArchiveSettings(out_dir=tmp_path / "out", engine="pipeline")
     assert not (tmp_path / "out").exists()
 
 

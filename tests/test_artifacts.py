@@ -145,7 +145,7 @@ def test_site_slots_read_from_checkpoint(kit_copy):
 
 def test_proto_d_model_checked(kit):
     with pytest.raises(ArtifactError, match="d_model=320"):
-        stages.Reducer(stages.prepare(InferConfig(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir, proto_d_model=256)).reducer)
+        stages.Reducer(stages.prepare(InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir, proto_d_model=256)).reducer)
 
 
 def test_perch_requests_only_needed_outputs(kit):

@@ -208,3 +208,28 @@ def test_every_audio_file_of_test_soundscapes_is_found(kit_copy, caplog):
             p.unlink()
     with pytest.raises(ArtifactError, match="holds 1 file\\(s\\) but none is audio"):
         competition.audio_files(20)
+
+
+@pytest.mark.parametrize("what", ["out_is_a_folder", "out_below_a_file", "report_is_a_folder"])
+def test_unwritable_outputs_are_refused_before_anything_runs(kit, tmp_path, monkeypatch, caplog, what):
+    from streamer import cli, stages
+
+    from conftest import infer_args
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the run went on past the output checks")
+
+    monkeypatch.setattr(stages, "read_frame", boom)
+    monkeypatch.setattr(stages, "prepare", boom)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    out, extra = tmp_path / "sub.csv", []
+    if what == "out_is_a_folder":
+        out = tmp_path / "adir"
+    elif what == "out_below_a_file":
+        out = tmp_path / "afile" / "sub.csv"
+    else:
+        extra = ["--report-json", str(tmp_path / "adir")]
+    with caplog.at_level("ERROR"):
+        assert cli.main(infer_args(kit, out, *extra)) == 2
+    assert ("is a folder" if what != "out_below_a_file" else "is not a folder") in caplog.text

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import N_MARKED, UNREADABLE_STEM, assert_same_csv, marked_stems
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 STEMS = marked_stems()
 VICTIM = STEMS[2]  # a file named by the keyed cells
@@ -125,12 +125,36 @@ def test_one_file_falls_back_alone(marked, reference, tmp_path, spec, reason):
     check(frame, doc, reference[False], touched=[VICTIM], reason=reason)
 
 
+def test_a_reduction_that_always_fails_gives_every_file_prior_only_rows(marked, tmp_path):
+    code, frame, doc, stderr = run_cli(marked, tmp_path, "parent.reduction=raise")
+    assert code == 0, stderr[-3000:]
+    assert_complete(frame)
+    assert all(doc["tiers"][s] == "prior_only" and "reduction failed: FailpointError" in doc["reasons"][s] for s in STEMS)
+
+
+def test_a_failed_student_export_keeps_the_students_in_torch(marked, reference, tmp_path):
+    code, frame, doc, stderr = run_cli(marked, tmp_path, "students.export=raise", args=("--workers", "2", "--threads", "1"))
+    assert code == 0, stderr[-3000:]
+    assert "students in torch" in doc["engine"]
+    assert_complete(frame)
+    assert_same_csv(frame, reference[True], rtol=1e-4, atol=1e-5)  # the sequential reference runs them in torch too
+
+
 def test_non_finite_students_drop_the_students_for_that_file(marked, reference, tmp_path):
     code, frame, doc, stderr = run_cli(marked, tmp_path, f"consumer.students[{VICTIM}]=nan",
                                        args=("--workers", "2", "--threads", "1"))
     assert code == 0, stderr[-3000:]
     check(frame, doc, reference[True], touched=[VICTIM], reason="scored without the students", tier="no_students")
     assert_same_csv(rows_of(frame, [VICTIM]), rows_of(reference[False], [VICTIM]))  # Perch alone, as the no-students run
+
+
+def test_a_start_that_hangs_for_good_ends_with_prior_only_rows(marked, tmp_path):
+    code, frame, doc, stderr = run_cli(marked, tmp_path, "consumer.setup=hang", "--startup-timeout", "2",
+                                       args=("--workers", "1", "--threads", "1", "--no-cnn", "--no-crnn"))
+    assert code == 1, stderr[-3000:]
+    assert_complete(frame)
+    assert set(doc["tiers"].values()) == {"prior_only"}
+    assert "every consumer keeps dying" in doc["error"] and "did not start within 2 s (hung)" in doc["error"]
 
 
 def test_every_consumer_failing_to_start_ends_with_prior_only_rows(marked, reference, tmp_path):
@@ -141,10 +165,10 @@ def test_every_consumer_failing_to_start_ends_with_prior_only_rows(marked, refer
     assert "every consumer keeps dying" in doc["error"] and "FailpointError" in doc["error"]
 
 
-@pytest.mark.parametrize("spec", ["consumer.task_received=sigint@3", "students.export=sigint", "consumer.setup=sigint@1",
-                                  "parent.row_write=sigint@2"])
+@pytest.mark.parametrize("spec", ["parent.checks=sigint", "students.export=sigint", "consumer.setup=sigint@1",
+                                  "consumer.task_received=sigint@3", "parent.row_write=sigint@2"])
 def test_ctrl_c_at_any_phase_writes_the_complete_csv(marked, reference, tmp_path, spec):
-    args = FAST if not spec.startswith("students") else ("--workers", "2", "--threads", "1")
+    args = FAST if not spec.startswith(("students", "parent.checks")) else ("--workers", "2", "--threads", "1")
     code, frame, doc, stderr = run_cli(marked, tmp_path, spec, args=args)
     assert code == 130, stderr[-3000:]
     assert_complete(frame)

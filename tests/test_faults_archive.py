@@ -17,7 +17,7 @@ import pytest
 from streamer.archive.journal import JOURNAL_NAME
 from streamer.audio import write_audio
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 LENGTHS_S = (130, 65, 20)
 VICTIM = "in/rec1.flac"

@@ -125,7 +125,7 @@ def test_prior_folds_errors_and_leave_one_group_out(kit):
 
 
 def test_protossm_similarity_then_fuse_is_the_forward_pass(kit):
-    plan = prepare(InferConfig(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir), files=[])
+    plan = prepare(InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir), files=[])
     folds = Reducer(plan.reducer).folds
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(12, 1536)).astype(np.float32)
@@ -147,7 +147,7 @@ def test_cache_holds_the_model_stage_outputs(kit, cache_path):
     assert cache.embedding.shape == (len(comp.label_files), 12, 1536) and cache.embedding.dtype == np.float32
     for name in ("perch_logits", "cnn_logits", "crnn_logits"):
         assert getattr(cache, name).shape == (len(comp.label_files), 12, comp.n_classes)
-    plan = prepare(InferConfig(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir, engine="sequential"),
+    plan = prepare(InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir, engine="sequential"),
                    files=[kit.data_dir / "train_soundscapes" / f"{cache.stems[1]}.ogg"])
     out = ModelStage(plan.model).run(decode_job(plan.jobs[0]).windows)
     np.testing.assert_array_equal(cache.embedding[1], out.embedding)
@@ -160,7 +160,7 @@ def test_cache_holds_the_model_stage_outputs(kit, cache_path):
 
 
 def test_up_to_date_cache_is_reused(kit, cache_path):
-    config = InferConfig(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir)
+    config = InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir)
     before = cache_path.stat().st_ino  # a rewrite would install a new file (atomic rename)
     cache, built = build_cache(config, cache_path)
     assert not built and cache_path.stat().st_ino == before
@@ -175,7 +175,7 @@ def _keep_labels_of(data_dir, n_files):
 
 def test_changed_model_invalidates_the_cache(kit_copy, tmp_path, capsys):
     _keep_labels_of(kit_copy.data_dir, 2)  # a small cache: two files
-    config = InferConfig(data_dir=kit_copy.data_dir, perch=kit_copy.perch_onnx, moe_dir=kit_copy.moe_dir, use_crnn=False)
+    config = InferConfig.create(data_dir=kit_copy.data_dir, perch=kit_copy.perch_onnx, moe_dir=kit_copy.moe_dir, use_crnn=False)
     path = tmp_path / "cache.npz"
     first, built = build_cache(config, path, threads=2)
     assert built and first.crnn_logits is None and "crnn" not in first.dependencies
@@ -199,9 +199,9 @@ def test_changed_model_invalidates_the_cache(kit_copy, tmp_path, capsys):
     np.testing.assert_allclose(second.cnn_logits, first.cnn_logits + 0.5, atol=1e-4)
     # Loading the CRNN now, which the cache lacks, is a mismatch too; dropping a cached student is not.
     with pytest.raises(ArtifactError, match="crnn .* is loaded now"):
-        second.check_dependencies(hash_dependencies(dependency_paths(prepare(InferConfig(
+        second.check_dependencies(hash_dependencies(dependency_paths(prepare(InferConfig.create(
             data_dir=kit_copy.data_dir, perch=kit_copy.perch_onnx, moe_dir=kit_copy.moe_dir), files=[]))), path)
-    second.check_dependencies(hash_dependencies(dependency_paths(prepare(InferConfig(
+    second.check_dependencies(hash_dependencies(dependency_paths(prepare(InferConfig.create(
         data_dir=kit_copy.data_dir, perch=kit_copy.perch_onnx, moe_dir=kit_copy.moe_dir, use_cnn=False, use_crnn=False), files=[]))), path)
 
 
@@ -216,7 +216,7 @@ def test_bad_cache_files_are_errors(tmp_path):
 def test_missing_labelled_audio_is_an_error(kit_copy, tmp_path):
     victim = sorted((kit_copy.data_dir / "train_soundscapes").glob("*.ogg"))[0]
     victim.unlink()
-    config = InferConfig(data_dir=kit_copy.data_dir, perch=kit_copy.perch_onnx, moe_dir=kit_copy.moe_dir)
+    config = InferConfig.create(data_dir=kit_copy.data_dir, perch=kit_copy.perch_onnx, moe_dir=kit_copy.moe_dir)
     with pytest.raises(ArtifactError, match=victim.stem):
         build_cache(config, tmp_path / "c.npz")
 
@@ -276,7 +276,7 @@ def test_sweep_point_equals_infers_reducer_on_cached_outputs(kit, cache_path):
     from streamer.validate.sweep import prepare_sweep
 
     settings = dict(blend_perch=0.5, blend_cnn=0.3, blend_crnn=0.2, prior_scale=0.6, smooth_center=0.6, smooth_side=0.2)
-    plan = prepare(InferConfig(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir, **settings), files=[])
+    plan = prepare(InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir, **settings), files=[])
     cache = load_cache(cache_path)
     data = prepare_sweep(plan, cache, cache_path, prior_fit="all")
     probs = data.probabilities(SweepPoint(*settings.values()))
@@ -319,7 +319,7 @@ def test_sweep_point_reproduces_infer_and_score(kit_copy, cache_path, tmp_path, 
     from streamer.validate.score import score_submission
     from streamer.validate.sweep import prepare_sweep
 
-    config = InferConfig(data_dir=kit_copy.data_dir, perch=kit_copy.perch_onnx, moe_dir=kit_copy.moe_dir)
+    config = InferConfig.create(data_dir=kit_copy.data_dir, perch=kit_copy.perch_onnx, moe_dir=kit_copy.moe_dir)
     data = prepare_sweep(prepare(config, files=[]), load_cache(cache_path), cache_path, prior_fit="all")
     point = SweepPoint(0.6, 0.25, 0.15, 0.4, 0.7, 0.15)
     probs = data.probabilities(point)

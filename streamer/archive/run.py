@@ -13,10 +13,10 @@ import fcntl
 import logging
 import os
 import resource
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 from streamer.archive.engines import LocalEngine, RayEngine, longest_first, run_sequential
@@ -24,8 +24,8 @@ from streamer.archive.inputs import ArchiveInput
 from streamer.archive.journal import DONE, FAILED, JOURNAL_NAME, Journal
 from streamer.archive.output import remove_stale_temporaries
 from streamer.archive.scorer import ArchiveTask, TaskResult
-from streamer.archive.timing import RecordingTime, recording_time
-from streamer.config import ARCHIVE_ENGINES, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S
+from streamer.archive.timing import read_metadata_csv, recording_time
+from streamer.config import ArchiveSettings
 from streamer.errors import ConfigError
 from streamer.run import with_student_backend
 from streamer.stages import RunPlan
@@ -191,58 +191,33 @@ class _Progress:
             self.bar.close()
 
 
-def run_archive(
-    plan: RunPlan,
-    entries: list[ArchiveInput],
-    out_dir: Path,
-    *,
-    fmt: str = "parquet",
-    top_k: int | None = None,
-    retry_failed: bool = False,
-    metadata: dict[Path, RecordingTime] | None = None,
-    site: str | None = None,
-    start_utc: datetime | None = None,
-    engine: str = "local",
-    workers: int | None = None,
-    threads: int | str = "auto",
-    pin: bool = True,
-    address: str | None = None,
-    progress: bool = False,
-    task_timeout_s: float = DEFAULT_TASK_TIMEOUT_S,
-    startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
-) -> ArchiveReport:
-    """Score every input not finished before (failed ones only with ``retry_failed``).
+def run_archive(plan: RunPlan, entries: list[ArchiveInput], settings: ArchiveSettings) -> ArchiveReport:
+    """Score every input not finished before (failed ones only with ``settings.retry_failed``).
 
     Args:
-        plan: models and reducer (from :func:`streamer.stages.prepare` with no files).
+        plan: models and reducer (from :func:`streamer.stages.prepare` with no files); its
+            execution settings give the layout, threads and timeouts.
         entries: the inputs (:func:`streamer.archive.inputs.expand_inputs`).
-        out_dir: output folder (score files and the journal).
-        engine: ``local`` (worker processes), ``sequential`` (this process) or ``ray``.
-        workers, threads, pin: the layout (``None`` / ``auto``: planned from the CPUs).
-        address: Ray cluster address (``None``: start a local Ray instance).
-        progress: show a progress bar.
-        task_timeout_s, startup_timeout_s: hang limits of the local engine's workers.
+        settings: output folder, format, timing, resume and engine.
 
     Raises:
-        ConfigError: an unknown engine, or another run holds the output folder.
+        ConfigError: another run holds the output folder.
         ArchiveEngineError: the engine could not start or its workers kept dying (finished
             inputs stay journaled, so a rerun resumes).
+        OutputWriteError: the journal could not be written.
     """
-    if engine not in ARCHIVE_ENGINES:
-        raise ConfigError(f"engine must be one of {', '.join(ARCHIVE_ENGINES)}, got {engine!r}")
     t0 = time.perf_counter()
-    out_dir = Path(out_dir)
+    out_dir = Path(settings.out_dir)
     lock = OutputLock(out_dir)
     try:
-        return _run_locked(plan, entries, out_dir, t0, fmt=fmt, top_k=top_k, retry_failed=retry_failed, metadata=metadata,
-                           site=site, start_utc=start_utc, engine=engine, workers=workers, threads=threads, pin=pin,
-                           address=address, progress=progress, task_timeout_s=task_timeout_s,
-                           startup_timeout_s=startup_timeout_s)
+        return _run_locked(plan, entries, settings, t0)
     finally:
         lock.release()
 
 
-def _plan_tasks(entries, out_dir, journal, report, *, fmt, top_k, retry_failed, metadata, site, start_utc) -> list[ArchiveTask]:
+def _plan_tasks(entries, settings: ArchiveSettings, journal, report) -> list[ArchiveTask]:
+    out_dir, fmt, top_k = Path(settings.out_dir), settings.fmt, settings.top_k
+    metadata = read_metadata_csv(settings.metadata) if settings.metadata else None
     previously_failed = {e.key.path for e in journal.failed()}
     tasks = []
     for entry in entries:
@@ -250,31 +225,31 @@ def _plan_tasks(entries, out_dir, journal, report, *, fmt, top_k, retry_failed, 
         key = str(entry.path.resolve())
         if journal.is_done(entry.path, out):
             report.skipped.append(str(entry.rel))
-        elif key in previously_failed and not retry_failed and journal.entries[key].key.mtime_ns == entry.path.stat().st_mtime_ns:
+        elif key in previously_failed and not settings.retry_failed and journal.entries[key].key.mtime_ns == entry.path.stat().st_mtime_ns:
             report.failed[str(entry.rel)] = f"failed before ({journal.entries[key].reason}); not retried without --retry-failed"
         else:
-            when = recording_time(entry.path, metadata=metadata, site=site, start_utc=start_utc)
+            when = recording_time(entry.path, metadata=metadata, site=settings.site, start_utc=settings.start_utc)
             tasks.append(ArchiveTask(entry.path.resolve(), str(entry.rel), out.resolve(), when, fmt, top_k, header_duration(entry.path)))
     return tasks
 
 
-def _run_locked(plan, entries, out_dir, t0, *, fmt, top_k, retry_failed, metadata, site, start_utc, engine, workers,
-                threads, pin, address, progress, task_timeout_s, startup_timeout_s) -> ArchiveReport:
+def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveReport:
     from streamer.pipeline.layout import plan_layout, sequential_threads
     from streamer.pipeline.workers import with_threads
 
+    out_dir, engine, execution = Path(settings.out_dir), settings.engine, plan.config.execution
+    threads = execution.threads
     remove_stale_temporaries(out_dir)
     journal = Journal(out_dir)
     report = ArchiveReport(engine=engine, n_inputs=len(entries))
-    tasks = _plan_tasks(entries, out_dir, journal, report, fmt=fmt, top_k=top_k, retry_failed=retry_failed,
-                        metadata=metadata, site=site, start_utc=start_utc)
+    tasks = _plan_tasks(entries, settings, journal, report)
     if not tasks:
         report.seconds = time.perf_counter() - t0
         return report
     tasks = longest_first(tasks)
     total_s = sum(t.audio_s or 0.0 for t in tasks)
     log.info("archive: %d input(s) to score (%.2f h of audio), %d already finished", len(tasks), total_s / 3600, len(report.skipped))
-    bar = _Progress(total_s, len(tasks), progress)
+    bar = _Progress(total_s, len(tasks), execution.progress and sys.stderr.isatty())
     outstanding = {t.rel for t in tasks}
 
     def on_result(task: ArchiveTask, result: TaskResult) -> None:
@@ -306,14 +281,15 @@ def _run_locked(plan, entries, out_dir, t0, *, fmt, top_k, retry_failed, metadat
                 log.info("engine: sequential, %s", report.layout)
                 run_sequential(tasks, with_threads(plan.model, n_threads), plan.reducer, plan.competition.classes, on_result, bar.advance)
             elif engine == "local":
-                layout = plan_layout(workers=workers, threads=threads, pin=pin, n_files=len(tasks), decoders=1)
+                layout = plan_layout(workers=execution.workers, threads=threads, pin=execution.pin, n_files=len(tasks), decoders=1)
                 report.layout = f"{layout.n_workers} worker(s) x {layout.threads or 'default'} thread(s)" + (", pinned" if any(layout.worker_cpus) else "")
                 log.info("engine: local, %s", report.layout)
-                LocalEngine(plan.model, plan.reducer, plan.competition.classes, layout, task_timeout_s=task_timeout_s,
-                            startup_timeout_s=startup_timeout_s).run(tasks, on_result, bar.advance)
+                LocalEngine(plan.model, plan.reducer, plan.competition.classes, layout, task_timeout_s=execution.task_timeout_s,
+                            startup_timeout_s=execution.startup_timeout_s).run(tasks, on_result, bar.advance)
             else:  # ray (checked on entry)
-                ray_engine = RayEngine(plan.model, plan.reducer, plan.competition.classes, address=address, workers=workers, threads=threads)
-                report.layout = f"address {address or 'local'}"
+                ray_engine = RayEngine(plan.model, plan.reducer, plan.competition.classes, address=settings.address,
+                                       workers=execution.workers, threads=threads)
+                report.layout = f"address {settings.address or 'local'}"
                 ray_engine.run(tasks, on_result, bar.advance)
         finally:
             bar.close()

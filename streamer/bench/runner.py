@@ -228,7 +228,7 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="streamer-bench-") as tmp:
         work = Path(tmp)
         data = make_inputs(models, audio_dir, n_files, work)
-        config = InferConfig(data_dir=data, perch=models.perch, moe_dir=models.moe_dir, out=work / "unused.csv",
+        config = InferConfig.create(data_dir=data, perch=models.perch, moe_dir=models.moe_dir, out=work / "unused.csv",
                              students_backend="onnxruntime", progress=False)
         ceiling_plan = with_student_backend(prepare(config), work / "students")
         for r in range(repeats):

@@ -67,9 +67,9 @@ def dependency_paths(plan: RunPlan) -> dict[str, Path]:
     config = plan.config
     paths = {
         "perch_onnx": plan.model.onnx_path,
-        "perch_labels": resolve_perch_labels(plan.model.onnx_path, config.perch_labels),
-        "taxonomy": Path(config.data_dir) / "taxonomy.csv",
-        "sample_submission": Path(config.data_dir) / "sample_submission.csv",
+        "perch_labels": resolve_perch_labels(plan.model.onnx_path, config.artifacts.perch_labels),
+        "taxonomy": Path(config.artifacts.data_dir) / "taxonomy.csv",
+        "sample_submission": Path(config.artifacts.data_dir) / "sample_submission.csv",
     }
     if plan.model.cnn_path is not None:
         paths["cnn"] = plan.model.cnn_path
@@ -210,8 +210,8 @@ def cache_files(config: InferConfig, all_files: bool) -> tuple[list[Path], str]:
         ArtifactError: a labelled file is missing from ``train_soundscapes/``, or there is
             nothing to cache.
     """
-    competition = load_competition(config.data_dir)
-    train_dir = Path(config.data_dir) / "train_soundscapes"
+    competition = load_competition(config.artifacts.data_dir)
+    train_dir = Path(config.artifacts.data_dir) / "train_soundscapes"
     found = {file_stem(p.name): p for p in find_audio(train_dir)[0]} if train_dir.is_dir() else {}
     missing = [s for s in competition.label_files if s not in found]
     if missing:
@@ -223,7 +223,7 @@ def cache_files(config: InferConfig, all_files: bool) -> tuple[list[Path], str]:
     else:
         files, selection = [found[s] for s in competition.label_files], "labelled train_soundscapes"
     if not files:
-        raise ArtifactError(f"{config.data_dir / 'train_soundscapes_labels.csv'}: no labelled files to cache")
+        raise ArtifactError(f"{config.artifacts.data_dir / 'train_soundscapes_labels.csv'}: no labelled files to cache")
     return files, selection
 
 
@@ -254,7 +254,7 @@ def build_cache(
 
     out = Path(out)
     files, selection = cache_files(config, all_files)
-    plan = prepare(replace(config, engine="sequential"), files=files)
+    plan = prepare(replace(config, execution=replace(config.execution, engine="sequential")), files=files)
     current = hash_dependencies(dependency_paths(plan))
     stems = [job.stem for job in plan.jobs]
     if out.exists() and not force:
