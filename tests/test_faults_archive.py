@@ -103,7 +103,8 @@ def test_recovered(kit, inputs, reference, tmp_path, spec):
 
 def test_a_hung_worker_is_killed_and_its_input_redone(kit, inputs, reference, tmp_path):
     out = tmp_path / "out"
-    code, doc, text = archive(kit, inputs, out, "archive.worker_chunk=hang@2", "--task-timeout", "3")
+    # A healthy 60-s chunk takes well under a second here: 5 s is far above it.
+    code, doc, text = archive(kit, inputs, out, "archive.worker_chunk=hang@2", "--task-timeout", "5")
     assert code == 0, text[-3000:]
     assert "(hung)" in text
     assert_resumed(kit, inputs, out, reference)
