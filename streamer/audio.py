@@ -295,10 +295,21 @@ def write_audio(path: str | os.PathLike, samples: np.ndarray, sample_rate_hz: in
     data = np.asarray(samples, dtype=np.float32)
     if data.ndim == 1:
         data = data[:, None]
-    path = os.fspath(path)
+    from streamer.files import install, temporary_sibling
+
     kwargs = {"samplerate": int(sample_rate_hz), "channels": int(data.shape[1])}
     if subtype is not None:
         kwargs["subtype"] = subtype
-    with sf.SoundFile(path, mode="w", **kwargs) as handle:
-        for start in range(0, data.shape[0], IO_BLOCK_FRAMES // 4):
-            handle.write(data[start : start + IO_BLOCK_FRAMES // 4])
+    fmt = os.path.splitext(os.fspath(path))[1][1:].upper()
+    if fmt not in sf.available_formats():
+        raise ValueError(f"{path}: no audio format for the extension {fmt!r}")
+    fd, tmp = temporary_sibling(path)  # written whole, then renamed into place
+    os.close(fd)
+    try:
+        with sf.SoundFile(str(tmp), mode="w", format=fmt, **kwargs) as handle:
+            for start in range(0, data.shape[0], IO_BLOCK_FRAMES // 4):
+                handle.write(data[start : start + IO_BLOCK_FRAMES // 4])
+        install(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

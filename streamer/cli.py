@@ -286,6 +286,7 @@ def cmd_bench_archive(args: argparse.Namespace) -> int:
     import json
 
     from streamer.bench.archive import archive_markdown, draw_archive_chart, run_archive_bench
+    from streamer.files import atomic_write_text
 
     result = run_archive_bench(
         _bench_models(args), source=args.source, lengths_min=tuple(args.lengths) if args.lengths else None,
@@ -293,8 +294,8 @@ def cmd_bench_archive(args: argparse.Namespace) -> int:
     )
     args.out_dir.mkdir(parents=True, exist_ok=True)
     text = archive_markdown(result)
-    (args.out_dir / "bench-archive.md").write_text(text)
-    (args.out_dir / "bench-archive.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out_dir / "bench-archive.md", text)
+    atomic_write_text(args.out_dir / "bench-archive.json", json.dumps(result, indent=2) + "\n")
     chart = draw_archive_chart(result, args.out_dir / "bench-archive.png")
     print(text)
     print(f"results: {args.out_dir / 'bench-archive.json'}; chart: {chart}")

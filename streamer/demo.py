@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from streamer import __version__
 from streamer.config import InferConfig
+from streamer.files import make_temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def ensure_kit(cache_dir: Path, *, rebuild: bool = False):
         if target.exists():
             shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".kit-", dir=target.parent))
+        tmp = make_temp_dir(target.parent, ".kit-")
         try:
             log.info("building the stand-in kit in %s (once)", target)
             make_standins(tmp, seed=0)

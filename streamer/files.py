@@ -72,6 +72,14 @@ def install(tmp: str | Path, path: str | Path) -> Path:
     return Path(path)
 
 
+def make_temp_dir(parent: str | Path, prefix: str) -> Path:
+    """A new folder inside ``parent`` (to be filled, then renamed into place), with the
+    permissions ``mkdir`` would give under the umask (``mkdtemp`` gives 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    folder.chmod(0o777 & ~current_umask())
+    return folder
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -2,9 +2,10 @@
 
 An ONNX file is a protobuf ``ModelProto``; its ``graph`` (field 7) holds the nodes, the
 initializers (the weights: nearly all of the file) and the declared ``output`` value infos
-(field 12). This walks the protobuf wire format over a memory map and skips every length-
-delimited field it does not need in O(1), so checking the 409 MB Perch file costs milliseconds
-and no memory. ``prepare`` uses it to check, in the parent and before any process starts, that
+(field 12). This walks the protobuf wire format and skips every length-
+delimited field it does not need in O(1): reads of a few kilobytes around each field header,
+so checking the 409 MB Perch file costs milliseconds and no memory (no memory map either, whose
+touched pages would count in the process's resident memory). ``prepare`` uses it to check, in the parent and before any process starts, that
 the file is an ONNX model at all and that its ``label`` output has as many logits as the label
 list has rows (onnxruntime itself loads the model only in the processes that run it).
 
@@ -16,7 +17,6 @@ Dimension.dim_value = 1 and .dim_param = 2).
 
 from __future__ import annotations
 
-import mmap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,29 @@ class DeclaredOutput:
 
     name: str
     shape: tuple[int | str | None, ...] | None
+
+
+class _Bytes:
+    """A file's bytes by index and slice, read in small blocks (the last block is kept)."""
+
+    BLOCK = 4096
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+        self.start = -1
+        self.block = b""
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            self.handle.seek(index.start)
+            return self.handle.read(index.stop - index.start)
+        if not self.start <= index < self.start + len(self.block):
+            self.start = index
+            self.handle.seek(index)
+            self.block = self.handle.read(self.BLOCK)
+            if not self.block:
+                raise OnnxFormatError("truncated file")
+        return self.block[index - self.start]
 
 
 def _varint(buf, pos: int, end: int) -> tuple[int, int]:
@@ -92,7 +115,7 @@ def _shape(buf, type_span) -> tuple | None:
                     if n == 1 and wire == _VARINT:
                         value = v
                     elif n == 2 and wire == _LEN:
-                        value = bytes(buf[v[0]:v[1]]).decode("utf-8", "replace")
+                        value = buf[v[0]:v[1]].decode("utf-8", "replace")
                 dims.append(value)
             return tuple(dims)
     return None
@@ -109,17 +132,18 @@ def declared_outputs(path: str | Path) -> list[DeclaredOutput]:
         size = handle.seek(0, 2)
         if size == 0:
             raise OnnxFormatError("empty file")
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            graphs = list(_submessages(buf, (0, size), 7))  # ModelProto.graph
-            if not graphs:
-                raise OnnxFormatError("no graph")
-            outputs = []
-            for value_info in _submessages(buf, graphs[-1], 12):  # GraphProto.output
-                name, shape = "", None
-                for n, wire, v in _fields(buf, *value_info):
-                    if n == 1 and wire == _LEN:
-                        name = bytes(buf[v[0]:v[1]]).decode("utf-8", "replace")
-                    elif n == 2 and wire == _LEN:
-                        shape = _shape(buf, v)
-                outputs.append(DeclaredOutput(name, shape))
-            return outputs
+        buf = _Bytes(handle)
+        graphs = list(_submessages(buf, (0, size), 7))  # ModelProto.graph
+        if not graphs:
+            raise OnnxFormatError("no graph")
+        outputs = []
+        for start, stop in _submessages(buf, graphs[-1], 12):  # GraphProto.output
+            value_info = buf[start:stop]  # small: parsed in memory
+            name, shape = "", None
+            for n, wire, v in _fields(value_info, 0, len(value_info)):
+                if n == 1 and wire == _LEN:
+                    name = value_info[v[0]:v[1]].decode("utf-8", "replace")
+                elif n == 2 and wire == _LEN:
+                    shape = _shape(value_info, v)
+            outputs.append(DeclaredOutput(name, shape))
+        return outputs

@@ -33,6 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
+from streamer.files import atomic_open
 from streamer.metadata import file_stem, parse_site
 
 log = logging.getLogger(__name__)
@@ -323,7 +324,8 @@ def build_perch_onnx(
     model.ir_version = ir_version
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
+    with atomic_open(path, "wb") as handle:
+        handle.write(model.SerializeToString())  # small (a low-rank head): one protobuf, no external data
     log.info("wrote stand-in Perch ONNX %s (%d labels, rank-%d input, IR %d, opset %d, %.1f MB)",
              path, n_labels, input_rank, ir_version, opset, path.stat().st_size / 1e6)
     return path
@@ -443,7 +445,8 @@ def write_moe_bundle(
                 else:
                     model = StudentCNN(n_classes) if kind == "cnn" else StudentCRNN(n_classes)
                     _calibrate_student(model, calib_mel, gen)
-        torch.save(model.state_dict(), path)
+        with atomic_open(path, "wb") as handle:
+            torch.save(model.state_dict(), handle)
         written.append(path)
     log.info("wrote stand-in MoE bundle in %s: %d files, %d site slots", moe_dir, len(written), n_site_slots)
     return written
@@ -612,7 +615,7 @@ def _random_stamp(rng: np.random.Generator, hour: int) -> str:
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    with atomic_open(path, "w") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)

@@ -195,3 +195,20 @@ def test_fixed_batch_export_is_fed_in_chunks(tmp_path):
     emb, logits = PerchModel(fixed).run(windows)
     np.testing.assert_allclose(emb, ref_emb, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_declared_outputs_equal_onnx_s_own_reading(kit, tmp_path):
+    import onnx
+
+    from streamer.onnx_outputs import OnnxFormatError, declared_outputs
+
+    model = onnx.load(str(kit.perch_onnx))
+    expected = [(o.name, tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in o.type.tensor_type.shape.dim))
+                for o in model.graph.output]
+    assert [(o.name, o.shape) for o in declared_outputs(kit.perch_onnx)] == expected
+    truncated = tmp_path / "cut.onnx"
+    truncated.write_bytes(kit.perch_onnx.read_bytes()[:5000])
+    for bad in (truncated, tmp_path / "empty.onnx"):
+        bad.touch()
+        with pytest.raises(OnnxFormatError):
+            declared_outputs(bad)

@@ -10,7 +10,8 @@ import pytest
 
 from streamer import failpoints
 from streamer.errors import ArtifactError, ConfigError, OutputWriteError
-from streamer.files import atomic_write_text, check_writable_file, remove_stale_temporaries, temporary_sibling
+from streamer.audio import write_audio
+from streamer.files import atomic_write_text, check_writable_file, make_temp_dir, remove_stale_temporaries, temporary_sibling
 from streamer.submission import SubmissionWriter
 
 
@@ -107,8 +108,12 @@ def test_written_files_get_the_umask_s_permissions(tmp_path, umask):
         writer.close()
         fd, tmp = temporary_sibling(tmp_path / "b.bin")
         os.close(fd)
+        folder = make_temp_dir(tmp_path, ".kit-")
+        write_audio(tmp_path / "a.flac", np.zeros(3200, np.float32), 32000)
     finally:
         os.umask(old)
+    assert _mode(folder) == 0o777 & ~umask
+    assert _mode(tmp_path / "a.flac") == 0o666 & ~umask
     expected = 0o666 & ~umask
     assert _mode(tmp_path / "a.txt") == expected
     assert _mode(tmp_path / "sub.csv") == expected

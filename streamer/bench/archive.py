@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamer.files import atomic_open
 from streamer.bench.runner import BenchModels, _machine, environment_note, run_streamer_subprocess
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,7 @@ def draw_archive_chart(result: dict, path: Path) -> Path | None:
     ax_mem.set_ylim(bottom=0)
     fig.suptitle("streamer archive: speed and memory against input length", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
     plt.close(fig)
     return path

@@ -17,11 +17,11 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from streamer.files import make_temp_dir
 from streamer.errors import DependencyError
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def ensure_b3_perch(cache_dir: Path, labels_csv: Path) -> Path:
     if (target / "perch_v2.onnx").is_file() and (target / "labels.csv").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".perch-b3-", dir=target.parent))
+    tmp = make_temp_dir(target.parent, ".perch-b3-")
     try:
         log.info("building the EfficientNet-B3 Perch stand-in in %s (once, about a minute)", target)
         export_onnx(tmp / "perch_v2.onnx")

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streamer.files import atomic_open, atomic_write_text
 from streamer.metadata import N_WINDOWS_PER_FILE, WINDOW_S
 
 log = logging.getLogger(__name__)
@@ -244,10 +245,10 @@ def run_bench(
     result = summarise(contenders, models, n_files, repeats, n_cpus, time.perf_counter() - t_bench, quick)
     json_path = Path(json_path) if json_path else out_dir / "bench.json"
     chart_path = Path(chart_path) if chart_path else out_dir / "bench.png"
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / "bench.md").write_text(result["markdown"] + "\n")
+    atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out_dir / "bench.md", result["markdown"] + "\n")
     result["chart"] = str(draw_chart(contenders, result, chart_path))
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -388,7 +389,8 @@ def draw_chart(contenders: list[Contender], result: dict, path: Path) -> Path | 
     for i, r in enumerate(rates):
         ax.text(r, i, f" {r:.1f}", va="center", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
     plt.close(fig)
     return path
 

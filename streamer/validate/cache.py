@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamer.files import atomic_open
 from streamer import __version__
 from streamer.audio import find_audio
 from streamer.artifacts import resolve_perch_labels
@@ -160,14 +160,8 @@ class ModelCache:
             value = getattr(self, name)
             if value is not None:
                 arrays[name] = np.ascontiguousarray(value, dtype=np.float32)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-        os.close(fd)
-        try:
-            np.savez(tmp, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path, "wb") as handle:
+            np.savez(handle, **arrays)
         return path
 
 

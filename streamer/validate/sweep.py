@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamer.files import atomic_open
 from streamer import postprocess
 from streamer.errors import ArtifactError, ConfigError
 from streamer.metadata import parse_hour, parse_site
@@ -423,6 +424,7 @@ def draw_heatmap(result: SweepResult, values: dict[str, list], path: Path, title
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="macro ROC-AUC")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
     plt.close(fig)
     return path
