@@ -1,7 +1,10 @@
 """Command line: ``streamer infer | archive | score | cache | sweep | bench | tune | make-standins | demo``.
 
-Exit codes: 0 success; 2 bad arguments, artifacts or metadata (nothing was scored);
-1 an unexpected error; 130 interrupted.
+Exit codes: 0 success (a complete output; per-file fallbacks are listed in the summary); 2 bad
+arguments, artifacts, metadata or output paths, found before anything runs (nothing written);
+1 the run stopped early because of an error (infer still writes the complete CSV), an output
+could not be written, or archive inputs failed; 130 interrupted (infer still writes the
+complete CSV).
 """
 
 from __future__ import annotations
