@@ -33,6 +33,7 @@ import fcntl
 import os
 import re
 import signal
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from streamer.errors import ConfigError
 ENV = "STREAMER_FAILPOINTS"
 STATE_ENV = "STREAMER_FAILPOINTS_STATE"
 MAIN_PID_ENV = "STREAMER_FAILPOINTS_MAIN_PID"
+MAIN_HOST_ENV = "STREAMER_FAILPOINTS_MAIN_HOST"
 
 #: Every failpoint in the code, with where it is.
 POINTS = {
@@ -134,6 +136,7 @@ def configure(spec: str | None = None, *, fresh: bool = False) -> None:
     if _rules and (fresh or not os.environ.get(STATE_ENV)):
         os.environ[STATE_ENV] = tempfile.mkdtemp(prefix="streamer-failpoints-")
         os.environ[MAIN_PID_ENV] = str(os.getpid())
+        os.environ[MAIN_HOST_ENV] = socket.gethostname()
 
 
 def active() -> bool:
@@ -143,7 +146,7 @@ def active() -> bool:
 def environment() -> dict[str, str]:
     """The variables a process started outside this one's environment (a Ray actor) needs to
     share these failpoints."""
-    return {k: os.environ[k] for k in (ENV, STATE_ENV, MAIN_PID_ENV) if os.environ.get(k)}
+    return {k: os.environ[k] for k in (ENV, STATE_ENV, MAIN_PID_ENV, MAIN_HOST_ENV) if os.environ.get(k)}
 
 
 def _next_count(name: str) -> int:
@@ -188,6 +191,8 @@ def hit(point: str, key: str | None = None) -> str | None:
         elif rule.action == "enospc":
             raise OSError(errno.ENOSPC, f"No space left on device ({what})")
         elif rule.action == "sigint":
+            if os.environ.get(MAIN_HOST_ENV, socket.gethostname()) != socket.gethostname():
+                raise FailpointError(f"{what}: sigint asked on another machine than the run's main process")
             os.kill(int(os.environ.get(MAIN_PID_ENV) or os.getpid()), signal.SIGINT)
         elif rule.action == "hang":
             while True:  # until the supervisor kills this process
