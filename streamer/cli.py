@@ -164,9 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("archive", help="score long recordings (any length, rate, channels, format) into one score file per input")
-    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="audio files, folders (searched recursively) or .txt/.lst files listing paths")
+    p.add_argument("inputs", nargs="*", type=Path, metavar="INPUT", help="audio files, folders (searched recursively) or .txt/.lst files listing paths")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (one <relative path>.<format> per input, plus the journal)")
-    add_model_arguments(p)
+    add_model_arguments(p, required=False)  # checked in cmd_archive: --status needs none
     add_execution_arguments(p, "archive")
     a = p.add_argument_group("archive")
     a.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="score file format (default: %(default)s)")
@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--start-utc", default=None, metavar="ISO", help="start time (ISO 8601, UTC unless a zone is given) of such recordings")
     a.add_argument("--metadata", type=Path, default=None, metavar="CSV", help="CSV with columns path,site,start giving each recording's site and start time")
     a.add_argument("--retry-failed", action="store_true", help="retry inputs that failed in an earlier run")
+    a.add_argument("--overwrite", action="store_true", help="the folder holds outputs scored with other settings: remove them and score every input anew (without it such a run stops, exit 2)")
+    a.add_argument("--status", action="store_true", help="print what --out holds (settings, inputs done and failed, hours of audio; with INPUTs, how many are still to do) and score nothing")
     p.set_defaults(func=cmd_archive)
 
     p = sub.add_parser("score", help="the competition metric (macro ROC-AUC) of a submission against train_soundscapes_labels.csv")
@@ -327,10 +329,20 @@ def cmd_archive(args: argparse.Namespace) -> int:
     from streamer.files import check_writable_file
     from streamer.stages import prepare
 
+    if args.status:
+        from streamer.archive.run import folder_status
+
+        print(folder_status(args.out, expand_inputs(args.inputs) if args.inputs else None))
+        return EXIT_OK
+    if not args.inputs:
+        raise ConfigError("give at least one INPUT (or --status to see what --out holds)")
+    missing = [flag for flag, value in (("--data-dir", args.data_dir), ("--perch", args.perch), ("--moe-dir", args.moe_dir)) if value is None]
+    if missing:
+        raise ConfigError(f"archive needs {', '.join(missing)}")
     settings = ArchiveSettings(
         out_dir=args.out, fmt=args.format, top_k=args.top_k, retry_failed=args.retry_failed, metadata=args.metadata,
         site=args.site, start_utc=parse_utc(args.start_utc) if args.start_utc else None, engine=args.engine,
-        address=args.address,
+        address=args.address, overwrite=args.overwrite,
     )
     if args.report_json is not None:
         check_writable_file(args.report_json, "--report-json")

@@ -208,6 +208,8 @@ class ArchiveSettings:
         site, start_utc: site and start time of recordings whose names do not tell them.
         engine: ``local`` (worker processes), ``sequential`` (this process) or ``ray``.
         address: the Ray cluster to join (``None``: start a local Ray instance).
+        overwrite: the folder holds outputs of other settings: remove them (and the journal)
+            and score every input anew, instead of stopping.
     """
 
     out_dir: Path
@@ -219,6 +221,7 @@ class ArchiveSettings:
     start_utc: datetime | None = None
     engine: str = "local"
     address: str | None = None
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.engine not in ARCHIVE_ENGINES:

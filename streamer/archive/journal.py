@@ -45,6 +45,7 @@ class Entry:
     status: str
     output: str
     reason: str = ""
+    audio_s: float | None = None
 
 
 class Journal:
@@ -63,7 +64,7 @@ class Journal:
                     continue
                 try:
                     doc = json.loads(line)
-                    entry = Entry(FileKey(**doc["key"]), doc["status"], doc["output"], doc.get("reason", ""))
+                    entry = Entry(FileKey(**doc["key"]), doc["status"], doc["output"], doc.get("reason", ""), doc.get("audio_s"))
                 except (ValueError, KeyError, TypeError):
                     log.warning("%s, line %d: unreadable (cut short by a crash?); ignored", self.path, line_no)
                     continue
@@ -79,15 +80,24 @@ class Journal:
             handle.seek(-1, os.SEEK_END)
             return handle.read(1) == b"\n"
 
+    def remove(self) -> None:
+        """Forget every outcome (``--overwrite``): the journal file is deleted."""
+        self.path.unlink(missing_ok=True)
+        self.entries.clear()
+
     def failed(self) -> list[Entry]:
         """Inputs whose latest outcome is a failure."""
         return [e for e in self.entries.values() if e.status == FAILED]
 
-    def record(self, path: Path, status: str, output: str, reason: str = "") -> None:
-        """Append one outcome durably."""
-        entry = Entry(FileKey.of(path), status, output, reason)
+    def record(self, path: Path, status: str, output: str, reason: str = "", *, key: FileKey | None = None,
+               audio_s: float | None = None) -> None:
+        """Append one outcome durably. ``key`` is the input as it was when its scoring began
+        (default: as it is now), so a recording that changed meanwhile is scored again."""
+        entry = Entry(key if key is not None else FileKey.of(path), status, output, reason, audio_s)
         doc = {"key": entry.key.__dict__, "status": status, "output": output, "reason": reason,
                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if audio_s is not None:
+            doc["audio_s"] = audio_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             failpoints.hit("archive.journal_append", output)

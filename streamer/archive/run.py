@@ -10,6 +10,7 @@ killed run are removed at the start of the next.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import resource
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from streamer.archive.engines import LocalEngine, RayEngine, longest_first, run_sequential
 from streamer.archive.inputs import ArchiveInput
-from streamer.archive.journal import DONE, FAILED, JOURNAL_NAME, Journal
+from streamer.archive import fingerprint as run_fingerprint
+from streamer.archive.journal import DONE, FAILED, JOURNAL_NAME, FileKey, Journal
 from streamer.archive.output import remove_stale_temporaries
 from streamer.archive.scorer import ArchiveTask, TaskResult
 from streamer.archive.timing import read_metadata_csv, recording_time
@@ -229,8 +231,32 @@ def _plan_tasks(entries, settings: ArchiveSettings, journal, report) -> list[Arc
             report.failed[str(entry.rel)] = f"failed before ({journal.entries[key].reason}); not retried without --retry-failed"
         else:
             when = recording_time(entry.path, metadata=metadata, site=settings.site, start_utc=settings.start_utc)
-            tasks.append(ArchiveTask(entry.path.resolve(), str(entry.rel), out.resolve(), when, fmt, top_k, header_duration(entry.path)))
+            key = FileKey.of(entry.path)  # before scoring: a change while it is scored shows next time
+            tasks.append(ArchiveTask(entry.path.resolve(), str(entry.rel), out.resolve(), when, fmt, top_k,
+                                     header_duration(entry.path), key))
     return tasks
+
+
+def _any_output(out_dir: Path) -> bool:
+    """Whether the folder holds files other than streamer's own hidden ones."""
+    return any(p.is_file() and not p.name.startswith(".") for p in out_dir.rglob("*"))
+
+
+def _remove_outputs(out_dir: Path, entries: list[ArchiveInput], journal: Journal, settings: ArchiveSettings) -> None:
+    """``--overwrite``: delete the outputs of the earlier configuration (those its journal names,
+    and those the current inputs would have had under the earlier format) and its journal, before
+    anything is scored, so the folder never holds a mix. Other files are left alone."""
+    old = run_fingerprint.read(out_dir) or {}
+    formats = {settings.fmt, old.get("settings", {}).get("format") or settings.fmt}
+    doomed = {out_dir / e.output for e in journal.entries.values()}
+    doomed |= {output_path(out_dir, entry, fmt) for entry in entries for fmt in formats}
+    n = 0
+    for path in doomed:
+        if path.is_file():
+            path.unlink()
+            n += 1
+    journal.remove()
+    log.warning("--overwrite: removed %d output file(s) and the journal of the earlier settings", n)
 
 
 def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveReport:
@@ -241,6 +267,11 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
     threads = execution.threads
     remove_stale_temporaries(out_dir)
     journal = Journal(out_dir)
+    fingerprint = run_fingerprint.compute(plan, settings)
+    if run_fingerprint.check(out_dir, fingerprint, has_outputs=bool(journal.entries) or _any_output(out_dir),
+                             overwrite=settings.overwrite):
+        _remove_outputs(out_dir, entries, journal, settings)
+    run_fingerprint.write(out_dir, fingerprint)
     report = ArchiveReport(engine=engine, n_inputs=len(entries))
     tasks = _plan_tasks(entries, settings, journal, report)
     if not tasks:
@@ -260,13 +291,13 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
         if result.notes:
             report.notes[task.rel] = list(result.notes)
         if result.ok:
-            journal.record(task.path, DONE, output)
+            journal.record(task.path, DONE, output, key=task.key, audio_s=result.audio_s)
             report.done.append(task.rel)
             report.audio_s += result.audio_s
             for k, v in result.stage_s.items():
                 report.stage_s[k] = report.stage_s.get(k, 0.0) + v
         else:
-            journal.record(task.path, FAILED, output, result.reason)
+            journal.record(task.path, FAILED, output, result.reason, key=task.key)
             report.failed[task.rel] = result.reason
             log.warning("%s: %s", task.path, result.reason)
         report.peak_worker_rss_mb = max(report.peak_worker_rss_mb, result.peak_rss_kb / 1024)
@@ -299,4 +330,34 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
     return report
 
 
-__all__ = ["ArchiveReport", "JOURNAL_NAME", "run_archive", "output_path"]
+def folder_status(out_dir: Path, entries: list[ArchiveInput] | None = None) -> str:
+    """What an output folder holds, read from its fingerprint and journal (nothing is scored):
+    the settings it was scored with, the inputs done and failed with their hours of audio, and,
+    given the inputs, how many are still to do."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return f"{out_dir}: no such folder"
+    stored = run_fingerprint.read(out_dir)
+    journal = Journal(out_dir)
+    done = [e for e in journal.entries.values() if e.status == DONE]
+    failed = journal.failed()
+    hours = sum(e.audio_s or 0.0 for e in done) / 3600
+    lines = [f"{out_dir}:"]
+    if stored is None:
+        lines.append("  run fingerprint: none" + (" (outputs of an earlier streamer or another program)" if journal.entries else ""))
+    else:
+        settings = ", ".join(f"{k} {json.dumps(v)}" for k, v in stored.get("settings", {}).items())
+        lines.append(f"  settings: {settings}")
+        lines.append("  files (sha256): " + ", ".join(f"{k} {v[:12]}" for k, v in stored.get("sha256", {}).items() if v))
+        lines.append(f"  output format version {stored.get('output_format_version')}")
+    lines.append(f"  {len(done)} input(s) done ({hours:.2f} h of audio), {len(failed)} failed")
+    lines += [f"    failed: {e.output}: {e.reason}" for e in failed]
+    if entries is not None:
+        fmt = (stored or {}).get("settings", {}).get("format") or "parquet"
+        todo = [e for e in entries if not journal.is_done(e.path, output_path(out_dir, e, fmt))
+                and str(e.path.resolve()) not in {f.key.path for f in failed}]
+        lines.append(f"  of the {len(entries)} input(s) given: {len(entries) - len(todo)} finished or failed, {len(todo)} to do")
+    return "\n".join(lines)
+
+
+__all__ = ["ArchiveReport", "JOURNAL_NAME", "run_archive", "output_path", "folder_status"]

@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from streamer import failpoints
+from streamer.archive.journal import FileKey
 from streamer.archive.output import ScoreWriter
 from streamer.archive.timing import RecordingTime
 from streamer.audio import TARGET_SAMPLE_RATE_HZ, WINDOW_SAMPLES, AudioChunk, iter_chunks
@@ -55,6 +56,7 @@ class ArchiveTask:
     fmt: str = "parquet"
     top_k: int | None = None
     audio_s: float | None = None  # duration from the header, for progress (None: unknown)
+    key: FileKey | None = None  # the input as it was when planned: what the journal records
 
 
 @dataclass

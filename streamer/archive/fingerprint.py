@@ -1,0 +1,116 @@
+"""The run fingerprint of an archive output folder: everything that changes a number or a column.
+
+A folder holds the outputs of one configuration only. Its fingerprint (``.streamer-run.json``)
+records the SHA-256 of every model file, label list and metadata file the scores depend on,
+every setting that changes a number (blend, prior scale, smoothing, ProtoSSM width) or a
+column (classes, format, top-k), the site/hour sources, and the output format version.
+Execution settings (engine, workers, threads, students in torch or onnxruntime) are left out:
+they change the speed, not the results beyond float round-off.
+
+A run into a folder with another fingerprint stops before scoring (exit 2) and names what
+differs; ``--overwrite`` removes the old outputs and journal first, so the folder never holds a
+mix (BirdNET-Analyzer's resume keys on the run's parameters the same way).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from streamer.config import ArchiveSettings
+from streamer.errors import ArtifactError, ConfigError
+from streamer.files import atomic_write_text
+from streamer.stages import RunPlan
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT_NAME = ".streamer-run.json"
+#: Bumped whenever a file's columns or their meaning change.
+OUTPUT_FORMAT_VERSION = 1
+
+
+def _hash(path: Path | None) -> str | None:
+    from streamer.validate.cache import sha256_file
+
+    return None if path is None else sha256_file(path)
+
+
+def compute(plan: RunPlan, settings: ArchiveSettings) -> dict:
+    """The fingerprint of scoring with ``plan`` into ``settings``' folder (hashes every file;
+    about a second for the real Perch)."""
+    from streamer.validate.cache import dependency_paths
+
+    files = {role: str(path) for role, path in dependency_paths(plan).items()}
+    files.update({f"fold{i + 1}": str(p) for i, p in enumerate(plan.reducer.fold_paths)})
+    files["train_labels"] = str(Path(plan.config.artifacts.data_dir) / "train_soundscapes_labels.csv")
+    if settings.metadata is not None:
+        files["metadata"] = str(settings.metadata)
+    reducer = plan.reducer
+    weights = reducer.blend_weights
+    used = (weights[0], weights[1] if plan.model.cnn_path else 0.0, weights[2] if plan.model.crnn_path else 0.0)
+    return {
+        "output_format_version": OUTPUT_FORMAT_VERSION,
+        "sha256": {role: _hash(Path(path)) for role, path in sorted(files.items())},
+        "settings": {
+            "blend (perch, cnn, crnn)": list(used),
+            "prior_scale": reducer.prior_scale,
+            "smoothing (center, side)": list(reducer.smooth),
+            "proto_d_model": reducer.proto_d_model,
+            "format": settings.fmt,
+            "top_k": settings.top_k,
+            "site": settings.site,
+            "start_utc": settings.start_utc.isoformat() if settings.start_utc is not None else None,
+        },
+    }
+
+
+def read(out_dir: Path) -> dict | None:
+    path = Path(out_dir) / FINGERPRINT_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: unreadable run fingerprint ({exc}); use a new --out, or --overwrite") from exc
+
+
+def write(out_dir: Path, fingerprint: dict) -> None:
+    atomic_write_text(Path(out_dir) / FINGERPRINT_NAME, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    """What differs, in words (``name: old → new``)."""
+    lines = []
+    if old.get("output_format_version") != new.get("output_format_version"):
+        lines.append(f"output format version: {old.get('output_format_version')} → {new.get('output_format_version')}")
+    for group, label in (("settings", ""), ("sha256", "file ")):
+        a, b = old.get(group, {}), new.get(group, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                show = (lambda v: "absent" if v is None else f"sha256 {v[:12]}…") if group == "sha256" else json.dumps
+                lines.append(f"{label}{key}: {show(a.get(key))} → {show(b.get(key))}")
+    return lines
+
+
+def check(out_dir: Path, fingerprint: dict, *, has_outputs: bool, overwrite: bool) -> bool:
+    """Compare ``fingerprint`` with the folder's. Returns True when the folder's outputs must be
+    removed first (``overwrite`` of a different or unknown configuration).
+
+    Raises:
+        ConfigError: the folder holds outputs of another configuration (or of a streamer that
+            kept no fingerprint) and ``overwrite`` is off.
+    """
+    stored = read(out_dir)
+    if stored == fingerprint:
+        return False
+    if stored is None and not has_outputs:
+        return False  # a new folder
+    if overwrite:
+        return True
+    what = (["the folder has outputs but no run fingerprint (an earlier streamer, or another program)"]
+            if stored is None else differences(stored, fingerprint))
+    raise ConfigError(
+        f"{out_dir} holds outputs scored with other settings:\n  " + "\n  ".join(what)
+        + "\nscore into a new --out, or add --overwrite to rescore every input under the new settings"
+    )

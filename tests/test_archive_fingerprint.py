@@ -1,0 +1,134 @@
+"""An archive output folder holds one configuration: the run fingerprint stops a rerun with other
+settings (exit 2, naming them), ``--overwrite`` rescores everything, the same settings resume;
+the journal keys an input as it was before scoring; ``--status`` reads the folder."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from streamer import cli
+from streamer.archive import fingerprint
+from streamer.archive.journal import JOURNAL_NAME, Journal
+from streamer.audio import write_audio
+
+
+def _args(kit, out, src, *extra):
+    return ["archive", str(src), "--out", str(out), "--data-dir", str(kit.data_dir), "--perch", str(kit.perch_onnx),
+            "--moe-dir", str(kit.moe_dir), "--engine", "sequential", "--threads", "1", *extra]
+
+
+@pytest.fixture
+def src(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(11)
+    for i, seconds in enumerate((20, 15)):
+        write_audio(folder / f"rec{i}.flac", 0.05 * rng.standard_normal(32000 * seconds), 32000)
+    return folder
+
+
+@pytest.fixture
+def scored(kit, tmp_path, src):
+    out = tmp_path / "out"
+    assert cli.main(_args(kit, out, src)) == 0
+    return out
+
+
+def _frames(out, fmt="parquet"):
+    read = pd.read_parquet if fmt == "parquet" else pd.read_csv
+    return {str(p.relative_to(out)): read(p) for p in sorted(out.rglob(f"*.{fmt}"))}
+
+
+def test_the_same_settings_resume(kit, scored, src, capsys):
+    capsys.readouterr()
+    assert cli.main(_args(kit, scored, src)) == 0
+    assert "0 scored, 2 already finished" in capsys.readouterr().out
+    doc = json.loads((scored / fingerprint.FINGERPRINT_NAME).read_text())
+    assert set(doc["sha256"]) >= {"perch_onnx", "perch_labels", "cnn", "crnn", "fold1", "fold4", "taxonomy", "train_labels"}
+    assert all(len(v) == 64 for v in doc["sha256"].values())
+
+
+@pytest.mark.parametrize("extra,named", [
+    (("--blend-perch", "0.7"), "blend (perch, cnn, crnn)"),
+    (("--prior-scale", "0.4"), "prior_scale"),
+    (("--smooth-center", "1", "--smooth-side", "0"), "smoothing (center, side)"),
+    (("--no-crnn",), "file crrn"),
+    (("--format", "csv"), "format"),
+    (("--top-k", "3"), "top_k"),
+    (("--site", "S03"), "site"),
+    (("--start-utc", "2025-01-01T05:00:00"), "start_utc"),
+])
+def test_other_settings_stop_before_scoring(kit, scored, src, caplog, extra, named):
+    before = _frames(scored)
+    with caplog.at_level("ERROR"):
+        assert cli.main(_args(kit, scored, src, *extra)) == 2
+    named = "file crnn" if named == "file crrn" else named
+    assert named in caplog.text and "--overwrite" in caplog.text and "new --out" in caplog.text
+    after = _frames(scored)
+    assert sorted(after) == sorted(before)
+    for name in before:
+        pd.testing.assert_frame_equal(after[name], before[name])
+
+
+def test_a_changed_model_file_stops_before_scoring(kit_copy, tmp_path, src, caplog):
+    out = tmp_path / "out"
+    assert cli.main(_args(kit_copy, out, src)) == 0
+    fold = sorted(kit_copy.moe_dir.glob("*_fold2.pt"))[0]
+    shutil.copy(sorted(kit_copy.moe_dir.glob("*_fold1.pt"))[0], fold)  # same layout, other weights
+    with caplog.at_level("ERROR"):
+        assert cli.main(_args(kit_copy, out, src)) == 2
+    assert "file fold2: sha256" in caplog.text
+
+
+def test_overwrite_rescores_everything_under_the_new_settings(kit, scored, src, tmp_path):
+    fresh = tmp_path / "fresh"
+    assert cli.main(_args(kit, fresh, src, "--format", "csv", "--prior-scale", "0.4")) == 0
+    assert cli.main(_args(kit, scored, src, "--format", "csv", "--prior-scale", "0.4", "--overwrite")) == 0
+    assert not list(scored.rglob("*.parquet"))  # no output of the old settings is left
+    got, want = _frames(scored, "csv"), _frames(fresh, "csv")
+    assert sorted(got) == sorted(want)
+    for name in want:
+        pd.testing.assert_frame_equal(got[name], want[name])
+    assert [e.status for e in Journal(scored).entries.values()] == ["done", "done"]
+
+
+def test_a_folder_without_fingerprint_is_not_mixed_into(kit, scored, src, caplog):
+    (scored / fingerprint.FINGERPRINT_NAME).unlink()  # as an earlier streamer left it
+    with caplog.at_level("ERROR"):
+        assert cli.main(_args(kit, scored, src)) == 2
+    assert "no run fingerprint" in caplog.text
+
+
+def test_an_input_that_changes_while_scored_is_scored_again(kit, tmp_path, src, monkeypatch, capsys):
+    from streamer.archive import scorer
+
+    original = scorer.ArchiveScorer.score
+    victim = src / "rec0.flac"
+
+    def score_and_touch(self, task, on_chunk=None):
+        result = original(self, task, on_chunk)
+        if task.path.name == victim.name:
+            write_audio(victim, np.zeros(32000 * 20, np.float32), 32000)  # the recorder rewrote it meanwhile
+        return result
+
+    monkeypatch.setattr(scorer.ArchiveScorer, "score", score_and_touch)
+    out = tmp_path / "out"
+    assert cli.main(_args(kit, out, src)) == 0
+    monkeypatch.setattr(scorer.ArchiveScorer, "score", original)
+    capsys.readouterr()
+    assert cli.main(_args(kit, out, src)) == 0
+    assert "1 scored, 1 already finished" in capsys.readouterr().out
+
+
+def test_status_reads_the_folder(kit, scored, src, capsys):
+    capsys.readouterr()
+    assert cli.main(["archive", "--status", "--out", str(scored)]) == 0
+    text = capsys.readouterr().out
+    assert "2 input(s) done (0.01 h of audio), 0 failed" in text and "prior_scale 0.2" in text
+    (src / "rec2.flac").write_bytes((src / "rec0.flac").read_bytes())
+    assert cli.main(["archive", str(src), "--status", "--out", str(scored)]) == 0
+    assert "of the 3 input(s) given: 2 finished or failed, 1 to do" in capsys.readouterr().out
+    assert (scored / JOURNAL_NAME).is_file()
