@@ -19,7 +19,7 @@ from pathlib import Path
 from streamer import __version__, failpoints
 from streamer.budget import DEFAULT_BUDGET_MINUTES
 from streamer.config import (
-    ARCHIVE_ENGINES, DEFAULT_BLEND, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, ENGINES, STUDENT_BACKENDS,
+    ARCHIVE_ENGINES, ARCHIVE_FORMATS, DEFAULT_BLEND, TABLE_MIN_SCORE, TABLE_TOP_K, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, ENGINES, STUDENT_BACKENDS,
     ArchiveSettings, ArtifactSettings, EnsembleSettings, ExecutionSettings, InferConfig, default_cache_dir,
 )
 from streamer.config import DEFAULT_SMOOTH, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S
@@ -169,8 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(p, required=False)  # checked in cmd_archive: --status needs none
     add_execution_arguments(p, "archive")
     a = p.add_argument_group("archive")
-    a.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="score file format (default: %(default)s)")
-    a.add_argument("--top-k", type=_positive_int, default=None, metavar="K", help="keep only the K best classes per window (long format)")
+    a.add_argument("--format", choices=ARCHIVE_FORMATS, default="parquet", help="parquet or csv: every score (or detections, with --min-score / --merge-consecutive); raven: Raven Pro selection tables; audacity: Audacity label tracks (default: %(default)s)")
+    a.add_argument("--top-k", type=_positive_int, default=None, metavar="K", help="at most the K best classes per window (parquet/csv alone: the long format; raven/audacity default: %d)" % TABLE_TOP_K)
+    a.add_argument("--min-score", type=float, default=None, metavar="S", help="detections: keep a class in a window when its score is >= S (raven/audacity default: %g; the archive summary counts windows at it)" % TABLE_MIN_SCORE)
+    a.add_argument("--merge-consecutive", action=argparse.BooleanOptionalAction, default=None, help="detections: one event for consecutive windows of a class, with the highest score (default: on for raven/audacity)")
+    a.add_argument("--archive-table", action="store_true", help="with --format raven: also one selection table of the whole archive, _archive.selections.txt")
+    a.add_argument("--summary", action="store_true", help="rebuild the archive summary (_summary.csv, _summary.png) of --out from the folder alone, scoring nothing")
     a.add_argument("--site", default=None, help="site of recordings whose names do not follow the competition pattern")
     a.add_argument("--start-utc", default=None, metavar="ISO", help="start time (ISO 8601, UTC unless a zone is given) of such recordings")
     a.add_argument("--metadata", type=Path, default=None, metavar="CSV", help="CSV with columns path,site,start giving each recording's site and start time")
@@ -334,6 +338,14 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
         print(folder_status(args.out, expand_inputs(args.inputs) if args.inputs else None))
         return EXIT_OK
+    if args.summary:
+        from streamer.archive.run import write_folder_tables
+
+        if not args.out.is_dir():
+            raise ConfigError(f"{args.out}: no such folder")
+        for path in write_folder_tables(args.out):
+            print(f"wrote {path}")
+        return EXIT_OK
     if not args.inputs:
         raise ConfigError("give at least one INPUT (or --status to see what --out holds)")
     missing = [flag for flag, value in (("--data-dir", args.data_dir), ("--perch", args.perch), ("--moe-dir", args.moe_dir)) if value is None]
@@ -342,7 +354,8 @@ def cmd_archive(args: argparse.Namespace) -> int:
     settings = ArchiveSettings(
         out_dir=args.out, fmt=args.format, top_k=args.top_k, retry_failed=args.retry_failed, metadata=args.metadata,
         site=args.site, start_utc=parse_utc(args.start_utc) if args.start_utc else None, engine=args.engine,
-        address=args.address, overwrite=args.overwrite,
+        address=args.address, overwrite=args.overwrite, min_score=args.min_score, merge=args.merge_consecutive,
+        archive_table=args.archive_table,
     )
     if args.report_json is not None:
         check_writable_file(args.report_json, "--report-json")

@@ -38,6 +38,14 @@ DEFAULT_STARTUP_TIMEOUT_S = 600.0
 #: Engines of ``streamer archive``: worker processes, one process, or a Ray cluster.
 ARCHIVE_ENGINES = ("local", "sequential", "ray")
 STUDENT_BACKENDS = ("auto", "torch", "onnxruntime")
+#: Output formats of ``streamer archive``: every score (parquet, csv), or detection tables.
+ARCHIVE_FORMATS = ("parquet", "csv", "raven", "audacity")
+#: Defaults of the detection tables people read (raven, audacity): a class is kept in a window
+#: when its score is at least 0.5 (a probability after the ensemble; half of the top scores of
+#: the real model's confident detections pass it), at most 3 classes per window, consecutive
+#: windows of a class merged into one event. The archive summary counts windows the same way.
+TABLE_MIN_SCORE = 0.5
+TABLE_TOP_K = 3
 
 
 def default_cache_dir() -> Path:
@@ -201,8 +209,13 @@ class ArchiveSettings:
 
     Attributes:
         out_dir: output folder (score files, the journal, the lock).
-        fmt: ``parquet`` or ``csv``.
+        fmt: ``parquet`` or ``csv`` (every score, or detections with ``min_score``/``merge``),
+            ``raven`` (Raven Pro selection tables) or ``audacity`` (Audacity label tracks).
         top_k: keep only the K best classes per window (long format); ``None``: every class.
+        min_score: keep a class in a window when its score is at least this (detections).
+        merge: merge consecutive windows of a class into one event (``None``: on for the
+            raven and audacity tables, off otherwise).
+        archive_table: also write one Raven table for the whole archive (``raven`` only).
         retry_failed: retry inputs that failed in an earlier run.
         metadata: CSV with columns ``path,site,start`` for each recording's site and start.
         site, start_utc: site and start time of recordings whose names do not tell them.
@@ -222,14 +235,38 @@ class ArchiveSettings:
     engine: str = "local"
     address: str | None = None
     overwrite: bool = False
+    min_score: float | None = None
+    merge: bool | None = None
+    archive_table: bool = False
 
     def __post_init__(self) -> None:
         if self.engine not in ARCHIVE_ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ARCHIVE_ENGINES)}, got {self.engine!r}")
-        if self.fmt not in ("parquet", "csv"):
-            raise ConfigError(f"--format must be parquet or csv, got {self.fmt!r}")
+        if self.fmt not in ARCHIVE_FORMATS:
+            raise ConfigError(f"--format must be one of {', '.join(ARCHIVE_FORMATS)}, got {self.fmt!r}")
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"--top-k must be >= 1, got {self.top_k}")
+        if self.min_score is not None and not 0.0 <= self.min_score <= 1.0:
+            raise ConfigError(f"--min-score must be between 0 and 1, got {self.min_score}")
+        if self.archive_table and self.fmt != "raven":
+            raise ConfigError("--archive-table needs --format raven")
+
+    @property
+    def detections(self) -> tuple[float | None, int | None, bool]:
+        """(min_score, top_k, merge) of the outputs; ``min_score`` is ``None`` when every score
+        is written (wide, or the top-k long format)."""
+        if self.fmt in ("raven", "audacity"):
+            return (TABLE_MIN_SCORE if self.min_score is None else self.min_score,
+                    TABLE_TOP_K if self.top_k is None else self.top_k, True if self.merge is None else self.merge)
+        if self.min_score is not None or self.merge:
+            return (TABLE_MIN_SCORE if self.min_score is None else self.min_score, self.top_k, bool(self.merge))
+        return None, self.top_k, False
+
+    @property
+    def summary_min_score(self) -> float:
+        """The score at which the archive summary counts a window as a detection."""
+        min_score = self.detections[0]
+        return TABLE_MIN_SCORE if min_score is None else min_score
 
 
 _GROUPS = {"artifacts": ArtifactSettings, "ensemble": EnsembleSettings, "execution": ExecutionSettings}

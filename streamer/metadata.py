@@ -85,6 +85,15 @@ def _hms_to_seconds(text: str) -> int:
 
 
 @dataclass(frozen=True)
+class ClassLabels:
+    """Each class's code, common name and scientific name, in output column order."""
+
+    codes: tuple[str, ...]
+    common: tuple[str, ...]
+    scientific: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Competition:
     """What the competition folder defines.
 
@@ -94,6 +103,8 @@ class Competition:
             column order, and the order of every per-class vector in this package).
         class_names: scientific name of each class (from taxonomy), aligned with ``classes``.
         class_groups: taxonomic class (Aves, Amphibia, …) of each class, aligned with ``classes``.
+        common_names: common name of each class (taxonomy's ``common_name``; the scientific
+            name where the taxonomy has none), aligned with ``classes``.
         labels: the label matrix ``[n_files, 12, n_classes]`` (bool) of the labelled soundscapes.
         label_files: the stems of those files, aligned with ``labels``.
     """
@@ -104,6 +115,11 @@ class Competition:
     class_groups: tuple[str, ...]
     labels: np.ndarray
     label_files: tuple[str, ...]
+    common_names: tuple[str, ...] = ()
+
+    @property
+    def class_labels(self) -> ClassLabels:
+        return ClassLabels(self.classes, self.common_names or self.class_names, self.class_names)
 
     @property
     def n_classes(self) -> int:
@@ -170,6 +186,7 @@ def load_competition(data_dir: str | Path, *, require_labels: bool = True) -> Co
         )
     class_names = tuple(str(tax[c].scientific_name) for c in classes)
     class_groups = tuple(str(getattr(tax[c], "class_name", "")) for c in classes)
+    common_names = tuple(_text(getattr(tax[c], "common_name", None)) or class_names[i] for i, c in enumerate(classes))
 
     labels_path = data_dir / "train_soundscapes_labels.csv"
     if labels_path.is_file() or require_labels:
@@ -183,7 +200,13 @@ def load_competition(data_dir: str | Path, *, require_labels: bool = True) -> Co
         class_groups=class_groups,
         labels=labels,
         label_files=label_files,
+        common_names=common_names,
     )
+
+
+def _text(value) -> str:
+    """A CSV cell as text; empty for a missing value (pandas reads it as NaN)."""
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value).strip()
 
 
 def read_label_matrix(path: Path, classes: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:

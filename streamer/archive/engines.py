@@ -36,6 +36,7 @@ from streamer.pipeline.children import (
     EVENT_WAIT_S, Body, ChildSpec, Death, Message, Ready, SlotHealth, Supervisor, thread_env,
 )
 from streamer.pipeline.scheduler import MAX_FILE_ATTEMPTS
+from streamer.metadata import ClassLabels
 from streamer.stages import ModelSpec, ReducerSpec
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ def longest_first(tasks: list[ArchiveTask]) -> list[ArchiveTask]:
 # ---------------------------------------------------------------------------- sequential
 
 
-def run_sequential(tasks, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes, on_result: OnResult, on_progress: OnProgress) -> None:
+def run_sequential(tasks, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes: ClassLabels, on_result: OnResult,
+                   on_progress: OnProgress) -> None:
     try:
         scorer = ArchiveScorer(model_spec, reducer_spec, classes)
     except StreamerError as exc:
@@ -100,10 +102,10 @@ class ArchiveWorkerBody(Body):
 
     setup_point = "archive.worker_setup"
 
-    def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes) -> None:
+    def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes: ClassLabels) -> None:
         self.model_spec = model_spec
         self.reducer_spec = reducer_spec
-        self.classes = tuple(classes)
+        self.classes = classes
 
     def setup(self, role: str, wid: int, generation: int) -> None:
         self.scorer = ArchiveScorer(self.model_spec, self.reducer_spec, self.classes)
@@ -295,7 +297,7 @@ class RayEngine:
     def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes, *, address: str | None, workers: int | None, threads: int | str) -> None:
         self.model_spec = model_spec
         self.reducer_spec = reducer_spec
-        self.classes = tuple(classes)
+        self.classes = classes
         self.address = address
         self.workers = workers
         self.threads = threads

@@ -58,11 +58,20 @@ def compute(plan: RunPlan, settings: ArchiveSettings) -> dict:
             "smoothing (center, side)": list(reducer.smooth),
             "proto_d_model": reducer.proto_d_model,
             "format": settings.fmt,
-            "top_k": settings.top_k,
+            "top_k": settings.detections[1],
+            "min_score": settings.detections[0],
+            "merge_consecutive": settings.detections[2],
+            "summary_min_score": settings.summary_min_score,
+            "classes (code, common, scientific)": [list(t) for t in zip(*_labels(plan))],
             "site": settings.site,
             "start_utc": settings.start_utc.isoformat() if settings.start_utc is not None else None,
         },
     }
+
+
+def _labels(plan: RunPlan):
+    labels = plan.competition.class_labels
+    return labels.codes, labels.common, labels.scientific
 
 
 def read(out_dir: Path) -> dict | None:
@@ -89,7 +98,11 @@ def differences(old: dict, new: dict) -> list[str]:
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key):
                 show = (lambda v: "absent" if v is None else f"sha256 {v[:12]}…") if group == "sha256" else json.dumps
-                lines.append(f"{label}{key}: {show(a.get(key))} → {show(b.get(key))}")
+                old_text, new_text = show(a.get(key)), show(b.get(key))
+                if len(old_text) + len(new_text) > 200:
+                    lines.append(f"{label}{key}: changed")
+                else:
+                    lines.append(f"{label}{key}: {old_text} → {new_text}")
     return lines
 
 

@@ -21,6 +21,7 @@ from streamer.errors import OutputWriteError
 log = logging.getLogger(__name__)
 
 JOURNAL_NAME = ".streamer-journal.jsonl"
+_CORE = ("key", "status", "output", "reason", "time", "audio_s")
 DONE = "done"
 FAILED = "failed"
 
@@ -46,6 +47,7 @@ class Entry:
     output: str
     reason: str = ""
     audio_s: float | None = None
+    extra: dict | None = None  # what else the line holds (the summary's counts, the recording's start)
 
 
 class Journal:
@@ -64,7 +66,8 @@ class Journal:
                     continue
                 try:
                     doc = json.loads(line)
-                    entry = Entry(FileKey(**doc["key"]), doc["status"], doc["output"], doc.get("reason", ""), doc.get("audio_s"))
+                    entry = Entry(FileKey(**doc["key"]), doc["status"], doc["output"], doc.get("reason", ""), doc.get("audio_s"),
+                                  {k: v for k, v in doc.items() if k not in _CORE})
                 except (ValueError, KeyError, TypeError):
                     log.warning("%s, line %d: unreadable (cut short by a crash?); ignored", self.path, line_no)
                     continue
@@ -90,7 +93,7 @@ class Journal:
         return [e for e in self.entries.values() if e.status == FAILED]
 
     def record(self, path: Path, status: str, output: str, reason: str = "", *, key: FileKey | None = None,
-               audio_s: float | None = None) -> None:
+               audio_s: float | None = None, extra: dict | None = None) -> None:
         """Append one outcome durably. ``key`` is the input as it was when its scoring began
         (default: as it is now), so a recording that changed meanwhile is scored again."""
         entry = Entry(key if key is not None else FileKey.of(path), status, output, reason, audio_s)
@@ -98,6 +101,7 @@ class Journal:
                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         if audio_s is not None:
             doc["audio_s"] = audio_s
+        doc.update(extra or {})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             failpoints.hit("archive.journal_append", output)

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("parquet", "csv")
 #: A score file's temporary sibling is ``.<name>.<pid>.<random>.tmp`` until it is renamed into
 #: place (streamer.files).
-_TEMPORARY = re.compile(r"^\..+\.(?:" + "|".join(FORMATS) + r")\.(?:\d+\.)?[^.]+\.tmp$")
+_TEMPORARY = re.compile(r"^\..+\.(?:parquet|csv|txt)\.(?:\d+\.)?[^.]+\.tmp$")
 
 
 def remove_temporaries_of(path: Path) -> int:

@@ -26,6 +26,7 @@ from streamer.archive import fingerprint as run_fingerprint
 from streamer.archive.journal import DONE, FAILED, JOURNAL_NAME, FileKey, Journal
 from streamer.archive.output import remove_stale_temporaries
 from streamer.archive.scorer import ArchiveTask, TaskResult
+from streamer.archive.tables import SUFFIXES
 from streamer.archive.timing import read_metadata_csv, recording_time
 from streamer.config import ArchiveSettings
 from streamer.errors import ConfigError
@@ -35,6 +36,9 @@ from streamer.stages import RunPlan
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".streamer-archive.lock"
+#: The Raven selection table of the whole archive (--archive-table); the leading "_" keeps it out
+#: of dataset readers over the per-input files.
+ARCHIVE_RAVEN_TABLE = "_archive.selections.txt"
 
 
 @dataclass
@@ -92,7 +96,7 @@ class ArchiveReport:
 
 
 def output_path(out_dir: Path, entry: ArchiveInput, fmt: str) -> Path:
-    return Path(out_dir) / f"{entry.rel}.{fmt}"
+    return Path(out_dir) / f"{entry.rel}{SUFFIXES.get(fmt, '.' + fmt)}"
 
 
 class OutputLock:
@@ -218,7 +222,8 @@ def run_archive(plan: RunPlan, entries: list[ArchiveInput], settings: ArchiveSet
 
 
 def _plan_tasks(entries, settings: ArchiveSettings, journal, report) -> list[ArchiveTask]:
-    out_dir, fmt, top_k = Path(settings.out_dir), settings.fmt, settings.top_k
+    out_dir, fmt = Path(settings.out_dir), settings.fmt
+    min_score, top_k, merge = settings.detections
     metadata = read_metadata_csv(settings.metadata) if settings.metadata else None
     previously_failed = {e.key.path for e in journal.failed()}
     tasks = []
@@ -233,7 +238,7 @@ def _plan_tasks(entries, settings: ArchiveSettings, journal, report) -> list[Arc
             when = recording_time(entry.path, metadata=metadata, site=settings.site, start_utc=settings.start_utc)
             key = FileKey.of(entry.path)  # before scoring: a change while it is scored shows next time
             tasks.append(ArchiveTask(entry.path.resolve(), str(entry.rel), out.resolve(), when, fmt, top_k,
-                                     header_duration(entry.path), key))
+                                     header_duration(entry.path), key, min_score, merge, settings.summary_min_score))
     return tasks
 
 
@@ -275,6 +280,7 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
     report = ArchiveReport(engine=engine, n_inputs=len(entries))
     tasks = _plan_tasks(entries, settings, journal, report)
     if not tasks:
+        write_folder_tables(out_dir, settings)
         report.seconds = time.perf_counter() - t0
         return report
     tasks = longest_first(tasks)
@@ -291,7 +297,8 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
         if result.notes:
             report.notes[task.rel] = list(result.notes)
         if result.ok:
-            journal.record(task.path, DONE, output, key=task.key, audio_s=result.audio_s)
+            journal.record(task.path, DONE, output, key=task.key, audio_s=result.audio_s,
+                           extra={"counts": result.counts, "recording": task.rel})
             report.done.append(task.rel)
             report.audio_s += result.audio_s
             for k, v in result.stage_s.items():
@@ -310,15 +317,15 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
                 n_threads = sequential_threads(threads)
                 report.layout = f"1 process x {'library default' if n_threads is None else n_threads} thread(s)"
                 log.info("engine: sequential, %s", report.layout)
-                run_sequential(tasks, with_threads(plan.model, n_threads), plan.reducer, plan.competition.classes, on_result, bar.advance)
+                run_sequential(tasks, with_threads(plan.model, n_threads), plan.reducer, plan.competition.class_labels, on_result, bar.advance)
             elif engine == "local":
                 layout = plan_layout(workers=execution.workers, threads=threads, pin=execution.pin, n_files=len(tasks), decoders=1)
                 report.layout = f"{layout.n_workers} worker(s) x {layout.threads or 'default'} thread(s)" + (", pinned" if any(layout.worker_cpus) else "")
                 log.info("engine: local, %s", report.layout)
-                LocalEngine(plan.model, plan.reducer, plan.competition.classes, layout, task_timeout_s=execution.task_timeout_s,
+                LocalEngine(plan.model, plan.reducer, plan.competition.class_labels, layout, task_timeout_s=execution.task_timeout_s,
                             startup_timeout_s=execution.startup_timeout_s).run(tasks, on_result, bar.advance)
             else:  # ray (checked on entry)
-                ray_engine = RayEngine(plan.model, plan.reducer, plan.competition.classes, address=settings.address,
+                ray_engine = RayEngine(plan.model, plan.reducer, plan.competition.class_labels, address=settings.address,
                                        workers=execution.workers, threads=threads)
                 report.layout = f"address {settings.address or 'local'}"
                 ray_engine.run(tasks, on_result, bar.advance)
@@ -327,7 +334,27 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
             report.unfinished = sorted(outstanding)
             report.seconds = time.perf_counter() - t0
             report.peak_parent_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    write_folder_tables(out_dir, settings)
     return report
+
+
+def write_folder_tables(out_dir: Path, settings: ArchiveSettings | None = None) -> list[Path]:
+    """The tables of the whole folder, from the folder alone: the archive summary (CSV, PNG) and,
+    for ``--archive-table``, one Raven selection table of every finished input. Returns the
+    files written."""
+    from streamer.archive.summary import write_summary
+    from streamer.archive.tables import write_archive_raven
+
+    written = [p for p in write_summary(out_dir) if p is not None]
+    if settings is not None and settings.archive_table:
+        journal = Journal(out_dir)
+        done = sorted((e for e in journal.entries.values() if e.status == DONE), key=lambda e: e.output)
+        tables = [(out_dir / e.output, e.audio_s or 0.0) for e in done if (out_dir / e.output).is_file()]
+        path = out_dir / ARCHIVE_RAVEN_TABLE
+        n = write_archive_raven(tables, path)
+        log.info("archive Raven table: %d selection(s) from %d input(s) in %s", n, len(tables), path)
+        written.append(path)
+    return written
 
 
 def folder_status(out_dir: Path, entries: list[ArchiveInput] | None = None) -> str:

@@ -11,11 +11,13 @@ so a recording scored by any of them gives the same file (at the same thread cou
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import queue
 import threading
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -24,10 +26,11 @@ import numpy as np
 from streamer import failpoints
 from streamer.archive.journal import FileKey
 from streamer.archive.output import ScoreWriter
+from streamer.archive.tables import EventBuilder, TableWriter
 from streamer.archive.timing import RecordingTime
 from streamer.audio import TARGET_SAMPLE_RATE_HZ, WINDOW_SAMPLES, AudioChunk, iter_chunks
 from streamer.errors import AudioDecodeError, StreamerError
-from streamer.metadata import N_WINDOWS_PER_FILE
+from streamer.metadata import N_WINDOWS_PER_FILE, WINDOW_S, ClassLabels
 from streamer.models.moe import set_torch_threads
 from streamer.pipeline.children import maxrss_kb
 from streamer.stages import ModelOutputs, ModelSpec, ModelStage, Reducer, ReducerSpec
@@ -57,6 +60,9 @@ class ArchiveTask:
     top_k: int | None = None
     audio_s: float | None = None  # duration from the header, for progress (None: unknown)
     key: FileKey | None = None  # the input as it was when planned: what the journal records
+    min_score: float | None = None  # detections: a class is kept in a window at this score (None: every score)
+    merge: bool = False  # detections: consecutive windows of a class become one event
+    summary_min_score: float = 0.5  # the archive summary counts windows at this score
 
 
 @dataclass
@@ -71,6 +77,7 @@ class TaskResult:
     stage_s: dict[str, float] = field(default_factory=dict)
     peak_rss_kb: int = 0  # of the process that scored it, when it finished
     notes: list[str] = field(default_factory=list)  # chunks scored without the students, and why
+    counts: list = field(default_factory=list)  # [class, UTC date, UTC hour, detection windows] for the summary
 
 
 class UnscorableInput(StreamerError):
@@ -136,12 +143,13 @@ def chunks_of(path: Path, prefetch: int = PREFETCH_CHUNKS):
 class ArchiveScorer:
     """Models loaded once; :meth:`score` turns one recording into one score file."""
 
-    def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes: tuple[str, ...], *, prefetch: int = PREFETCH_CHUNKS) -> None:
+    def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, labels: ClassLabels, *, prefetch: int = PREFETCH_CHUNKS) -> None:
         set_torch_threads(model_spec.threads.intra_op_threads)
         self.models = ModelStage(model_spec)
         self.models.check()
         self.reducer = Reducer(reducer_spec)
-        self.classes = tuple(classes)
+        self.labels = labels
+        self.classes = tuple(labels.codes)
         self.prefetch = prefetch
         # ProtoSSM on 12 windows is a few hundred small operators: one torch thread runs it in
         # ~25 ms, while two threads spin-wait on each other and, when another process holds a
@@ -180,6 +188,15 @@ class ArchiveScorer:
                 set_torch_threads(self._model_threads)
         return probs[: math.ceil(chunk.n_real / WINDOW_SAMPLES)]
 
+    def _writer(self, task: ArchiveTask):
+        """The table writer of ``task``'s format: detections (raven, audacity, or Parquet/CSV with
+        a threshold or merging), else every score (wide, or the top-k long format)."""
+        if task.min_score is None:
+            return ScoreWriter(task.out, task.rel, self.classes, fmt=task.fmt, top_k=task.top_k)
+        builder = EventBuilder(len(self.classes), min_score=task.min_score, top_k=task.top_k, merge=task.merge)
+        return TableWriter(task.out, task.rel, self.labels.codes, self.labels.common, self.labels.scientific,
+                           fmt=task.fmt, builder=builder)
+
     def score(self, task: ArchiveTask, on_chunk: Callable[[float], None] | None = None) -> TaskResult:
         """Score ``task`` into its output file (written atomically).
 
@@ -187,14 +204,17 @@ class ArchiveScorer:
         broken audio gives a failed result; any other error removes the partial file and is
         raised."""
         before = {**self.models.seconds, **self.reducer.seconds}
-        writer = ScoreWriter(task.out, task.rel, self.classes, fmt=task.fmt, top_k=task.top_k)
+        writer = self._writer(task)
         n_samples = 0
         notes: list[str] = []
+        counts: collections.Counter = collections.Counter()
+        counter = EventBuilder(len(self.classes), min_score=task.summary_min_score, top_k=task.top_k)
         chunks, fetcher = chunks_of(task.path, self.prefetch)
         try:
             for chunk in chunks:
                 probs = self.score_chunk(chunk, task.when, key=task.rel, notes=notes)
                 writer.write_chunk(chunk.index * N_WINDOWS_PER_FILE, probs)
+                self._count(counts, counter, task.when, chunk.index * N_WINDOWS_PER_FILE, probs)
                 n_samples += chunk.n_real
                 if on_chunk is not None:
                     on_chunk(chunk.n_real / TARGET_SAMPLE_RATE_HZ)
@@ -216,4 +236,18 @@ class ArchiveScorer:
             stage_s={k: after[k] - before.get(k, 0.0) for k in after},
             peak_rss_kb=maxrss_kb(),
             notes=notes,
+            counts=[[self.classes[c], date, hour, n] for (c, date, hour), n in sorted(counts.items())],
         )
+
+    @staticmethod
+    def _count(counts: collections.Counter, counter: EventBuilder, when: RecordingTime, first_window: int, probs) -> None:
+        """Detection windows per (class, UTC date, UTC hour) for the archive summary; date ``""``
+        and hour -1 where the recording's start is unknown."""
+        for offset, kept in enumerate(counter.detections(probs)):
+            if when.start_utc is None:
+                date, hour = "", -1
+            else:
+                moment = when.start_utc + timedelta(seconds=(first_window + offset) * WINDOW_S)
+                date, hour = moment.date().isoformat(), moment.hour
+            for cls, _ in kept:
+                counts[(cls, date, hour)] += 1

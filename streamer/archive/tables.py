@@ -1,0 +1,232 @@
+"""Detections and the tables ecologists open: Raven Pro selection tables, Audacity label tracks,
+and detection lists in Parquet/CSV.
+
+A *detection* is a class in a 5-s window whose score is at least ``min_score`` (at most
+``top_k`` classes per window, the best first). With ``merge``, detections of one class in
+consecutive windows become one *event* spanning them, with the highest score among them; merging
+carries across the 60-s chunks a recording is scored in. Events are written in order of start,
+then class order.
+
+Formats (one file per input, written to a temporary sibling and renamed into place):
+
+* ``raven``: ``<input>.selections.txt``, a Raven Pro selection table: tab-separated, Raven's
+  columns in Raven's order (``Selection``, ``View``, ``Channel``, ``Begin Time (s)``,
+  ``End Time (s)``, ``Low Freq (Hz)``, ``High Freq (Hz)``), then ``Begin File`` and
+  ``File Offset (s)`` (so tables of many files can be joined into one), ``Class``,
+  ``Common Name``, ``Scientific Name`` and ``Score``. The frequency band is the whole band the
+  models see (0 to 16 kHz).
+* ``audacity``: ``<input>.txt``, an Audacity label track: ``start<TAB>end<TAB>label`` per line,
+  seconds with a decimal point; the label is the common name and the score.
+* ``parquet`` / ``csv`` detections: ``file, start_s, end_s, class, common_name,
+  scientific_name, score, first_window, last_window``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamer.files import install, temporary_sibling
+from streamer.metadata import WINDOW_S
+
+#: The frequency band of every selection: what the models see of 32-kHz audio.
+LOW_FREQ_HZ = 0.0
+HIGH_FREQ_HZ = 16000.0
+RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
+                 "Begin File", "File Offset (s)", "Class", "Common Name", "Scientific Name", "Score")
+DETECTION_COLUMNS = ("file", "start_s", "end_s", "class", "common_name", "scientific_name", "score",
+                     "first_window", "last_window")
+#: Output file name endings by format.
+SUFFIXES = {"raven": ".selections.txt", "audacity": ".txt"}
+
+
+@dataclass(frozen=True)
+class Event:
+    """Class ``cls`` detected in windows ``first .. last`` (inclusive) with best score ``score``."""
+
+    cls: int
+    first: int
+    last: int
+    score: float
+
+    @property
+    def start_s(self) -> float:
+        return float(self.first * WINDOW_S)
+
+    @property
+    def end_s(self) -> float:
+        return float((self.last + 1) * WINDOW_S)
+
+
+class EventBuilder:
+    """Turns chunks of window scores into events (see the module notes)."""
+
+    def __init__(self, n_classes: int, *, min_score: float, top_k: int | None = None, merge: bool = False) -> None:
+        self.n_classes = n_classes
+        self.min_score = float(min_score)
+        self.top_k = top_k
+        self.merge = merge
+        self.open: dict[int, Event] = {}  # class → its event still growing (merge only)
+
+    def detections(self, probs: np.ndarray) -> list[list[tuple[int, float]]]:
+        """Per window, the (class, score) kept, best first."""
+        out = []
+        for row in probs:
+            idx = np.flatnonzero(row >= self.min_score)
+            idx = idx[np.argsort(-row[idx], kind="stable")]
+            if self.top_k is not None:
+                idx = idx[: self.top_k]
+            out.append([(int(c), float(row[c])) for c in idx])
+        return out
+
+    def add(self, first_window: int, probs: np.ndarray) -> list[Event]:
+        """The events that ended within these windows ``[n, C]`` starting at ``first_window``."""
+        closed: list[Event] = []
+        for offset, kept in enumerate(self.detections(np.asarray(probs, dtype=np.float32))):
+            window = first_window + offset
+            if not self.merge:
+                closed += [Event(c, window, window, s) for c, s in kept]
+                continue
+            seen = set()
+            for c, s in kept:
+                seen.add(c)
+                event = self.open.get(c)
+                if event is not None and event.last == window - 1:
+                    self.open[c] = Event(c, event.first, window, max(event.score, s))
+                else:
+                    if event is not None:
+                        closed.append(event)
+                    self.open[c] = Event(c, window, window, s)
+            for c in [c for c, e in self.open.items() if c not in seen and e.last < window]:
+                closed.append(self.open.pop(c))
+        return sorted(closed, key=lambda e: (e.first, e.cls))
+
+    def close(self) -> list[Event]:
+        closed = sorted(self.open.values(), key=lambda e: (e.first, e.cls))
+        self.open.clear()
+        return closed
+
+
+def _num(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".") if value != int(value) else f"{value:.1f}"
+
+
+class TableWriter:
+    """Streams one input's events to its table (raven, audacity, or detections in Parquet/CSV).
+
+    Args:
+        path: destination file.
+        file_label: the input's relative path (``file`` column; Raven's ``Begin File`` is its
+            base name).
+        classes, common_names, scientific_names: aligned per class.
+        fmt: ``raven``, ``audacity``, ``parquet`` or ``csv``.
+        builder: the detection rules.
+    """
+
+    def __init__(self, path: Path, file_label: str, classes, common_names, scientific_names, *, fmt: str,
+                 builder: EventBuilder) -> None:
+        self.path = Path(path)
+        self.file_label = file_label
+        self.classes, self.common, self.scientific = tuple(classes), tuple(common_names), tuple(scientific_names)
+        self.fmt = fmt
+        self.builder = builder
+        fd, self._tmp = temporary_sibling(self.path)
+        os.close(fd)
+        self.n_rows = 0
+        self._text = None
+        self._rows: list[Event] = []  # parquet/csv: one table written at close (events are few)
+        if fmt in ("raven", "audacity"):
+            self._text = open(self._tmp, "w", encoding="utf-8", newline="")
+            if fmt == "raven":
+                self._text.write("\t".join(RAVEN_COLUMNS) + "\n")
+
+    def write_chunk(self, first_window: int, probs: np.ndarray) -> None:
+        self._emit(self.builder.add(first_window, probs))
+
+    def _emit(self, events: list[Event]) -> None:
+        if self._text is None:
+            self._rows += events
+            return
+        begin_file = Path(self.file_label).name
+        for e in events:
+            self.n_rows += 1
+            if self.fmt == "raven":
+                fields = [str(self.n_rows), "Spectrogram 1", "1", _num(e.start_s), _num(e.end_s), _num(LOW_FREQ_HZ),
+                          _num(HIGH_FREQ_HZ), begin_file, _num(e.start_s), self.classes[e.cls], self.common[e.cls],
+                          self.scientific[e.cls], f"{e.score:.4f}"]
+                self._text.write("\t".join(f.replace("\t", " ") for f in fields) + "\n")
+            else:
+                label = f"{self.common[e.cls]} ({e.score:.2f})".replace("\t", " ")
+                self._text.write(f"{e.start_s:.6f}\t{e.end_s:.6f}\t{label}\n")
+
+    def close(self) -> Path:
+        self._emit(self.builder.close())
+        if self._text is not None:
+            self._text.close()
+        else:
+            self._write_table()
+        return install(self._tmp, self.path)
+
+    def _write_table(self) -> None:
+        import pyarrow as pa
+
+        events = sorted(self._rows, key=lambda e: (e.first, e.cls))
+        self.n_rows = len(events)
+        table = pa.table({
+            "file": pa.array([self.file_label] * len(events), pa.string()),
+            "start_s": pa.array([e.start_s for e in events], pa.float64()),
+            "end_s": pa.array([e.end_s for e in events], pa.float64()),
+            "class": pa.array([self.classes[e.cls] for e in events], pa.string()),
+            "common_name": pa.array([self.common[e.cls] for e in events], pa.string()),
+            "scientific_name": pa.array([self.scientific[e.cls] for e in events], pa.string()),
+            "score": pa.array([e.score for e in events], pa.float32()),
+            "first_window": pa.array([e.first for e in events], pa.int64()),
+            "last_window": pa.array([e.last for e in events], pa.int64()),
+        })
+        if self.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, str(self._tmp))
+        else:
+            import pyarrow.csv as pacsv
+
+            pacsv.write_csv(table, str(self._tmp))
+
+    def abort(self) -> None:
+        if self._text is not None and not self._text.closed:
+            self._text.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+def read_raven(path: Path) -> list[dict]:
+    """The rows of a Raven selection table (for the archive-wide table)."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def write_archive_raven(tables: list[tuple[Path, float]], out: Path) -> int:
+    """One Raven selection table for many inputs: their rows in order, ``Selection`` renumbered,
+    ``Begin Time (s)`` / ``End Time (s)`` on one timeline (each input starts where the one before
+    ended, as Raven shows a file sequence), ``Begin File`` and ``File Offset (s)`` kept. Returns
+    the number of rows."""
+    from streamer.files import atomic_write_text
+
+    buf = io.StringIO()
+    buf.write("\t".join(RAVEN_COLUMNS) + "\n")
+    n, offset = 0, 0.0
+    for path, duration_s in tables:
+        for row in read_raven(path):
+            n += 1
+            row = dict(row)
+            row["Selection"] = str(n)
+            row["Begin Time (s)"] = _num(offset + float(row["Begin Time (s)"]))
+            row["End Time (s)"] = _num(offset + float(row["End Time (s)"]))
+            buf.write("\t".join(row[c] for c in RAVEN_COLUMNS) + "\n")
+        offset += duration_s
+    atomic_write_text(out, buf.getvalue())
+    return n
