@@ -41,9 +41,10 @@ STUDENT_BACKENDS = ("auto", "torch", "onnxruntime")
 #: Output formats of ``streamer archive``: every score (parquet, csv), or detection tables.
 ARCHIVE_FORMATS = ("parquet", "csv", "raven", "audacity")
 #: Defaults of the detection tables people read (raven, audacity): a class is kept in a window
-#: when its score is at least 0.5 (a probability after the ensemble; half of the top scores of
-#: the real model's confident detections pass it), at most 3 classes per window, consecutive
-#: windows of a class merged into one event. The archive summary counts windows the same way.
+#: when its score (a probability after the ensemble) is at least 0.5, the middle of the scale
+#: (not tuned: it depends on species and site, so --min-score sets it), at most 3 classes per
+#: window, consecutive windows of a class merged into one event. The archive summary counts
+#: windows the same way.
 TABLE_MIN_SCORE = 0.5
 TABLE_TOP_K = 3
 
