@@ -60,6 +60,8 @@ def test_the_same_settings_resume(kit, scored, src, capsys):
     (("--top-k", "3"), "top_k"),
     (("--site", "S03"), "site"),
     (("--start-utc", "2025-01-01T05:00:00"), "start_utc"),
+    (("--min-score", "0.3"), "min_score"),
+    (("--merge-consecutive",), "merge_consecutive"),
 ])
 def test_other_settings_stop_before_scoring(kit, scored, src, caplog, extra, named):
     before = _frames(scored)
