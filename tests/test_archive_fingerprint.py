@@ -90,6 +90,7 @@ def test_overwrite_rescores_everything_under_the_new_settings(kit, scored, src, 
     assert cli.main(_args(kit, fresh, src, "--format", "csv", "--prior-scale", "0.4")) == 0
     assert cli.main(_args(kit, scored, src, "--format", "csv", "--prior-scale", "0.4", "--overwrite")) == 0
     assert not list(scored.rglob("*.parquet"))  # no output of the old settings is left
+    assert (scored / "_summary.csv").read_bytes() == (fresh / "_summary.csv").read_bytes()
     got, want = _frames(scored, "csv"), _frames(fresh, "csv")
     assert sorted(got) == sorted(want)
     for name in want:

@@ -253,8 +253,11 @@ def _remove_outputs(out_dir: Path, entries: list[ArchiveInput], journal: Journal
     anything is scored, so the folder never holds a mix. Other files are left alone."""
     old = run_fingerprint.read(out_dir) or {}
     formats = {settings.fmt, old.get("settings", {}).get("format") or settings.fmt}
+    from streamer.archive.summary import SUMMARY_CSV, SUMMARY_PNG
+
     doomed = {out_dir / e.output for e in journal.entries.values()}
     doomed |= {output_path(out_dir, entry, fmt) for entry in entries for fmt in formats}
+    doomed |= {out_dir / name for name in (SUMMARY_CSV, SUMMARY_PNG, ARCHIVE_RAVEN_TABLE)}
     n = 0
     for path in doomed:
         if path.is_file():
