@@ -149,21 +149,39 @@ def config_from_args(args: argparse.Namespace) -> InferConfig:
     )
 
 
+def _global_options(with_defaults: bool) -> argparse.ArgumentParser:
+    """--log-level and -q/--quiet, accepted before the command and after it. The command's copy
+    has no defaults, so a flag given before the command is not reset by the command's parser."""
+    parser = argparse.ArgumentParser(add_help=False)
+    g = parser.add_argument_group("global options")
+    g.add_argument("--log-level", default="INFO" if with_defaults else argparse.SUPPRESS,
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default: INFO)")
+    g.add_argument("-q", "--quiet", action="store_true", default=False if with_defaults else argparse.SUPPRESS,
+                   help="only warnings and errors on the console")
+    return parser
+
+
+def _command(sub, name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
+    """A subcommand with the global options and its examples in the help's epilog."""
+    return sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
+                          epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter,
+                          parents=[_global_options(with_defaults=False)])
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamer", description="Streaming CPU inference for BirdCLEF+ 2026 style ensembles.")
+    parser = argparse.ArgumentParser(prog="streamer", description="Streaming CPU inference for BirdCLEF+ 2026 style ensembles.",
+                                     parents=[_global_options(with_defaults=True)])
     parser.add_argument("--version", action="version", version=f"streamer {__version__}")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default: %(default)s)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on the console")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("infer", help="score a competition folder and write submission.csv")
+    p = _command(sub, "infer", "score a competition folder and write submission.csv", 'examples:\n  streamer infer --data-dir /kaggle/input/birdclef-2026 --perch /kaggle/input/perch-v2-onnx \\\n      --moe-dir /kaggle/input/chaneyma-moe --out /kaggle/working/submission.csv\n  streamer infer --data-dir competition --perch perch --moe-dir moe --engine sequential --threads default\n  streamer infer --data-dir competition --perch perch --moe-dir moe --budget-minutes 30 --report-json run.json')
     add_model_arguments(p)
     add_execution_arguments(p, "infer")
     p.add_argument("--out", type=Path, default=Path("submission.csv"), help="submission CSV to write (default: %(default)s)")
     p.add_argument("--dry-run-files", type=int, default=DEFAULT_DRY_RUN_FILES, help="files of train_soundscapes/ to score when test_soundscapes/ is empty (default: %(default)s)")
     p.set_defaults(func=cmd_infer)
 
-    p = sub.add_parser("archive", help="score long recordings (any length, rate, channels, format) into one score file per input")
+    p = _command(sub, "archive", "score long recordings (any length, rate, channels, format) into one score file per input", 'examples:\n  streamer archive /data/recorders --out scores/ --data-dir competition --perch perch --moe-dir moe\n  streamer archive /data/recorders --out tables/ --format raven --min-score 0.6 --archive-table \\\n      --data-dir competition --perch perch --moe-dir moe --metadata recorders.csv\n  streamer archive --status --out scores/\n  streamer archive --summary --out scores/')
     p.add_argument("inputs", nargs="*", type=Path, metavar="INPUT", help="audio files, folders (searched recursively) or .txt/.lst files listing paths")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (one <relative path>.<format> per input, plus the journal)")
     add_model_arguments(p, required=False)  # checked in cmd_archive: --status needs none
@@ -183,13 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--status", action="store_true", help="print what --out holds (settings, inputs done and failed, hours of audio; with INPUTs, how many are still to do) and score nothing")
     p.set_defaults(func=cmd_archive)
 
-    p = sub.add_parser("score", help="the competition metric (macro ROC-AUC) of a submission against train_soundscapes_labels.csv")
+    p = _command(sub, "score", "the competition metric (macro ROC-AUC) of a submission against train_soundscapes_labels.csv", 'examples:\n  streamer score train-submission.csv --data-dir competition')
     p.add_argument("submission", type=Path, metavar="SUBMISSION", help="submission CSV (row_id + class columns); rows of unlabelled files are ignored")
     p.add_argument("--data-dir", type=Path, required=True, help="competition folder (train_soundscapes_labels.csv, sample_submission.csv, taxonomy.csv)")
     p.add_argument("--out", type=Path, default=None, metavar="CSV", help="per-class and per-taxonomic-class table (default: <SUBMISSION without .csv>.scores.csv)")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("cache", help="run Perch and the students once over the labelled training soundscapes and store their outputs for 'streamer sweep'")
+    p = _command(sub, "cache", "run Perch and the students once over the labelled training soundscapes and store their outputs for 'streamer sweep'", 'examples:\n  streamer cache --data-dir competition --perch perch --moe-dir moe --out cache.npz')
     add_artifact_arguments(p)
     c = p.add_argument_group("cache")
     c.add_argument("--out", type=Path, default=Path("validation-cache.npz"), metavar="FILE", help="the cache to write (default: %(default)s); an up-to-date one is reused, one made from other artifacts is rebuilt")
@@ -199,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--students-backend", choices=STUDENT_BACKENDS, default="auto", help="students in torch (auto: as infer's sequential engine) or exported to onnxruntime (default: %(default)s)")
     p.set_defaults(func=cmd_cache)
 
-    p = sub.add_parser("sweep", help="score a grid of blend weights, prior scales and smoothing kernels from a cache, with an out-of-fold prior")
+    p = _command(sub, "sweep", "score a grid of blend weights, prior scales and smoothing kernels from a cache, with an out-of-fold prior", 'examples:\n  streamer sweep --data-dir competition --perch perch --moe-dir moe --cache cache.npz \\\n      --grid perch=0.6,0.7,0.8 prior=0:0.6:0.2 --out sweep.csv')
     add_artifact_arguments(p)
     add_ensemble_arguments(p)
     w = p.add_argument_group("sweep")
@@ -215,14 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--threads", type=_threads, default="auto", metavar="T|auto|default", help="torch intra-op threads for the ProtoSSM folds (default: %(default)s)")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("bench", help="measure baseline, engine, ceiling and a grid of layouts on this machine")
+    p = _command(sub, "bench", "measure baseline, engine, ceiling and a grid of layouts on this machine", 'examples:\n  streamer bench --quick\n  streamer bench --data-dir competition --perch perch --moe-dir moe --out-dir bench-results')
     _add_bench_arguments(p)
     p.add_argument("--out-dir", type=Path, default=Path("bench-results"), help="where bench.md, bench.json and bench.png go (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="JSON results (default: <out-dir>/bench.json)")
     p.add_argument("--chart", type=Path, default=None, metavar="FILE", help="PNG chart of throughput per layout (default: <out-dir>/bench.png)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("bench-archive", help="measure the archive mode's real-time factor and its memory against input length")
+    p = _command(sub, "bench-archive", "measure the archive mode's real-time factor and its memory against input length", 'examples:\n  streamer bench-archive --quick')
     p.add_argument("--quick", action="store_true", help="lengths 4, 16 and 32 min, one repeat (a few minutes on 2 cores)")
     p.add_argument("--lengths", type=float, nargs="+", default=None, metavar="MIN", help="input lengths in minutes (default: 4 16 64 128; quick: 4 16 32)")
     p.add_argument("--engines", nargs="+", choices=ARCHIVE_ENGINES, default=["local"], help="archive engines to measure (default: local)")
@@ -232,17 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=Path("bench-results"), help="where bench-archive.md, .json and .png go (default: %(default)s)")
     p.set_defaults(func=cmd_bench_archive)
 
-    p = sub.add_parser("tune", help="measure pipeline layouts and save the fastest as the profile infer uses")
+    p = _command(sub, "tune", "measure pipeline layouts and save the fastest as the profile infer uses", 'examples:\n  streamer tune --quick\n  streamer tune --data-dir competition --perch perch --moe-dir moe')
     _add_bench_arguments(p)
     p.add_argument("--profile", type=Path, default=None, metavar="FILE", help="where to save the profile (default: the cache folder's profile.json, which infer finds by itself)")
     p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("make-standins", help="write a stand-in kit: Perch-format ONNX, MoE bundle and competition folder with random weights")
+    p = _command(sub, "make-standins", "write a stand-in kit: Perch-format ONNX, MoE bundle and competition folder with random weights", 'examples:\n  streamer make-standins kit')
     p.add_argument("dir", type=Path, help="folder to write the kit into")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.set_defaults(func=cmd_make_standins)
 
-    p = sub.add_parser("demo", help="build the stand-in kit once (cached) and run infer on it")
+    p = _command(sub, "demo", "build the stand-in kit once (cached) and run infer on it", 'examples:\n  streamer demo\n  streamer demo --out /tmp/submission.csv --rebuild')
     p.add_argument("--cache-dir", type=Path, default=None, help="where the kit is kept (default: $STREAMER_CACHE or ~/.cache/streamer)")
     p.add_argument("--out", type=Path, default=None, help="submission CSV to write (default: <cache-dir>/demo/submission.csv)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the kit even if it is cached")

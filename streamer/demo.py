@@ -41,7 +41,14 @@ def ensure_kit(cache_dir: Path, *, rebuild: bool = False):
         tmp = make_temp_dir(target.parent, ".kit-")
         try:
             log.info("building the stand-in kit in %s (once)", target)
-            make_standins(tmp, seed=0)
+            # The builder's own lines would name the temporary folder the kit is built in.
+            builder_log = logging.getLogger("streamer.standins")
+            level = builder_log.level
+            builder_log.setLevel(logging.WARNING)
+            try:
+                make_standins(tmp, seed=0)
+            finally:
+                builder_log.setLevel(level)
             (tmp / _COMPLETE_MARK).write_text(f"streamer {__version__}\n")
             tmp.rename(target)
         finally:

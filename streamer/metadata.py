@@ -22,6 +22,9 @@ _SITE_RE = re.compile(r"^BC\d+_(Train|Test)_\d+_(S\d+)_")
 #: Placeholder site of files whose names do not follow the competition pattern.
 UNKNOWN_SITE = "S00"
 
+#: What --data-dir must hold, for error messages.
+COMPETITION_FOLDER_HINT = ("a competition folder holds sample_submission.csv, taxonomy.csv, train_soundscapes_labels.csv "
+                           "and test_soundscapes/ with the recordings to score")
 N_WINDOWS_PER_FILE = 12
 WINDOW_S = 5
 TAXONOMY_COLUMNS = ("primary_label", "inat_taxon_id", "scientific_name", "common_name", "class_name")
@@ -148,7 +151,9 @@ class Competition:
         if files:
             return sorted(files, key=_stem_order), "test_soundscapes"
         train_dir = self.data_dir / "train_soundscapes"
-        files = find_audio(train_dir)[0] if train_dir.is_dir() else []
+        if not train_dir.is_dir():
+            return [], "nowhere: test_soundscapes/ is empty or missing and there is no train_soundscapes/ for a dry run"
+        files = find_audio(train_dir)[0]
         return sorted(files, key=_stem_order)[: max(0, dry_run_files)], "train_soundscapes (dry run)"
 
     def site_index(self) -> dict[str, int]:
@@ -165,7 +170,14 @@ def load_competition(data_dir: str | Path, *, require_labels: bool = True) -> Co
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise ArtifactError(f"{data_dir}: competition folder not found (expected sample_submission.csv, taxonomy.csv, ...)")
+        raise ArtifactError(f"{data_dir}: competition folder not found ({COMPETITION_FOLDER_HINT})")
+    if not (data_dir / "sample_submission.csv").is_file():
+        from streamer.audio import find_audio
+
+        n_audio = len(find_audio(data_dir)[0])
+        hint = (f"; it holds {n_audio} audio file(s): to score recordings of your own, use 'streamer archive', "
+                f"which needs the competition folder only for the class list and the prior") if n_audio else ""
+        raise ArtifactError(f"{data_dir}: not a competition folder, no sample_submission.csv ({COMPETITION_FOLDER_HINT}){hint}")
     sample = _read_csv(data_dir / "sample_submission.csv", "sample submission")
     columns = list(sample.columns)
     if len(columns) < 2 or columns[0] != "row_id":

@@ -9,6 +9,9 @@ from pathlib import Path
 from streamer.budget import TIER_FULL, TIER_NO_STUDENTS, TIER_PRIOR_ONLY
 from streamer.metadata import N_WINDOWS_PER_FILE, WINDOW_S
 
+#: The stages the summary names, in plain words (the report's JSON has every timer).
+_WORK = (("decode", "decoding"), ("perch", "Perch"), ("students", "students (log-mel + CNN + CRNN)"),
+         ("protossm", "ProtoSSM"), ("postprocess", "blend, prior and smoothing"), ("write", "writing"))
 #: How many non-full files the summary lists by name.
 SUMMARY_MAX_LISTED = 25
 
@@ -90,15 +93,22 @@ class RunReport:
         return sum(1 for t in self.tiers.values() if t != TIER_PRIOR_ONLY) * N_WINDOWS_PER_FILE
 
     def summary(self) -> str:
-        total = self.seconds.get("total", 0.0)
+        """The end-of-run summary in plain words (the full detail is in :meth:`to_dict`)."""
+        sec = self.seconds
+        total = sec.get("total", 0.0)
         modelled = self.n_modelled_windows
         rate = modelled / total if total > 0 else 0.0
+        scoring = sec.get("scoring", 0.0)
+        steady = modelled / scoring if scoring > 0 else 0.0
         counts = Counter(self.tiers.values())
         lines = [
             f"wrote {self.out} ({self.n_windows} rows = {self.n_files} files x {N_WINDOWS_PER_FILE} windows; "
             f"files from {self.source}; engine {self.engine})",
-            f"time {total:.1f} s, {rate:.1f} windows/s, real-time factor {rate * WINDOW_S:.0f}x",
-            "stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in self.seconds.items() if k != "total"),
+            f"time {total:.1f} s in all: {sec.get('setup', 0.0):.1f} s to load the models, {scoring:.1f} s scoring; "
+            f"{steady:.1f} windows/s while scoring (real-time factor {steady * WINDOW_S:.0f}x), {rate:.1f} windows/s "
+            f"overall, start-up included",
+            "work in seconds (summed over processes): " + ", ".join(
+                f"{label} {sec[key]:.1f}" for key, label in _WORK if sec.get(key, 0.0) > 0),
         ]
         if self.peak_rss_mb:
             lines.append("peak memory (RSS): " + ", ".join(f"{k} {v:.0f} MB" for k, v in self.peak_rss_mb.items()))

@@ -203,22 +203,28 @@ class RowSink:
     # ------------------------------------------------------------------ progress
 
     def start_progress(self) -> None:
+        """Start the bar once the models are loaded; its rate counts from then, as the summary's
+        "windows/s while scoring" does."""
         if self.progress and self.bar is None and self.jobs:
             from tqdm import tqdm
 
             self.bar = tqdm(total=len(self.jobs), initial=self.n_done, unit="file", desc="streamer",
                             dynamic_ncols=True, leave=True)
+            self._bar_start = (time.monotonic(), self._n_modelled())
+
+    def _n_modelled(self) -> int:
+        return sum(1 for t in self.report.tiers.values() if t != TIER_PRIOR_ONLY)
 
     def update_progress(self, n_consumers: int) -> None:
         if self.bar is None:
             return
-        elapsed = time.monotonic() - self.budget.start
-        done = self.writer.n_done
-        rate = done * N_WINDOWS_PER_FILE / elapsed if elapsed > 0 else 0.0
-        left = len(self.jobs) - done
+        t0, modelled0 = self._bar_start
+        now = time.monotonic()
+        rate = (self._n_modelled() - modelled0) * N_WINDOWS_PER_FILE / (now - t0) if now > t0 else 0.0
+        left = len(self.jobs) - self.writer.n_done
         projected = self.budget.projected_seconds(self.budget.tier, left, n_consumers)
         self.bar.set_postfix_str(
-            f"{rate:.1f} win/s, RTF {rate * 5:.0f}x, finish ~{(elapsed + projected) / 60:.1f}"
+            f"{rate:.1f} win/s scoring, RTF {rate * 5:.0f}x, finish ~{(now - self.budget.start + projected) / 60:.1f}"
             f"/{self.budget.budget_s / 60:.1f} min, tier {self.budget.tier}",
             refresh=False,
         )

@@ -47,7 +47,7 @@ def run_sequential(plan: RunPlan, sink: RowSink, report: RunReport, budget: Budg
                 decoded = decode_job(job)
                 seconds["decode"] += time.perf_counter() - t0
                 if decoded.windows is None:
-                    log.warning("%s: %s; writing prior-only fallback rows", job.path, decoded.error)
+                    log.warning("%s; writing prior-only rows", decoded.error)  # the error names the file
                     sink.fallback(job.index, f"unreadable: {decoded.error}")
                     break
                 if decoded.notes:

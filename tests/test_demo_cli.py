@@ -52,3 +52,49 @@ def test_bad_flag_values_exit_2(tmp_path, capsys):
         assert exc.code == 2
     else:
         raise AssertionError("argparse accepted --threads zero")
+
+
+def test_global_options_before_or_after_the_command():
+    parser = cli.build_parser()
+    for argv, level, quiet in (
+        (["infer", "--data-dir", "d", "--perch", "p", "--moe-dir", "m"], "INFO", False),
+        (["-q", "infer", "--data-dir", "d", "--perch", "p", "--moe-dir", "m"], "INFO", True),
+        (["infer", "--quiet", "--log-level", "DEBUG", "--data-dir", "d", "--perch", "p", "--moe-dir", "m"], "DEBUG", True),
+        (["--log-level", "ERROR", "archive", "--status", "--out", "o"], "ERROR", False),
+        (["archive", "-q", "--status", "--out", "o"], "INFO", True),
+    ):
+        args = parser.parse_args(argv)
+        assert (args.log_level, args.quiet) == (level, quiet), argv
+
+
+def test_every_command_shows_examples(capsys):
+    import pytest
+
+    for command in ("infer", "archive", "score", "cache", "sweep", "bench", "bench-archive", "tune", "make-standins", "demo"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        assert f"examples:\n  streamer {command}" in capsys.readouterr().out
+
+
+def test_a_folder_of_recordings_as_data_dir_points_to_archive(kit, tmp_path, caplog):
+    import shutil
+
+    from conftest import infer_args
+
+    recordings = tmp_path / "recordings"
+    shutil.copytree(kit.data_dir / "test_soundscapes", recordings)
+    with caplog.at_level("ERROR"):
+        assert cli.main(infer_args(kit, tmp_path / "sub.csv", "--data-dir", str(recordings))) == 2
+    assert "not a competition folder, no sample_submission.csv" in caplog.text
+    assert "use 'streamer archive'" in caplog.text
+
+
+def test_no_audio_anywhere_is_said_plainly(kit_copy):
+    import shutil
+
+    from streamer.metadata import load_competition
+
+    shutil.rmtree(kit_copy.data_dir / "test_soundscapes")
+    shutil.rmtree(kit_copy.data_dir / "train_soundscapes")
+    files, source = load_competition(kit_copy.data_dir).audio_files(20)
+    assert files == [] and "there is no train_soundscapes/" in source

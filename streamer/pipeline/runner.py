@@ -133,7 +133,9 @@ class PipelineRunner:
             elif isinstance(action, sch.Scored):
                 self.sink.add_scored(action.index, action.probs, action.tier)
             elif isinstance(action, sch.Fallback):
-                log.warning("%s: %s; writing prior-only rows", self.plan.jobs[action.index].path, action.reason)
+                path = self.plan.jobs[action.index].path
+                where = "" if str(path) in action.reason else f"{path}: "  # decode errors name the file already
+                log.warning("%s%s; writing prior-only rows", where, action.reason)
                 self.sink.fallback(action.index, action.reason)
             elif isinstance(action, sch.SendDecode):
                 child = self.supervisor.get(sch.DECODER, action.wid)
