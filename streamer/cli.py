@@ -260,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.set_defaults(func=cmd_make_standins)
 
+    p = _command(sub, "kaggle-kit", "build a folder to upload as a Kaggle dataset: streamer's wheel, the wheels Kaggle lacks, and a ready offline notebook", """examples:
+  streamer kaggle-kit --out streamer-kit
+  streamer kaggle-kit --out streamer-kit --python-version 3.12 --add polars""")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the kit's folder")
+    p.add_argument("--python-version", default=None, metavar="X.Y", help="Kaggle's Python version (default: 3.11)")
+    p.add_argument("--add", action="append", default=[], metavar="PKG", help="also put this package (and what it needs) in the kit")
+    p.add_argument("--drop", action="append", default=[], metavar="PKG", help="take this package from Kaggle's image instead of the kit")
+    p.add_argument("--budget-minutes", type=float, default=DEFAULT_BUDGET_MINUTES, metavar="M", help="the notebook's infer budget (default: %(default)s)")
+    p.set_defaults(func=cmd_kaggle_kit)
+
     p = _command(sub, "demo", "build the stand-in kit once (cached) and run infer on it", 'examples:\n  streamer demo\n  streamer demo --out /tmp/submission.csv --rebuild')
     p.add_argument("--cache-dir", type=Path, default=None, help="where the kit is kept (default: $STREAMER_CACHE or ~/.cache/streamer)")
     p.add_argument("--out", type=Path, default=None, help="submission CSV to write (default: <cache-dir>/demo/submission.csv)")
@@ -537,6 +547,16 @@ def cmd_make_standins(args: argparse.Namespace) -> int:
         f"stand-in kit written to {kit.root}\n"
         f"  --data-dir {kit.data_dir}\n  --perch {kit.perch_onnx}\n  --moe-dir {kit.moe_dir}"
     )
+    return EXIT_OK
+
+
+def cmd_kaggle_kit(args: argparse.Namespace) -> int:
+    from streamer.kaggle import KAGGLE_PYTHON, build_kit
+
+    kit = build_kit(args.out, python_version=args.python_version or KAGGLE_PYTHON, add=tuple(args.add),
+                    drop=tuple(args.drop), budget_minutes=args.budget_minutes)
+    print(f"kit written to {kit.out}: {len(kit.wheels)} wheel(s) ({', '.join(kit.wheels)}), notebook {kit.notebook}")
+    print("taken from Kaggle's image: " + ", ".join(kit.left_to_kaggle))
     return EXIT_OK
 
 
