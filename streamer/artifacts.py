@@ -1,4 +1,4 @@
-"""Finding and checking the model artifacts (SPEC §2), before any audio is read.
+"""Finding and checking the model artifacts, before any audio is read.
 
 Nothing here imports onnxruntime or torch: this module only resolves paths and reads the label
 list, so a wrong path fails in milliseconds with a message that names the file and what was
@@ -24,7 +24,7 @@ PERCH_ONNX_NAMES = ("perch_v2.onnx", "perch_v2_ir9.onnx", "perch_v2_no_dft.onnx"
 PERCH_LABEL_CANDIDATES = ("labels.csv", "perch_v2_labels.csv", "assets/labels.csv")
 #: Header names of the label column, in order of preference; otherwise the first column.
 PERCH_LABEL_HEADERS = ("inat2024_fsd50k", "scientific_name")
-#: The 234 classes that have no Perch label get this constant logit (SPEC §3 step 3).
+#: The 234 classes that have no Perch label get this constant logit.
 UNMATCHED_LOGIT = -8.0
 
 _FOLD_RE = re.compile(r"^(?P<prefix>.+)_fold(?P<fold>\d+)\.pt$")
@@ -134,7 +134,7 @@ def check_perch_outputs(perch: PerchArtifacts) -> None:
 def class_mapping(class_names: tuple[str, ...] | list[str], perch_labels: tuple[str, ...] | list[str]) -> np.ndarray:
     """Index of each class's scientific name in the Perch label list, −1 where absent.
 
-    Exact string equality (SPEC §3 step 3); a name listed twice maps to its first row.
+    Exact string equality; a name listed twice maps to its first row.
     """
     first: dict[str, int] = {}
     for i, name in enumerate(perch_labels):

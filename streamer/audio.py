@@ -19,13 +19,13 @@ from streamer.errors import AudioDecodeError
 
 log = logging.getLogger(__name__)
 
-#: Perch 2.0's input rate and window (SPEC §2).
+#: Perch 2.0's input rate and window.
 TARGET_SAMPLE_RATE_HZ = 32000
 WINDOW_S = 5
 WINDOW_SAMPLES = TARGET_SAMPLE_RATE_HZ * WINDOW_S
 
 #: Frames per soundfile read/write call. Large single OGG writes have crashed libsndfile here
-#: (DESIGN "performance facts"), and bounded reads keep memory flat.
+#: (measured on the development VMs), and bounded reads keep memory flat.
 IO_BLOCK_FRAMES = 1 << 18
 
 #: Extra input read past the needed span before resampling, so the resampler's filter sees

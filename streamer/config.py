@@ -22,10 +22,10 @@ from pathlib import Path
 from streamer.budget import DEFAULT_BUDGET_MINUTES
 from streamer.errors import ConfigError
 
-#: Model-card blend (Perch, CNN, CRNN) and prior scale of the public LB 0.914 run (SPEC §3).
+#: Model-card blend (Perch, CNN, CRNN) and prior scale of the public LB 0.914 run.
 DEFAULT_BLEND = (0.80, 0.13, 0.07)
 DEFAULT_PRIOR_SCALE = 0.20
-#: Temporal smoothing of the model-card run: centre weight, weight of each neighbour (SPEC §3 step 9).
+#: Temporal smoothing of the model-card run: centre weight, weight of each neighbour.
 DEFAULT_SMOOTH = (0.8, 0.1)
 DEFAULT_DRY_RUN_FILES = 20
 DEFAULT_N_FOLDS = 4
@@ -70,7 +70,7 @@ class ArtifactSettings:
     """Where the inputs of a run are.
 
     Attributes:
-        data_dir: competition folder (SPEC §1).
+        data_dir: competition folder.
         perch: Perch ONNX file or its folder.
         moe_dir: folder of the MoE bundle.
         perch_labels: explicit Perch label list (else found beside the ONNX file).
@@ -98,7 +98,7 @@ class ArtifactSettings:
 
 @dataclass(frozen=True)
 class EnsembleSettings:
-    """How the networks' outputs are combined (SPEC §3).
+    """How the networks' outputs are combined.
 
     Attributes:
         blend_perch, blend_cnn, blend_crnn: blend weights of the pre-sigmoid logits.

@@ -1,6 +1,6 @@
 """Exception types shared across the package.
 
-Two families, kept apart on purpose (DESIGN: "expected vs fatal by name"):
+Two families, kept apart on purpose (expected errors are named apart from fatal ones):
 
 * :class:`ArtifactError` and :class:`ConfigError` are fatal. They are raised before any audio
   is read and name the file or setting at fault.

@@ -1,4 +1,4 @@
-"""The competition folder (SPEC §1) and what file names tell (SPEC §4).
+"""The competition folder and what file names tell.
 
 Everything here is pure and cheap; it runs before any audio is read, so a malformed metadata
 file stops the run early with a message naming it.
@@ -17,7 +17,7 @@ from streamer.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 
-#: ``BC2026_Test_0001_S05_20250227_010002`` → site ``S05`` (SPEC §4).
+#: ``BC2026_Test_0001_S05_20250227_010002`` → site ``S05``.
 _SITE_RE = re.compile(r"^BC\d+_(Train|Test)_\d+_(S\d+)_")
 #: Placeholder site of files whose names do not follow the competition pattern.
 UNKNOWN_SITE = "S00"
@@ -222,7 +222,7 @@ def _text(value) -> str:
 
 
 def read_label_matrix(path: Path, classes: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Label matrix of the labelled soundscapes (SPEC §4).
+    """Label matrix of the labelled soundscapes.
 
     Rows are grouped by (file, end second) and their label sets unioned, so the real file's
     duplicated rows are harmless; window ``w`` is the one ending at second ``5·(w+1)``; windows

@@ -1,4 +1,4 @@
-"""Everything between the networks' outputs and the submission rows (SPEC §3 steps 6–9).
+"""Everything between the networks' outputs and the submission rows.
 
 Pure numpy functions on one file at a time: arrays are ``[T, C]`` (windows × classes) unless
 said otherwise. They are the same in the sequential path, the pipeline's reducer and the sweep.
@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-#: Temporal smoothing kernel of the model-card run (SPEC §3 step 9): centre, each neighbour.
+#: Temporal smoothing kernel of the model-card run: centre, each neighbour.
 SMOOTH_CENTER = 0.8
 SMOOTH_SIDE = 0.1
 
@@ -92,5 +92,5 @@ def top2_multiplier(p: np.ndarray) -> np.ndarray:
 
 
 def finalize(prob: np.ndarray, *, center: float = SMOOTH_CENTER, side: float = SMOOTH_SIDE) -> np.ndarray:
-    """Smoothing, then the top-2 multiplier, then a clip to [0, 1] (SPEC §3 step 9)."""
+    """Smoothing, then the top-2 multiplier, then a clip to [0, 1]."""
     return np.clip(top2_multiplier(smooth_time(prob, center, side)), 0.0, 1.0)

@@ -1,4 +1,4 @@
-"""The site/hour prior (SPEC §4): label frequencies by site and by hour, shrunk to the global rate.
+"""The site/hour prior: label frequencies by site and by hour, shrunk to the global rate.
 
 Pure numpy. Fitted from a label matrix; :func:`fit_prior` takes any subset of labelled files,
 which the local-validation sweep uses to fit the tables out of fold.
@@ -12,9 +12,9 @@ import numpy as np
 
 from streamer.metadata import parse_hour, parse_site
 
-#: Probability clip of every table and of the combined prior (SPEC §4).
+#: Probability clip of every table and of the combined prior.
 PRIOR_EPS = 1e-4
-#: Pseudo-count of the shrinkage ``w = n / (n + 8)`` (SPEC §4).
+#: Pseudo-count of the shrinkage ``w = n / (n + 8)``.
 PRIOR_SHRINK_WINDOWS = 8.0
 
 

@@ -1,14 +1,14 @@
 """Stand-in artifacts and competition data with the real formats and random weights.
 
 The real Perch 2.0 ONNX (~409 MB) and the chaneyma MoE bundle cannot be downloaded on our
-machines (SPEC "Nothing here is trained"), so tests, benchmarks and dry runs use a *kit* made
+machines, so tests, benchmarks and dry runs use a *kit* made
 here: every file has exactly the real artifact's format (file names, ONNX input/output names and
 shapes, state-dict keys, shapes and dtypes, CSV headers) but random, seeded content.
 
 Kit layout (``make_standins(out_dir)``)::
 
     out_dir/
-      perch/perch_v2.onnx            small graph, real signature (SPEC §2)
+      perch/perch_v2.onnx            small graph, real signature
       perch/labels.csv               header ``inat2024_fsd50k``, 14,795 names in logit order
       moe/moe_p0.60_c0.25_r0.15_post_p0.45_fold{1..4}.pt   ProtoSSM state dicts
       moe/student_cnn_…_seed42.pt, moe/student_crnn_…_seed42.pt
@@ -39,7 +39,7 @@ from streamer.metadata import file_stem, parse_site
 log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------
-# Public constants (SPEC §2). Other modules and tests depend on these names.
+# Public constants. Other modules and tests depend on these names.
 # --------------------------------------------------------------------------------------------
 
 #: Size of Perch 2.0's label vocabulary (rows of its label list, width of its ``label`` output).
@@ -57,7 +57,7 @@ PERCH_LABELS_HEADER = "inat2024_fsd50k"
 #: Number of ProtoSSM folds in the bundle.
 N_FOLDS = 4
 
-# Perch 2.0 signature (SPEC §2 table).
+# Perch 2.0 signature.
 PERCH_SAMPLE_RATE_HZ = 32000
 PERCH_WINDOW_SAMPLES = 160000
 PERCH_SPEC_FRAMES = 500
@@ -65,13 +65,13 @@ PERCH_SPEC_BINS = 128
 PERCH_SPATIAL_SHAPE = (16, 4)
 PERCH_DEFAULT_OUTPUT_NAMES = ("embedding", "spatial_embedding", "spectrogram", "label")
 
-# Competition shape (SPEC §1).
+# Competition shape.
 N_CLASSES = 234
 N_SONOTYPES = 25
 SONOTYPE_TAXON_ID = 47158
 #: Classes of the taxonomy by class_name; sums to 234. Insecta = 25 sonotypes + 3 named insects.
 CLASS_COUNTS = {"Aves": 160, "Amphibia": 35, "Insecta": 28, "Mammalia": 8, "Reptilia": 3}
-#: On the real data 203 of the 234 taxonomy names occur in Perch's list (SPEC §3 step 3).
+#: On the real data 203 of the 234 taxonomy names occur in Perch's list.
 N_MATCHED_CLASSES = 203
 SOUNDSCAPE_DURATION_S = 60
 LABEL_WINDOW_S = 5
@@ -387,7 +387,7 @@ def write_moe_bundle(
     with_cnn: bool = True,
     with_crnn: bool = True,
 ) -> list[Path]:
-    """Write the chaneyma MoE bundle's files with random weights (SPEC §2).
+    """Write the chaneyma MoE bundle's files with random weights.
 
     Four ProtoSSM folds ``{FOLD_PREFIX}_fold{1..4}.pt`` and, when enabled, the two students under
     :data:`CNN_FILENAME` / :data:`CRNN_FILENAME`, each a plain ``state_dict`` saved with

@@ -1,4 +1,4 @@
-"""The submission (SPEC §5): row ids, column order, validation and an atomic, streaming write.
+"""The submission: row ids, column order, validation and an atomic, streaming write.
 
 Rows are written as soon as every earlier file is done, so memory does not grow with the number
 of files: only results that arrive ahead of an unfinished earlier file wait in memory. The rows

@@ -1,4 +1,4 @@
-"""The chaneyma mixture-of-experts networks and their log-mel front end (SPEC §3).
+"""The chaneyma mixture-of-experts networks and their log-mel front end.
 
 The three networks reproduce the released checkpoints' module trees exactly, so that
 ``load_state_dict(strict=True)`` accepts the real files; ``tests/test_networks.py`` compares
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Log-mel settings of the students (SPEC §3 step 4: torchaudio ``MelSpectrogram`` defaults
+#: Log-mel settings of the students (torchaudio ``MelSpectrogram`` defaults
 #: plus these values; natural log with this offset, no other scaling).
 MEL_SAMPLE_RATE_HZ = 32000
 MEL_N_FFT = 1024
@@ -147,7 +147,7 @@ class StudentCRNN(nn.Module):
 
 
 class SelectiveSSM(nn.Module):
-    """The chaneyma SelectiveSSM block, quirks included (SPEC §3, "ProtoSSM").
+    """The chaneyma SelectiveSSM block, quirks included.
 
     The scan is driven by the block's *input* ``x``, not by the ``in_proj`` output nor the
     convolved signal; only the convolved signal ``xc`` feeds ``dt``, ``B`` and ``C``. The second

@@ -1,4 +1,4 @@
-"""The Perch 2.0 ONNX session (SPEC §2).
+"""The Perch 2.0 ONNX session.
 
 Outputs are resolved by name (``embedding``, ``label``) with a fallback to positions 0 and 3,
 and only those two are requested from onnxruntime, so the large unused outputs

@@ -7,12 +7,9 @@ The automatic layout gives one consumer per *physical core*, with as many thread
 has logical CPUs, when the topology shows hyper-threading. Where it shows none (typical of cloud
 VMs, whose vCPUs may be hyper-threads of the host's cores although the guest cannot tell), each
 logical CPU gets its own single-threaded consumer: no intra-op thread then waits for another
-that the host or a decoder has preempted. Measured with ``streamer bench`` on the 2-vCPU
-development VM (full ensemble, EfficientNet-B3 Perch stand-in), 2 x 1 against 1 x 2, in one
-run each: 26.0 and 24.4 vs 20.1 and 22.4 windows/s on 2026-11-28 (ceilings 25.7-26.1 vs
-20.5-22.5); an earlier run had 22.2 vs 23.7 (ceilings 29.0 vs 24.3), and one early quick run
-the reverse (14.9 vs 22.1) before the reduction moved to one thread. ``streamer tune`` measures
-the machine at hand and overrides this guess.
+that the host or a decoder has preempted. That won on the Intel development VM and lost on an
+AMD one (``streamer bench``; benchmarks/results/), so it is a guess: ``streamer tune``
+measures the machine at hand and overrides it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The competition metric (SPEC §5): macro ROC-AUC over the classes with a positive.
+"""The competition metric: macro ROC-AUC over the classes with a positive.
 
 Pure numpy. Each class's AUC is the Mann–Whitney statistic computed from ranks, tied scores
 sharing their average rank, which is what ROC-AUC is (a tie between a positive and a negative

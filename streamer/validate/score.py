@@ -1,4 +1,4 @@
-"""``streamer score``: a submission against the labelled training soundscapes (SPEC §5).
+"""``streamer score``: a submission against the labelled training soundscapes.
 
 The solution is built from ``train_soundscapes_labels.csv`` exactly as the prior's label matrix
 is (:func:`streamer.metadata.read_label_matrix`): row ``{stem}_{5·(w+1)}`` of every labelled

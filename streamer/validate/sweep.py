@@ -1,7 +1,7 @@
 """``streamer sweep``: every step after the networks, recomputed from the cache for each point
 of a grid over the blend weights, the prior scale and the smoothing kernel, and scored.
 
-Per point (SPEC §3 steps 6–9, the same functions as ``infer``): blend the cached logits, add
+Per point (the same functions as ``infer``): blend the cached logits, add
 ``prior_scale ×`` each file's prior logit, fuse with the ProtoSSM folds, mean of the folds'
 sigmoids, smoothing, top-2 multiplier, clip; then the metric over the labelled rows.
 
