@@ -24,7 +24,7 @@ def submission(kit, tmp_path_factory):
 
 
 def _reference_file(kit, path, blend=(0.80, 0.13, 0.07), prior_scale=0.20, students=("cnn", "crnn")):
-    """The whole computation for one file, written out plainly from SPEC.md in one function."""
+    """The whole computation for one file, written out plainly in one function (the README's "What it computes")."""
     sample = pd.read_csv(kit.data_dir / "sample_submission.csv")
     classes = list(sample.columns[1:])
     tax = pd.read_csv(kit.data_dir / "taxonomy.csv", dtype=str).set_index("primary_label")

@@ -1,4 +1,4 @@
-"""File-name parsing, the label matrix and the site/hour prior (SPEC §4), by hand."""
+"""File-name parsing, the label matrix and the site/hour prior, by hand."""
 
 import numpy as np
 import pytest

@@ -39,7 +39,7 @@ def test_forward_shapes():
 
 
 def _reference_ssm(block, x):
-    """Independent scalar-loop form of the SelectiveSSM recurrence (SPEC §3), float64."""
+    """Independent scalar-loop form of the SelectiveSSM recurrence, float64."""
     p = {k: v.double() for k, v in block.state_dict().items()}
     x = x.double()[0]  # [T, D]
     T, D = x.shape
