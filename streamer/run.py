@@ -90,10 +90,11 @@ def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
 
 
 def with_student_backend(plan: RunPlan, tmp: Path, *, sequential: bool | None = None) -> RunPlan:
-    """The plan with its students exported to onnxruntime (into ``tmp``) when that backend is
-    chosen; ``auto`` means onnxruntime except in a sequential engine (``sequential``, default:
+    """The plan with its students exported to onnxruntime (into ``tmp``, or reused from the
+    cache folder where these weights were exported before) when that backend is chosen; ``auto`` means onnxruntime except in a sequential engine (``sequential``, default:
     the config's engine)."""
-    from streamer.models.student_onnx import export_students
+    from streamer.config import default_cache_dir
+    from streamer.models.student_onnx import cached_students
 
     config, model = plan.config, plan.model
     if sequential is None:
@@ -103,7 +104,7 @@ def with_student_backend(plan: RunPlan, tmp: Path, *, sequential: bool | None = 
         backend = "torch" if sequential else "onnxruntime"
     if backend != "onnxruntime" or (model.cnn_path is None and model.crnn_path is None):
         return plan
-    paths = export_students(model.cnn_path, model.crnn_path, n_classes=model.n_classes, out_dir=tmp)
+    paths = cached_students(model.cnn_path, model.crnn_path, n_classes=model.n_classes, tmp=tmp, cache_dir=default_cache_dir())
     if paths is None:
         return plan
     log.info("students run in onnxruntime")

@@ -64,3 +64,30 @@ def test_export_that_disagrees_is_rejected(kit, tmp_path, monkeypatch, caplog):
     with caplog.at_level("WARNING"):
         assert student_onnx.export_students(cnn, None, n_classes=234, out_dir=tmp_path) is None
     assert "differs from torch" in caplog.text
+
+
+def test_exports_are_kept_per_weights_and_reused(kit_copy, tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+
+    cnn = sorted(kit_copy.moe_dir.glob("student_cnn*.pt"))[0]
+    crnn = sorted(kit_copy.moe_dir.glob("student_crnn*.pt"))[0]
+    cache = tmp_path / "cache"
+    first = student_onnx.cached_students(cnn, crnn, n_classes=234, tmp=tmp_path / "t1", cache_dir=cache)
+    assert first is not None and all(p.is_file() and p.is_relative_to(cache) for p in first)
+
+    calls = []
+    real_export = student_onnx.export_students
+    monkeypatch.setattr(student_onnx, "export_students", lambda *a, **k: calls.append(1) or real_export(*a, **k))
+    again = student_onnx.cached_students(cnn, crnn, n_classes=234, tmp=tmp_path / "t2", cache_dir=cache)
+    assert again == first and calls == []  # the same weights: reused, not exported again
+
+    state = torch.load(cnn, weights_only=True)
+    key = next(k for k, v in state.items() if v.dtype.is_floating_point and v.numel() > 1)
+    state[key] = state[key] + 0.01  # other weights, same layout
+    torch.save(state, cnn)
+    changed = student_onnx.cached_students(cnn, crnn, n_classes=234, tmp=tmp_path / "t3", cache_dir=cache)
+    assert calls == [1] and changed[0].parent != first[0].parent
+    assert len(list((cache / student_onnx.CACHE_FOLDER).iterdir())) == 2
+    shutil.rmtree(cache)

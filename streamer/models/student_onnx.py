@@ -9,6 +9,7 @@ before it is used; if the export or the check fails, the students stay in torch 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,6 @@ def export_students(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path | None] = []
     try:
-        failpoints.hit("students.export")
         ort = import_onnxruntime()
         for kind, ckpt in (("cnn", cnn_path), ("crnn", crnn_path)):
             if ckpt is None:
@@ -95,3 +95,64 @@ def export_students(
         log.warning("could not run the students in onnxruntime (%s: %s); keeping torch", type(exc).__name__, exc)
         return None
     return paths[0], paths[1]
+
+
+#: Bumped when the export itself changes, so that older cached exports are not used.
+EXPORT_FORMAT = 1
+CACHE_FOLDER = "students-onnx"
+_CHECKED = "CHECKED"
+
+
+def export_key(cnn_path: Path | None, crnn_path: Path | None, n_classes: int) -> str:
+    """What an export depends on: the checkpoints' contents, the class count, torch's and
+    onnxruntime's versions, and :data:`EXPORT_FORMAT`."""
+    import hashlib
+
+    import onnxruntime
+    import torch
+
+    from streamer.validate.cache import sha256_file
+
+    digest = hashlib.sha256()
+    for path in (cnn_path, crnn_path):
+        digest.update((sha256_file(path) if path is not None else "-").encode())
+    digest.update(f"|{n_classes}|{torch.__version__}|{onnxruntime.__version__}|{EXPORT_FORMAT}".encode())
+    return digest.hexdigest()[:32]
+
+
+def cached_students(cnn_path: Path | None, crnn_path: Path | None, *, n_classes: int, tmp: Path,
+                    cache_dir: Path) -> tuple[Path | None, Path | None] | None:
+    """The students' ONNX exports: from ``cache_dir`` when these weights were exported and
+    checked before (the export and its check cost about a second of every run's start-up),
+    else exported now into ``tmp`` and kept in the cache for the next run. ``None`` when the
+    students stay in torch (the export or its check failed)."""
+    try:
+        failpoints.hit("students.export")
+    except Exception as exc:  # noqa: BLE001 - as any export problem: the documented fallback is torch
+        log.warning("could not run the students in onnxruntime (%s: %s); keeping torch", type(exc).__name__, exc)
+        return None
+    folder = Path(cache_dir) / CACHE_FOLDER / export_key(cnn_path, crnn_path, n_classes)
+    names = tuple(None if p is None else f"student_{kind}.onnx" for kind, p in (("cnn", cnn_path), ("crnn", crnn_path)))
+    if (folder / _CHECKED).is_file() and all((folder / n).is_file() for n in names if n):
+        log.info("students' onnxruntime exports reused from %s", folder)
+        return tuple(None if n is None else folder / n for n in names)
+    paths = export_students(cnn_path, crnn_path, n_classes=n_classes, out_dir=tmp)
+    if paths is None:
+        return None
+    try:
+        from streamer.files import atomic_write_text, make_temp_dir
+
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = make_temp_dir(folder.parent, ".staging-")
+        for path in paths:
+            if path is not None:
+                shutil.copy2(path, staging / path.name)
+        atomic_write_text(staging / _CHECKED, "exported and checked against torch\n")
+        try:
+            staging.rename(folder)
+        except OSError:  # another run stored the same export meanwhile: keep that one
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:
+        log.info("the students' exports are not kept for later runs (%s)", exc)
+        return paths
+    return tuple(None if n is None else folder / n for n in names) if (folder / _CHECKED).is_file() else paths
