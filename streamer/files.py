@@ -121,6 +121,17 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """A matplotlib figure as a PNG at ``path``, atomically; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     with atomic_open(path, "wb") as handle:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from streamer.archive import fingerprint as run_fingerprint
 from streamer.archive.journal import DONE, Journal
-from streamer.files import atomic_open, atomic_write_text
+from streamer.files import atomic_write_text, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,4 @@ def draw_heatmap(rows: list[dict], path: Path, threshold: float | None) -> Path 
     what = f"score ≥ {threshold:g}" if threshold is not None else "detections"
     ax.set_title(f"detection windows ({what}), the {len(classes)} most detected classes", fontsize=9)
     fig.colorbar(image, ax=ax, label="5-s windows")
-    fig.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.files import atomic_open
+from streamer.files import save_figure
 from streamer.bench.runner import BenchModels, _machine, environment_note, run_streamer_subprocess
 
 log = logging.getLogger(__name__)
@@ -192,8 +192,4 @@ def draw_archive_chart(result: dict, path: Path) -> Path | None:
     ax_mem.set_ylabel("peak resident memory (MB)")
     ax_mem.set_ylim(bottom=0)
     fig.suptitle("streamer archive: speed and memory against input length", fontsize=10)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

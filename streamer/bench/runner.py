@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamer.files import atomic_open, atomic_write_text
+from streamer.files import atomic_write_text, save_figure
 from streamer.metadata import N_WINDOWS_PER_FILE, WINDOW_S
 
 log = logging.getLogger(__name__)
@@ -388,11 +388,7 @@ def draw_chart(contenders: list[Contender], result: dict, path: Path) -> Path | 
                  f"{result['efficiency_vs_ceiling']:.2f} of ceiling ({result['n_cpus']} CPUs)", fontsize=10)
     for i, r in enumerate(rates):
         ax.text(r, i, f" {r:.1f}", va="center", fontsize=8)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def environment_note() -> str:

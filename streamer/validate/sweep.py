@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.files import atomic_open
+from streamer.files import save_figure
 from streamer import postprocess
 from streamer.errors import ArtifactError, ConfigError
 from streamer.metadata import parse_hour, parse_site
@@ -423,8 +423,4 @@ def draw_heatmap(result: SweepResult, values: dict[str, list], path: Path, title
                     fontweight="bold" if v == best else "normal")
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="macro ROC-AUC")
-    fig.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
