@@ -36,8 +36,8 @@ def current_umask() -> int:
             for line in handle:
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass  # not Linux, or an old kernel: the set-and-restore below is equivalent
+    except (OSError, ValueError, IndexError) as exc:  # not Linux, or an old kernel
+        log.debug("no umask in /proc (%s); reading it by setting it back at once", exc)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -129,13 +129,6 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     with atomic_open(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=dpi)
     plt.close(fig)
-    return Path(path)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_open(path, "wb") as handle:
-        handle.write(data)
     return Path(path)
 
 

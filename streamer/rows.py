@@ -16,7 +16,7 @@ Per-file faults never stop a run:
   gets prior-only rows; non-finite probabilities after the reduction, the same.
 
 Each gets one warning and a reason in the summary. Only a failed *write* of the CSV stops the
-run (:class:`~streamer.errors.OutputWriteError`).
+run (:class:`~streamer.errors.OutputWriteError` from the writer).
 """
 
 from __future__ import annotations
@@ -33,10 +33,9 @@ import numpy as np
 
 from streamer import failpoints
 from streamer.budget import TIER_FULL, TIER_NO_STUDENTS, TIER_PRIOR_ONLY, Budget
-from streamer.errors import OutputWriteError
 from streamer.metadata import N_WINDOWS_PER_FILE
 from streamer.report import RunReport
-from streamer.stages import ModelOutputs, Reducer, ReducerSpec, SubmissionFrame, prior_fallback
+from streamer.stages import ModelOutputs, Reducer, SubmissionFrame, prior_fallback
 from streamer.submission import SubmissionWriter
 
 log = logging.getLogger(__name__)
@@ -57,21 +56,20 @@ class RowSink:
         frame: the files, classes, prior and ``--out`` (``plan.frame``).
         report: the run report; tiers and reasons are recorded in it.
         budget: the run's budget (the reduction's cost is observed into it).
-        reducer_spec: the reducer's settings (``plan.reducer``); ``None`` when only fallback
-            rows can be written.
+        reducer: the loaded reducer (``Reducer(plan.reducer)``); ``None`` when only fallback
+            rows are written.
         progress: show a progress bar (once :meth:`start_progress` is called).
     """
 
-    def __init__(self, frame: SubmissionFrame, report: RunReport, budget: Budget, reducer_spec: ReducerSpec | None = None,
+    def __init__(self, frame: SubmissionFrame, report: RunReport, budget: Budget, reducer: Reducer | None = None,
                  *, progress: bool = False) -> None:
         self.frame = frame
         self.jobs = frame.jobs
         self.report = report
         self.budget = budget
-        self.reducer_spec = reducer_spec
+        self.reducer = reducer
         self.progress = progress
         self.writer = SubmissionWriter(frame.config.out, [j.stem for j in frame.jobs], frame.competition.classes)
-        self.reducer: Reducer | None = None
         self.waiting: list[tuple[int, ModelOutputs, str, str | None]] = []  # modelled, not yet reduced
         self.seconds: dict[str, float] = defaultdict(float)
         self.finished = False
@@ -83,22 +81,10 @@ class RowSink:
     def broken(self) -> bool:
         return self.writer.broken is not None
 
-    def has(self, index: int) -> bool:
-        return self.writer.has(index)
-
-    @property
-    def n_done(self) -> int:
-        return self.writer.n_done
-
     def stem(self, index: int) -> str:
         return self.jobs[index].stem
 
     # ------------------------------------------------------------------ rows
-
-    def load_reducer(self) -> Reducer:
-        if self.reducer is None:
-            self.reducer = Reducer(self.reducer_spec)
-        return self.reducer
 
     def _set(self, index: int, probs: np.ndarray, tier: str, reason: str | None) -> None:
         if self.writer.has(index):
@@ -154,11 +140,10 @@ class RowSink:
     def _reduce(self, batch: list, retry: bool = True) -> None:
         if not batch:
             return
-        reducer = self.load_reducer()
         t0 = time.perf_counter()
         try:
             failpoints.hit("parent.reduction", self.stem(batch[0][0]) if len(batch) == 1 else None)
-            probs = reducer.reduce_files([(self.stem(i), outputs) for i, outputs, _, _ in batch])
+            probs = self.reducer.reduce_files([(self.stem(i), outputs) for i, outputs, _, _ in batch])
         except Exception as exc:  # noqa: BLE001 - one file's failure must not cost the others their rows
             if retry:
                 log.warning("reducing %d file(s) failed (%s: %s); reducing each alone once more",
@@ -183,15 +168,20 @@ class RowSink:
 
     def finish(self, reason: str) -> None:
         """Reduce what is waiting, give every file still without rows prior-only rows for
-        ``reason``, and install the CSV. Does nothing the second time."""
+        ``reason``, and install the CSV. Does nothing the second time; on any failure the
+        temporary CSV is removed (``--out`` is left as it was) and the error raised."""
         if self.finished:
             return
-        self.reduce_waiting(force=True)  # files already modelled keep their scores
-        for index in self.writer.missing():
-            self.fallback(index, reason)
-        t0 = time.perf_counter()
-        self.writer.close()
-        self.seconds["write"] += time.perf_counter() - t0
+        try:
+            self.reduce_waiting(force=True)  # files already modelled keep their scores
+            for index in self.writer.missing():
+                self.fallback(index, reason)
+            t0 = time.perf_counter()
+            self.writer.close()
+            self.seconds["write"] += time.perf_counter() - t0
+        except BaseException:
+            self.abort()
+            raise
         self.finished = True
         self.close_progress()
 
@@ -208,7 +198,7 @@ class RowSink:
         if self.progress and self.bar is None and self.jobs:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=len(self.jobs), initial=self.n_done, unit="file", desc="streamer",
+            self.bar = tqdm(total=len(self.jobs), initial=self.writer.n_done, unit="file", desc="streamer",
                             dynamic_ncols=True, leave=True)
             self._bar_start = (time.monotonic(), self._n_modelled())
 
@@ -260,12 +250,4 @@ def sigint_deferred():
 
 def write_prior_only(frame: SubmissionFrame, report: RunReport, budget: Budget, reason: str) -> None:
     """A complete CSV of prior-only rows (a run interrupted before its models were checked)."""
-    sink = RowSink(frame, report, budget)
-    try:
-        sink.finish(reason)
-    except BaseException:
-        sink.abort()
-        raise
-
-
-__all__ = ["RowSink", "sigint_deferred", "write_prior_only", "OutputWriteError", "REDUCE_BATCH"]
+    RowSink(frame, report, budget).finish(reason)

@@ -50,8 +50,7 @@ def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
     # What the parent can load, it checks before anything starts (ArtifactError: exit 2, no CSV).
     reducer = Reducer(plan.reducer)
     check_students(plan.model)
-    sink = RowSink(plan.frame, report, budget, plan.reducer, progress=config.execution.progress)
-    sink.reducer = reducer
+    sink = RowSink(plan.frame, report, budget, reducer, progress=config.execution.progress)
     reason = None
     try:
         with tempfile.TemporaryDirectory(prefix="streamer-students-") as tmp:
@@ -76,11 +75,7 @@ def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
     finally:
         sink.close_progress()
     with sigint_deferred() as late:
-        try:
-            sink.finish(reason or "not scored before the budget's stop")
-        except BaseException:
-            sink.abort()
-            raise
+        sink.finish(reason or "not scored before the budget's stop")  # done already after a normal pipeline run
     if late.seen:
         report.interrupted = True
     report.seconds.setdefault("write", sink.seconds.get("write", 0.0))
@@ -91,8 +86,9 @@ def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
 
 def with_student_backend(plan: RunPlan, tmp: Path, *, sequential: bool | None = None) -> RunPlan:
     """The plan with its students exported to onnxruntime (into ``tmp``, or reused from the
-    cache folder where these weights were exported before) when that backend is chosen; ``auto`` means onnxruntime except in a sequential engine (``sequential``, default:
-    the config's engine)."""
+    cache folder where these weights were exported before) when that backend is chosen;
+    ``auto`` means onnxruntime except in a sequential engine (``sequential``, default: the
+    config's engine)."""
     from streamer.config import default_cache_dir
     from streamer.models.student_onnx import cached_students
 

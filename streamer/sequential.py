@@ -32,7 +32,6 @@ def run_sequential(plan: RunPlan, sink: RowSink, report: RunReport, budget: Budg
     report.engine = "sequential"
     models = ModelStage(plan.model)
     models.check()
-    sink.load_reducer()
     seconds = {"setup": time.perf_counter() - t_start, "decode": 0.0}
     sink.start_progress()
     for position, job in enumerate(plan.jobs):

@@ -33,7 +33,7 @@ from streamer.errors import DependencyError, StreamerError
 from streamer.pipeline.layout import Layout
 from streamer.config import DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S
 from streamer.pipeline.children import (
-    EVENT_WAIT_S, Body, ChildSpec, Death, Message, Ready, SlotHealth, Supervisor, thread_env,
+    EVENT_WAIT_S, Body, ChildSpec, Death, Message, Ready, SlotHealth, Supervisor, hang_reason, thread_env,
 )
 from streamer.pipeline.scheduler import MAX_FILE_ATTEMPTS
 from streamer.metadata import ClassLabels
@@ -199,12 +199,14 @@ class LocalEngine:
             child = self.supervisor.get("worker", wid)
             if child is None or wid in self.kill_reason:
                 continue
-            if not child.ready and now - child.started > self.startup_timeout_s:
-                self.kill_reason[wid] = f"did not start within {self.startup_timeout_s:.0f} s (hung)"
-            elif slot.task is not None and now - slot.since > self.task_timeout_s:
-                self.kill_reason[wid] = f"no progress for {self.task_timeout_s:.0f} s on {slot.task.rel} (hung)"
-            else:
+            reason = hang_reason(
+                now=now, ready=child.ready, started=child.started, busy_since=slot.since if slot.task is not None else None,
+                startup_timeout_s=self.startup_timeout_s, task_limit_s=self.task_timeout_s,
+                working_on=slot.task.rel if slot.task is not None else "",
+            )
+            if reason is None:
                 continue
+            self.kill_reason[wid] = reason
             log.error("%s %s; killing it", child.name, self.kill_reason[wid])
             self.supervisor.kill(child)
 

@@ -384,8 +384,9 @@ def folder_status(out_dir: Path, entries: list[ArchiveInput] | None = None) -> s
     lines += [f"    failed: {e.output}: {e.reason}" for e in failed]
     if entries is not None:
         fmt = (stored or {}).get("settings", {}).get("format") or "parquet"
+        failed_paths = {f.key.path for f in failed}
         todo = [e for e in entries if not journal.is_done(e.path, output_path(out_dir, e, fmt))
-                and str(e.path.resolve()) not in {f.key.path for f in failed}]
+                and str(e.path.resolve()) not in failed_paths]
         lines.append(f"  of the {len(entries)} input(s) given: {len(entries) - len(todo)} finished or failed, {len(todo)} to do")
     return "\n".join(lines)
 

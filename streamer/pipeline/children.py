@@ -257,6 +257,18 @@ class Death:
         return self.hint
 
 
+def hang_reason(*, now: float, ready: bool, started: float, busy_since: float | None, startup_timeout_s: float,
+                task_limit_s: float, working_on: str) -> str | None:
+    """Why a child is hung, or None: not ready ``startup_timeout_s`` after it ``started``, or
+    busy since ``busy_since`` for longer than ``task_limit_s`` (on ``working_on``)."""
+    if not ready:
+        if now - started > startup_timeout_s:
+            return f"did not start within {startup_timeout_s:.0f} s (hung)"
+    elif busy_since is not None and now - busy_since > task_limit_s:
+        return f"no answer for {task_limit_s:.0f} s on {working_on} (hung)"
+    return None
+
+
 @dataclass
 class SlotHealth:
     """Restart accounting of one child slot: deaths in a row without progress."""

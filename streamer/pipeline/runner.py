@@ -226,7 +226,6 @@ class PipelineRunner:
         t_start = time.perf_counter()
         report, scheduler = self.report, self.scheduler
         report.engine = f"pipeline: {self.layout.describe()}"
-        self.sink.load_reducer()  # the folds load before any child starts
         slot_bytes = self.n_slots * N_WINDOWS_PER_FILE * WINDOW_SAMPLES * 4
         folder = _shm_dir(slot_bytes)
         remove_stale_slot_files(folder)

@@ -45,7 +45,7 @@ from typing import Sequence
 from streamer.budget import TIER_FULL, Budget
 from streamer.config import DEFAULT_TASK_TIMEOUT_S
 from streamer.metadata import N_WINDOWS_PER_FILE
-from streamer.pipeline.children import STARTUP_TIMEOUT_S, SlotHealth
+from streamer.pipeline.children import STARTUP_TIMEOUT_S, SlotHealth, hang_reason
 
 log = logging.getLogger(__name__)
 
@@ -362,13 +362,11 @@ class Scheduler:
         for slot in self.slots.values():
             if not slot.running or slot.kill_reason is not None:
                 continue
-            if not slot.ready and now - slot.started_at > self.startup_timeout_s:
-                slot.kill_reason = f"did not start within {self.startup_timeout_s:.0f} s (hung)"
-            elif slot.ready and slot.tasks and slot.busy_since is not None:
-                limit = self._task_limit(slot.role)
-                if now - slot.busy_since > limit:
-                    index = next(iter(slot.tasks.values())).index
-                    slot.kill_reason = f"no answer for {limit:.0f} s on {self.names[index]} (hung)"
+            working_on = self.names[next(iter(slot.tasks.values())).index] if slot.tasks else ""
+            slot.kill_reason = hang_reason(
+                now=now, ready=slot.ready, started=slot.started_at, busy_since=slot.busy_since if slot.tasks else None,
+                startup_timeout_s=self.startup_timeout_s, task_limit_s=self._task_limit(slot.role), working_on=working_on,
+            )
             if slot.kill_reason is not None:
                 log.error("%s %s; killing it", slot.name, slot.kill_reason)
                 actions.append(KillChild(slot.role, slot.wid, slot.kill_reason))
