@@ -24,6 +24,7 @@ from streamer.config import (
 )
 from streamer.config import DEFAULT_SMOOTH, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S
 from streamer.errors import ConfigError, OutputWriteError, StreamerError
+from streamer.models.graphs import BACKEND_CHOICES, PRECISIONS
 
 log = logging.getLogger("streamer")
 
@@ -80,6 +81,12 @@ def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--proto-d-model", type=int, default=None, help="ProtoSSM width; checked against the checkpoints (default: read from them, 320 in the released bundle)")
 
 
+def add_engine_arguments(group) -> None:
+    """``--backend`` and ``--precision``: what runs the ONNX graphs (see streamer.models.graphs)."""
+    group.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="engine of the ONNX graphs (Perch and the exported students): onnxruntime, or OpenVINO (pip install 'streamer[openvino]'; in fp32 used only if it passes a parity check against onnxruntime at start-up); auto: a tuned profile's measured choice, else onnxruntime, OpenVINO for bf16 (default: %(default)s)")
+    group.add_argument("--precision", choices=PRECISIONS, default=None, help="fp32, or bf16 on CPUs with AVX512-BF16 or AMX (about 2x faster models, changed numbers: measure the metric first, see the README); bf16 runs in OpenVINO (default: fp32, or bf16 if 'streamer tune --allow-bf16' saved it)")
+
+
 def add_execution_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     """Engine, layout and fault options of ``infer`` or ``archive``: the flags both have are
     declared once, here; each command adds its own engines."""
@@ -94,6 +101,7 @@ def add_execution_arguments(parser: argparse.ArgumentParser, command: str) -> No
     r.add_argument("--no-pin", action="store_true", help="do not pin model processes to CPUs")
     r.add_argument("--allow-spinning", action="store_true", help="let onnxruntime's idle threads spin (off by default)")
     r.add_argument("--students-backend", choices=STUDENT_BACKENDS, default="auto", help="run the students in torch or in onnxruntime (exported at start-up; same numbers, ~4x faster); auto: onnxruntime except in the sequential engine (default: %(default)s)")
+    add_engine_arguments(r)
     r.add_argument("--task-timeout", type=float, default=DEFAULT_TASK_TIMEOUT_S, metavar="S", help="a model or decoder process that does not answer a task for S seconds (or 20 times a file's measured cost, if longer; an archive worker: no 60-s chunk done) is declared hung, killed and replaced; its work is retried (default: %(default)s)")
     r.add_argument("--startup-timeout", type=float, default=DEFAULT_STARTUP_TIMEOUT_S, metavar="S", help="a process not ready S seconds after it started is declared hung, killed and replaced (default: %(default)s)")
     r.add_argument("--report-json", type=Path, default=None, metavar="FILE", help="also write the run report as JSON")
@@ -126,6 +134,8 @@ def execution_from_args(args: argparse.Namespace, **overrides) -> ExecutionSetti
         "threads": getattr(args, "threads", None),
         "allow_spinning": getattr(args, "allow_spinning", None),
         "students_backend": getattr(args, "students_backend", None),
+        "backend": getattr(args, "backend", None),
+        "precision": getattr(args, "precision", None),
         "workers": getattr(args, "workers", None),
         "decoders": getattr(args, "decoders", None),
         "pin": not args.no_pin if hasattr(args, "no_pin") else None,
@@ -215,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
     c.add_argument("--threads", type=_threads, default="auto", metavar="T|auto|default", help="intra-op threads of onnxruntime and torch; 'auto' uses every available CPU (default: %(default)s)")
     c.add_argument("--students-backend", choices=STUDENT_BACKENDS, default="auto", help="students in torch (auto: as infer's sequential engine) or exported to onnxruntime (default: %(default)s)")
+    add_engine_arguments(c)
     p.set_defaults(func=cmd_cache)
 
     p = _command(sub, "sweep", "score a grid of blend weights, prior scales and smoothing kernels from a cache, with an out-of-fold prior", 'examples:\n  streamer sweep --data-dir competition --perch perch --moe-dir moe --cache cache.npz \\\n      --grid perch=0.6,0.7,0.8 prior=0:0.6:0.2 --out sweep.csv')

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from streamer.budget import DEFAULT_BUDGET_MINUTES
 from streamer.errors import ConfigError
+from streamer.models.graphs import BACKEND_CHOICES, PRECISIONS
 
 #: Model-card blend (Perch, CNN, CRNN) and prior scale of the public LB 0.914 run.
 DEFAULT_BLEND = (0.80, 0.13, 0.07)
@@ -150,6 +151,13 @@ class ExecutionSettings:
         students_backend: ``"torch"``, ``"onnxruntime"`` (the students exported to ONNX at
             start-up; same numbers, faster) or ``"auto"`` (onnxruntime except in a sequential
             engine, which mirrors the original script).
+        backend: what runs the ONNX graphs (Perch and the exported students):
+            ``"onnxruntime"``, ``"openvino"`` (used only if it passes the parity check in fp32)
+            or ``"auto"`` (a tuned profile's measured choice, else onnxruntime; OpenVINO in
+            bf16). See :mod:`streamer.models.graphs`.
+        precision: ``"fp32"`` or ``"bf16"`` (only on CPUs with AVX512-BF16 or AMX; changes the
+            numbers, so never chosen for the user); ``None``: fp32, or bf16 where the user had
+            ``streamer tune --allow-bf16`` save it in the profile.
         workers: model processes (pipeline consumers, archive workers or actors); ``None``
             plans it.
         decoders: decoder processes of the pipeline; ``None`` plans it.
@@ -172,6 +180,8 @@ class ExecutionSettings:
     threads: int | str = "auto"
     allow_spinning: bool = False
     students_backend: str = "auto"
+    backend: str = "auto"
+    precision: str | None = None
     workers: int | None = None
     decoders: int | None = None
     pin: bool = True
@@ -190,6 +200,10 @@ class ExecutionSettings:
             raise ConfigError(f"--threads must be a positive integer, 'auto' or 'default', got {self.threads!r}")
         if self.students_backend not in STUDENT_BACKENDS:
             raise ConfigError(f"--students-backend must be one of {', '.join(STUDENT_BACKENDS)}, got {self.students_backend!r}")
+        if self.backend not in BACKEND_CHOICES:
+            raise ConfigError(f"--backend must be one of {', '.join(BACKEND_CHOICES)}, got {self.backend!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.reduce_in not in ("consumer", "parent"):
             raise ConfigError(f"--reduce-in must be 'consumer' or 'parent', got {self.reduce_in!r}")
         for name in ("workers", "decoders"):

@@ -51,16 +51,29 @@ class TunedLayout:
     threads: int
     decoders: int
     allow_spinning: bool = False
+    backend: str = "onnxruntime"
+    precision: str = "fp32"
 
     def describe(self) -> str:
         spin = ", spinning on" if self.allow_spinning else ""
-        return f"{self.workers} consumer(s) x {self.threads} thread(s), {self.decoders} decoder(s){spin}"
+        return (f"{self.workers} consumer(s) x {self.threads} thread(s), {self.decoders} decoder(s){spin}, "
+                f"{self.backend} {self.precision}")
 
 
 def default_profile_path() -> Path:
     from streamer.config import default_cache_dir
 
     return default_cache_dir() / PROFILE_NAME
+
+
+def profile_engine(execution) -> tuple[str | None, str | None]:
+    """The (backend, precision) a tuned profile measured, for ``--backend auto`` and an unset
+    ``--precision``; ``(None, None)`` without a profile for this machine."""
+    if not execution.use_profile:
+        return None, None
+    path = execution.profile if execution.profile is not None else default_profile_path()
+    layout = load_profile(path, required=execution.profile is not None, quiet=True)
+    return (layout.backend, layout.precision) if layout is not None else (None, None)
 
 
 def save_profile(path: Path, layout: TunedLayout, measurements: list[dict], note: str = "") -> Path:
@@ -76,7 +89,7 @@ def save_profile(path: Path, layout: TunedLayout, measurements: list[dict], note
     return atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
 
 
-def load_profile(path: Path, *, required: bool) -> TunedLayout | None:
+def load_profile(path: Path, *, required: bool, quiet: bool = False) -> TunedLayout | None:
     """The profile's layout if it was measured on this machine, else ``None`` (with a note).
 
     Args:
@@ -101,7 +114,9 @@ def load_profile(path: Path, *, required: bool) -> TunedLayout | None:
         return None
     here = machine_fingerprint()
     if machine != here:
-        log.info("profile %s was measured on another machine (%s); this one is %s: ignored", path, machine, here)
+        if not quiet:
+            log.info("profile %s was measured on another machine (%s); this one is %s: ignored", path, machine, here)
         return None
-    log.info("using the tuned layout from %s: %s", path, layout.describe())
+    if not quiet:
+        log.info("using the tuned layout from %s: %s", path, layout.describe())
     return layout

@@ -1,4 +1,5 @@
-"""Running ``infer``: the row sink first, then the students' export, then the engine.
+"""Running ``infer``: the row sink first, then the students' export and the engine check, then
+the engine.
 
 The submission's temporary file is opened before anything slow starts (so an ``--out`` that
 cannot be written fails at once), and from then on every way a run can end leaves a complete
@@ -15,7 +16,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from streamer.backend import describe_models, with_backends
 from streamer.budget import Budget
+from streamer.models.graphs import EngineChoice
 from streamer.errors import OutputWriteError
 from streamer.report import RunReport
 from streamer.rows import RowSink, sigint_deferred
@@ -55,12 +58,14 @@ def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
     try:
         with tempfile.TemporaryDirectory(prefix="streamer-students-") as tmp:
             if plan.jobs and budget.time_left() >= MIN_SECONDS_FOR_EXPORT:
-                plan = with_student_backend(plan, Path(tmp))
+                plan, check = with_backends(plan, Path(tmp), reducer=reducer)
+                report.engine_check = check.to_dict() if check is not None else None
             elif plan.jobs:
-                log.info("budget: too little time to export the students to onnxruntime; they run in torch")
-            students = "onnxruntime" if plan.model.students_onnx else "torch"
+                log.info("budget: too little time to export the students and check the engine; students in torch, "
+                         "Perch in onnxruntime fp32")
+                plan = replace(plan, model=replace(plan.model, engine=EngineChoice()))
+            report.models = describe_models(plan.model)
             _run(plan, budget, sink, report)
-        report.engine += f"; students in {students}"
     except KeyboardInterrupt:
         report.interrupted = True
         reason = "interrupted"

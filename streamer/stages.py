@@ -25,7 +25,7 @@ from streamer.audio import WINDOW_SAMPLES, read_span
 from streamer.config import InferConfig
 from streamer.errors import ArtifactError, AudioDecodeError
 from streamer.metadata import N_WINDOWS_PER_FILE, Competition, file_stem, load_competition, parse_hour, parse_site
-from streamer.models.perch import ThreadSettings
+from streamer.models.graphs import EngineChoice, ThreadSettings
 from streamer.prior import PriorTables, fit_prior
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class ModelSpec:
     n_classes: int
     threads: ThreadSettings = ThreadSettings()
     students_onnx: tuple[Path | None, Path | None] | None = None
+    engine: EngineChoice = EngineChoice()
 
 
 @dataclass(frozen=True)
@@ -151,9 +152,10 @@ class ModelStage:
 
         self.spec = spec
         set_torch_threads(spec.threads.intra_op_threads)
-        self.perch = PerchModel(spec.onnx_path, spec.threads)
+        self.perch = PerchModel(spec.onnx_path, spec.threads, spec.engine)
         self.students = Students(
-            spec.cnn_path, spec.crnn_path, n_classes=spec.n_classes, onnx_paths=spec.students_onnx, threads=spec.threads
+            spec.cnn_path, spec.crnn_path, n_classes=spec.n_classes, onnx_paths=spec.students_onnx,
+            threads=spec.threads, engine=spec.engine,
         )
         self.seconds = {"perch": 0.0, "students": 0.0}
         self.last_seconds = (0.0, 0.0)
@@ -331,6 +333,19 @@ def read_frame(config: InferConfig, files: list[Path] | None = None) -> Submissi
     return SubmissionFrame(config, competition, list_jobs(found), source, fit_prior(competition.labels, competition.label_files))
 
 
+def choose_engine(execution) -> EngineChoice:
+    """The engine and precision of the run's ONNX graphs, from ``--backend``, ``--precision``
+    and a tuned profile (:func:`streamer.models.graphs.resolve_engine`)."""
+    from streamer.models.graphs import resolve_engine
+    from streamer.profile import profile_engine
+
+    backend, precision = execution.backend, execution.precision
+    tuned_backend, tuned_precision = profile_engine(execution) if backend == "auto" or precision is None else (None, None)
+    if precision is None:
+        precision = tuned_precision if tuned_precision == "bf16" and backend in ("auto", "openvino") else "fp32"
+    return resolve_engine(backend, precision, profile_backend=tuned_backend)
+
+
 def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: SubmissionFrame | None = None) -> RunPlan:
     """Check every artifact and metadata file and build the plan; reads no audio.
 
@@ -345,6 +360,7 @@ def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: Subm
     if frame is None:
         frame = read_frame(config, files)
     failpoints.hit("parent.checks")
+    engine = choose_engine(config.execution)  # before any model loads: bf16 on the wrong CPU stops here
     competition = frame.competition
     perch = resolve_perch(config.artifacts.perch, config.artifacts.perch_labels)
     moe = resolve_moe(
@@ -389,6 +405,7 @@ def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: Subm
         n_classes=competition.n_classes,
         # The engines set the thread count from their layout (see streamer.pipeline.layout).
         threads=ThreadSettings(intra_op_threads=None, allow_spinning=config.execution.allow_spinning),
+        engine=engine,
     )
     return RunPlan(
         config=config,

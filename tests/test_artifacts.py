@@ -151,13 +151,13 @@ def test_proto_d_model_checked(kit):
 def test_perch_requests_only_needed_outputs(kit):
     model = PerchModel(kit.perch_onnx)
     asked = []
-    real_run = model.session.run
+    real_run = model.graph.session.run
 
     def spy(names, feeds):
         asked.append(list(names))
         return real_run(names, feeds)
 
-    model.session.run = spy
+    model.graph.session.run = spy
     emb, logits = model.run(np.zeros((2, 160000), np.float32))
     assert asked == [["embedding", "label"]]
     assert emb.shape == (2, 1536) and logits.shape == (2, 14795)

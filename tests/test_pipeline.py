@@ -70,7 +70,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_files(marked, tmp_path):
         proc = _cli((kit, d), tmp_path / f"m{n}.csv", "--workers", "2", "--no-cnn", "--no-crnn")
         stdout, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 0, stderr
-        m = re.search(r"parent (\d+) MB, largest child (\d+) MB", stdout)
+        m = re.search(r"parent (\d+) MB, consumer \(largest\) (\d+) MB", stdout)
         peaks[n] = (int(m.group(1)), int(m.group(2)))
         assert len(pd.read_csv(tmp_path / f"m{n}.csv")) == n * 12
     assert peaks[60][0] - peaks[6][0] < 40, peaks

@@ -30,7 +30,7 @@ from streamer.archive.tables import SUFFIXES
 from streamer.archive.timing import read_metadata_csv, recording_time
 from streamer.config import ArchiveSettings
 from streamer.errors import ConfigError
-from streamer.run import with_student_backend
+from streamer.backend import describe_models, with_backends
 from streamer.stages import RunPlan
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ class ArchiveReport:
     stage_s: dict[str, float] = field(default_factory=dict)
     peak_worker_rss_mb: float = 0.0
     peak_parent_rss_mb: float = 0.0
+    models: dict[str, str] = field(default_factory=dict)
+    engine_check: dict | None = None
 
     @property
     def real_time_factor(self) -> float:
@@ -68,6 +70,8 @@ class ArchiveReport:
             f"of {self.n_inputs} input(s); {self.audio_s / 3600:.2f} h of audio in {self.seconds:.1f} s "
             f"(real-time factor {self.real_time_factor:.0f}x; engine {self.engine}{', ' + self.layout if self.layout else ''})"
         ]
+        if self.models:
+            lines.append("models: " + ", ".join(f"{k.replace('_', '-')} in {v}" for k, v in self.models.items()))
         lines += [f"  failed: {name}: {reason}" for name, reason in sorted(self.failed.items())]
         lines += [f"  note: {name}: {note}" for name, notes in sorted(self.notes.items()) for note in notes]
         if self.failed:
@@ -92,6 +96,8 @@ class ArchiveReport:
             "stage_seconds": self.stage_s,
             "peak_worker_rss_mb": self.peak_worker_rss_mb,
             "peak_parent_rss_mb": self.peak_parent_rss_mb,
+            "models": dict(self.models),
+            "engine_check": self.engine_check,
         }
 
 
@@ -314,7 +320,9 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
         bar.file_done(task.rel, result.ok, result.audio_s, task.audio_s)
 
     with tempfile.TemporaryDirectory(prefix="streamer-archive-") as tmp:
-        plan = with_student_backend(plan, Path(tmp), sequential=engine == "sequential")
+        plan, check = with_backends(plan, Path(tmp), sequential=engine == "sequential")
+        report.models = describe_models(plan.model)
+        report.engine_check = check.to_dict() if check is not None else None
         try:
             if engine == "sequential":
                 n_threads = sequential_threads(threads)

@@ -332,7 +332,7 @@ def markdown(result: dict) -> str:
         f"Machine: {m['cpu_model']}, {result['n_cpus']} usable CPU(s), {m['memory_gb']} GB. Models: {result['models']}.",
         f"Inputs: {result['n_files']} files of real recordings; medians of {result['repeats']} interleaved repeats.",
         "",
-        "| contender | windows/s | real-time factor | vs baseline | vs ceiling | fixed s | peak RSS parent / largest child (MB) |",
+        "| contender | windows/s | real-time factor | vs baseline | vs ceiling | fixed s | peak RSS parent / consumer / decoder (MB) |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for row in result["contenders"]:

@@ -106,16 +106,15 @@ def load_student(path: Path, kind: str, *, n_classes: int):
 
 
 class _OnnxStudent:
-    """A student exported to ONNX (log-mel in, logits out), run by onnxruntime."""
+    """A student exported to ONNX (log-mel in, logits out), run by onnxruntime or OpenVINO."""
 
-    def __init__(self, onnx_path: Path, threads) -> None:
-        from streamer.models.perch import import_onnxruntime, session_options
+    def __init__(self, onnx_path: Path, threads, engine) -> None:
+        from streamer.models.graphs import load_graph
 
-        ort = import_onnxruntime()
-        self.session = ort.InferenceSession(str(onnx_path), session_options(threads), providers=["CPUExecutionProvider"])
+        self.graph = load_graph(onnx_path, threads, engine)
 
     def __call__(self, mel):
-        return self.session.run([STUDENT_ONNX_OUTPUT], {STUDENT_ONNX_INPUT: mel.numpy()})[0]
+        return self.graph.run([STUDENT_ONNX_OUTPUT], {STUDENT_ONNX_INPUT: np.asarray(mel)})[0]
 
 
 class Students:
@@ -134,16 +133,21 @@ class Students:
         n_classes: int,
         onnx_paths: tuple[Path | None, Path | None] | None = None,
         threads=None,
+        engine=None,
     ) -> None:
         from streamer.models.experts import LogMel
+        from streamer.models.graphs import EngineChoice, ThreadSettings
 
-        self.backend = "onnxruntime" if onnx_paths is not None else "torch"
+        engine = engine or EngineChoice()
+        threads = threads or ThreadSettings()
+        self.backend = engine.backend if onnx_paths is not None else "torch"
+        self.precision = engine.precision if onnx_paths is not None else "fp32"
         nets = []
         for kind, path, exported in zip(("cnn", "crnn"), (cnn_path, crnn_path), onnx_paths or (None, None)):
             if path is None:
                 nets.append(None)
             elif exported is not None:
-                nets.append(_OnnxStudent(exported, threads))
+                nets.append(_OnnxStudent(exported, threads, engine))
             else:
                 net = load_student(path, kind, n_classes=n_classes)
                 nets.append(lambda mel, net=net: net(mel)[1].numpy())

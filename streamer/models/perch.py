@@ -1,7 +1,7 @@
-"""The Perch 2.0 ONNX session.
+"""The Perch 2.0 ONNX graph.
 
 Outputs are resolved by name (``embedding``, ``label``) with a fallback to positions 0 and 3,
-and only those two are requested from onnxruntime, so the large unused outputs
+and only those two are requested from the engine, so the large unused outputs
 (``spatial_embedding``, ``spectrogram``) are never copied out. Exports that declare a rank-4
 input get the waveform reshaped to the declared layout.
 """
@@ -9,12 +9,14 @@ input get the waveform reshaped to the declared layout.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from streamer.errors import ArtifactError, DependencyError
+from streamer.errors import ArtifactError
+from streamer.models.graphs import EngineChoice, ThreadSettings, import_onnxruntime, load_graph, session_options
+
+__all__ = ["PerchModel", "ThreadSettings", "import_onnxruntime", "session_options"]
 
 log = logging.getLogger(__name__)
 
@@ -25,66 +27,24 @@ LABEL_POSITION = 3
 INPUT_NAME = "inputs"
 
 
-@dataclass(frozen=True)
-class ThreadSettings:
-    """Threading of one process's models.
-
-    ``intra_op_threads=None`` leaves onnxruntime's and torch's own defaults untouched (the way the
-    original script ran; the benchmark baseline needs it).
-    """
-
-    intra_op_threads: int | None = None
-    inter_op_threads: int = 1
-    allow_spinning: bool = False
-
-
-def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise DependencyError(
-            "onnxruntime is required to run Perch (pip install onnxruntime; on Kaggle attach its wheel)"
-        ) from exc
-    return onnxruntime
-
-
-def session_options(threads: ThreadSettings):
-    """onnxruntime session options for a thread setting (untouched defaults when the thread
-    count is ``None``)."""
-    ort = import_onnxruntime()
-    options = ort.SessionOptions()
-    if threads.intra_op_threads is not None:
-        options.intra_op_num_threads = int(threads.intra_op_threads)
-        options.inter_op_num_threads = int(threads.inter_op_threads)
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        spin = "1" if threads.allow_spinning else "0"
-        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
-        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return options
-
-
 def _static_dim(dim) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
 class PerchModel:
-    """One onnxruntime session over the Perch ONNX file.
+    """The Perch ONNX graph in onnxruntime or OpenVINO (:mod:`streamer.models.graphs`).
 
     Args:
         onnx_path: the ``.onnx`` file.
         threads: thread settings; see :class:`ThreadSettings`.
+        engine: the engine and precision.
     """
 
-    def __init__(self, onnx_path: str | Path, threads: ThreadSettings = ThreadSettings()) -> None:
-        ort = import_onnxruntime()
+    def __init__(self, onnx_path: str | Path, threads: ThreadSettings = ThreadSettings(),
+                 engine: EngineChoice = EngineChoice()) -> None:
         self.onnx_path = Path(onnx_path)
-        try:
-            self.session = ort.InferenceSession(str(self.onnx_path), session_options(threads), providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise ArtifactError(f"{self.onnx_path}: onnxruntime cannot load this model ({type(exc).__name__}: {exc})") from exc
-
-        inputs = self.session.get_inputs()
+        self.graph = load_graph(self.onnx_path, threads, engine)
+        inputs = self.graph.inputs
         if not inputs:
             raise ArtifactError(f"{self.onnx_path}: the model declares no input")
         by_name = {i.name: i for i in inputs}
@@ -93,10 +53,11 @@ class PerchModel:
         # Some exports fix the batch size (often 1): such a model is fed in chunks of that size.
         self._fixed_batch = _static_dim(self._input.shape[0]) if self._input.shape else None
 
-        outputs = self.session.get_outputs()
+        outputs = self.graph.outputs
         names = [o.name for o in outputs]
         self.embedding_name = self._pick_output(names, EMBEDDING_OUTPUT, EMBEDDING_POSITION)
         self.label_name = self._pick_output(names, LABEL_OUTPUT, LABEL_POSITION)
+        self.graph.keep_outputs([self.embedding_name, self.label_name])
         decl = {o.name: o.shape for o in outputs}
         self.declared_n_labels = _static_dim(decl[self.label_name][-1]) if decl[self.label_name] else None
         self.declared_embed_dim = _static_dim(decl[self.embedding_name][-1]) if decl[self.embedding_name] else None
@@ -147,7 +108,7 @@ class PerchModel:
                 chunk = np.concatenate([chunk, np.zeros((step - n_real,) + chunk.shape[1:], np.float32)])
             if self._input_tail is not None:
                 chunk = chunk.reshape((chunk.shape[0],) + self._input_tail)
-            emb, lab = self.session.run([self.embedding_name, self.label_name], {self._input.name: chunk})
+            emb, lab = self.graph.run([self.embedding_name, self.label_name], {self._input.name: chunk})
             embeddings.append(np.asarray(emb, dtype=np.float32).reshape(chunk.shape[0], -1)[:n_real])
             logits.append(np.asarray(lab, dtype=np.float32).reshape(chunk.shape[0], -1)[:n_real])
         return np.concatenate(embeddings), np.concatenate(logits)

@@ -108,6 +108,7 @@ class PipelineRunner:
         self.reduce_in_consumers = reduce_in_consumers
         self.spec = with_threads(plan.model, layout.threads)
         self.seconds: dict[str, float] = defaultdict(float)
+        self.peak_kb: dict[str, int] = {}  # largest resident peak reported per role
         n_slots = (layout.n_workers + layout.n_decoders) * sch.PREFETCH + 1
         self.scheduler = sch.Scheduler(
             [j.stem for j in plan.jobs], n_consumers=layout.n_workers, n_decoders=layout.n_decoders, n_slots=n_slots,
@@ -167,6 +168,8 @@ class PipelineRunner:
             self.seconds[key] = max(self.seconds[key], msg.setup_s)
             log.debug("%s ready after %.1f s", child.name, msg.setup_s)
             return self.scheduler.on_ready(child.role, child.wid)
+        if isinstance(msg, (Decoded, ModelDone)):
+            self.peak_kb[child.role] = max(self.peak_kb.get(child.role, 0), msg.maxrss_kb)
         if isinstance(msg, Decoded):
             self.seconds["decode"] += msg.seconds
             self.seconds["decode_cpu"] += msg.cpu_seconds
@@ -273,6 +276,6 @@ class PipelineRunner:
         report.budget_notes = list(self.budget.decisions)
         report.n_files_in_parts = scheduler.n_files_in_parts
         parent_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        report.peak_rss_mb = {"parent": parent_kb / 1024.0, "largest child": children_kb / 1024.0}
+        report.peak_rss_mb = {"parent": parent_kb / 1024.0}
+        report.peak_rss_mb.update({f"{role} (largest)": kb / 1024.0 for role, kb in sorted(self.peak_kb.items())})
         return report

@@ -244,7 +244,7 @@ def build_cache(
         AudioDecodeError: a file cannot be decoded (every labelled file is needed).
     """
     from streamer.pipeline.workers import with_threads
-    from streamer.run import with_student_backend
+    from streamer.backend import describe_models, with_backends
 
     out = Path(out)
     files, selection = cache_files(config, all_files)
@@ -265,7 +265,7 @@ def build_cache(
     t0 = time.perf_counter()
     plan = replace(plan, model=with_threads(plan.model, threads))
     with tempfile.TemporaryDirectory(prefix="streamer-cache-students-") as tmp:
-        plan = with_student_backend(plan, Path(tmp))
+        plan, check = with_backends(plan, Path(tmp))
         models = ModelStage(plan.model)
         models.check()
         outputs = []
@@ -293,6 +293,8 @@ def build_cache(
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "selection": selection,
             "students_backend": "onnxruntime" if plan.model.students_onnx else "torch",
+            "models": describe_models(plan.model),
+            "engine_check": check.to_dict() if check is not None else None,
             "n_matched_classes": plan.n_matched_classes,
             "seconds": round(time.perf_counter() - t0, 3),
         },

@@ -1,0 +1,156 @@
+"""Choosing what runs the models of a run, in the parent, before any worker starts.
+
+1. The students are exported to ONNX (or reused from the cache), unless they stay in torch.
+2. When OpenVINO is chosen, a **parity check** runs the check windows (:func:`check_windows`)
+   through the whole ensemble twice, with every ONNX graph in onnxruntime fp32 and in the chosen
+   engine, and compares the final probabilities. In fp32 OpenVINO is used only when they agree
+   within :data:`PARITY_TOLERANCE`; otherwise the run warns and uses onnxruntime. In bf16 (a
+   precision the user chose) the difference is measured and reported, never a reason to switch.
+
+The choice and the measured difference go into the run's report (``models`` and
+``engine_check`` in ``--report-json``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from streamer import failpoints
+from streamer.models.graphs import EngineChoice
+
+log = logging.getLogger(__name__)
+
+#: Largest |OpenVINO − onnxruntime| accepted, in fp32, on the final probabilities of the check
+#: windows. OpenVINO f32 differs from onnxruntime by float32 round-off in a different operator
+#: order: about 1e-5 on the stand-ins' logits, far less on probabilities; a real disagreement
+#: (a miscompiled operator) is many orders larger.
+PARITY_TOLERANCE = 1e-4
+#: Windows of the check: a bird recording shipped with streamer, then synthetic tones and noise.
+N_CHECK_WINDOWS = 12
+CHECK_RECORDING = Path(__file__).resolve().parent / "data" / "audio" / "birds_10s_32k.ogg"
+
+
+@dataclass(frozen=True)
+class EngineCheck:
+    """The parity check's outcome.
+
+    Attributes:
+        candidate: the engine checked.
+        max_prob_diff: largest |candidate − onnxruntime fp32| over the final probabilities.
+        max_logit_diff: the same over Perch's mapped logits and the students' logits.
+        passed: within :data:`PARITY_TOLERANCE`.
+        used: the engine the run then used.
+    """
+
+    candidate: EngineChoice
+    max_prob_diff: float
+    max_logit_diff: float
+    passed: bool
+    used: EngineChoice
+
+    def to_dict(self) -> dict:
+        return {
+            "candidate": self.candidate.describe(),
+            "max_prob_diff": self.max_prob_diff,
+            "max_logit_diff": self.max_logit_diff,
+            "tolerance": PARITY_TOLERANCE,
+            "passed": self.passed,
+            "used": self.used.describe(),
+        }
+
+
+def check_windows() -> np.ndarray:
+    """float32 ``[12, 160000]``: the shipped bird recording's two windows, then tones over noise
+    (deterministic, the same in every run)."""
+    from streamer.audio import WINDOW_SAMPLES, read_span
+
+    n_real = 2
+    real = read_span(CHECK_RECORDING, n_real * WINDOW_SAMPLES).samples.reshape(n_real, WINDOW_SAMPLES)
+    rng = np.random.default_rng(7)
+    t = np.arange(WINDOW_SAMPLES) / 32000.0
+    synthetic = []
+    for w in range(N_CHECK_WINDOWS - n_real):
+        tone = 0.05 * (1 + w % 3) * np.sin(2 * np.pi * (800.0 + 400.0 * w) * t)
+        synthetic.append(tone + 0.01 * (w + 1) * rng.standard_normal(t.size))
+    return np.concatenate([real, np.asarray(synthetic)]).astype(np.float32)
+
+
+def _final_probabilities(model_spec, reducer, windows: np.ndarray, site: str, hour: int, *, nan: bool = False):
+    from streamer.stages import ModelStage
+
+    stage = ModelStage(model_spec)
+    outputs = stage.run(windows)
+    if nan:  # the failpoint: a candidate engine that computes garbage
+        outputs = replace(outputs, perch_logits=np.full_like(outputs.perch_logits, np.nan))
+    probs = reducer.reduce_at(outputs, site, hour)
+    logits = [outputs.perch_logits] + [a for a in (outputs.cnn_logits, outputs.crnn_logits) if a is not None]
+    return probs, logits
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    return float("inf") if not np.all(np.isfinite(diff)) else float(diff.max())
+
+
+def check_engine(model_spec, reducer, *, site: str = "", hour: int = 0) -> EngineCheck:
+    """Compare ``model_spec.engine`` with onnxruntime fp32 on the check windows (module notes)."""
+    from streamer.models.graphs import ThreadSettings
+    from streamer.pipeline.layout import available_cpus
+
+    candidate = model_spec.engine
+    reference = EngineChoice("onnxruntime", "fp32")
+    # The parent is alone at this point: every CPU it may use.
+    threads = ThreadSettings(intra_op_threads=len(available_cpus()), allow_spinning=False)
+    windows = check_windows()
+    want, want_logits = _final_probabilities(replace(model_spec, engine=reference, threads=threads), reducer, windows, site, hour)
+    nan = failpoints.hit("parent.engine_check") == "nan"
+    got, got_logits = _final_probabilities(replace(model_spec, threads=threads), reducer, windows, site, hour, nan=nan)
+    prob_diff = _max_diff(got, want)
+    logit_diff = max(_max_diff(g, w) for g, w in zip(got_logits, want_logits))
+    if candidate.precision == "bf16":
+        passed, used = prob_diff <= PARITY_TOLERANCE, candidate
+        log.info("bf16 moved the check windows' final probabilities by up to %.2g (logits by up to %.2g) "
+                 "against onnxruntime fp32", prob_diff, logit_diff)
+    elif prob_diff <= PARITY_TOLERANCE:
+        passed, used = True, candidate
+        log.info("%s passed the parity check: final probabilities within %.1g of onnxruntime (largest difference %.2g)",
+                 candidate.describe(), PARITY_TOLERANCE, prob_diff)
+    else:
+        passed, used = False, reference
+        log.warning("%s disagrees with onnxruntime on the check windows (final probabilities differ by up to %.3g, "
+                    "tolerance %.1g): running in onnxruntime", candidate.describe(), prob_diff, PARITY_TOLERANCE)
+    return EngineCheck(candidate=candidate, max_prob_diff=prob_diff, max_logit_diff=logit_diff, passed=passed, used=used)
+
+
+def with_backends(plan, tmp: Path, *, sequential: bool | None = None, reducer=None):
+    """The plan with its students exported (see :func:`streamer.run.with_student_backend`) and
+    its ONNX graphs' engine checked (module notes). Returns ``(plan, check)``; ``check`` is
+    ``None`` when onnxruntime fp32 runs the graphs (nothing to compare)."""
+    from streamer.metadata import parse_hour, parse_site
+    from streamer.run import with_student_backend
+    from streamer.stages import Reducer
+
+    plan = with_student_backend(plan, tmp, sequential=sequential)
+    if plan.model.engine.backend == "onnxruntime":
+        return plan, None
+    reducer = reducer if reducer is not None else Reducer(plan.reducer)
+    stem = plan.jobs[0].stem if plan.jobs else ""
+    check = check_engine(plan.model, reducer, site=parse_site(stem), hour=parse_hour(stem))
+    return replace(plan, model=replace(plan.model, engine=check.used)), check
+
+
+def describe_models(model_spec) -> dict[str, str]:
+    """What runs each model, for the summary and the report."""
+    engine = model_spec.engine.describe()
+    has_students = model_spec.cnn_path is not None or model_spec.crnn_path is not None
+    students = engine if model_spec.students_onnx else "torch fp32"
+    out = {"perch": engine}
+    if has_students:
+        out["students"] = students
+        out["log_mel"] = "torch fp32"
+    out["protossm"] = "torch fp32"
+    return out
