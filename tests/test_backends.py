@@ -1,0 +1,165 @@
+"""--backend and --precision: the rules (refusals before any model loads), OpenVINO against
+onnxruntime on the graphs, the start-up parity check and its fallback, and the report naming
+what ran each model."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from streamer import backend, cli, stages
+from streamer.config import ExecutionSettings
+from streamer.errors import ConfigError, DependencyError
+from streamer.models import graphs
+from streamer.models.graphs import EngineChoice, ThreadSettings
+
+from conftest import infer_args
+
+needs_openvino = pytest.mark.skipif(not graphs.openvino_available(), reason="OpenVINO is not installed (pip install 'streamer[openvino]')")
+needs_bf16 = pytest.mark.skipif(graphs.hardware_bf16() is None, reason="this CPU has neither AVX512-BF16 nor AMX")
+
+
+@pytest.fixture
+def no_models_load(monkeypatch):
+    """Any attempt to load a graph fails the test: a refusal must come before."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the refusal")
+
+    monkeypatch.setattr(graphs, "load_graph", refuse)
+    monkeypatch.setattr(stages.Reducer, "__init__", refuse)
+
+
+def test_bf16_refused_without_hardware_bf16(kit, tmp_path, monkeypatch, capsys, no_models_load):
+    monkeypatch.setattr(graphs, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "fma"}))
+    out = tmp_path / "sub.csv"
+    assert cli.main(infer_args(kit, out, "--precision", "bf16")) == 2
+    assert "AVX512-BF16 or AMX" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag", ["avx512_bf16", "amx_bf16"])
+def test_bf16_accepted_with_either_cpu_feature(monkeypatch, flag):
+    monkeypatch.setattr(graphs, "cpu_flags", lambda: frozenset({"avx512f", flag}))
+    monkeypatch.setattr(graphs, "import_openvino", lambda: None)
+    assert graphs.resolve_engine("auto", "bf16") == EngineChoice("openvino", "bf16")
+    assert graphs.resolve_engine("openvino", "bf16") == EngineChoice("openvino", "bf16")
+
+
+def test_bf16_with_onnxruntime_refused(kit, tmp_path, monkeypatch, capsys, no_models_load):
+    monkeypatch.setattr(graphs, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    assert cli.main(infer_args(kit, tmp_path / "sub.csv", "--precision", "bf16", "--backend", "onnxruntime")) == 2
+    assert "onnxruntime has no bf16 kernels" in capsys.readouterr().err
+
+
+def test_openvino_missing_is_a_clear_error(kit, tmp_path, monkeypatch, capsys, no_models_load):
+    def missing():
+        raise DependencyError("OpenVINO is not installed: pip install 'streamer[openvino]' (or run with --backend onnxruntime)")
+
+    monkeypatch.setattr(graphs, "import_openvino", missing)
+    assert cli.main(infer_args(kit, tmp_path / "sub.csv", "--backend", "openvino")) == 2
+    assert "streamer[openvino]" in capsys.readouterr().err
+
+
+def test_auto_follows_the_profile_and_defaults_to_onnxruntime(monkeypatch):
+    monkeypatch.setattr(graphs, "openvino_available", lambda: True)
+    monkeypatch.setattr(graphs, "import_openvino", lambda: None)
+    assert graphs.resolve_engine("auto", "fp32") == EngineChoice("onnxruntime", "fp32")
+    assert graphs.resolve_engine("auto", "fp32", profile_backend="openvino") == EngineChoice("openvino", "fp32")
+    monkeypatch.setattr(graphs, "openvino_available", lambda: False)
+    assert graphs.resolve_engine("auto", "fp32", profile_backend="openvino") == EngineChoice("onnxruntime", "fp32")
+    with pytest.raises(ConfigError, match="--precision"):
+        ExecutionSettings(precision="fp16")
+
+
+def test_tuned_bf16_applies_only_when_precision_is_not_given(monkeypatch):
+    from streamer import profile
+
+    monkeypatch.setattr(profile, "profile_engine", lambda execution: ("openvino", "bf16"))
+    monkeypatch.setattr(graphs, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(graphs, "import_openvino", lambda: None)
+    assert stages.choose_engine(ExecutionSettings()) == EngineChoice("openvino", "bf16")
+    assert stages.choose_engine(ExecutionSettings(precision="fp32")) == EngineChoice("openvino", "fp32")
+    assert stages.choose_engine(ExecutionSettings(precision="fp32", backend="onnxruntime")) == EngineChoice("onnxruntime", "fp32")
+
+
+@needs_openvino
+def test_openvino_graph_equals_onnxruntime_and_declares_the_same_ports(kit):
+    ort = graphs.load_graph(kit.perch_onnx, ThreadSettings(1))
+    ov = graphs.load_graph(kit.perch_onnx, ThreadSettings(1), EngineChoice("openvino", "fp32"))
+    assert [p.name for p in ov.inputs] == [p.name for p in ort.inputs]
+    assert [(p.name, p.shape) for p in ov.outputs] == [(p.name, p.shape) for p in ort.outputs]
+    ov.keep_outputs(["embedding", "label"])
+    windows = backend.check_windows()[:3]
+    want = ort.run(["embedding", "label"], {"inputs": windows})
+    got = ov.run(["embedding", "label"], {"inputs": windows})
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == np.float32
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(np.abs(w).max()))
+
+
+@needs_openvino
+def test_openvino_fp32_sets_f32_explicitly(kit):
+    """OpenVINO's CPU plugin would pick bf16 itself on a CPU that has it."""
+    graph = graphs.OpenVinoGraph(kit.perch_onnx, ThreadSettings(1), "fp32")
+    graph.compile()
+    assert str(graph._request.get_compiled_model().get_property("INFERENCE_PRECISION_HINT")) in ("<Type: 'float32'>", "f32")
+    assert graphs.openvino_config(ThreadSettings(2), "fp32") == {
+        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2, "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
+
+
+def _probs(path):
+    frame = pd.read_csv(path)
+    return frame.drop(columns="row_id").to_numpy()
+
+
+@needs_openvino
+def test_openvino_passes_the_check_and_the_report_names_it(kit, tmp_path):
+    ref, out = tmp_path / "ort.csv", tmp_path / "ov.csv"
+    assert cli.main(infer_args(kit, ref, "--backend", "onnxruntime", "--workers", "1", "--threads", "1")) == 0
+    report = tmp_path / "ov.json"
+    assert cli.main(infer_args(kit, out, "--backend", "openvino", "--workers", "1", "--threads", "1", "--report-json", str(report))) == 0
+    doc = json.loads(report.read_text())
+    assert doc["models"]["perch"] == "openvino fp32" and doc["models"]["students"] == "openvino fp32"
+    check = doc["engine_check"]
+    assert check["passed"] and check["used"] == "openvino fp32"
+    assert 0 <= check["max_prob_diff"] <= backend.PARITY_TOLERANCE
+    np.testing.assert_allclose(_probs(out), _probs(ref), atol=backend.PARITY_TOLERANCE, rtol=0)
+
+
+@needs_openvino
+def test_a_disagreeing_openvino_falls_back_to_onnxruntime(kit, tmp_path, monkeypatch, caplog):
+    ref, out = tmp_path / "ort.csv", tmp_path / "ov.csv"
+    assert cli.main(infer_args(kit, ref, "--backend", "onnxruntime", "--workers", "1", "--threads", "1")) == 0
+    monkeypatch.setenv("STREAMER_FAILPOINTS", "parent.engine_check=nan")
+    report = tmp_path / "ov.json"
+    assert cli.main(infer_args(kit, out, "--backend", "openvino", "--workers", "1", "--threads", "1", "--report-json", str(report))) == 0
+    doc = json.loads(report.read_text())
+    assert doc["engine_check"]["passed"] is False and doc["engine_check"]["used"] == "onnxruntime fp32"
+    assert doc["models"]["perch"] == "onnxruntime fp32"
+    assert "disagrees with onnxruntime" in caplog.text
+    np.testing.assert_array_equal(_probs(out), _probs(ref))
+
+
+@needs_openvino
+@needs_bf16
+def test_bf16_runs_in_openvino_and_reports_its_difference(kit, tmp_path):
+    ref, out = tmp_path / "fp32.csv", tmp_path / "bf16.csv"
+    assert cli.main(infer_args(kit, ref, "--workers", "1", "--threads", "1")) == 0
+    report = tmp_path / "bf16.json"
+    assert cli.main(infer_args(kit, out, "--precision", "bf16", "--workers", "1", "--threads", "1", "--report-json", str(report))) == 0
+    doc = json.loads(report.read_text())
+    assert doc["models"]["perch"] == "openvino bf16"
+    check = doc["engine_check"]
+    assert check["used"] == "openvino bf16" and check["max_prob_diff"] > 0
+    diff = np.abs(_probs(out) - _probs(ref)).max()
+    assert 0 < diff < 0.2, diff  # changed numbers, not different models
+
+
+def test_describe_models_names_each_model(kit):
+    from streamer.config import InferConfig
+
+    plan = stages.prepare(InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir, backend="onnxruntime"))
+    assert backend.describe_models(plan.model)["perch"] == "onnxruntime fp32"
+    assert backend.describe_models(plan.model)["students"] == "torch fp32"  # not exported yet
