@@ -151,6 +151,6 @@ def describe_models(model_spec) -> dict[str, str]:
     out = {"perch": engine}
     if has_students:
         out["students"] = students
-        out["log_mel"] = "torch fp32"
+        out["log_mel"] = "numpy fp32" if model_spec.students_onnx else "torch fp32"
     out["protossm"] = "torch fp32"
     return out

@@ -264,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "tune", "measure pipeline layouts and save the fastest as the profile infer uses", 'examples:\n  streamer tune --quick\n  streamer tune --data-dir competition --perch perch --moe-dir moe')
     _add_bench_arguments(p)
     p.add_argument("--profile", type=Path, default=None, metavar="FILE", help="where to save the profile (default: the cache folder's profile.json, which infer finds by itself)")
+    p.add_argument("--allow-bf16", action="store_true", help="let the profile choose bf16 when it is fastest (bf16 changes the numbers: measure its cost in the metric first, see the README); without it bf16 is measured and reported, never saved")
     p.set_defaults(func=cmd_tune)
 
     p = _command(sub, "make-standins", "write a stand-in kit: Perch-format ONNX, MoE bundle and competition folder with random weights", 'examples:\n  streamer make-standins kit')
@@ -291,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="fewer files, repeats and layouts (under about five minutes on 2 cores)")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="measure onnxruntime fp32 and this engine only (default: every engine available here: onnxruntime, OpenVINO if installed, OpenVINO bf16 if the CPU has bf16)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help="with --backend: the precision of that engine (default: fp32)")
     p.add_argument("--files", type=_positive_int, default=None, help="files to score per run (default: 24, quick 12)")
     p.add_argument("--repeats", type=_positive_int, default=None, help="interleaved repeats of every contender (default: 3, quick 2)")
     p.add_argument("--audio", type=Path, default=None, metavar="DIR", help="recordings to cycle through (default: the real recordings shipped with streamer)")
@@ -319,11 +322,12 @@ def _bench_models(args: argparse.Namespace):
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from streamer.bench.runner import run_bench
+    from streamer.bench.runner import engine_variants, run_bench
 
     result = run_bench(
         out_dir=args.out_dir, quick=args.quick, n_files=args.files, repeats=args.repeats, audio_dir=args.audio,
         models=_bench_models(args), cache_dir=args.cache_dir, json_path=args.json, chart_path=args.chart,
+        engines=engine_variants(args.backend, args.precision),
     )
     print(result["markdown"])
     print(f"\nresults: {args.json or args.out_dir / 'bench.json'}; chart: {result.get('chart')}")
@@ -351,15 +355,18 @@ def cmd_bench_archive(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from streamer.bench.runner import engine_variants
     from streamer.bench.tune import run_tune
     from streamer.profile import default_profile_path
 
     path = args.profile or default_profile_path()
     layout, measurements = run_tune(
-        profile_path=path, models=_bench_models(args), quick=args.quick, n_files=args.files, repeats=args.repeats, audio_dir=args.audio
+        profile_path=path, models=_bench_models(args), quick=args.quick, n_files=args.files, repeats=args.repeats, audio_dir=args.audio,
+        engines=engine_variants(args.backend, args.precision), allow_bf16=args.allow_bf16,
     )
     for m in measurements:
-        print(f"{m['windows_per_s']:8.1f} windows/s  {m['name']}")
+        note = "" if m["eligible"] else f"  (not saved: {m['why_not']})"
+        print(f"{m['windows_per_s']:8.1f} windows/s  {m['name']}{note}")
     print(f"best: {layout.describe()}\nprofile saved to {path}; 'streamer infer' uses it on this machine unless layout flags are given")
     return EXIT_OK
 

@@ -92,6 +92,9 @@ class RowSink:
         # The tier first: once set_file has the block, the rows are written even if a Ctrl-C
         # cuts this call short (the writer writes waiting blocks on its next call).
         self.report.set_tier(self.stem(index), tier, reason)
+        if tier != TIER_PRIOR_ONLY and "first_file" not in self.report.seconds:
+            # The latency a user waits for the first scored file, from the start of the command.
+            self.report.seconds["first_file"] = self.budget.clock() - self.budget.start
         self.writer.set_file(index, probs)
         if self.bar is not None:
             self.bar.update(1)

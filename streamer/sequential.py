@@ -67,5 +67,5 @@ def run_sequential(plan: RunPlan, sink: RowSink, report: RunReport, budget: Budg
     seconds["scoring"] = time.perf_counter() - t_start - seconds["setup"]
     seconds.update(models.seconds)
     seconds.update(sink.reducer.seconds)
-    report.seconds = seconds
+    report.seconds.update(seconds)
     report.peak_rss_mb = {"process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}

@@ -151,12 +151,13 @@ class ModelStage:
         from streamer.models.perch import PerchModel
 
         self.spec = spec
-        set_torch_threads(spec.threads.intra_op_threads)
         self.perch = PerchModel(spec.onnx_path, spec.threads, spec.engine)
         self.students = Students(
             spec.cnn_path, spec.crnn_path, n_classes=spec.n_classes, onnx_paths=spec.students_onnx,
             threads=spec.threads, engine=spec.engine,
         )
+        if self.students.uses_torch:  # else torch is never imported here (see Students)
+            set_torch_threads(spec.threads.intra_op_threads)
         self.seconds = {"perch": 0.0, "students": 0.0}
         self.last_seconds = (0.0, 0.0)
 

@@ -91,3 +91,39 @@ def test_exports_are_kept_per_weights_and_reused(kit_copy, tmp_path, monkeypatch
     assert calls == [1] and changed[0].parent != first[0].parent
     assert len(list((cache / student_onnx.CACHE_FOLDER).iterdir())) == 2
     shutil.rmtree(cache)
+
+
+def test_a_consumer_with_onnx_students_never_imports_torch(kit, tmp_path):
+    """torch costs a consumer over a second of start-up and a few hundred MB: with the students
+    in ONNX, the consumer's whole life (set-up, check, a task) runs without it."""
+    import pickle
+    import subprocess
+    import sys
+
+    from streamer.config import InferConfig
+    from streamer.run import with_student_backend
+    from streamer.stages import prepare
+
+    plan = with_student_backend(prepare(InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir)),
+                                tmp_path / "students", sequential=False)
+    assert plan.model.students_onnx is not None
+    (tmp_path / "spec.pkl").write_bytes(pickle.dumps(plan.model))
+    script = f"""
+import pickle, sys
+import numpy as np
+from streamer.pipeline.children import Body
+from streamer.pipeline.messages import ModelTask
+from streamer.pipeline.workers import ConsumerBody, SlotBuffer
+spec = pickle.loads(open({str(tmp_path / "spec.pkl")!r}, "rb").read())
+slots = SlotBuffer({str(tmp_path / "slots.f32")!r}, 1, 12 * 160000)
+np.memmap(slots.path, dtype=np.float32, mode="w+", shape=(1, slots.slot_samples))[:] = 0.01
+body = ConsumerBody(spec, None, slots)
+body.setup("consumer", 0, 0)
+sent = []
+body.handle(ModelTask(task_id=1, slot=0, stem="BC2026_Test_0001_S03_20250301_000000", n_windows=12, with_students=True), sent.append)
+assert sent[0].outputs.cnn_logits.shape == (12, 234)
+print("torch" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "False"

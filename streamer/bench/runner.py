@@ -29,6 +29,7 @@ from pathlib import Path
 
 from streamer.files import atomic_write_text, save_figure
 from streamer.metadata import N_WINDOWS_PER_FILE, WINDOW_S
+from streamer.models.graphs import EngineChoice
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,15 @@ CONTENDER_TIMEOUT_S = 1800
 
 @dataclass
 class Contender:
-    """One thing to measure. ``kind`` is ``infer`` (a subprocess) or ``ceiling``."""
+    """One thing to measure. ``kind`` is ``infer`` (a subprocess) or ``ceiling``; ``engine``:
+    what runs the ONNX graphs."""
 
     name: str
     kind: str
     args: tuple[str, ...] = ()
     layout: dict = field(default_factory=dict)
     runs: list[dict] = field(default_factory=list)
+    engine: EngineChoice = EngineChoice()
 
     def median(self, key: str) -> float:
         values = [r[key] for r in self.runs if key in r]
@@ -152,9 +155,13 @@ def run_infer_subprocess(models: BenchModels, data: Path, args: tuple[str, ...],
     )
     seconds = report["seconds"]
     steady = seconds.get("scoring", seconds.get("total", 0.0) - seconds.get("setup", 0.0))
+    check = report.get("engine_check")
     return {
         "wall_s": wall,
         "fixed_s": wall - steady,
+        "first_file_s": seconds.get("first_file", float("nan")),
+        "models": report.get("models", {}),
+        "engine_check_passed": None if check is None else bool(check["passed"]),
         "windows": report["n_modelled_windows"],
         "windows_per_s": report["n_modelled_windows"] / steady if steady > 0 else 0.0,
         "end_to_end_windows_per_s": report["n_modelled_windows"] / wall,
@@ -164,36 +171,79 @@ def run_infer_subprocess(models: BenchModels, data: Path, args: tuple[str, ...],
     }
 
 
-def build_contenders(n_cpus: int, quick: bool) -> list[Contender]:
-    """Baseline, engine (automatic layout), the layout grid and the ceilings."""
+REFERENCE_ENGINE = EngineChoice("onnxruntime", "fp32")
+
+
+def engine_variants(backend: str = "auto", precision: str | None = None) -> list[EngineChoice]:
+    """The engines to measure: onnxruntime fp32 (always, the reference), OpenVINO fp32 where
+    it is installed, OpenVINO bf16 where the CPU has bf16 too; ``--backend`` and ``--precision``
+    narrow the list (onnxruntime fp32 stays)."""
+    from streamer.models.graphs import hardware_bf16, openvino_available, resolve_engine
+
+    if backend != "auto" or precision is not None:
+        chosen = resolve_engine(backend, precision or "fp32")  # refuses bf16 without the hardware
+        return [REFERENCE_ENGINE] + ([chosen] if chosen != REFERENCE_ENGINE else [])
+    out = [REFERENCE_ENGINE]
+    if openvino_available():
+        out.append(EngineChoice("openvino", "fp32"))
+        if hardware_bf16() is not None:
+            out.append(EngineChoice("openvino", "bf16"))
+    return out
+
+
+def engine_args(engine: EngineChoice) -> tuple[str, ...]:
+    return ("--backend", engine.backend, "--precision", engine.precision)
+
+
+def _suffix(engine: EngineChoice) -> str:
+    return "" if engine == REFERENCE_ENGINE else f", {engine.describe()}"
+
+
+def build_contenders(n_cpus: int, quick: bool, engines: list[EngineChoice] | None = None, *,
+                     grid_engines: list[EngineChoice] | None = None) -> list[Contender]:
+    """Baseline, engine (automatic layout) in each engine, the layout grid (in
+    ``grid_engines``, default onnxruntime fp32) and the ceilings of every engine."""
     from streamer.pipeline.layout import plan_layout
 
+    engines = engines or [REFERENCE_ENGINE]
+    grid_engines = grid_engines or [REFERENCE_ENGINE]
     auto = plan_layout(cpus=tuple(range(n_cpus)))
+    auto_layout = {"workers": auto.n_workers, "threads": auto.threads, "decoders": auto.n_decoders}
+    ref = engine_args(REFERENCE_ENGINE)
     contenders = [
-        Contender("baseline (sequential, library threads)", "infer", ("--engine", "sequential", "--threads", "default"),
+        Contender("baseline (sequential, library threads)", "infer", ("--engine", "sequential", "--threads", "default") + ref,
                   {"engine": "sequential", "threads": "default"}),
-        Contender("engine (automatic layout)", "infer", (), {"workers": auto.n_workers, "threads": auto.threads, "decoders": auto.n_decoders}),
+        Contender("engine (automatic layout)", "infer", ref, auto_layout),
     ]
+    for engine in engines:
+        if engine != REFERENCE_ENGINE and engine not in grid_engines:
+            contenders.append(Contender(f"engine (automatic layout){_suffix(engine)}", "infer", engine_args(engine),
+                                        dict(auto_layout), engine=engine))
     if not quick:
         contenders.append(
             Contender("sequential, library threads, students in onnxruntime", "infer",
-                      ("--engine", "sequential", "--threads", "default", "--students-backend", "onnxruntime"),
+                      ("--engine", "sequential", "--threads", "default", "--students-backend", "onnxruntime") + ref,
                       {"engine": "sequential", "threads": "default", "students": "onnxruntime"})
         )
     grid = layout_grid(n_cpus, full=not quick)
-    for w, t in grid:
-        for decoders in ((1,) if quick else (1, 2)):
-            for spin in ((False,) if quick else (False, True)):
-                if (w, t, decoders, spin) == (auto.n_workers, auto.threads, auto.n_decoders, False):
-                    continue  # that is the engine contender
-                if (decoders == 2 or spin) and (w, t) != (auto.n_workers, auto.threads):
-                    continue  # decoders and spinning are varied on the automatic layout only
-                args = ("--workers", str(w), "--threads", str(t), "--decoders", str(decoders)) + (("--allow-spinning",) if spin else ())
-                name = f"pipeline {w}x{t}, {decoders} decoder(s)" + (", spinning" if spin else "")
-                contenders.append(Contender(name, "infer", args, {"workers": w, "threads": t, "decoders": decoders, "allow_spinning": spin}))
-    for w, t in grid:
-        if w * t <= n_cpus:
-            contenders.append(Contender(f"ceiling {w}x{t} (models only, pre-decoded)", "ceiling", (), {"workers": w, "threads": t}))
+    for engine in grid_engines:
+        for w, t in grid:
+            for decoders in ((1,) if quick else (1, 2)):
+                for spin in ((False,) if quick or engine.backend != "onnxruntime" else (False, True)):
+                    is_auto = (w, t, decoders, spin) == (auto.n_workers, auto.threads, auto.n_decoders, False)
+                    if is_auto and engine == REFERENCE_ENGINE:
+                        continue  # that is the engine contender
+                    if (decoders == 2 or spin) and (w, t) != (auto.n_workers, auto.threads):
+                        continue  # decoders and spinning are varied on the automatic layout only
+                    args = ("--workers", str(w), "--threads", str(t), "--decoders", str(decoders)) + (("--allow-spinning",) if spin else ())
+                    name = f"pipeline {w}x{t}, {decoders} decoder(s)" + (", spinning" if spin else "") + _suffix(engine)
+                    contenders.append(Contender(name, "infer", args + engine_args(engine),
+                                                {"workers": w, "threads": t, "decoders": decoders, "allow_spinning": spin}, engine=engine))
+    for engine in engines:
+        for w, t in grid:
+            if w * t <= n_cpus:
+                contenders.append(Contender(f"ceiling {w}x{t}{_suffix(engine)} (models only, pre-decoded)", "ceiling", (),
+                                            {"workers": w, "threads": t}, engine=engine))
     return contenders
 
 
@@ -208,8 +258,12 @@ def run_bench(
     cache_dir: Path | None = None,
     json_path: Path | None = None,
     chart_path: Path | None = None,
+    engines: list[EngineChoice] | None = None,
 ) -> dict:
-    """Measure everything, write the Markdown table, the JSON and the chart; return the JSON."""
+    """Measure everything, write the Markdown table, the JSON and the chart; return the JSON.
+
+    ``engines``: what runs the graphs, each measured at the automatic layout and as a ceiling
+    (default: :func:`engine_variants`)."""
     from streamer.config import default_cache_dir
     from streamer.config import InferConfig
     from streamer.pipeline.layout import available_cpus
@@ -224,14 +278,18 @@ def run_bench(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n_cpus = len(available_cpus())
-    contenders = build_contenders(n_cpus, quick)
+    engines = engines or engine_variants()
+    contenders = build_contenders(n_cpus, quick, engines)
     t_bench = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="streamer-bench-") as tmp:
         work = Path(tmp)
         data = make_inputs(models, audio_dir, n_files, work)
-        config = InferConfig.create(data_dir=data, perch=models.perch, moe_dir=models.moe_dir, out=work / "unused.csv",
-                             students_backend="onnxruntime", progress=False)
-        ceiling_plan = with_student_backend(prepare(config), work / "students")
+        ceiling_plans = {}
+        for engine in engines:
+            config = InferConfig.create(data_dir=data, perch=models.perch, moe_dir=models.moe_dir, out=work / "unused.csv",
+                                        students_backend="onnxruntime", progress=False, use_profile=False,
+                                        backend=engine.backend, precision=engine.precision)
+            ceiling_plans[engine] = with_student_backend(prepare(config), work / "students")
         for r in range(repeats):
             order = repeat_order(contenders, r)
             for c in order:
@@ -241,8 +299,8 @@ def run_bench(
                 else:
                     from streamer.bench.ceiling import measure_ceiling
 
-                    c.runs.append(measure_ceiling(ceiling_plan, workers=c.layout["workers"], threads=c.layout["threads"]))
-    result = summarise(contenders, models, n_files, repeats, n_cpus, time.perf_counter() - t_bench, quick)
+                    c.runs.append(measure_ceiling(ceiling_plans[c.engine], workers=c.layout["workers"], threads=c.layout["threads"]))
+    result = summarise(contenders, models, n_files, repeats, n_cpus, time.perf_counter() - t_bench, quick, engines)
     json_path = Path(json_path) if json_path else out_dir / "bench.json"
     chart_path = Path(chart_path) if chart_path else out_dir / "bench.png"
     atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
@@ -252,11 +310,13 @@ def run_bench(
     return result
 
 
-def summarise(contenders: list[Contender], models: BenchModels, n_files: int, repeats: int, n_cpus: int, bench_s: float, quick: bool) -> dict:
+def summarise(contenders: list[Contender], models: BenchModels, n_files: int, repeats: int, n_cpus: int, bench_s: float,
+              quick: bool, engines: list[EngineChoice] | None = None) -> dict:
+    engines = engines or [REFERENCE_ENGINE]
     by_name = {c.name: c for c in contenders}
     baseline = by_name["baseline (sequential, library threads)"]
     engine = by_name["engine (automatic layout)"]
-    ceilings = [c for c in contenders if c.kind == "ceiling"]
+    ceilings = [c for c in contenders if c.kind == "ceiling" and c.engine == REFERENCE_ENGINE]
     best_ceiling = max(ceilings, key=lambda c: c.median("windows_per_s"))
     base_rate = baseline.median("windows_per_s")
     engine_rate = engine.median("windows_per_s")
@@ -272,6 +332,7 @@ def summarise(contenders: list[Contender], models: BenchModels, n_files: int, re
             "name": c.name,
             "kind": c.kind,
             "layout": c.layout,
+            "engine": c.engine.describe(),
             "windows_per_s": rate,
             "real_time_factor": rate * WINDOW_S,
             "vs_baseline": rate / base_rate if base_rate > 0 else float("nan"),
@@ -280,10 +341,36 @@ def summarise(contenders: list[Contender], models: BenchModels, n_files: int, re
         }
         if c.kind == "infer":
             row["fixed_s"] = c.median("fixed_s")
+            row["first_file_s"] = c.median("first_file_s")
             row["end_to_end_windows_per_s"] = c.median("end_to_end_windows_per_s")
             row["peak_rss_mb"] = c.runs[-1]["peak_rss_mb"]
+            row["consumer_rss_mb"] = _consumer_rss(c.runs[-1]["peak_rss_mb"])
+            row["engine_check_passed"] = c.runs[-1].get("engine_check_passed")
         rows.append(row)
     stages = {name: per_window_ms(by_name[name].runs[-1]) for name in (baseline.name, engine.name)}
+    per_engine = []
+    for variant in engines:
+        pipe = next((c for c in contenders if c.kind == "infer" and c.engine == variant
+                     and c.layout == engine.layout), None)
+        ceils = [c for c in contenders if c.kind == "ceiling" and c.engine == variant]
+        if pipe is None or not ceils:
+            continue
+        best = max(ceils, key=lambda c: c.median("windows_per_s"))
+        at_own = [c for c in ceils if (c.layout["workers"], c.layout["threads"]) == (pipe.layout.get("workers"), pipe.layout.get("threads"))]
+        rate = pipe.median("windows_per_s")
+        per_engine.append({
+            "engine": variant.describe(),
+            "windows_per_s": rate,
+            "vs_baseline": rate / base_rate if base_rate > 0 else float("nan"),
+            "vs_onnxruntime_fp32": rate / engine_rate if engine_rate > 0 else float("nan"),
+            "ceiling_windows_per_s": best.median("windows_per_s"),
+            "ceiling_layout": best.layout,
+            "ceiling_at_own_layout": at_own[0].median("windows_per_s") if at_own else float("nan"),
+            "fixed_s": pipe.median("fixed_s"),
+            "first_file_s": pipe.median("first_file_s"),
+            "consumer_rss_mb": _consumer_rss(pipe.runs[-1]["peak_rss_mb"]),
+            "engine_check_passed": pipe.runs[-1].get("engine_check_passed"),
+        })
     result = {
         "baseline_windows_per_s": base_rate,
         "engine_windows_per_s": engine_rate,
@@ -294,6 +381,8 @@ def summarise(contenders: list[Contender], models: BenchModels, n_files: int, re
         "efficiency_vs_ceiling_same_layout": engine_rate / same_rate if same_rate > 0 else float("nan"),
         "projected_minutes_600_files": projected,
         "engine_fixed_s": engine.median("fixed_s"),
+        "engine_first_file_s": engine.median("first_file_s"),
+        "engines": per_engine,
         "machine": _machine(),
         "thread_environment": environment_note(),
         "n_cpus": n_cpus,
@@ -307,6 +396,15 @@ def summarise(contenders: list[Contender], models: BenchModels, n_files: int, re
     }
     result["markdown"] = markdown(result)
     return result
+
+
+def _consumer_rss(peaks: dict) -> float:
+    """The largest consumer's peak resident memory (MB) of a run (the whole process in the
+    sequential engine)."""
+    for key in ("consumer (largest)", "process"):
+        if key in peaks:
+            return float(peaks[key])
+    return float("nan")
 
 
 def per_window_ms(run: dict) -> dict:
@@ -332,21 +430,26 @@ def markdown(result: dict) -> str:
         f"Machine: {m['cpu_model']}, {result['n_cpus']} usable CPU(s), {m['memory_gb']} GB. Models: {result['models']}.",
         f"Inputs: {result['n_files']} files of real recordings; medians of {result['repeats']} interleaved repeats.",
         "",
-        "| contender | windows/s | real-time factor | vs baseline | vs ceiling | fixed s | peak RSS parent / consumer / decoder (MB) |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| contender | windows/s | real-time factor | vs baseline | vs ceiling | fixed s | first file s | consumer MB | parent MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["contenders"]:
         fixed = f"{row['fixed_s']:.1f}" if "fixed_s" in row else ""
+        first = f"{row['first_file_s']:.1f}" if "first_file_s" in row else ""
         rss = row.get("peak_rss_mb") or {}
-        mem = " / ".join(f"{v:.0f}" for v in rss.values()) if rss else ""
+        consumer = f"{row['consumer_rss_mb']:.0f}" if "consumer_rss_mb" in row else ""
+        parent = f"{rss['parent']:.0f}" if "parent" in rss else ""
+        fell_back = " (failed the parity check: ran in onnxruntime)" if row.get("engine_check_passed") is False and "fp32" in row["engine"] else ""
         lines.append(
-            f"| {row['name']} | {row['windows_per_s']:.1f} | {row['real_time_factor']:.0f}x | "
-            f"{row['vs_baseline']:.2f}x | {row['vs_ceiling']:.2f} | {fixed} | {mem} |"
+            f"| {row['name']}{fell_back} | {row['windows_per_s']:.1f} | {row['real_time_factor']:.0f}x | "
+            f"{row['vs_baseline']:.2f}x | {row['vs_ceiling']:.2f} | {fixed} | {first} | {consumer} | {parent} |"
         )
     lines += [
         "",
         "windows/s: steady state, over the scoring interval (models loaded → last file scored); "
-        "fixed s: the rest of each run's wall time (start-up, model loading, CSV write, exit).",
+        "fixed s: the rest of each run's wall time (start-up, model loading, CSV write, exit); "
+        "first file s: from the command's start to the first file's rows; consumer MB: the largest "
+        "consumer's peak resident memory (the whole process in the sequential engine).",
         "",
         f"**Engine vs baseline: {result['speedup_vs_baseline']:.2f}x.** "
         f"**Engine vs ceiling: {result['efficiency_vs_ceiling']:.2f}** (best ceiling layout "
@@ -354,6 +457,20 @@ def markdown(result: dict) -> str:
         f"{result['efficiency_vs_ceiling_same_layout']:.2f} of the ceiling at the engine's own layout). "
         f"Projected time for {KAGGLE_FILES} one-minute files on this machine: "
         f"{result['projected_minutes_600_files']:.1f} min (fixed cost {result['engine_fixed_s']:.1f} s included).",
+        "",
+        "Engines (pipeline at the automatic layout; ceiling: the best layout of that engine, models only):",
+        "",
+        "| engine | windows/s | vs baseline | vs onnxruntime fp32 | ceiling windows/s (layout) | fixed s | first file s | consumer MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e in result.get("engines", []):
+        cl = e["ceiling_layout"]
+        lines.append(
+            f"| {e['engine']} | {e['windows_per_s']:.1f} | {e['vs_baseline']:.2f}x | {e['vs_onnxruntime_fp32']:.2f}x | "
+            f"{e['ceiling_windows_per_s']:.1f} ({cl['workers']}x{cl['threads']}) | {e['fixed_s']:.1f} | "
+            f"{e['first_file_s']:.1f} | {e['consumer_rss_mb']:.0f} |"
+        )
+    lines += [
         "",
         "Stage cost, ms per window (wall time summed over processes; decode CPU: the decoders' CPU time):",
         "",

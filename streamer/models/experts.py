@@ -15,16 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Log-mel settings of the students (torchaudio ``MelSpectrogram`` defaults
-#: plus these values; natural log with this offset, no other scaling).
-MEL_SAMPLE_RATE_HZ = 32000
-MEL_N_FFT = 1024
-MEL_WIN_LENGTH = 1024
-MEL_HOP_LENGTH = 320
-MEL_F_MIN_HZ = 20.0
-MEL_F_MAX_HZ = 14000.0
-MEL_N_MELS = 128
-MEL_LOG_OFFSET = 1e-6
+from streamer.models.logmel import (  # noqa: F401 - one definition, shared with the numpy front end
+    MEL_F_MAX_HZ,
+    MEL_F_MIN_HZ,
+    MEL_HOP_LENGTH,
+    MEL_LOG_OFFSET,
+    MEL_N_FFT,
+    MEL_N_MELS,
+    MEL_SAMPLE_RATE_HZ,
+    MEL_WIN_LENGTH,
+)
 
 
 def _hz_to_mel_htk(freq_hz: float) -> float:

@@ -26,8 +26,8 @@ MEL_F_MAX_HZ = 14000.0
 MEL_N_MELS = 128
 MEL_LOG_OFFSET = 1e-6
 
-#: Frames transformed per step. Bounds the scratch memory (about 4 KB per frame for the windowed
-#: frames plus 4 KB for their spectra) and keeps one step's data in the CPU cache.
+#: Frames transformed per step. Bounds the scratch memory (about 12 KB per frame: the windowed
+#: frame, its spectrum and its power) and keeps one step's data in the CPU cache.
 FRAMES_PER_CHUNK = 128
 
 

@@ -272,7 +272,7 @@ class PipelineRunner:
         self.seconds["total"] = time.perf_counter() - t_start
         for key, value in list(self.sink.seconds.items()) + list(self.sink.reducer.seconds.items()):
             self.seconds[key] += value
-        report.seconds = {k: v for k, v in self.seconds.items() if not k.endswith("_startup_max")}
+        report.seconds.update({k: v for k, v in self.seconds.items() if not k.endswith("_startup_max")})
         report.budget_notes = list(self.budget.decisions)
         report.n_files_in_parts = scheduler.n_files_in_parts
         parent_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
