@@ -240,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default: %(default)s)")
     w.add_argument("--out", type=Path, default=Path("sweep.csv"), metavar="CSV", help="every point, ranked, with per-taxonomic-class AUCs (default: %(default)s)")
     w.add_argument("--heatmap", type=Path, default=None, metavar="PNG", help="heatmap when exactly two axes vary (default: the CSV's name with .png; needs matplotlib)")
+    w.add_argument("--compare", type=Path, default=None, metavar="FILE", help="a second cache of the same files made another way (e.g. 'streamer cache --precision bf16'): its macro ROC-AUC at the best point beside the first cache's, the difference, and the largest and mean probability difference")
     w.add_argument("--top", type=_positive_int, default=10, metavar="N", help="points shown in the table (default: %(default)s)")
     w.add_argument("--threads", type=_threads, default="auto", metavar="T|auto|default", help="torch intra-op threads for the ProtoSSM folds (default: %(default)s)")
     p.set_defaults(func=cmd_sweep)
@@ -495,6 +496,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{row['rank']:>4} {row['macro_auc']:>9.4f} {row['perch']:>6g} {row['cnn']:>6g} {row['crnn']:>6g} {row['prior']:>6g} "
               f"{row['smooth_center']:>5g}/{row['smooth_side']:g}")
     best = points[result.ranking()[0]]
+    if args.compare is not None:
+        from streamer.validate.sweep import compare_at
+
+        other = prepare_sweep(plan, load_cache(args.compare), args.compare, prior_fit=args.prior_fit, folds=folds)
+        c = compare_at(data, other, best)
+        print(f"at the best point: macro ROC-AUC {c['macro_auc_a']:.4f} ({args.cache}, {cache.info.get('engine', 'onnxruntime fp32')}) vs "
+              f"{c['macro_auc_b']:.4f} ({args.compare}, {load_cache(args.compare).info.get('engine', 'onnxruntime fp32')}): "
+              f"difference {c['auc_difference']:+.4f}; probabilities differ by up to {c['max_prob_difference']:.4f} "
+              f"(mean {c['mean_prob_difference']:.5f})")
     command = ["streamer", "infer", "--data-dir", str(args.data_dir), "--perch", str(args.perch), "--moe-dir", str(args.moe_dir)]
     for flag, value in (("--perch-labels", args.perch_labels), ("--weights-prefix", args.weights_prefix), ("--cnn", args.cnn),
                         ("--crnn", args.crnn), ("--proto-d-model", args.proto_d_model)):

@@ -29,7 +29,7 @@ class RunReport:
         reasons: stem → why a file did not get the full tier.
         seconds: wall seconds per stage, ``setup`` (until the models are loaded), ``scoring``
             (from then until the last file has its rows), ``first_file`` (from the start of the
-            command until the first scored file had its rows) and ``total`` (stage times of
+            command until the models' outputs of the first file arrived) and ``total`` (stage times of
             parallel children are summed over the children, so they can exceed the wall time).
         peak_rss_mb: peak resident memory, ``parent`` and per child role.
         budget_notes: the budget monitor's decisions.
@@ -114,7 +114,7 @@ class RunReport:
             f"files from {self.source}; engine {self.engine})",
             f"time {total:.1f} s in all: {sec.get('setup', 0.0):.1f} s to load the models, {scoring:.1f} s scoring; "
             f"{steady:.1f} windows/s while scoring (real-time factor {steady * WINDOW_S:.0f}x), {rate:.1f} windows/s "
-            f"overall, start-up included" + (f"; first file scored {sec['first_file']:.1f} s after the start"
+            f"overall, start-up included" + (f"; first file through the models {sec['first_file']:.1f} s after the start"
                                              if "first_file" in sec else ""),
             "work in seconds (summed over processes): " + ", ".join(
                 f"{label} {sec[key]:.1f}" for key, label in _WORK if sec.get(key, 0.0) > 0),

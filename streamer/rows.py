@@ -92,9 +92,6 @@ class RowSink:
         # The tier first: once set_file has the block, the rows are written even if a Ctrl-C
         # cuts this call short (the writer writes waiting blocks on its next call).
         self.report.set_tier(self.stem(index), tier, reason)
-        if tier != TIER_PRIOR_ONLY and "first_file" not in self.report.seconds:
-            # The latency a user waits for the first scored file, from the start of the command.
-            self.report.seconds["first_file"] = self.budget.clock() - self.budget.start
         self.writer.set_file(index, probs)
         if self.bar is not None:
             self.bar.update(1)
@@ -103,8 +100,16 @@ class RowSink:
         """The documented fallback: file ``index``'s rows are the site/hour prior probability."""
         self._set(index, prior_fallback(self.frame.prior, self.stem(index)), TIER_PRIOR_ONLY, reason)
 
+    def _first_file(self) -> None:
+        """The models' latency: from the start of the command until the first file's model
+        outputs arrived (start-up, loading and the first calls included; the reduction, batched
+        over files, comes after)."""
+        if "first_file" not in self.report.seconds:
+            self.report.seconds["first_file"] = self.budget.clock() - self.budget.start
+
     def add_modelled(self, index: int, outputs: ModelOutputs, tier: str) -> None:
         """File ``index``'s model outputs, to be reduced (in a batch) by :meth:`reduce_waiting`."""
+        self._first_file()
         if self.writer.has(index):
             return
         screened = self._screen(index, outputs, tier)
@@ -113,6 +118,7 @@ class RowSink:
 
     def add_scored(self, index: int, probs: np.ndarray, tier: str) -> None:
         """File ``index``'s probabilities, reduced elsewhere (a consumer)."""
+        self._first_file()
         if not _finite(probs):
             log.warning("%s: non-finite scores; writing prior-only rows", self.stem(index))
             self.fallback(index, "non-finite scores (model outputs or reduction)")

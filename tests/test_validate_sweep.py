@@ -327,3 +327,46 @@ def test_sweep_point_reproduces_infer_and_score(kit_copy, cache_path, tmp_path, 
     rows = [f"{s}_{5 * (w + 1)}" for s in data.stems for w in range(12)]
     np.testing.assert_allclose(written.loc[rows].to_numpy(), probs.reshape(len(rows), -1), rtol=0, atol=1e-6)
     assert data.score(point).macro_auc == pytest.approx(score_submission(sub, load_competition(kit_copy.data_dir)).macro_auc, abs=1e-12)
+
+
+def test_compare_two_caches_at_the_best_point(kit, cache_path, tmp_path, capsys):
+    """The evidence for bf16: two caches of the same files scored side by side. A copy of the
+    cache differs by nothing; a cache whose Perch logits moved gives the metric and the
+    probability differences that move."""
+    import dataclasses
+
+    same = tmp_path / "same.npz"
+    load_cache(cache_path).save(same)
+    out = tmp_path / "sweep.csv"
+    assert cli.main(["sweep", *_kit_flags(kit), "--cache", str(cache_path), "--compare", str(same), "--out", str(out)]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("at the best point"))
+    assert "difference +0.0000" in line and "differ by up to 0.0000 (mean 0.00000)" in line
+
+    cache = load_cache(cache_path)
+    rng = np.random.default_rng(0)
+    moved = dataclasses.replace(cache, perch_logits=cache.perch_logits + rng.normal(0, 0.3, cache.perch_logits.shape).astype(np.float32))
+    moved_path = moved.save(tmp_path / "moved.npz")
+    plan = prepare(InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir), files=[])
+    from streamer.validate.sweep import compare_at, prepare_sweep
+
+    folds = assign_prior_folds(plan.competition.label_files)
+    a = prepare_sweep(plan, cache, cache_path, folds=folds)
+    b = prepare_sweep(plan, moved, moved_path, folds=folds)
+    c = compare_at(a, b, BASE)
+    pa, pb = a.probabilities(BASE), b.probabilities(BASE)
+    assert c["max_prob_difference"] == pytest.approx(float(np.abs(pa - pb).max())) and c["max_prob_difference"] > 1e-3
+    assert c["auc_difference"] == pytest.approx(c["macro_auc_b"] - c["macro_auc_a"])
+    assert c["macro_auc_a"] == pytest.approx(a.score(BASE).macro_auc)
+
+
+def test_a_cache_made_in_another_engine_is_rebuilt(kit, cache_path, tmp_path):
+    import shutil
+
+    copy = tmp_path / "cache.npz"
+    shutil.copy(cache_path, copy)
+    cache = load_cache(copy)
+    cache.info["engine"] = "openvino bf16"
+    cache.save(copy)
+    config = InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir)
+    _, built = build_cache(config, copy)
+    assert built and load_cache(copy).info["engine"] == "onnxruntime fp32"

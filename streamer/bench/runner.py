@@ -448,7 +448,7 @@ def markdown(result: dict) -> str:
         "",
         "windows/s: steady state, over the scoring interval (models loaded → last file scored); "
         "fixed s: the rest of each run's wall time (start-up, model loading, CSV write, exit); "
-        "first file s: from the command's start to the first file's rows; consumer MB: the largest "
+        "first file s: from the command's start until the first file's model outputs arrived; consumer MB: the largest "
         "consumer's peak resident memory (the whole process in the sequential engine).",
         "",
         f"**Engine vs baseline: {result['speedup_vs_baseline']:.2f}x.** "

@@ -251,11 +251,14 @@ def build_cache(
     plan = prepare(replace(config, execution=replace(config.execution, engine="sequential")), files=files)
     current = hash_dependencies(dependency_paths(plan))
     stems = [job.stem for job in plan.jobs]
+    engine = plan.model.engine.describe()
     if out.exists() and not force:
         try:
             existing = load_cache(out)
             existing.check_dependencies(current, out)
             existing.index(stems)
+            if existing.info.get("engine", "onnxruntime fp32") != engine:
+                raise ArtifactError(f"it was made in {existing.info.get('engine', 'onnxruntime fp32')}, this run asks for {engine}")
         except ArtifactError as exc:
             log.info("rebuilding the cache: %s", exc)
         else:
@@ -293,6 +296,7 @@ def build_cache(
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "selection": selection,
             "students_backend": "onnxruntime" if plan.model.students_onnx else "torch",
+            "engine": engine,
             "models": describe_models(plan.model),
             "engine_check": check.to_dict() if check is not None else None,
             "n_matched_classes": plan.n_matched_classes,

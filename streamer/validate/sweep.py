@@ -334,6 +334,19 @@ def prepare_sweep(plan, cache, cache_path: Path, *, prior_fit: str = "oof", fold
     )
 
 
+def compare_at(a: SweepData, b: SweepData, point: SweepPoint) -> dict:
+    """Two caches of the same files (say fp32 and bf16) scored at one point: each one's macro
+    ROC-AUC, the difference (b − a), and the largest and mean |probability difference|."""
+    if a.stems != b.stems:
+        raise ArtifactError("the two caches hold different labelled files")
+    pa, pb = a.probabilities(point), b.probabilities(point)
+    diff = np.abs(pa.astype(np.float64) - pb.astype(np.float64))
+    auc_a = macro_auc(a.labels, pa.reshape(-1, pa.shape[-1])).macro_auc
+    auc_b = macro_auc(b.labels, pb.reshape(-1, pb.shape[-1])).macro_auc
+    return {"macro_auc_a": auc_a, "macro_auc_b": auc_b, "auc_difference": auc_b - auc_a,
+            "max_prob_difference": float(diff.max()), "mean_prob_difference": float(diff.mean())}
+
+
 @dataclass
 class SweepResult:
     """Scores of every point, in grid order."""
