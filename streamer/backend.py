@@ -8,7 +8,9 @@
    precision the user chose) the difference is measured and reported, never a reason to switch.
 
 The choice and the measured difference go into the run's report (``models`` and
-``engine_check`` in ``--report-json``).
+``engine_check`` in ``--report-json``). A verdict is kept in the cache folder, keyed by the
+graphs, the engine, the libraries' versions and the CPU, so the check (a few seconds and, for a
+moment, both engines' copies of the models in the parent) runs once per machine and models.
 """
 
 from __future__ import annotations
@@ -126,6 +128,65 @@ def check_engine(model_spec, reducer, *, site: str = "", hour: int = 0) -> Engin
     return EngineCheck(candidate=candidate, max_prob_diff=prob_diff, max_logit_diff=logit_diff, passed=passed, used=used)
 
 
+#: Bumped when the check changes, so older verdicts are not reused.
+CHECK_FORMAT = 1
+CHECK_FOLDER = "engine-checks"
+
+
+def check_key(model_spec, site: str, hour: int) -> str:
+    """What a verdict depends on: the graphs (path, size, modification time), the students'
+    exports, the class mapping, the engine and precision, the libraries' versions and the CPU."""
+    import hashlib
+
+    from streamer.models.graphs import cpu_flags
+    from streamer.profile import machine_fingerprint
+
+    digest = hashlib.sha256()
+    paths = [model_spec.onnx_path, *(p for p in (model_spec.students_onnx or ()) if p is not None),
+             *(p for p in (model_spec.cnn_path, model_spec.crnn_path) if p is not None)]
+    for path in paths:
+        stat = Path(path).stat()
+        digest.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
+    digest.update(np.ascontiguousarray(model_spec.class_map).tobytes())
+    versions = []
+    for name in ("onnxruntime", "openvino"):
+        try:
+            versions.append(__import__(name).__version__)
+        except ImportError:
+            versions.append("-")
+    digest.update(f"{model_spec.engine.describe()}|{versions}|{machine_fingerprint()['cpu_model']}|"
+                  f"{sorted(cpu_flags())}|{site}|{hour}|{PARITY_TOLERANCE}|{CHECK_FORMAT}".encode())
+    return digest.hexdigest()[:32]
+
+
+def _cached_check(folder: Path, key: str, candidate: EngineChoice) -> EngineCheck | None:
+    import json
+
+    path = folder / f"{key}.json"
+    try:
+        doc = json.loads(path.read_text())
+        return EngineCheck(candidate=candidate, max_prob_diff=float(doc["max_prob_diff"]),
+                           max_logit_diff=float(doc["max_logit_diff"]), passed=bool(doc["passed"]),
+                           used=candidate if doc["passed"] or candidate.precision == "bf16" else EngineChoice())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.info("ignoring an unreadable engine check %s (%s)", path, exc)
+        return None
+
+
+def _store_check(folder: Path, key: str, check: EngineCheck) -> None:
+    import json
+
+    from streamer.files import atomic_write_text
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / f"{key}.json", json.dumps(check.to_dict(), indent=2) + "\n")
+    except OSError as exc:
+        log.info("the engine check is not kept for later runs (%s)", exc)
+
+
 def with_backends(plan, tmp: Path, *, sequential: bool | None = None, reducer=None):
     """The plan with its students exported (see :func:`streamer.run.with_student_backend`) and
     its ONNX graphs' engine checked (module notes). Returns ``(plan, check)``; ``check`` is
@@ -137,9 +198,23 @@ def with_backends(plan, tmp: Path, *, sequential: bool | None = None, reducer=No
     plan = with_student_backend(plan, tmp, sequential=sequential)
     if plan.model.engine.backend == "onnxruntime":
         return plan, None
-    reducer = reducer if reducer is not None else Reducer(plan.reducer)
+    from streamer.config import default_cache_dir
+
     stem = plan.jobs[0].stem if plan.jobs else ""
-    check = check_engine(plan.model, reducer, site=parse_site(stem), hour=parse_hour(stem))
+    site, hour = parse_site(stem), parse_hour(stem)
+    folder = default_cache_dir() / CHECK_FOLDER
+    key = check_key(plan.model, site, hour)
+    check = None if failpoints.armed("parent.engine_check") else _cached_check(folder, key, plan.model.engine)
+    if check is not None:
+        log.info("%s: the parity check of these models on this machine is reused from %s (largest difference %.2g; %s)",
+                 plan.model.engine.describe(), folder, check.max_prob_diff, "passed" if check.passed else "failed")
+        if not check.passed and check.candidate.precision == "fp32":
+            log.warning("%s disagreed with onnxruntime on these models before: running in onnxruntime", check.candidate.describe())
+    else:
+        reducer = reducer if reducer is not None else Reducer(plan.reducer)
+        check = check_engine(plan.model, reducer, site=site, hour=hour)
+        if not failpoints.armed("parent.engine_check"):
+            _store_check(folder, key, check)
     return replace(plan, model=replace(plan.model, engine=check.used)), check
 
 

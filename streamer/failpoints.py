@@ -144,6 +144,11 @@ def active() -> bool:
     return bool(_rules)
 
 
+def armed(point: str) -> bool:
+    """Whether a rule names ``point`` (what a faulted step computes must not be kept)."""
+    return point in _rules
+
+
 def environment() -> dict[str, str]:
     """The variables a process started outside this one's environment (a Ray actor) needs to
     share these failpoints."""

@@ -163,3 +163,31 @@ def test_describe_models_names_each_model(kit):
     plan = stages.prepare(InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir, backend="onnxruntime"))
     assert backend.describe_models(plan.model)["perch"] == "onnxruntime fp32"
     assert backend.describe_models(plan.model)["students"] == "torch fp32"  # not exported yet
+
+
+@needs_openvino
+def test_the_parity_check_runs_once_per_machine_and_models(kit, tmp_path, monkeypatch):
+    """The verdict is kept in the cache folder: a second run reuses it, a run with another
+    precision or other models checks again."""
+    from dataclasses import replace
+
+    from streamer.config import InferConfig
+
+    monkeypatch.setenv("STREAMER_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real = backend.check_engine
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "check_engine", counting)
+    plan = stages.prepare(InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir,
+                                             backend="openvino", use_cnn=False, use_crnn=False))
+    first_plan, first = backend.with_backends(plan, tmp_path / "s1")
+    again_plan, again = backend.with_backends(plan, tmp_path / "s2")
+    assert len(calls) == 1 and again == first and again_plan.model.engine == first_plan.model.engine
+    other = replace(plan, model=replace(plan.model, class_map=plan.model.class_map[::-1].copy()))
+    backend.with_backends(other, tmp_path / "s3")
+    assert len(calls) == 2
+    assert len(list((tmp_path / "cache" / backend.CHECK_FOLDER).glob("*.json"))) == 2
