@@ -25,7 +25,7 @@ from streamer.audio import WINDOW_SAMPLES, read_span
 from streamer.config import InferConfig
 from streamer.errors import ArtifactError, AudioDecodeError
 from streamer.metadata import N_WINDOWS_PER_FILE, Competition, file_stem, load_competition, parse_hour, parse_site
-from streamer.models.graphs import EngineChoice, ThreadSettings
+from streamer.models.graphs import EngineChoice, ThreadSettings, windows_per_call
 from streamer.prior import PriorTables, fit_prior
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,9 @@ class ModelStage:
         self.last_seconds = (0.0, 0.0)
 
     def check(self) -> None:
-        """Run one silent window and check the output sizes against the label list (also a warm-up)."""
+        """Run one silent window and check the output sizes against the label list; then warm
+        up the call size a whole file uses (an engine's first call of a shape costs extra:
+        OpenVINO compiles its kernels for it), so the first file is not slower than the rest."""
         emb, logits = self.perch.run(np.zeros((1, WINDOW_SAMPLES), dtype=np.float32))
         if logits.shape[1] != self.spec.n_perch_labels:
             raise ArtifactError(
@@ -172,6 +174,11 @@ class ModelStage:
         if not np.all(np.isfinite(emb)) or not np.all(np.isfinite(logits)):
             raise ArtifactError(f"{self.spec.onnx_path}: non-finite outputs on a silent window")
         self.students.run(np.zeros((1, WINDOW_SAMPLES), dtype=np.float32))
+        per_call = windows_per_call(self.spec.threads) or N_WINDOWS_PER_FILE
+        for size in sorted({min(per_call, N_WINDOWS_PER_FILE), N_WINDOWS_PER_FILE % per_call} - {0, 1}):
+            warm = np.full((size, WINDOW_SAMPLES), 1e-3, dtype=np.float32)
+            self.perch.run(warm)
+            self.students.run(warm)
 
     def run(self, windows: np.ndarray, with_students: bool = True, key: str | None = None) -> ModelOutputs:
         """float32 ``[N, 160000]`` → :class:`ModelOutputs` with ``N`` rows.

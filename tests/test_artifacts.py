@@ -212,3 +212,41 @@ def test_declared_outputs_equal_onnx_s_own_reading(kit, tmp_path):
         bad.touch()
         with pytest.raises(OnnxFormatError):
             declared_outputs(bad)
+
+
+def test_models_are_called_in_chunks_of_windows_per_call(kit):
+    """Memory: the engine calls Perch and the students on a few windows at a time (onnxruntime's
+    arenas grow to the largest call and never shrink); the baseline's library defaults keep
+    whole batches, as the original script ran."""
+    from streamer.models.graphs import ThreadSettings, windows_per_call
+    from streamer.models.moe import Students
+    from streamer.models.student_onnx import export_students
+    from streamer.artifacts import resolve_moe
+
+    windows = np.full((12, 160000), 1e-3, np.float32)
+    for threads, want in ((ThreadSettings(1), [3, 3, 3, 3]), (ThreadSettings(2), [6, 6]), (ThreadSettings(None), [12])):
+        model = PerchModel(kit.perch_onnx, threads)
+        sizes = []
+        real_run = model.graph.session.run
+        model.graph.session.run = lambda names, feeds: sizes.append(len(feeds["inputs"])) or real_run(names, feeds)
+        emb, logits = model.run(windows)
+        assert sizes == want and emb.shape == (12, 1536)
+    assert windows_per_call(ThreadSettings(4)) == 12
+
+    moe = resolve_moe(kit.moe_dir)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = export_students(moe.cnn_path, moe.crnn_path, n_classes=234, out_dir=Path(tmp))
+        whole = Students(moe.cnn_path, moe.crnn_path, n_classes=234, onnx_paths=paths, threads=ThreadSettings(None))
+        chunked = Students(moe.cnn_path, moe.crnn_path, n_classes=234, onnx_paths=paths, threads=ThreadSettings(1))
+        seen = []
+        real = chunked.cnn.graph.session.run
+        chunked.cnn.graph.session.run = lambda names, feeds: seen.append(len(feeds["mel"])) or real(names, feeds)
+        rng = np.random.default_rng(0)
+        audio = (0.05 * rng.standard_normal((12, 160000))).astype(np.float32)
+        a, b = whole.run(audio), chunked.run(audio)
+        assert seen == [3, 3, 3, 3]
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5)

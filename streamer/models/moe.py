@@ -138,7 +138,7 @@ class Students:
         threads=None,
         engine=None,
     ) -> None:
-        from streamer.models.graphs import EngineChoice, ThreadSettings
+        from streamer.models.graphs import EngineChoice, ThreadSettings, windows_per_call
 
         engine = engine or EngineChoice()
         threads = threads or ThreadSettings()
@@ -157,6 +157,7 @@ class Students:
                 nets.append(lambda mel, net=net: net(mel)[1].numpy())
         self.cnn, self.crnn = nets
         self.uses_torch = uses_torch
+        self.per_call = windows_per_call(threads) if not uses_torch else None
         if uses_torch:
             from streamer.models.experts import LogMel
 
@@ -176,8 +177,15 @@ class Students:
             return None, None
         windows = np.ascontiguousarray(windows, dtype=np.float32)
         if not self.uses_torch:
-            mel = self.logmel(windows)
-            return (self.cnn(mel) if self.cnn is not None else None, self.crnn(mel) if self.crnn is not None else None)
+            step = self.per_call or max(1, windows.shape[0])
+            cnn, crnn = [], []
+            for start in range(0, windows.shape[0], step):  # log-mel and both students per call
+                mel = self.logmel(windows[start : start + step])
+                if self.cnn is not None:
+                    cnn.append(self.cnn(mel))
+                if self.crnn is not None:
+                    crnn.append(self.crnn(mel))
+            return (np.concatenate(cnn) if cnn else None, np.concatenate(crnn) if crnn else None)
         torch = import_torch()
         with torch.inference_mode():
             mel = self.logmel(torch.from_numpy(windows))

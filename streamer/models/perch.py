@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from streamer.errors import ArtifactError
-from streamer.models.graphs import EngineChoice, ThreadSettings, import_onnxruntime, load_graph, session_options
+from streamer.models.graphs import (
+    EngineChoice,
+    ThreadSettings,
+    import_onnxruntime,
+    load_graph,
+    session_options,
+    windows_per_call,
+)
 
 __all__ = ["PerchModel", "ThreadSettings", "import_onnxruntime", "session_options"]
 
@@ -44,6 +51,7 @@ class PerchModel:
                  engine: EngineChoice = EngineChoice()) -> None:
         self.onnx_path = Path(onnx_path)
         self.graph = load_graph(self.onnx_path, threads, engine)
+        self._per_call = windows_per_call(threads)
         inputs = self.graph.inputs
         if not inputs:
             raise ArtifactError(f"{self.onnx_path}: the model declares no input")
@@ -99,7 +107,7 @@ class PerchModel:
         """
         batch = np.ascontiguousarray(windows, dtype=np.float32)
         n = batch.shape[0]
-        step = self._fixed_batch or max(n, 1)
+        step = self._fixed_batch or min(max(n, 1), self._per_call or max(n, 1))
         embeddings, logits = [], []
         for start in range(0, n, step):
             chunk = batch[start : start + step]

@@ -23,8 +23,10 @@ from streamer.errors import ConfigError
 #: weights plus onnxruntime's buffers), and beyond this more threads per process pay better.
 MAX_AUTO_WORKERS = 8
 #: Resident memory assumed per consumer when capping the automatic worker count (bytes).
-#: Real Perch 2.0 (409 MB file) with onnxruntime arenas and the students measured ~1.2 GB.
-CONSUMER_MEMORY_BYTES = int(1.5 * 2**30)
+#: Measured with the 135 MB B3 Perch stand-in and the students in onnxruntime: 380 MB at peak
+#: over 48 files (``--report-json``); the real 409 MB Perch adds its larger weights, about
+#: 0.65 GB in all; this keeps a margin above that.
+CONSUMER_MEMORY_BYTES = int(0.8 * 2**30)
 #: One decoder per this many CPUs: Vorbis decoding runs at ~1,500x real time per core, so it
 #: is a few percent of the models' cost.
 CPUS_PER_DECODER = 8
