@@ -128,6 +128,8 @@ def test_small_bench_and_tune_run(kit, tmp_path):
         assert e["windows_per_s"] > 0 and e["ceiling_windows_per_s"] > 0 and e["consumer_rss_mb"] > 0
         assert 0 < e["first_file_s"] < engine_run["wall_s"] + 60
     assert 0 < engine_run["first_file_s"] <= engine_run["wall_s"]
+    baseline_run = result["contenders"][0]["runs"][0]
+    assert result["whole_process_speedup"] == pytest.approx(baseline_run["wall_s"] / engine_run["wall_s"])
     ceiling_run = next(c for c in result["contenders"] if c["kind"] == "ceiling")["runs"][0]
     # The ceiling is the sum of its workers' own rates, never below the slowest worker's view.
     assert ceiling_run["windows_per_s"] == pytest.approx(sum(ceiling_run["worker_windows_per_s"]))

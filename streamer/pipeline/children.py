@@ -195,7 +195,7 @@ def child_main(spec: ChildSpec, generation: int, conn, parent_pid: int) -> None:
         if spec.cpus:
             os.sched_setaffinity(0, spec.cpus)
         if spec.threads is not None:
-            os.environ.update(thread_env(spec.threads))  # before torch or any BLAS is imported
+            os.environ.update(thread_env(spec.threads))  # set at start() too (Supervisor.start)
         if spec.nice:
             os.nice(spec.nice)
         if spec.body.setup_point:
@@ -320,7 +320,20 @@ class Supervisor:
             target=child_main, args=(spec, generation, child_conn, os.getpid()),
             name=f"streamer-{spec.role}-{spec.wid}", daemon=True,
         )
-        process.start()
+        # The thread variables must be in the child's environment from its first instruction:
+        # unpickling its arguments imports numpy (and OpenBLAS sizes its pool) before
+        # child_main runs. A spawned child inherits the environment at start().
+        saved = {var: os.environ.get(var) for var in THREAD_ENV_VARS}
+        if spec.threads is not None:
+            os.environ.update(thread_env(spec.threads))
+        try:
+            process.start()
+        finally:
+            for var, value in saved.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
         child_conn.close()  # the parent keeps only its own end, so a dead child reads as EOF
         child = Child(spec.role, spec.wid, generation, process, parent_conn, self.clock())
         self.children[key] = child
