@@ -135,3 +135,25 @@ def test_status_reads_the_folder(kit, scored, src, capsys):
     assert cli.main(["archive", str(src), "--status", "--out", str(scored)]) == 0
     assert "of the 3 input(s) given: 2 finished or failed, 1 to do" in capsys.readouterr().out
     assert (scored / JOURNAL_NAME).is_file()
+
+
+def test_another_precision_is_another_configuration(kit, scored, src, caplog, monkeypatch):
+    """bf16 changes the numbers: a folder scored in fp32 is not resumed in bf16 (the refusal
+    comes before any model loads, so no bf16 hardware is needed to test it)."""
+    from streamer.models import graphs
+
+    monkeypatch.setattr(graphs, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(graphs, "import_openvino", lambda: None)
+    with caplog.at_level("ERROR"):
+        assert cli.main(_args(kit, scored, src, "--precision", "bf16")) == 2
+    assert 'precision: "fp32" → "bf16"' in caplog.text
+
+
+def test_a_fingerprint_from_before_the_precision_was_recorded_resumes(kit, scored, src, capsys):
+    path = scored / fingerprint.FINGERPRINT_NAME
+    doc = json.loads(path.read_text())
+    del doc["settings"]["precision"]
+    path.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert cli.main(_args(kit, scored, src)) == 0
+    assert "0 scored, 2 already finished" in capsys.readouterr().out

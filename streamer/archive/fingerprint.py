@@ -4,8 +4,9 @@ A folder holds the outputs of one configuration only. Its fingerprint (``.stream
 records the SHA-256 of every model file, label list and metadata file the scores depend on,
 every setting that changes a number (blend, prior scale, smoothing, ProtoSSM width) or a
 column (classes, format, top-k), the site/hour sources, and the output format version.
-Execution settings (engine, workers, threads, students in torch or onnxruntime) are left out:
-they change the speed, not the results beyond float round-off.
+Execution settings (engine, workers, threads, students in torch or onnxruntime, onnxruntime or
+OpenVINO in fp32) are left out: they change the speed, not the results beyond float round-off.
+The precision is in: bf16 changes the numbers (a folder without it was scored in fp32).
 
 A run into a folder with another fingerprint stops before scoring (exit 2) and names what
 differs; ``--overwrite`` removes the old outputs and journal first, so the folder never holds a
@@ -57,6 +58,7 @@ def compute(plan: RunPlan, settings: ArchiveSettings) -> dict:
             "prior_scale": reducer.prior_scale,
             "smoothing (center, side)": list(reducer.smooth),
             "proto_d_model": reducer.proto_d_model,
+            "precision": plan.model.engine.precision,
             "format": settings.fmt,
             "top_k": settings.detections[1],
             "min_score": settings.detections[0],
@@ -115,6 +117,8 @@ def check(out_dir: Path, fingerprint: dict, *, has_outputs: bool, overwrite: boo
             kept no fingerprint) and ``overwrite`` is off.
     """
     stored = read(out_dir)
+    if stored is not None and "precision" not in stored.get("settings", {"precision": None}):
+        stored["settings"]["precision"] = "fp32"  # written before the precision was recorded: fp32
     if stored == fingerprint:
         return False
     if stored is None and not has_outputs:
