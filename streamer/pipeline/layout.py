@@ -7,9 +7,9 @@ The automatic layout gives one consumer per *physical core*, with as many thread
 has logical CPUs, when the topology shows hyper-threading. Where it shows none (typical of cloud
 VMs, whose vCPUs may be hyper-threads of the host's cores although the guest cannot tell), each
 logical CPU gets its own single-threaded consumer: no intra-op thread then waits for another
-that the host or a decoder has preempted. That won on the Intel development VM and lost on an
-AMD one (``streamer bench``; benchmarks/results/), so it is a guess: ``streamer tune``
-measures the machine at hand and overrides it.
+that the host or a decoder has preempted. That layout was measured fastest on 2-vCPU Intel Xeon
+and AMD EPYC VMs (``streamer bench``); ``streamer tune`` measures the machine at hand and
+overrides it.
 """
 
 from __future__ import annotations
