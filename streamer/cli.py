@@ -22,7 +22,7 @@ from streamer.config import (
     ARCHIVE_ENGINES, ARCHIVE_FORMATS, DEFAULT_BLEND, TABLE_MIN_SCORE, TABLE_TOP_K, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, ENGINES, STUDENT_BACKENDS,
     ArchiveSettings, ArtifactSettings, EnsembleSettings, ExecutionSettings, InferConfig, default_cache_dir,
 )
-from streamer.config import DEFAULT_SMOOTH, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S
+from streamer.config import DEFAULT_SMOOTH, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S, EMBEDDING_DTYPES
 from streamer.errors import ConfigError, OutputWriteError, StreamerError
 from streamer.models.graphs import BACKEND_CHOICES, PRECISIONS
 
@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--top-k", type=_positive_int, default=None, metavar="K", help="at most the K best classes per window (parquet/csv alone: the long format; raven/audacity default: %d)" % TABLE_TOP_K)
     a.add_argument("--min-score", type=float, default=None, metavar="S", help="detections: keep a class in a window when its score is >= S (raven/audacity default: %g; the archive summary counts windows at it)" % TABLE_MIN_SCORE)
     a.add_argument("--merge-consecutive", action=argparse.BooleanOptionalAction, default=None, help="detections: one event for consecutive windows of a class, with the highest score (default: on for raven/audacity)")
+    a.add_argument("--embeddings", action="store_true", help="also write each window's 1536-d Perch embedding, one Parquet file per input under <out>/_embeddings/ (file, window, start_s, end_s, embedding)")
+    a.add_argument("--embeddings-dtype", choices=EMBEDDING_DTYPES, default=None, help="float32 (Perch's own values) or float16 (half the size) (default: float32; implies --embeddings)")
     a.add_argument("--archive-table", action="store_true", help="with --format raven: also one selection table of the whole archive, _archive.selections.txt")
     a.add_argument("--summary", action="store_true", help="rebuild the archive summary (_summary.csv, _summary.png) of --out from the folder alone, scoring nothing")
     a.add_argument("--site", default=None, help="site of recordings whose names do not follow the competition pattern")
@@ -403,6 +405,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
         site=args.site, start_utc=parse_utc(args.start_utc) if args.start_utc else None, engine=args.engine,
         address=args.address, overwrite=args.overwrite, min_score=args.min_score, merge=args.merge_consecutive,
         archive_table=args.archive_table,
+        embeddings=args.embeddings_dtype or ("float32" if args.embeddings else None),
     )
     if args.report_json is not None:
         check_writable_file(args.report_json, "--report-json")

@@ -39,6 +39,7 @@ DEFAULT_STARTUP_TIMEOUT_S = 600.0
 #: Engines of ``streamer archive``: worker processes, one process, or a Ray cluster.
 ARCHIVE_ENGINES = ("local", "sequential", "ray")
 STUDENT_BACKENDS = ("auto", "torch", "onnxruntime")
+EMBEDDING_DTYPES = ("float32", "float16")
 #: Output formats of ``streamer archive``: every score (parquet, csv), or detection tables.
 ARCHIVE_FORMATS = ("parquet", "csv", "raven", "audacity")
 #: Defaults of the detection tables people read (raven, audacity): a class is kept in a window
@@ -238,6 +239,8 @@ class ArchiveSettings:
         address: the Ray cluster to join (``None``: start a local Ray instance).
         overwrite: the folder holds outputs of other settings: remove them (and the journal)
             and score every input anew, instead of stopping.
+        embeddings: also write each window's Perch embedding, ``"float32"`` or ``"float16"``,
+            one Parquet file per input under ``_embeddings/`` (``None``: none).
     """
 
     out_dir: Path
@@ -253,8 +256,11 @@ class ArchiveSettings:
     min_score: float | None = None
     merge: bool | None = None
     archive_table: bool = False
+    embeddings: str | None = None
 
     def __post_init__(self) -> None:
+        if self.embeddings is not None and self.embeddings not in EMBEDDING_DTYPES:
+            raise ConfigError(f"--embeddings-dtype must be one of {', '.join(EMBEDDING_DTYPES)}, got {self.embeddings!r}")
         if self.engine not in ARCHIVE_ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ARCHIVE_ENGINES)}, got {self.engine!r}")
         if self.fmt not in ARCHIVE_FORMATS:

@@ -197,12 +197,14 @@ def local_ray():
 def test_ray_and_local_engines_give_identical_files(kit, tmp_path, local_ray):
     src = _noise_folder(tmp_path / "in", [130, 65, 30])
     local, on_ray = tmp_path / "local", tmp_path / "ray"
-    assert cli.main(_args(kit, local, src, students=True, extra=("--workers", "2", "--threads", "1"))) == 0
-    assert cli.main(_args(kit, on_ray, src, students=True, extra=("--engine", "ray", "--workers", "2", "--threads", "1"))) == 0
-    _assert_same(_read_all(local), _read_all(on_ray))
+    assert cli.main(_args(kit, local, src, students=True, extra=("--workers", "2", "--threads", "1", "--embeddings"))) == 0
+    assert cli.main(_args(kit, on_ray, src, students=True, extra=("--engine", "ray", "--workers", "2", "--threads", "1", "--embeddings"))) == 0
+    got, want = _read_all(on_ray), _read_all(local)
+    assert sum(name.startswith("_embeddings/") for name in got) == 3  # the embeddings too, from the actors
+    _assert_same(want, got)
     assert len(Journal(on_ray).entries) == 3
     # Resume works the same on Ray: nothing left to do.
-    assert cli.main(_args(kit, on_ray, src, students=True, extra=("--engine", "ray", "--threads", "1"))) == 0
+    assert cli.main(_args(kit, on_ray, src, students=True, extra=("--engine", "ray", "--threads", "1", "--embeddings"))) == 0
 
 
 def test_a_ray_actor_killed_mid_file_is_restarted_and_the_file_redone(kit, tmp_path, local_ray, caplog, monkeypatch):

@@ -59,6 +59,7 @@ def compute(plan: RunPlan, settings: ArchiveSettings) -> dict:
             "smoothing (center, side)": list(reducer.smooth),
             "proto_d_model": reducer.proto_d_model,
             "precision": plan.model.engine.precision,
+            "embeddings": settings.embeddings,
             "format": settings.fmt,
             "top_k": settings.detections[1],
             "min_score": settings.detections[0],
@@ -117,8 +118,10 @@ def check(out_dir: Path, fingerprint: dict, *, has_outputs: bool, overwrite: boo
             kept no fingerprint) and ``overwrite`` is off.
     """
     stored = read(out_dir)
-    if stored is not None and "precision" not in stored.get("settings", {"precision": None}):
-        stored["settings"]["precision"] = "fp32"  # written before the precision was recorded: fp32
+    if stored is not None and isinstance(stored.get("settings"), dict):
+        # Written before these were recorded: fp32, no embeddings.
+        stored["settings"].setdefault("precision", "fp32")
+        stored["settings"].setdefault("embeddings", None)
     if stored == fingerprint:
         return False
     if stored is None and not has_outputs:

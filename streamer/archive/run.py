@@ -24,7 +24,7 @@ from streamer.archive.engines import LocalEngine, RayEngine, longest_first, run_
 from streamer.archive.inputs import ArchiveInput
 from streamer.archive import fingerprint as run_fingerprint
 from streamer.archive.journal import DONE, FAILED, JOURNAL_NAME, FileKey, Journal
-from streamer.archive.output import remove_stale_temporaries
+from streamer.archive.output import embeddings_path, remove_stale_temporaries
 from streamer.archive.scorer import ArchiveTask, TaskResult
 from streamer.archive.tables import SUFFIXES
 from streamer.archive.timing import read_metadata_csv, recording_time
@@ -235,8 +235,9 @@ def _plan_tasks(entries, settings: ArchiveSettings, journal, report) -> list[Arc
     tasks = []
     for entry in entries:
         out = output_path(out_dir, entry, fmt)
+        emb = embeddings_path(out_dir, str(entry.rel)) if settings.embeddings else None
         key = str(entry.path.resolve())
-        if journal.is_done(entry.path, out):
+        if journal.is_done(entry.path, out) and (emb is None or emb.is_file()):
             report.skipped.append(str(entry.rel))
         elif key in previously_failed and not settings.retry_failed and journal.entries[key].key.mtime_ns == entry.path.stat().st_mtime_ns:
             report.failed[str(entry.rel)] = f"failed before ({journal.entries[key].reason}); not retried without --retry-failed"
@@ -244,7 +245,8 @@ def _plan_tasks(entries, settings: ArchiveSettings, journal, report) -> list[Arc
             when = recording_time(entry.path, metadata=metadata, site=settings.site, start_utc=settings.start_utc)
             key = FileKey.of(entry.path)  # before scoring: a change while it is scored shows next time
             tasks.append(ArchiveTask(entry.path.resolve(), str(entry.rel), out.resolve(), when, fmt, top_k,
-                                     header_duration(entry.path), key, min_score, merge, settings.summary_min_score))
+                                     header_duration(entry.path), key, min_score, merge, settings.summary_min_score,
+                                     emb.resolve() if emb is not None else None, settings.embeddings or "float32"))
     return tasks
 
 
@@ -263,6 +265,8 @@ def _remove_outputs(out_dir: Path, entries: list[ArchiveInput], journal: Journal
 
     doomed = {out_dir / e.output for e in journal.entries.values()}
     doomed |= {output_path(out_dir, entry, fmt) for entry in entries for fmt in formats}
+    doomed |= {embeddings_path(out_dir, e.extra["recording"]) for e in journal.entries.values() if (e.extra or {}).get("recording")}
+    doomed |= {embeddings_path(out_dir, str(entry.rel)) for entry in entries}
     doomed |= {out_dir / name for name in (SUMMARY_CSV, SUMMARY_PNG, ARCHIVE_RAVEN_TABLE)}
     n = 0
     for path in doomed:

@@ -25,7 +25,7 @@ import numpy as np
 
 from streamer import failpoints
 from streamer.archive.journal import FileKey
-from streamer.archive.output import ScoreWriter
+from streamer.archive.output import EmbeddingWriter, ScoreWriter
 from streamer.archive.tables import EventBuilder, TableWriter
 from streamer.archive.timing import RecordingTime
 from streamer.audio import TARGET_SAMPLE_RATE_HZ, WINDOW_SAMPLES, AudioChunk, iter_chunks
@@ -63,6 +63,8 @@ class ArchiveTask:
     min_score: float | None = None  # detections: a class is kept in a window at this score (None: every score)
     merge: bool = False  # detections: consecutive windows of a class become one event
     summary_min_score: float = 0.5  # the archive summary counts windows at this score
+    embeddings_out: Path | None = None  # where the window embeddings go (None: not written)
+    embeddings_dtype: str = "float32"
 
 
 @dataclass
@@ -161,7 +163,8 @@ class ArchiveScorer:
             set_torch_threads(REDUCER_TORCH_THREADS)
 
     def score_chunk(self, chunk: AudioChunk, when: RecordingTime, key: str | None = None, notes: list | None = None):
-        """Probabilities ``[n_real_windows, C]`` of one chunk.
+        """Probabilities ``[n_real_windows, C]`` and Perch embeddings ``[n_real_windows, 1536]``
+        of one chunk.
 
         The model outputs are checked as ``infer``'s are: non-finite Perch outputs make the
         input unscorable (:class:`UnscorableInput`); non-finite student logits make this chunk
@@ -186,7 +189,8 @@ class ArchiveScorer:
         finally:
             if self._torch_students:
                 set_torch_threads(self._model_threads)
-        return probs[: math.ceil(chunk.n_real / WINDOW_SAMPLES)]
+        n_real = math.ceil(chunk.n_real / WINDOW_SAMPLES)
+        return probs[:n_real], outputs.embedding[:n_real]
 
     def _writer(self, task: ArchiveTask):
         """The table writer of ``task``'s format: detections (raven, audacity, or Parquet/CSV with
@@ -205,6 +209,9 @@ class ArchiveScorer:
         raised."""
         before = {**self.models.seconds, **self.reducer.seconds}
         writer = self._writer(task)
+        writers = [writer]
+        if task.embeddings_out is not None:
+            writers.append(EmbeddingWriter(task.embeddings_out, task.rel, dtype=task.embeddings_dtype))
         n_samples = 0
         notes: list[str] = []
         counts: collections.Counter = collections.Counter()
@@ -212,21 +219,27 @@ class ArchiveScorer:
         chunks, fetcher = chunks_of(task.path, self.prefetch)
         try:
             for chunk in chunks:
-                probs = self.score_chunk(chunk, task.when, key=task.rel, notes=notes)
+                probs, embedding = self.score_chunk(chunk, task.when, key=task.rel, notes=notes)
                 writer.write_chunk(chunk.index * N_WINDOWS_PER_FILE, probs)
+                if len(writers) > 1:
+                    writers[1].write_chunk(chunk.index * N_WINDOWS_PER_FILE, embedding)
                 self._count(counts, counter, task.when, chunk.index * N_WINDOWS_PER_FILE, probs)
                 n_samples += chunk.n_real
                 if on_chunk is not None:
                     on_chunk(chunk.n_real / TARGET_SAMPLE_RATE_HZ)
         except (AudioDecodeError, UnscorableInput) as exc:
-            writer.abort()
+            for w in writers:
+                w.abort()
             return TaskResult(task.rel, False, str(exc), n_samples / TARGET_SAMPLE_RATE_HZ, peak_rss_kb=maxrss_kb())
         except BaseException:
-            writer.abort()  # a partial file never looks finished
+            for w in writers:
+                w.abort()  # a partial file never looks finished
             raise
         finally:
             if fetcher is not None:
                 fetcher.close()
+        for w in writers[1:]:
+            w.close()  # the embeddings first: the score file is what marks the input done
         writer.close()
         after = {**self.models.seconds, **self.reducer.seconds}
         return TaskResult(
