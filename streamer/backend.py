@@ -193,7 +193,7 @@ def with_backends(plan, tmp: Path, *, sequential: bool | None = None, reducer=No
     ``None`` when onnxruntime fp32 runs the graphs (nothing to compare)."""
     from streamer.metadata import parse_hour, parse_site
     from streamer.run import with_student_backend
-    from streamer.stages import Reducer
+    from streamer.stages import make_reducer
 
     plan = with_student_backend(plan, tmp, sequential=sequential)
     if plan.model.engine.backend == "onnxruntime":
@@ -211,15 +211,18 @@ def with_backends(plan, tmp: Path, *, sequential: bool | None = None, reducer=No
         if not check.passed and check.candidate.precision == "fp32":
             log.warning("%s disagreed with onnxruntime on these models before: running in onnxruntime", check.candidate.describe())
     else:
-        reducer = reducer if reducer is not None else Reducer(plan.reducer)
+        reducer = reducer if reducer is not None else make_reducer(plan.reducer)
         check = check_engine(plan.model, reducer, site=site, hour=hour)
         if not failpoints.armed("parent.engine_check"):
             _store_check(folder, key, check)
     return replace(plan, model=replace(plan.model, engine=check.used)), check
 
 
-def describe_models(model_spec) -> dict[str, str]:
-    """What runs each model, for the summary and the report."""
+def describe_models(model_spec, reducer_spec=None) -> dict[str, str]:
+    """What runs each model, for the summary and the report (``reducer_spec``: Perch's own
+    scores have no ProtoSSM)."""
+    from streamer.stages import PerchScoresSpec
+
     engine = model_spec.engine.describe()
     has_students = model_spec.cnn_path is not None or model_spec.crnn_path is not None
     students = engine if model_spec.students_onnx else "torch fp32"
@@ -227,5 +230,6 @@ def describe_models(model_spec) -> dict[str, str]:
     if has_students:
         out["students"] = students
         out["log_mel"] = "numpy fp32" if model_spec.students_onnx else "torch fp32"
-    out["protossm"] = "torch fp32"
+    if not isinstance(reducer_spec, PerchScoresSpec):
+        out["protossm"] = "torch fp32"
     return out

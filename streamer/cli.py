@@ -22,7 +22,7 @@ from streamer.config import (
     ARCHIVE_ENGINES, ARCHIVE_FORMATS, DEFAULT_BLEND, TABLE_MIN_SCORE, TABLE_TOP_K, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, ENGINES, STUDENT_BACKENDS,
     ArchiveSettings, ArtifactSettings, EnsembleSettings, ExecutionSettings, InferConfig, default_cache_dir,
 )
-from streamer.config import DEFAULT_SMOOTH, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S, EMBEDDING_DTYPES
+from streamer.config import ARCHIVE_LABELS, SCORE_KINDS, DEFAULT_SMOOTH, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S, EMBEDDING_DTYPES
 from streamer.errors import ConfigError, OutputWriteError, StreamerError
 from streamer.models.graphs import BACKEND_CHOICES, PRECISIONS
 
@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--top-k", type=_positive_int, default=None, metavar="K", help="at most the K best classes per window (parquet/csv alone: the long format; raven/audacity default: %d)" % TABLE_TOP_K)
     a.add_argument("--min-score", type=float, default=None, metavar="S", help="detections: keep a class in a window when its score is >= S (raven/audacity default: %g; the archive summary counts windows at it)" % TABLE_MIN_SCORE)
     a.add_argument("--merge-consecutive", action=argparse.BooleanOptionalAction, default=None, help="detections: one event for consecutive windows of a class, with the highest score (default: on for raven/audacity)")
+    a.add_argument("--labels", choices=ARCHIVE_LABELS, default="competition", help="competition: the ensemble's classes (needs --data-dir and --moe-dir); perch: Perch alone with its own 14,795 labels (needs only --perch; detections or the top-k long format, never 14,795 columns); none: no scores, the embeddings alone (with --embeddings) (default: %(default)s)")
+    a.add_argument("--scores", choices=SCORE_KINDS, default="probability", help="with --labels perch: the sigmoid of Perch's logits, or the logits themselves (--min-score then thresholds logits) (default: %(default)s)")
+    a.add_argument("--species-list", type=Path, default=None, metavar="FILE", help="with --labels perch: keep only these labels, one per line, named as in Perch's label list (scientific names); an unknown name is an error listing the closest ones")
     a.add_argument("--embeddings", action="store_true", help="also write each window's 1536-d Perch embedding, one Parquet file per input under <out>/_embeddings/ (file, window, start_s, end_s, embedding)")
     a.add_argument("--embeddings-dtype", choices=EMBEDDING_DTYPES, default=None, help="float32 (Perch's own values) or float16 (half the size) (default: float32; implies --embeddings)")
     a.add_argument("--archive-table", action="store_true", help="with --format raven: also one selection table of the whole archive, _archive.selections.txt")
@@ -258,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="lengths 4, 16 and 32 min, one repeat (a few minutes on 2 cores)")
     p.add_argument("--lengths", type=float, nargs="+", default=None, metavar="MIN", help="input lengths in minutes (default: 4 16 64 128; quick: 4 16 32)")
     p.add_argument("--engines", nargs="+", choices=ARCHIVE_ENGINES, default=["local"], help="archive engines to measure (default: local)")
+    p.add_argument("--labels", nargs="+", choices=("competition", "perch"), default=["competition"], help="the ensemble, and/or Perch alone with its own labels (--labels perch), measured side by side (default: competition)")
     p.add_argument("--repeats", type=_positive_int, default=None, help="interleaved repeats (default: 2, quick 1)")
     p.add_argument("--source", type=Path, default=None, metavar="FILE", help="recording looped to each length (default: the 16-min 22-kHz field recording shipped with streamer)")
     _add_bench_model_arguments(p)
@@ -345,7 +349,7 @@ def cmd_bench_archive(args: argparse.Namespace) -> int:
 
     result = run_archive_bench(
         _bench_models(args), source=args.source, lengths_min=tuple(args.lengths) if args.lengths else None,
-        engines=tuple(args.engines), repeats=args.repeats, quick=args.quick,
+        engines=tuple(args.engines), repeats=args.repeats, quick=args.quick, labels=tuple(args.labels),
     )
     args.out_dir.mkdir(parents=True, exist_ok=True)
     text = archive_markdown(result)
@@ -397,20 +401,29 @@ def cmd_archive(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not args.inputs:
         raise ConfigError("give at least one INPUT (or --status to see what --out holds)")
-    missing = [flag for flag, value in (("--data-dir", args.data_dir), ("--perch", args.perch), ("--moe-dir", args.moe_dir)) if value is None]
+    needed = (("--data-dir", args.data_dir), ("--perch", args.perch), ("--moe-dir", args.moe_dir))
+    if args.labels != "competition":
+        needed = (("--perch", args.perch),)
+    missing = [flag for flag, value in needed if value is None]
     if missing:
-        raise ConfigError(f"archive needs {', '.join(missing)}")
+        raise ConfigError(f"archive needs {', '.join(missing)}" + (" (or --labels perch, which needs only --perch)" if args.labels == "competition" and args.perch else ""))
     settings = ArchiveSettings(
         out_dir=args.out, fmt=args.format, top_k=args.top_k, retry_failed=args.retry_failed, metadata=args.metadata,
         site=args.site, start_utc=parse_utc(args.start_utc) if args.start_utc else None, engine=args.engine,
         address=args.address, overwrite=args.overwrite, min_score=args.min_score, merge=args.merge_consecutive,
         archive_table=args.archive_table,
         embeddings=args.embeddings_dtype or ("float32" if args.embeddings else None),
+        labels=args.labels, scores=args.scores, species_list=args.species_list,
     )
     if args.report_json is not None:
         check_writable_file(args.report_json, "--report-json")
     entries = expand_inputs(args.inputs)
-    plan = prepare(config_from_args(args), files=[])
+    if args.labels == "competition":
+        plan = prepare(config_from_args(args), files=[])
+    else:
+        from streamer.stages import prepare_perch_only
+
+        plan = prepare_perch_only(config_from_args(args), scores=args.scores, species_list=args.species_list)
     try:
         report = run_archive(plan, entries, settings)
     except ArchiveEngineError as exc:

@@ -40,6 +40,8 @@ DEFAULT_STARTUP_TIMEOUT_S = 600.0
 ARCHIVE_ENGINES = ("local", "sequential", "ray")
 STUDENT_BACKENDS = ("auto", "torch", "onnxruntime")
 EMBEDDING_DTYPES = ("float32", "float16")
+ARCHIVE_LABELS = ("competition", "perch", "none")
+SCORE_KINDS = ("probability", "logits")
 #: Output formats of ``streamer archive``: every score (parquet, csv), or detection tables.
 ARCHIVE_FORMATS = ("parquet", "csv", "raven", "audacity")
 #: Defaults of the detection tables people read (raven, audacity): a class is kept in a window
@@ -241,6 +243,10 @@ class ArchiveSettings:
             and score every input anew, instead of stopping.
         embeddings: also write each window's Perch embedding, ``"float32"`` or ``"float16"``,
             one Parquet file per input under ``_embeddings/`` (``None``: none).
+        labels: ``competition`` (the ensemble's 234 classes), ``perch`` (Perch alone, its own
+            labels, detections or top-k only) or ``none`` (the embeddings alone).
+        scores: with ``labels="perch"``: ``probability`` (sigmoid) or ``logits``.
+        species_list: with ``labels="perch"``: a file of Perch labels to keep, one per line.
     """
 
     out_dir: Path
@@ -257,8 +263,19 @@ class ArchiveSettings:
     merge: bool | None = None
     archive_table: bool = False
     embeddings: str | None = None
+    labels: str = "competition"
+    scores: str = "probability"
+    species_list: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.labels not in ARCHIVE_LABELS:
+            raise ConfigError(f"--labels must be one of {', '.join(ARCHIVE_LABELS)}, got {self.labels!r}")
+        if self.scores not in SCORE_KINDS:
+            raise ConfigError(f"--scores must be one of {', '.join(SCORE_KINDS)}, got {self.scores!r}")
+        if self.labels != "perch" and (self.scores != "probability" or self.species_list is not None):
+            raise ConfigError("--scores and --species-list go with --labels perch")
+        if self.labels == "none" and self.embeddings is None:
+            raise ConfigError("--labels none writes the embeddings alone: add --embeddings")
         if self.embeddings is not None and self.embeddings not in EMBEDDING_DTYPES:
             raise ConfigError(f"--embeddings-dtype must be one of {', '.join(EMBEDDING_DTYPES)}, got {self.embeddings!r}")
         if self.engine not in ARCHIVE_ENGINES:
@@ -267,7 +284,7 @@ class ArchiveSettings:
             raise ConfigError(f"--format must be one of {', '.join(ARCHIVE_FORMATS)}, got {self.fmt!r}")
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"--top-k must be >= 1, got {self.top_k}")
-        if self.min_score is not None and not 0.0 <= self.min_score <= 1.0:
+        if self.min_score is not None and self.scores == "probability" and not 0.0 <= self.min_score <= 1.0:
             raise ConfigError(f"--min-score must be between 0 and 1, got {self.min_score}")
         if self.archive_table and self.fmt != "raven":
             raise ConfigError("--archive-table needs --format raven")
@@ -281,6 +298,8 @@ class ArchiveSettings:
                     TABLE_TOP_K if self.top_k is None else self.top_k, True if self.merge is None else self.merge)
         if self.min_score is not None or self.merge:
             return (TABLE_MIN_SCORE if self.min_score is None else self.min_score, self.top_k, bool(self.merge))
+        if self.labels == "perch" and self.top_k is None:
+            return None, TABLE_TOP_K, False  # never 14,795 columns: the long format
         return None, self.top_k, False
 
     @property

@@ -22,9 +22,9 @@ import numpy as np
 from streamer import failpoints, postprocess
 from streamer.artifacts import class_mapping, map_perch_logits, resolve_moe, resolve_perch
 from streamer.audio import WINDOW_SAMPLES, read_span
-from streamer.config import InferConfig
+from streamer.config import SCORE_KINDS, InferConfig
 from streamer.errors import ArtifactError, AudioDecodeError
-from streamer.metadata import N_WINDOWS_PER_FILE, Competition, file_stem, load_competition, parse_hour, parse_site
+from streamer.metadata import N_WINDOWS_PER_FILE, ClassLabels, Competition, file_stem, load_competition, parse_hour, parse_site
 from streamer.models.graphs import EngineChoice, ThreadSettings, windows_per_call
 from streamer.prior import PriorTables, fit_prior
 
@@ -125,6 +125,12 @@ class RunPlan:
     reducer: ReducerSpec
     n_matched_classes: int
     notes: tuple[str, ...] = field(default_factory=tuple)
+    labels: ClassLabels | None = None  # the classes written, when not the competition's (Perch's own)
+
+    @property
+    def class_labels(self) -> ClassLabels:
+        """The classes the outputs have, in column order."""
+        return self.labels if self.labels is not None else self.competition.class_labels
 
     @property
     def frame(self) -> "SubmissionFrame":
@@ -278,6 +284,97 @@ class Reducer:
         self.seconds["postprocess"] += (t1 - t0) + (t3 - t2)
         return probs
 
+
+
+@dataclass(frozen=True)
+class PerchScoresSpec:
+    """The reduction of Perch alone (``archive --labels perch``): its own scores, no students,
+    prior, ProtoSSM or smoothing. ``scores``: ``probability`` (the sigmoid of the logits, each
+    class on its own: Perch is a multi-label classifier) or ``logits``."""
+
+    scores: str = "probability"
+
+
+class PerchScores:
+    """:class:`Reducer`'s interface for :class:`PerchScoresSpec`."""
+
+    def __init__(self, spec: PerchScoresSpec) -> None:
+        self.spec = spec
+        self.seconds = {"postprocess": 0.0}
+
+    def reduce_at(self, outputs: ModelOutputs, site: str, hour: int) -> np.ndarray:
+        t0 = time.perf_counter()
+        logits = np.asarray(outputs.perch_logits, dtype=np.float32)
+        out = logits.copy() if self.spec.scores == "logits" else postprocess.sigmoid(logits).astype(np.float32)
+        self.seconds["postprocess"] += time.perf_counter() - t0
+        return out
+
+
+def make_reducer(spec):
+    """The reducer of a spec: the ensemble's (:class:`Reducer`) or Perch's own scores."""
+    return PerchScores(spec) if isinstance(spec, PerchScoresSpec) else Reducer(spec)
+
+
+def read_species_list(path: Path, labels: tuple[str, ...]) -> tuple[int, ...]:
+    """Positions in Perch's label list of the names in ``path`` (one per line; blank lines and
+    lines starting with ``#`` skipped), in the file's order.
+
+    Raises:
+        ConfigError: an unknown name (with the closest names of the list), or no name at all.
+    """
+    import difflib
+
+    from streamer.errors import ConfigError
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the species list ({exc})") from exc
+    names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not names:
+        raise ConfigError(f"{path}: the species list names no species")
+    index = {name: i for i, name in enumerate(labels)}
+    unknown = [n for n in names if n not in index]
+    if unknown:
+        hints = []
+        for name in unknown[:10]:
+            close = difflib.get_close_matches(name, labels, n=3, cutoff=0.6)
+            hints.append(f"{name!r}" + (f" (closest: {', '.join(repr(c) for c in close)})" if close else " (nothing close)"))
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise ConfigError(f"{path}: not in Perch's label list: " + "; ".join(hints) + more)
+    seen: dict[str, None] = dict.fromkeys(names)  # duplicates once, first position kept
+    return tuple(index[n] for n in seen)
+
+
+def prepare_perch_only(config: InferConfig, *, scores: str = "probability", species_list: Path | None = None) -> RunPlan:
+    """The plan of ``archive --labels perch``: Perch alone, its own classes (all 14,795, or
+    those of ``species_list``); reads no competition folder and no MoE bundle.
+
+    Raises:
+        ArtifactError: the Perch files missing or malformed.
+        ConfigError: a bad species list, bf16 where the CPU lacks it.
+    """
+    from streamer.errors import ConfigError
+
+    if scores not in SCORE_KINDS:
+        raise ConfigError(f"--scores must be one of {', '.join(SCORE_KINDS)}, got {scores!r}")
+    engine = choose_engine(config.execution)
+    perch = resolve_perch(config.artifacts.perch, config.artifacts.perch_labels)
+    chosen = read_species_list(species_list, perch.labels) if species_list is not None else tuple(range(len(perch.labels)))
+    names = tuple(perch.labels[i] for i in chosen)
+    model = ModelSpec(
+        onnx_path=perch.onnx_path,
+        class_map=np.asarray(chosen, dtype=np.int64),
+        n_perch_labels=len(perch.labels),
+        cnn_path=None,
+        crnn_path=None,
+        n_classes=len(chosen),
+        threads=ThreadSettings(intra_op_threads=None, allow_spinning=config.execution.allow_spinning),
+        engine=engine,
+    )
+    return RunPlan(config=config, competition=None, jobs=(), source="", model=model, reducer=PerchScoresSpec(scores),
+                   n_matched_classes=len(chosen), notes=(f"{len(chosen)} of Perch's {len(perch.labels)} labels",),
+                   labels=ClassLabels(names, names, names))
 
 
 def check_students(spec: ModelSpec) -> None:

@@ -139,7 +139,9 @@ def test_a_disagreeing_openvino_falls_back_to_onnxruntime(kit, tmp_path, monkeyp
     assert doc["engine_check"]["passed"] is False and doc["engine_check"]["used"] == "onnxruntime fp32"
     assert doc["models"]["perch"] == "onnxruntime fp32"
     assert "disagrees with onnxruntime" in caplog.text
-    np.testing.assert_array_equal(_probs(out), _probs(ref))
+    # onnxruntime in both; the parent's batched reduction groups files by their arrival, which
+    # moves the ProtoSSM folds' float32 round-off (about 1e-7), nothing more.
+    np.testing.assert_allclose(_probs(out), _probs(ref), atol=1e-6, rtol=0)
 
 
 @needs_openvino

@@ -40,6 +40,10 @@ def _hash(path: Path | None) -> str | None:
 def compute(plan: RunPlan, settings: ArchiveSettings) -> dict:
     """The fingerprint of scoring with ``plan`` into ``settings``' folder (hashes every file;
     about a second for the real Perch)."""
+    from streamer.stages import PerchScoresSpec
+
+    if isinstance(plan.reducer, PerchScoresSpec):
+        return _compute_perch_only(plan, settings)
     from streamer.validate.cache import dependency_paths
 
     files = {role: str(path) for role, path in dependency_paths(plan).items()}
@@ -54,26 +58,59 @@ def compute(plan: RunPlan, settings: ArchiveSettings) -> dict:
         "output_format_version": OUTPUT_FORMAT_VERSION,
         "sha256": {role: _hash(Path(path)) for role, path in sorted(files.items())},
         "settings": {
+            "labels": settings.labels,
             "blend (perch, cnn, crnn)": list(used),
             "prior_scale": reducer.prior_scale,
             "smoothing (center, side)": list(reducer.smooth),
             "proto_d_model": reducer.proto_d_model,
             "precision": plan.model.engine.precision,
             "embeddings": settings.embeddings,
-            "format": settings.fmt,
-            "top_k": settings.detections[1],
-            "min_score": settings.detections[0],
-            "merge_consecutive": settings.detections[2],
-            "summary_min_score": settings.summary_min_score,
+            **_output_settings(settings),
             "classes (code, common, scientific)": [list(t) for t in zip(*_labels(plan))],
-            "site": settings.site,
-            "start_utc": settings.start_utc.isoformat() if settings.start_utc is not None else None,
+        },
+    }
+
+
+def _output_settings(settings: ArchiveSettings) -> dict:
+    return {
+        "format": settings.fmt,
+        "top_k": settings.detections[1],
+        "min_score": settings.detections[0],
+        "merge_consecutive": settings.detections[2],
+        "summary_min_score": settings.summary_min_score,
+        "site": settings.site,
+        "start_utc": settings.start_utc.isoformat() if settings.start_utc is not None else None,
+    }
+
+
+def _compute_perch_only(plan: RunPlan, settings: ArchiveSettings) -> dict:
+    """``--labels perch`` and ``none``: Perch's files, the classes kept (14,795 names are kept
+    as their count and a hash) and the output settings."""
+    import hashlib
+
+    from streamer.artifacts import resolve_perch_labels
+
+    files = {"perch_onnx": str(plan.model.onnx_path),
+             "perch_labels": str(resolve_perch_labels(plan.model.onnx_path, plan.config.artifacts.perch_labels))}
+    if settings.metadata is not None:
+        files["metadata"] = str(settings.metadata)
+    names = plan.class_labels.codes
+    return {
+        "output_format_version": OUTPUT_FORMAT_VERSION,
+        "sha256": {role: _hash(Path(path)) for role, path in sorted(files.items())},
+        "settings": {
+            "labels": settings.labels,
+            "scores": plan.reducer.scores,
+            "precision": plan.model.engine.precision,
+            "embeddings": settings.embeddings,
+            **_output_settings(settings),
+            "classes (count, sha256 of the names)": [len(names), hashlib.sha256("\n".join(names).encode()).hexdigest()],
         },
     }
 
 
 def _labels(plan: RunPlan):
-    labels = plan.competition.class_labels
+    labels = plan.class_labels
     return labels.codes, labels.common, labels.scientific
 
 
@@ -122,6 +159,7 @@ def check(out_dir: Path, fingerprint: dict, *, has_outputs: bool, overwrite: boo
         # Written before these were recorded: fp32, no embeddings.
         stored["settings"].setdefault("precision", "fp32")
         stored["settings"].setdefault("embeddings", None)
+        stored["settings"].setdefault("labels", "competition")
     if stored == fingerprint:
         return False
     if stored is None and not has_outputs:

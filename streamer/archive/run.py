@@ -236,6 +236,8 @@ def _plan_tasks(entries, settings: ArchiveSettings, journal, report) -> list[Arc
     for entry in entries:
         out = output_path(out_dir, entry, fmt)
         emb = embeddings_path(out_dir, str(entry.rel)) if settings.embeddings else None
+        if settings.labels == "none":  # the embeddings are the output
+            out, emb = emb, None
         key = str(entry.path.resolve())
         if journal.is_done(entry.path, out) and (emb is None or emb.is_file()):
             report.skipped.append(str(entry.rel))
@@ -246,7 +248,8 @@ def _plan_tasks(entries, settings: ArchiveSettings, journal, report) -> list[Arc
             key = FileKey.of(entry.path)  # before scoring: a change while it is scored shows next time
             tasks.append(ArchiveTask(entry.path.resolve(), str(entry.rel), out.resolve(), when, fmt, top_k,
                                      header_duration(entry.path), key, min_score, merge, settings.summary_min_score,
-                                     emb.resolve() if emb is not None else None, settings.embeddings or "float32"))
+                                     emb.resolve() if emb is not None else None, settings.embeddings or "float32",
+                                     write_scores=settings.labels != "none"))
     return tasks
 
 
@@ -325,22 +328,22 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
 
     with tempfile.TemporaryDirectory(prefix="streamer-archive-") as tmp:
         plan, check = with_backends(plan, Path(tmp), sequential=engine == "sequential")
-        report.models = describe_models(plan.model)
+        report.models = describe_models(plan.model, plan.reducer)
         report.engine_check = check.to_dict() if check is not None else None
         try:
             if engine == "sequential":
                 n_threads = sequential_threads(threads)
                 report.layout = f"1 process x {'library default' if n_threads is None else n_threads} thread(s)"
                 log.info("engine: sequential, %s", report.layout)
-                run_sequential(tasks, with_threads(plan.model, n_threads), plan.reducer, plan.competition.class_labels, on_result, bar.advance)
+                run_sequential(tasks, with_threads(plan.model, n_threads), plan.reducer, plan.class_labels, on_result, bar.advance)
             elif engine == "local":
                 layout = plan_layout(workers=execution.workers, threads=threads, pin=execution.pin, n_files=len(tasks), decoders=1)
                 report.layout = f"{layout.n_workers} worker(s) x {layout.threads or 'default'} thread(s)" + (", pinned" if any(layout.worker_cpus) else "")
                 log.info("engine: local, %s", report.layout)
-                LocalEngine(plan.model, plan.reducer, plan.competition.class_labels, layout, task_timeout_s=execution.task_timeout_s,
+                LocalEngine(plan.model, plan.reducer, plan.class_labels, layout, task_timeout_s=execution.task_timeout_s,
                             startup_timeout_s=execution.startup_timeout_s).run(tasks, on_result, bar.advance)
             else:  # ray (checked on entry)
-                ray_engine = RayEngine(plan.model, plan.reducer, plan.competition.class_labels, address=settings.address,
+                ray_engine = RayEngine(plan.model, plan.reducer, plan.class_labels, address=settings.address,
                                        workers=execution.workers, threads=threads)
                 report.layout = f"address {settings.address or 'local'}"
                 ray_engine.run(tasks, on_result, bar.advance)

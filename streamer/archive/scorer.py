@@ -33,7 +33,7 @@ from streamer.errors import AudioDecodeError, StreamerError
 from streamer.metadata import N_WINDOWS_PER_FILE, WINDOW_S, ClassLabels
 from streamer.models.moe import set_torch_threads
 from streamer.pipeline.children import maxrss_kb
-from streamer.stages import ModelOutputs, ModelSpec, ModelStage, Reducer, ReducerSpec
+from streamer.stages import ModelOutputs, ModelSpec, ModelStage, Reducer, ReducerSpec, make_reducer
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class ArchiveTask:
     summary_min_score: float = 0.5  # the archive summary counts windows at this score
     embeddings_out: Path | None = None  # where the window embeddings go (None: not written)
     embeddings_dtype: str = "float32"
+    write_scores: bool = True  # False: ``out`` is the embeddings file, no scores (--labels none)
 
 
 @dataclass
@@ -146,10 +147,13 @@ class ArchiveScorer:
     """Models loaded once; :meth:`score` turns one recording into one score file."""
 
     def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, labels: ClassLabels, *, prefetch: int = PREFETCH_CHUNKS) -> None:
-        set_torch_threads(model_spec.threads.intra_op_threads)
+        self.reducer = make_reducer(reducer_spec)
+        self._uses_torch = isinstance(self.reducer, Reducer) or (model_spec.students_onnx is None and
+                                                                 (model_spec.cnn_path or model_spec.crnn_path) is not None)
+        if self._uses_torch:  # Perch alone never imports torch
+            set_torch_threads(model_spec.threads.intra_op_threads)
         self.models = ModelStage(model_spec)
         self.models.check()
-        self.reducer = Reducer(reducer_spec)
         self.labels = labels
         self.classes = tuple(labels.codes)
         self.prefetch = prefetch
@@ -159,7 +163,7 @@ class ArchiveScorer:
         # the students are in onnxruntime (or absent); else its threads go back and forth.
         self._torch_students = self.models.students.backend == "torch" and self.models.students.any
         self._model_threads = model_spec.threads.intra_op_threads
-        if not self._torch_students:
+        if self._uses_torch and not self._torch_students:
             set_torch_threads(REDUCER_TORCH_THREADS)
 
     def score_chunk(self, chunk: AudioChunk, when: RecordingTime, key: str | None = None, notes: list | None = None):
@@ -194,7 +198,10 @@ class ArchiveScorer:
 
     def _writer(self, task: ArchiveTask):
         """The table writer of ``task``'s format: detections (raven, audacity, or Parquet/CSV with
-        a threshold or merging), else every score (wide, or the top-k long format)."""
+        a threshold or merging), else every score (wide, or the top-k long format); the
+        embeddings' writer when they are the only output."""
+        if not task.write_scores:
+            return EmbeddingWriter(task.out, task.rel, dtype=task.embeddings_dtype)
         if task.min_score is None:
             return ScoreWriter(task.out, task.rel, self.classes, fmt=task.fmt, top_k=task.top_k)
         builder = EventBuilder(len(self.classes), min_score=task.min_score, top_k=task.top_k, merge=task.merge)
@@ -220,10 +227,11 @@ class ArchiveScorer:
         try:
             for chunk in chunks:
                 probs, embedding = self.score_chunk(chunk, task.when, key=task.rel, notes=notes)
-                writer.write_chunk(chunk.index * N_WINDOWS_PER_FILE, probs)
+                writer.write_chunk(chunk.index * N_WINDOWS_PER_FILE, probs if task.write_scores else embedding)
                 if len(writers) > 1:
                     writers[1].write_chunk(chunk.index * N_WINDOWS_PER_FILE, embedding)
-                self._count(counts, counter, task.when, chunk.index * N_WINDOWS_PER_FILE, probs)
+                if task.write_scores:
+                    self._count(counts, counter, task.when, chunk.index * N_WINDOWS_PER_FILE, probs)
                 n_samples += chunk.n_real
                 if on_chunk is not None:
                     on_chunk(chunk.n_real / TARGET_SAMPLE_RATE_HZ)

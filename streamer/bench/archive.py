@@ -101,8 +101,12 @@ def run_archive_bench(
     repeats: int | None = None,
     quick: bool = False,
     work_dir: Path | None = None,
+    labels: tuple[str, ...] = ("competition",),
 ) -> dict:
-    """Measure every (engine, length); returns the results (see :func:`archive_markdown`)."""
+    """Measure every (engine, labels, length); returns the results (see :func:`archive_markdown`).
+
+    ``labels``: ``competition`` (the ensemble) and/or ``perch`` (Perch alone, top-3 of its own
+    labels), measured in the same interleaved runs so their ratio means something."""
     source = Path(source) if source is not None else default_source()
     lengths = tuple(lengths_min) if lengths_min else (QUICK_LENGTHS_MIN if quick else LENGTHS_MIN)
     repeats = repeats or (1 if quick else 2)
@@ -117,18 +121,20 @@ def run_archive_bench(
             folder = work / f"in-{minutes:g}min"
             make_long_input(source, minutes, folder / f"recording_{minutes:g}min.flac")
             inputs[minutes] = folder
-        runs: dict[tuple[str, float], list[dict]] = {(e, m): [] for e in engines for m in lengths}
+        runs: dict[tuple[str, str, float], list[dict]] = {(e, lab, m): [] for e in engines for lab in labels for m in lengths}
         keys = list(runs)
         for rep in range(repeats):
             order = keys[rep % len(keys):] + keys[: rep % len(keys)]  # rotate, so no pair always goes first
-            for engine, minutes in order:
-                tag = f"{engine}-{minutes:g}-{rep}"
-                log.info("bench-archive: %s, %g min (repeat %d/%d)", engine, minutes, rep + 1, repeats)
-                runs[(engine, minutes)].append(run_archive_subprocess(models, inputs[minutes], ENGINE_ARGS[engine], work, tag))
+            for engine, lab, minutes in order:
+                tag = f"{engine}-{lab}-{minutes:g}-{rep}"
+                log.info("bench-archive: %s, %s labels, %g min (repeat %d/%d)", engine, lab, minutes, rep + 1, repeats)
+                args = ENGINE_ARGS[engine] + (("--labels", "perch") if lab == "perch" else ())
+                runs[(engine, lab, minutes)].append(run_archive_subprocess(models, inputs[minutes], args, work, tag))
     rows = []
-    for (engine, minutes), rs in runs.items():
+    for (engine, lab, minutes), rs in runs.items():
         rows.append({
-            "engine": engine,
+            "engine": engine if lab == "competition" else f"{engine}, Perch alone",
+            "labels": lab,
             "minutes": minutes,
             "layout": rs[0]["layout"],
             "rtf": statistics.median(r["rtf"] for r in rs),
@@ -162,6 +168,12 @@ def archive_markdown(result: dict) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['engine']} | {r['layout']} | {r['minutes']:g} | {r['wall_s']:.1f} | {r['rtf']:.0f}x | "
                      f"{r['peak_worker_rss_mb']:.0f} | {r['peak_parent_rss_mb']:.0f} |")
+    by_key = {(r["engine"], r.get("labels", "competition"), r["minutes"]): r for r in result["rows"]}
+    for (engine, lab, minutes), r in by_key.items():
+        ensemble = by_key.get((engine.removesuffix(", Perch alone"), "competition", minutes))
+        if lab == "perch" and ensemble is not None and ensemble["rtf"] > 0:
+            lines.append(f"\nPerch alone vs the ensemble ({engine.removesuffix(', Perch alone')}, {minutes:g} min): "
+                         f"{r['rtf'] / ensemble['rtf']:.2f}x the real-time factor.")
     lines += ["", f"Benchmark time: {result['bench_s'] / 60:.1f} min. Thread variables: {result['environment']}."]
     return "\n".join(lines) + "\n"
 
