@@ -334,14 +334,18 @@ class InferConfig:
             raise ConfigError(f"--dry-run-files must be >= 0, got {self.dry_run_files}")
 
     @classmethod
-    def create(cls, data_dir, perch, moe_dir, **settings) -> "InferConfig":
+    def create(cls, data_dir=None, perch=None, moe_dir=None, **settings) -> "InferConfig":
         """A config from flat keyword settings, each sent to the group that has it, e.g.
         ``InferConfig.create(data_dir=..., perch=..., moe_dir=..., out="sub.csv", threads=1,
         blend_perch=0.7)``.
 
+        ``data_dir`` and ``moe_dir`` may be left out for Perch alone (``archive --labels perch``).
+
         Raises:
-            TypeError: a setting no group has.
+            TypeError: a setting no group has, or no ``perch``.
         """
+        if perch is None:
+            raise TypeError("InferConfig.create needs perch=")
         grouped: dict[str, dict] = {name: {} for name in _GROUPS}
         top = {k: settings.pop(k) for k in ("out", "dry_run_files") if k in settings}
         for key, value in settings.items():
@@ -349,7 +353,8 @@ class InferConfig:
             if group is None:
                 raise TypeError(f"unknown setting {key!r}")
             grouped[group][key] = value
-        artifacts = ArtifactSettings(Path(data_dir), Path(perch), Path(moe_dir), **grouped["artifacts"])
+        as_path = lambda p: None if p is None else Path(p)  # noqa: E731 - Perch alone needs neither folder
+        artifacts = ArtifactSettings(as_path(data_dir), Path(perch), as_path(moe_dir), **grouped["artifacts"])
         if "out" in top:
             top["out"] = Path(top["out"])
         return cls(artifacts, EnsembleSettings(**grouped["ensemble"]), ExecutionSettings(**grouped["execution"]), **top)

@@ -136,3 +136,18 @@ def test_bench_archive_measures_perch_alone_beside_the_ensemble(kit, tmp_path):
     assert set(by_labels) == {"competition", "perch"} and all(r["rtf"] > 0 for r in by_labels.values())
     ratio = by_labels["perch"]["rtf"] / by_labels["competition"]["rtf"]
     assert f"Perch alone vs the ensemble (sequential, 0.5 min): {ratio:.2f}x" in archive_markdown(result)
+
+
+def test_the_python_api_scores_with_perch_alone(kit, src, tmp_path):
+    """The archive's Python API, as docs/archive.md shows it."""
+    from streamer.archive.inputs import expand_inputs
+    from streamer.archive.run import run_archive
+    from streamer.config import ArchiveSettings, InferConfig
+    from streamer.stages import prepare_perch_only
+
+    config = InferConfig.create(perch=kit.perch_onnx, threads=1, engine="sequential", progress=False)
+    settings = ArchiveSettings(out_dir=tmp_path / "out", labels="perch", top_k=2, embeddings="float16", engine="sequential")
+    report = run_archive(prepare_perch_only(config), expand_inputs([src]), settings)
+    assert report.done == ["rec.flac"] and not report.failed
+    assert len(pd.read_parquet(tmp_path / "out" / "rec.flac.parquet")) == 5 * 2
+    assert len(pd.read_parquet(tmp_path / "out" / EMBEDDINGS_FOLDER / "rec.flac.parquet")) == 5
