@@ -218,6 +218,11 @@ def run_archive(plan: RunPlan, entries: list[ArchiveInput], settings: ArchiveSet
             inputs stay journaled, so a rerun resumes).
         OutputWriteError: the journal could not be written.
     """
+    from streamer.stages import PerchScoresSpec
+
+    if (settings.labels == "competition") == isinstance(plan.reducer, PerchScoresSpec):
+        raise ConfigError(f"labels={settings.labels!r} needs the plan of "
+                          f"{'streamer.stages.prepare' if settings.labels == 'competition' else 'streamer.stages.prepare_perch_only'}")
     t0 = time.perf_counter()
     out_dir = Path(settings.out_dir)
     lock = OutputLock(out_dir)
