@@ -138,3 +138,22 @@ def _disarm_failpoints():
     from streamer import failpoints
 
     failpoints.configure("")
+
+
+def perch_by_chunk(kit, path):
+    """Perch's own (embedding, logits) of every real window of ``path``, decoded 60 s at a time
+    as the archive decodes it, on one thread: what the archive's files must hold."""
+    import numpy as np
+
+    from streamer.audio import WINDOW_SAMPLES, iter_chunks
+    from streamer.models.graphs import ThreadSettings
+    from streamer.models.perch import PerchModel
+
+    model = PerchModel(kit.perch_onnx, ThreadSettings(1))
+    embeddings, logits = [], []
+    for chunk in iter_chunks(path, 12 * WINDOW_SAMPLES):
+        emb, lab = model.run(chunk.samples.reshape(12, WINDOW_SAMPLES))
+        n_real = -(-chunk.n_real // WINDOW_SAMPLES)
+        embeddings.append(emb[:n_real])
+        logits.append(lab[:n_real])
+    return np.concatenate(embeddings), np.concatenate(logits)

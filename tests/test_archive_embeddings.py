@@ -9,9 +9,10 @@ import pytest
 
 from streamer import cli
 from streamer.archive.output import EMBEDDINGS_FOLDER
-from streamer.audio import WINDOW_SAMPLES, iter_chunks, write_audio
+from streamer.audio import write_audio
 from streamer.config import InferConfig
-from streamer.models.perch import PerchModel
+
+from conftest import perch_by_chunk
 
 
 def _args(kit, out, src, *extra):
@@ -30,19 +31,6 @@ def src(tmp_path):
     return folder
 
 
-def _perch_embeddings(kit, path):
-    """Perch's own embedding of every real window of ``path``, chunk by chunk as the archive
-    decodes it (one thread, as the test run)."""
-    from streamer.models.graphs import ThreadSettings
-
-    model = PerchModel(kit.perch_onnx, ThreadSettings(1))
-    out = []
-    for chunk in iter_chunks(path, 12 * WINDOW_SAMPLES):
-        emb, _ = model.run(chunk.samples.reshape(12, WINDOW_SAMPLES))
-        out.append(emb[: -(-chunk.n_real // WINDOW_SAMPLES)])
-    return np.concatenate(out)
-
-
 def test_float32_embeddings_are_perchs_output_and_read_as_one_table(kit, src, tmp_path):
     out = tmp_path / "out"
     assert cli.main(_args(kit, out, src, "--embeddings")) == 0
@@ -55,7 +43,7 @@ def test_float32_embeddings_are_perchs_output_and_read_as_one_table(kit, src, tm
         assert part.column("window").to_pylist() == list(range(part.num_rows))
         np.testing.assert_array_equal(part.column("start_s").to_numpy(), 5.0 * np.arange(part.num_rows))
         stored = np.stack(part.column("embedding").to_numpy(zero_copy_only=False))
-        np.testing.assert_array_equal(stored, _perch_embeddings(kit, path))  # exactly
+        np.testing.assert_array_equal(stored, perch_by_chunk(kit, path)[0])  # exactly
     scores = ds.dataset(out, format="parquet").to_table()  # the scores alone: _embeddings is skipped
     assert scores.num_rows == 17 and "embedding" not in scores.column_names
 

@@ -9,10 +9,10 @@ import pytest
 from streamer import cli
 from streamer.archive.output import EMBEDDINGS_FOLDER
 from streamer.artifacts import read_perch_labels, resolve_perch
-from streamer.audio import WINDOW_SAMPLES, iter_chunks, write_audio
-from streamer.models.graphs import ThreadSettings
-from streamer.models.perch import PerchModel
+from streamer.audio import write_audio
 from streamer.postprocess import sigmoid
+
+from conftest import perch_by_chunk
 
 
 def _args(kit, out, src, *extra):
@@ -29,15 +29,6 @@ def src(tmp_path):
     return path
 
 
-def _perch_logits(kit, path):
-    model = PerchModel(kit.perch_onnx, ThreadSettings(1))
-    out = []
-    for chunk in iter_chunks(path, 12 * WINDOW_SAMPLES):
-        _, logits = model.run(chunk.samples.reshape(12, WINDOW_SAMPLES))
-        out.append(logits[: -(-chunk.n_real // WINDOW_SAMPLES)])
-    return np.concatenate(out)
-
-
 def _labels(kit):
     return resolve_perch(kit.perch_onnx).labels
 
@@ -47,7 +38,7 @@ def test_top_k_of_perchs_own_labels_without_competition_folder(kit, src, tmp_pat
     assert cli.main(_args(kit, out, src, "--top-k", "4")) == 0  # no --data-dir, no --moe-dir
     table = pd.read_parquet(out / "rec.flac.parquet")
     assert list(table.columns) == ["file", "window", "start_s", "end_s", "rank", "class", "score"]
-    probs = sigmoid(_perch_logits(kit, src).astype(np.float64))
+    probs = sigmoid(perch_by_chunk(kit, src)[1].astype(np.float64))
     labels = _labels(kit)
     assert len(table) == 5 * 4  # 25 s: 5 windows, 4 classes each
     for w, rows in table.groupby("window"):
@@ -58,7 +49,7 @@ def test_top_k_of_perchs_own_labels_without_competition_folder(kit, src, tmp_pat
 
 def test_logits_detections_and_a_species_list(kit, src, tmp_path):
     labels = _labels(kit)
-    logits = _perch_logits(kit, src)
+    logits = perch_by_chunk(kit, src)[1]
     keep = [labels[i] for i in np.argsort(-logits[0])[[0, 5, 40]]]
     species = tmp_path / "species.txt"
     species.write_text("# my region\n" + "\n".join(keep) + "\n\n")
