@@ -113,19 +113,24 @@ def check_engine(model_spec, reducer, *, site: str = "", hour: int = 0) -> Engin
     got, got_logits = _final_probabilities(replace(model_spec, threads=threads), reducer, windows, site, hour, nan=nan)
     prob_diff = _max_diff(got, want)
     logit_diff = max(_max_diff(g, w) for g, w in zip(got_logits, want_logits))
+    passed = prob_diff <= PARITY_TOLERANCE
+    used = engine_to_use(candidate, passed)
     if candidate.precision == "bf16":
-        passed, used = prob_diff <= PARITY_TOLERANCE, candidate
         log.info("bf16 moved the check windows' final probabilities by up to %.2g (logits by up to %.2g) "
                  "against onnxruntime fp32", prob_diff, logit_diff)
-    elif prob_diff <= PARITY_TOLERANCE:
-        passed, used = True, candidate
+    elif passed:
         log.info("%s passed the parity check: final probabilities within %.1g of onnxruntime (largest difference %.2g)",
                  candidate.describe(), PARITY_TOLERANCE, prob_diff)
     else:
-        passed, used = False, reference
         log.warning("%s disagrees with onnxruntime on the check windows (final probabilities differ by up to %.3g, "
                     "tolerance %.1g): running in onnxruntime", candidate.describe(), prob_diff, PARITY_TOLERANCE)
     return EngineCheck(candidate=candidate, max_prob_diff=prob_diff, max_logit_diff=logit_diff, passed=passed, used=used)
+
+
+def engine_to_use(candidate: EngineChoice, passed: bool) -> EngineChoice:
+    """The engine a run uses after the check: the candidate if it passed or is bf16 (the user's
+    choice of changed numbers), else onnxruntime fp32."""
+    return candidate if passed or candidate.precision == "bf16" else EngineChoice("onnxruntime", "fp32")
 
 
 #: Bumped when the check changes, so older verdicts are not reused.
@@ -167,7 +172,7 @@ def _cached_check(folder: Path, key: str, candidate: EngineChoice) -> EngineChec
         doc = json.loads(path.read_text())
         return EngineCheck(candidate=candidate, max_prob_diff=float(doc["max_prob_diff"]),
                            max_logit_diff=float(doc["max_logit_diff"]), passed=bool(doc["passed"]),
-                           used=candidate if doc["passed"] or candidate.precision == "bf16" else EngineChoice())
+                           used=engine_to_use(candidate, bool(doc["passed"])))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -204,7 +209,8 @@ def with_backends(plan, tmp: Path, *, sequential: bool | None = None, reducer=No
     site, hour = parse_site(stem), parse_hour(stem)
     folder = default_cache_dir() / CHECK_FOLDER
     key = check_key(plan.model, site, hour)
-    check = None if failpoints.armed("parent.engine_check") else _cached_check(folder, key, plan.model.engine)
+    faulted = failpoints.armed("parent.engine_check")  # a faulted check is neither reused nor kept
+    check = None if faulted else _cached_check(folder, key, plan.model.engine)
     if check is not None:
         log.info("%s: the parity check of these models on this machine is reused from %s (largest difference %.2g; %s)",
                  plan.model.engine.describe(), folder, check.max_prob_diff, "passed" if check.passed else "failed")
@@ -213,7 +219,7 @@ def with_backends(plan, tmp: Path, *, sequential: bool | None = None, reducer=No
     else:
         reducer = reducer if reducer is not None else make_reducer(plan.reducer)
         check = check_engine(plan.model, reducer, site=site, hour=hour)
-        if not failpoints.armed("parent.engine_check"):
+        if not faulted:
             _store_check(folder, key, check)
     return replace(plan, model=replace(plan.model, engine=check.used)), check
 

@@ -148,11 +148,7 @@ class ArchiveScorer:
 
     def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, labels: ClassLabels, *, prefetch: int = PREFETCH_CHUNKS) -> None:
         self.reducer = make_reducer(reducer_spec)
-        self._uses_torch = isinstance(self.reducer, Reducer) or (model_spec.students_onnx is None and
-                                                                 (model_spec.cnn_path or model_spec.crnn_path) is not None)
-        if self._uses_torch:  # Perch alone never imports torch
-            set_torch_threads(model_spec.threads.intra_op_threads)
-        self.models = ModelStage(model_spec)
+        self.models = ModelStage(model_spec)  # sets torch's threads when the students run in torch
         self.models.check()
         self.labels = labels
         self.classes = tuple(labels.codes)
@@ -161,9 +157,9 @@ class ArchiveScorer:
         # ~25 ms, while two threads spin-wait on each other and, when another process holds a
         # core, took 1-2 s per chunk (measured on the 2-vCPU VM). torch runs only ProtoSSM when
         # the students are in onnxruntime (or absent); else its threads go back and forth.
-        self._torch_students = self.models.students.backend == "torch" and self.models.students.any
+        self._torch_students = self.models.students.uses_torch
         self._model_threads = model_spec.threads.intra_op_threads
-        if self._uses_torch and not self._torch_students:
+        if isinstance(self.reducer, Reducer) and not self._torch_students:  # Perch alone never imports torch
             set_torch_threads(REDUCER_TORCH_THREADS)
 
     def score_chunk(self, chunk: AudioChunk, when: RecordingTime, key: str | None = None, notes: list | None = None):

@@ -143,7 +143,6 @@ class Students:
         engine = engine or EngineChoice()
         threads = threads or ThreadSettings()
         self.backend = engine.backend if onnx_paths is not None else "torch"
-        self.precision = engine.precision if onnx_paths is not None else "fp32"
         nets = []
         uses_torch = False
         for kind, path, exported in zip(("cnn", "crnn"), (cnn_path, crnn_path), onnx_paths or (None, None)):
@@ -156,7 +155,7 @@ class Students:
                 net = load_student(path, kind, n_classes=n_classes)
                 nets.append(lambda mel, net=net: net(mel)[1].numpy())
         self.cnn, self.crnn = nets
-        self.uses_torch = uses_torch
+        self.uses_torch = uses_torch  # a present student runs in torch (then so does the log-mel)
         self.per_call = windows_per_call(threads) if not uses_torch else None
         if uses_torch:
             from streamer.models.experts import LogMel

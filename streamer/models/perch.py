@@ -107,7 +107,7 @@ class PerchModel:
         """
         batch = np.ascontiguousarray(windows, dtype=np.float32)
         n = batch.shape[0]
-        step = self._fixed_batch or min(max(n, 1), self._per_call or max(n, 1))
+        step = self._fixed_batch or self._per_call or max(n, 1)
         embeddings, logits = [], []
         for start in range(0, n, step):
             chunk = batch[start : start + step]

@@ -10,13 +10,15 @@ Protocol
 * **One duplex pipe per child.** Nothing is shared between children, so a child that dies,
   even by SIGKILL in the middle of a message, can only break its own pipe. The parent keeps only
   its end, so a dead child reads as end-of-file.
+* **Thread variables** (``OMP_NUM_THREADS`` and kin) are in a child's environment from its first
+  instruction (:meth:`Supervisor.start` sets them around ``start()``): unpickling the child's
+  arguments imports numpy, which sizes its BLAS pool then.
 * **One wait** (:meth:`Supervisor.wait`) over every pipe and every process sentinel. It returns
   :class:`Message` events, then a :class:`Death` for each child that ended (after every message
   it sent before it ended).
 * **The child's entry** (:func:`child_main`) runs a :class:`Body` in a fixed order: ignore
   SIGINT (the parent handles Ctrl-C and stops the children) → die with the parent (Linux
-  parent-death signal, plus a poll of the parent's pid) → pin to its CPUs → thread variables
-  (before any BLAS is imported) → niceness → the body's set-up (its failpoint first) →
+  parent-death signal, plus a poll of the parent's pid) → pin to its CPUs → niceness → the body's set-up (its failpoint first) →
   :class:`Ready` → serve messages until :class:`Stop` or end-of-file. An exception travels to the
   parent as a :class:`ChildError` (type, message, traceback, set-up or work), then the child
   exits 1; the parent reports it with the death.
@@ -194,8 +196,6 @@ def child_main(spec: ChildSpec, generation: int, conn, parent_pid: int) -> None:
             return  # the parent died before the signal was armed
         if spec.cpus:
             os.sched_setaffinity(0, spec.cpus)
-        if spec.threads is not None:
-            os.environ.update(thread_env(spec.threads))  # set at start() too (Supervisor.start)
         if spec.nice:
             os.nice(spec.nice)
         if spec.body.setup_point:
