@@ -212,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--start-utc", default=None, metavar="ISO", help="start time (ISO 8601, UTC unless a zone is given) of such recordings")
     a.add_argument("--metadata", type=Path, default=None, metavar="CSV", help="CSV with columns path,site,start giving each recording's site and start time")
     a.add_argument("--retry-failed", action="store_true", help="retry inputs that failed in an earlier run")
+    a.add_argument("--no-split", dest="split", action="store_false", help="score every input in one worker, even when there are fewer long inputs than workers (by default such inputs are split into ranges of 60-s chunks scored side by side, then joined: same files to float32 round-off)")
     a.add_argument("--overwrite", action="store_true", help="the folder holds outputs scored with other settings: remove them and score every input anew (without it such a run stops, exit 2)")
     a.add_argument("--status", action="store_true", help="print what --out holds (settings, inputs done and failed, hours of audio; with INPUTs, how many are still to do) and score nothing")
     p.set_defaults(func=cmd_archive)
@@ -413,7 +414,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
         address=args.address, overwrite=args.overwrite, min_score=args.min_score, merge=args.merge_consecutive,
         archive_table=args.archive_table,
         embeddings=args.embeddings_dtype or ("float32" if args.embeddings else None),
-        labels=args.labels, scores=args.scores, species_list=args.species_list,
+        labels=args.labels, scores=args.scores, species_list=args.species_list, split=args.split,
     )
     if args.report_json is not None:
         check_writable_file(args.report_json, "--report-json")

@@ -247,6 +247,9 @@ class ArchiveSettings:
             labels, detections or top-k only) or ``none`` (the embeddings alone).
         scores: with ``labels="perch"``: ``probability`` (sigmoid) or ``logits``.
         species_list: with ``labels="perch"``: a file of Perch labels to keep, one per line.
+        split: let several workers score one long input, each a range of its chunks, when there
+            are fewer long inputs than workers (:mod:`streamer.archive.ranges`); the files equal
+            a single worker's to float32 round-off.
     """
 
     out_dir: Path
@@ -266,6 +269,7 @@ class ArchiveSettings:
     labels: str = "competition"
     scores: str = "probability"
     species_list: Path | None = None
+    split: bool = True
 
     def __post_init__(self) -> None:
         if self.labels not in ARCHIVE_LABELS:

@@ -279,12 +279,14 @@ def test_ray_loop_waits_for_a_restarting_actor_without_counting_deaths(tmp_path,
                 raise ActorUnavailableError("The actor is restarting", None)
             return TaskResult(ref.task.rel, True, audio_s=60.0)
 
+    from streamer.archive.ranges import WorkQueue
+
     task = ArchiveTask(path=tmp_path / "a.flac", rel="a.flac", out=tmp_path / "a.parquet", when=None)
     results = []
+    work = WorkQueue([task], lambda t, r: results.append(r), lambda rel, s: None, labels=None)
     engine = engines.RayEngine(None, None, (), address=None, workers=1, threads=1)
     with caplog.at_level("WARNING"):
-        engine._loop(FakeRay, [Actor()], collections.deque([task]), lambda t, r: results.append(r),
-                     lambda rel, s: None, (ActorUnavailableError, RayActorError, RayTaskError))
+        engine._loop(FakeRay, [Actor()], collections.deque([task]), work, (ActorUnavailableError, RayActorError, RayTaskError))
     assert [r.ok for r in results] == [True] and not answers
     assert engine.attempts["a.flac"] == 1  # the death, once
     assert caplog.text.count("a.flac: the Ray actor scoring it died") == 1

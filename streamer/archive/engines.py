@@ -9,10 +9,12 @@
   never arrays. Every node must see the inputs, the model files and the output folder at the
   same paths (a shared file system).
 
-Every engine writes each input's file atomically from the process that scored it and reports
-the outcome to the driver, which alone writes the journal. Outcomes arrive through
-``on_result(task, result)``, progress through ``on_progress(rel, seconds_of_audio)`` (per chunk,
-or per input on Ray).
+Every engine takes a :class:`~streamer.archive.ranges.WorkQueue`: its units are whole inputs or
+ranges of one (when there are fewer long inputs than workers), planned for the engine's worker
+count. Every unit's files are written atomically by the process that scored it; outcomes go to
+the queue (``work.report``), which joins an input's ranges and hands whole inputs to the driver,
+which alone writes the journal. Progress goes to ``work.progress`` (per chunk, or per unit on
+Ray).
 """
 
 from __future__ import annotations
@@ -24,10 +26,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
-
 from streamer import failpoints
-from streamer.archive.output import remove_temporaries_of
+from streamer.archive.ranges import WorkQueue
 from streamer.archive.scorer import ArchiveScorer, ArchiveTask, TaskResult
 from streamer.errors import DependencyError, StreamerError
 from streamer.pipeline.layout import Layout
@@ -46,10 +46,6 @@ log = logging.getLogger(__name__)
 RAY_UNAVAILABLE_PAUSE_S = 1.0
 RAY_UNAVAILABLE_LIMIT_S = 300.0
 
-OnResult = Callable[[ArchiveTask, TaskResult], None]
-OnProgress = Callable[[str, float], None]
-
-
 class ArchiveEngineError(StreamerError):
     """The engine could not go on; ``setup`` is true when it failed before scoring began (a
     configuration problem, nothing was written)."""
@@ -59,31 +55,25 @@ class ArchiveEngineError(StreamerError):
         self.setup = setup
 
 
-def longest_first(tasks: list[ArchiveTask]) -> list[ArchiveTask]:
-    """Longest inputs first (unknown durations last), so workers finish together."""
-    return sorted(tasks, key=lambda t: -(t.audio_s if t.audio_s is not None else -1.0))
-
-
 # ---------------------------------------------------------------------------- sequential
 
 
-def run_sequential(tasks, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes: ClassLabels, on_result: OnResult,
-                   on_progress: OnProgress) -> None:
+def run_sequential(work: WorkQueue, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes: ClassLabels) -> None:
     try:
         scorer = ArchiveScorer(model_spec, reducer_spec, classes)
     except StreamerError as exc:
         raise ArchiveEngineError(str(exc), setup=True) from exc
-    for task in tasks:
+    for task in work.plan(1):
         for attempt in range(1, MAX_FILE_ATTEMPTS + 1):
             try:
-                result = scorer.score(task, on_chunk=lambda audio_s: on_progress(task.rel, audio_s))
+                result = scorer.score(task, on_chunk=lambda audio_s: work.progress(task, audio_s))
             except Exception as exc:  # noqa: BLE001 - as a worker's death in the local engine: retried, then failed
                 cause = f"{type(exc).__name__}: {exc}"
                 if attempt < MAX_FILE_ATTEMPTS:
-                    log.warning("%s: scoring it failed (%s); retrying it", task.rel, cause)
+                    log.warning("%s: scoring it failed (%s); retrying it", task.label, cause)
                     continue
                 result = TaskResult(task.rel, False, f"scoring it failed {attempt} times (last: {cause})")
-            on_result(task, result)
+            work.report(task, result)
             break
 
 
@@ -124,8 +114,8 @@ class _Slot:
 class LocalEngine:
     """Worker processes on this machine (see the module notes).
 
-    A worker that dies is restarted and its input redone from the start; an input in flight
-    during :data:`MAX_FILE_ATTEMPTS` deaths is reported failed. A worker slot is given up after
+    A worker that dies is restarted and its unit (input or range) redone from the start; a unit
+    in flight during :data:`MAX_FILE_ATTEMPTS` deaths is reported failed. A worker slot is given up after
     deaths in a row without progress (a set-up error at once); when every slot is given up the
     run stops. A worker silent for ``task_timeout_s`` on an input (no chunk done), or not ready
     ``startup_timeout_s`` after it started, is declared hung and killed, which counts as a
@@ -151,9 +141,10 @@ class LocalEngine:
         self.supervisor.start(ChildSpec("worker", wid, self.body, cpus=self.layout.worker_cpus[wid],
                                         threads=self.model_spec.threads.intra_op_threads))
 
-    def run(self, tasks: list[ArchiveTask], on_result: OnResult, on_progress: OnProgress) -> None:
-        pending = collections.deque(tasks)
-        n = min(self.layout.n_workers, max(1, len(tasks)))
+    def run(self, work: WorkQueue) -> None:
+        """Score ``work.units`` (planned by the caller for this layout's workers)."""
+        pending = collections.deque(work.units)
+        n = min(self.layout.n_workers, max(1, len(pending)))
         sup = self.supervisor
         try:
             for wid in range(n):
@@ -162,36 +153,38 @@ class LocalEngine:
             while pending or any(s.task is not None for s in self.slots.values()):
                 for wid, slot in self.slots.items():
                     child = sup.get("worker", wid)
+                    while pending and not work.wanted(pending[0]):
+                        pending.popleft()  # a range of an input that already failed
                     if child is not None and child.ready and slot.task is None and pending:
                         slot.task, slot.since = pending.popleft(), time.monotonic()
                         sup.send(child, slot.task)
                 if all(s.health.given_up for s in self.slots.values()):
                     raise ArchiveEngineError(
-                        f"every worker process kept dying; {len(pending)} input(s) left unscored, rerun to resume",
+                        f"every worker process kept dying; {len(pending)} input(s) or range(s) left unscored, rerun to resume",
                         setup=self.n_scored == 0 and self._setup_errors_only,
                     )
                 for event in sup.wait(EVENT_WAIT_S):
                     if isinstance(event, Message):
-                        self._on_message(event, on_result, on_progress)
+                        self._on_message(event, work)
                     else:
-                        self._on_death(event, pending, on_result)
+                        self._on_death(event, pending, work)
                 self._watch()
         finally:
             sup.shutdown(busy={("worker", w) for w, s in self.slots.items() if s.task is not None})
 
-    def _on_message(self, event: Message, on_result: OnResult, on_progress: OnProgress) -> None:
+    def _on_message(self, event: Message, work: WorkQueue) -> None:
         slot, msg = self.slots[event.child.wid], event.msg
         if isinstance(msg, Ready):
             log.debug("%s ready in %.1f s", event.child.name, msg.setup_s)
         elif isinstance(msg, ChunkProgress):
             slot.since = time.monotonic()
             if slot.task is not None:
-                on_progress(slot.task.rel, msg.audio_s)
+                work.progress(slot.task, msg.audio_s)
         elif isinstance(msg, TaskResult):
             task, slot.task = slot.task, None
             slot.health.progressed()
             self.n_scored += 1
-            on_result(task, msg)
+            work.report(task, msg)
 
     def _watch(self) -> None:
         now = time.monotonic()
@@ -202,7 +195,7 @@ class LocalEngine:
             reason = hang_reason(
                 now=now, ready=child.ready, started=child.started, busy_since=slot.since if slot.task is not None else None,
                 startup_timeout_s=self.startup_timeout_s, task_limit_s=self.task_timeout_s,
-                working_on=slot.task.rel if slot.task is not None else "",
+                working_on=slot.task.label if slot.task is not None else "",
             )
             if reason is None:
                 continue
@@ -210,7 +203,7 @@ class LocalEngine:
             log.error("%s %s; killing it", child.name, self.kill_reason[wid])
             self.supervisor.kill(child)
 
-    def _on_death(self, death: Death, pending, on_result: OnResult) -> None:
+    def _on_death(self, death: Death, pending, work: WorkQueue) -> None:
         wid = death.child.wid
         slot = self.slots[wid]
         cause = self.kill_reason.pop(wid, None) or death.describe()
@@ -222,14 +215,14 @@ class LocalEngine:
         task, slot.task = slot.task, None
         settled = False
         if task is not None:
-            remove_temporaries_of(task.out)
-            self.attempts[task.rel] += 1
-            n = self.attempts[task.rel]
+            work.discard(task)
+            self.attempts[task.label] += 1
+            n = self.attempts[task.label]
             if n >= MAX_FILE_ATTEMPTS:
-                on_result(task, TaskResult(task.rel, False, f"the worker scoring it died {n} times (last: {cause})"))
+                work.report(task, TaskResult(task.rel, False, f"the worker scoring it died {n} times (last: {cause})"))
                 settled = True
             else:
-                log.warning("%s died (%s) while scoring %s; retrying it", death.child.name, cause, task.rel)
+                log.warning("%s died (%s) while scoring %s; retrying it", death.child.name, cause, task.label)
                 pending.appendleft(task)
         else:
             log.warning("%s died (%s) while %s", death.child.name, cause, "idle" if death.child.ready else "starting")
@@ -294,7 +287,7 @@ def ray_layout(ray, workers: int | None, threads: int | str) -> tuple[int, int]:
 
 
 class RayEngine:
-    """Ray actors scoring whole inputs (see the module notes)."""
+    """Ray actors scoring inputs and ranges of inputs (see the module notes)."""
 
     def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes, *, address: str | None, workers: int | None, threads: int | str) -> None:
         self.model_spec = model_spec
@@ -311,7 +304,8 @@ class RayEngine:
             return None
         return tuple((f"student_{kind}.onnx", None if p is None else Path(p).read_bytes()) for kind, p in zip(("cnn", "crnn"), paths))
 
-    def run(self, tasks: list[ArchiveTask], on_result: OnResult, on_progress: OnProgress) -> None:
+    def run(self, work: WorkQueue) -> None:
+        """Plan ``work`` for the cluster's actors and score it."""
         from streamer.pipeline.workers import with_threads
 
         ray = import_ray()
@@ -323,7 +317,8 @@ class RayEngine:
         actors = []
         try:
             n_actors, n_threads = ray_layout(ray, self.workers, self.threads)
-            n_actors = min(n_actors, max(1, len(tasks)))
+            units = work.plan(n_actors)
+            n_actors = min(n_actors, max(1, len(units)))
             log.info("engine: ray, %d actor(s) x %d thread(s) on a cluster of %d CPU(s)", n_actors, n_threads,
                      int(ray.cluster_resources().get("CPU", 0)))
             spec = with_threads(self.model_spec, n_threads)
@@ -337,26 +332,26 @@ class RayEngine:
                 ray.get([a.ping.remote() for a in actors])
             except (RayActorError, RayTaskError) as exc:
                 raise ArchiveEngineError(f"Ray actors failed to start: {exc}", setup=True) from exc
-            self._loop(ray, actors, collections.deque(tasks), on_result, on_progress, (ActorUnavailableError, RayActorError, RayTaskError))
+            self._loop(ray, actors, collections.deque(units), work, (ActorUnavailableError, RayActorError, RayTaskError))
         finally:
             for actor in actors:
                 ray.kill(actor)
             if started_here:
                 ray.shutdown()
 
-    def _retry_or_fail(self, task: ArchiveTask, what: str, cause: str, pending, on_result: OnResult) -> bool:
+    def _retry_or_fail(self, task: ArchiveTask, what: str, cause: str, pending, work: WorkQueue) -> bool:
         """Count an attempt of ``task``: back to the queue, or reported failed after
-        :data:`MAX_FILE_ATTEMPTS` (then True: the input is settled)."""
-        self.attempts[task.rel] += 1
-        n = self.attempts[task.rel]
+        :data:`MAX_FILE_ATTEMPTS` (then True: the unit is settled)."""
+        self.attempts[task.label] += 1
+        n = self.attempts[task.label]
         if n >= MAX_FILE_ATTEMPTS:
-            on_result(task, TaskResult(task.rel, False, f"{what} {n} times (last: {cause})"))
+            work.report(task, TaskResult(task.rel, False, f"{what} {n} times (last: {cause})"))
             return True
-        log.warning("%s: %s (%s); retrying it", task.rel, what, cause)
+        log.warning("%s: %s (%s); retrying it", task.label, what, cause)
         pending.appendleft(task)
         return False
 
-    def _loop(self, ray, actors, pending, on_result, on_progress, errors) -> None:
+    def _loop(self, ray, actors, pending, work: WorkQueue, errors) -> None:
         ActorUnavailableError, RayActorError, RayTaskError = errors
         idle = list(actors)
         health: dict = collections.defaultdict(SlotHealth)
@@ -370,6 +365,8 @@ class RayEngine:
                 if until <= now:
                     del resting[actor]
                     idle.append(actor)
+            while pending and not work.wanted(pending[0]):
+                pending.popleft()  # a range of an input that already failed
             while idle and pending:
                 actor, task = idle.pop(0), pending.popleft()
                 in_flight[actor.score.remote(task)] = (actor, task)
@@ -378,7 +375,7 @@ class RayEngine:
                     time.sleep(max(0.0, min(resting.values()) - time.monotonic()))
                     continue
                 raise ArchiveEngineError(
-                    f"every Ray actor kept dying; {len(pending)} input(s) left unscored, rerun to resume"
+                    f"every Ray actor kept dying; {len(pending)} input(s) or range(s) left unscored, rerun to resume"
                 )
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=EVENT_WAIT_S)
             for ref in done:
@@ -386,7 +383,7 @@ class RayEngine:
                 try:
                     result = ray.get(ref)
                 except RayActorError as exc:  # ActorUnavailableError included
-                    remove_temporaries_of(task.out)
+                    work.discard(task)
                     if isinstance(exc, ActorUnavailableError) and actor in restarting:
                         # Ray is still restarting an actor whose death was already counted: the
                         # task was not run. Not a death of its own; the input goes back to the
@@ -399,7 +396,7 @@ class RayEngine:
                             log.warning("a Ray actor stayed unavailable for %.0f s; giving it up", waited[actor])
                         continue
                     # The actor died (or went away) while it held this input: a death.
-                    if self._retry_or_fail(task, "the Ray actor scoring it died", str(exc), pending, on_result):
+                    if self._retry_or_fail(task, "the Ray actor scoring it died", str(exc), pending, work):
                         health[actor].progressed()
                     elif health[actor].died():
                         log.error("a Ray actor keeps dying without progress; giving it up")
@@ -408,9 +405,9 @@ class RayEngine:
                     resting[actor] = time.monotonic() + RAY_UNAVAILABLE_PAUSE_S
                     continue
                 except RayTaskError as exc:  # an error inside the task; the actor lives on
-                    remove_temporaries_of(task.out)
+                    work.discard(task)
                     cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-                    self._retry_or_fail(task, "scoring it failed", f"{type(cause).__name__}: {cause}", pending, on_result)
+                    self._retry_or_fail(task, "scoring it failed", f"{type(cause).__name__}: {cause}", pending, work)
                     restarting.discard(actor)
                     idle.append(actor)
                     continue
@@ -418,5 +415,5 @@ class RayEngine:
                 health[actor].progressed()
                 idle.append(actor)
                 if result.ok:
-                    on_progress(task.rel, result.audio_s)
-                on_result(task, result)
+                    work.progress(task, result.audio_s)
+                work.report(task, result)

@@ -20,11 +20,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamer.archive.engines import LocalEngine, RayEngine, longest_first, run_sequential
+from streamer.archive.engines import LocalEngine, RayEngine, run_sequential
 from streamer.archive.inputs import ArchiveInput
 from streamer.archive import fingerprint as run_fingerprint
 from streamer.archive.journal import DONE, FAILED, JOURNAL_NAME, FileKey, Journal
 from streamer.archive.output import embeddings_path, remove_stale_temporaries
+from streamer.archive.ranges import WorkQueue, remove_stale_parts
 from streamer.archive.scorer import ArchiveTask, TaskResult
 from streamer.archive.tables import SUFFIXES
 from streamer.archive.timing import read_metadata_csv, recording_time
@@ -58,6 +59,7 @@ class ArchiveReport:
     peak_parent_rss_mb: float = 0.0
     models: dict[str, str] = field(default_factory=dict)
     engine_check: dict | None = None
+    ranges: dict[str, int] = field(default_factory=dict)  # inputs split across workers: how many ranges each
 
     @property
     def real_time_factor(self) -> float:
@@ -72,6 +74,8 @@ class ArchiveReport:
         ]
         if self.models:
             lines.append("models: " + ", ".join(f"{k.replace('_', '-')} in {v}" for k, v in self.models.items()))
+        if self.ranges:
+            lines.append(f"split across workers: {len(self.ranges)} input(s), into {sum(self.ranges.values())} ranges of 60-s chunks")
         lines += [f"  failed: {name}: {reason}" for name, reason in sorted(self.failed.items())]
         lines += [f"  note: {name}: {note}" for name, notes in sorted(self.notes.items()) for note in notes]
         if self.failed:
@@ -98,6 +102,7 @@ class ArchiveReport:
             "peak_parent_rss_mb": self.peak_parent_rss_mb,
             "models": dict(self.models),
             "engine_check": self.engine_check,
+            "ranges": dict(self.ranges),
         }
 
 
@@ -292,6 +297,7 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
     out_dir, engine, execution = Path(settings.out_dir), settings.engine, plan.config.execution
     threads = execution.threads
     remove_stale_temporaries(out_dir)
+    remove_stale_parts(out_dir)
     journal = Journal(out_dir)
     fingerprint = run_fingerprint.compute(plan, settings)
     if run_fingerprint.check(out_dir, fingerprint, has_outputs=bool(journal.entries) or _any_output(out_dir),
@@ -304,7 +310,6 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
         write_folder_tables(out_dir, settings)
         report.seconds = time.perf_counter() - t0
         return report
-    tasks = longest_first(tasks)
     total_s = sum(t.audio_s or 0.0 for t in tasks)
     log.info("archive: %d input(s) to score (%.2f h of audio), %d already finished", len(tasks), total_s / 3600, len(report.skipped))
     bar = _Progress(total_s, len(tasks), execution.progress and sys.stderr.isatty())
@@ -335,25 +340,32 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
         plan, check = with_backends(plan, Path(tmp), sequential=engine == "sequential")
         report.models = describe_models(plan.model, plan.reducer)
         report.engine_check = check.to_dict() if check is not None else None
+        work = WorkQueue(tasks, on_result, bar.advance, plan.class_labels, out_dir=out_dir, split=settings.split)
         try:
             if engine == "sequential":
                 n_threads = sequential_threads(threads)
                 report.layout = f"1 process x {'library default' if n_threads is None else n_threads} thread(s)"
                 log.info("engine: sequential, %s", report.layout)
-                run_sequential(tasks, with_threads(plan.model, n_threads), plan.reducer, plan.class_labels, on_result, bar.advance)
+                run_sequential(work, with_threads(plan.model, n_threads), plan.reducer, plan.class_labels)
             elif engine == "local":
-                layout = plan_layout(workers=execution.workers, threads=threads, pin=execution.pin, n_files=len(tasks), decoders=1)
+                # The machine's workers decide the units (a long input may become ranges), the
+                # units how many workers start.
+                most = plan_layout(workers=execution.workers, threads=threads, pin=execution.pin, decoders=1).n_workers
+                units = work.plan(most)
+                layout = plan_layout(workers=execution.workers, threads=threads, pin=execution.pin, n_files=len(units), decoders=1)
                 report.layout = f"{layout.n_workers} worker(s) x {layout.threads or 'default'} thread(s)" + (", pinned" if any(layout.worker_cpus) else "")
                 log.info("engine: local, %s", report.layout)
                 LocalEngine(plan.model, plan.reducer, plan.class_labels, layout, task_timeout_s=execution.task_timeout_s,
-                            startup_timeout_s=execution.startup_timeout_s).run(tasks, on_result, bar.advance)
+                            startup_timeout_s=execution.startup_timeout_s).run(work)
             else:  # ray (checked on entry)
                 ray_engine = RayEngine(plan.model, plan.reducer, plan.class_labels, address=settings.address,
                                        workers=execution.workers, threads=threads)
                 report.layout = f"address {settings.address or 'local'}"
-                ray_engine.run(tasks, on_result, bar.advance)
+                ray_engine.run(work)
         finally:
             bar.close()
+            report.ranges = {rel: len(split.spans) for rel, split in work.splits.items()}
+            remove_stale_parts(out_dir)  # an input not finished now is scored again next time
             report.unfinished = sorted(outstanding)
             report.seconds = time.perf_counter() - t0
             report.peak_parent_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

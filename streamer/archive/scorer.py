@@ -7,6 +7,12 @@ windows go through Perch and the students, the chunk is reduced with the site an
 of its own start, and only its real windows are written. The sequential engine runs one scorer
 in the calling process, the local engine one per worker process, the Ray engine one per actor;
 so a recording scored by any of them gives the same file (at the same thread count).
+
+A task may also be one *range* of an input's chunks (:class:`ChunkSpan`, planned by
+:mod:`streamer.archive.ranges` when there are fewer long inputs than workers): the scorer then
+writes the range's raw window arrays (:class:`RangeSink`) instead of the input's files, and
+:func:`join_ranges` later turns the ranges, in order, into the same files through the same
+writers (:class:`InputSink`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import os
 import queue
 import threading
 from dataclasses import dataclass, field, replace
@@ -25,11 +32,12 @@ import numpy as np
 
 from streamer import failpoints
 from streamer.archive.journal import FileKey
-from streamer.archive.output import EmbeddingWriter, ScoreWriter
+from streamer.archive.output import EMBEDDING_DIM, EmbeddingWriter, ScoreWriter
 from streamer.archive.tables import EventBuilder, TableWriter
 from streamer.archive.timing import RecordingTime
 from streamer.audio import TARGET_SAMPLE_RATE_HZ, WINDOW_SAMPLES, AudioChunk, iter_chunks
 from streamer.errors import AudioDecodeError, StreamerError
+from streamer.files import install, temporary_sibling
 from streamer.metadata import N_WINDOWS_PER_FILE, WINDOW_S, ClassLabels
 from streamer.models.moe import set_torch_threads
 from streamer.pipeline.children import maxrss_kb
@@ -43,6 +51,31 @@ CHUNK_SAMPLES = N_WINDOWS_PER_FILE * WINDOW_SAMPLES
 REDUCER_TORCH_THREADS = 1
 #: Chunks decoded ahead of the models (each is 7.7 MB of float32).
 PREFETCH_CHUNKS = 1
+
+
+@dataclass(frozen=True)
+class ChunkSpan:
+    """Chunks ``first .. end - 1`` of an input (``end=None``: to the end of the file), range
+    ``index`` of ``count``; its window arrays go to ``<part>.scores.f32`` and
+    ``<part>.embeddings.f32`` (raw float32 rows, C or 1536 values each)."""
+
+    index: int
+    count: int
+    first: int
+    end: int | None
+    part: Path
+
+    @property
+    def scores_path(self) -> Path:
+        return self.part.with_name(self.part.name + ".scores.f32")
+
+    @property
+    def embeddings_path(self) -> Path:
+        return self.part.with_name(self.part.name + ".embeddings.f32")
+
+    def describe(self) -> str:
+        last = "the end" if self.end is None else f"{self.end * CHUNK_SAMPLES // TARGET_SAMPLE_RATE_HZ} s"
+        return f"range {self.index + 1}/{self.count}, {self.first * CHUNK_SAMPLES // TARGET_SAMPLE_RATE_HZ} s to {last}"
 
 
 @dataclass(frozen=True)
@@ -66,6 +99,22 @@ class ArchiveTask:
     embeddings_out: Path | None = None  # where the window embeddings go (None: not written)
     embeddings_dtype: str = "float32"
     write_scores: bool = True  # False: ``out`` is the embeddings file, no scores (--labels none)
+    span: ChunkSpan | None = None  # one range of the input's chunks (None: the whole input)
+
+    @property
+    def label(self) -> str:
+        """The input's name, and the range when the task is one."""
+        return self.rel if self.span is None else f"{self.rel} ({self.span.describe()})"
+
+    @property
+    def needs_embeddings(self) -> bool:
+        return self.embeddings_out is not None or not self.write_scores
+
+    def partial_files(self) -> list[Path]:
+        """The files this task writes (their temporary siblings are what a dead worker leaves)."""
+        if self.span is not None:
+            return [self.span.scores_path, self.span.embeddings_path]
+        return [self.out] + ([self.embeddings_out] if self.embeddings_out is not None else [])
 
 
 @dataclass
@@ -135,12 +184,134 @@ class _Prefetcher:
         self._thread.join()
 
 
-def chunks_of(path: Path, prefetch: int = PREFETCH_CHUNKS):
-    """The 60-s chunks of a recording, decoded ``prefetch`` chunks ahead (0: in line)."""
+def chunks_of(path: Path, prefetch: int = PREFETCH_CHUNKS, span: ChunkSpan | None = None):
+    """The 60-s chunks of a recording (of one range of it), decoded ``prefetch`` chunks ahead
+    (0: in line)."""
+    chunks = iter_chunks(path, CHUNK_SAMPLES) if span is None else iter_chunks(path, CHUNK_SAMPLES, span.first, span.end)
     if prefetch <= 0:
-        return iter_chunks(path, CHUNK_SAMPLES), None
-    fetcher = _Prefetcher(iter_chunks(path, CHUNK_SAMPLES), prefetch)
+        return chunks, None
+    fetcher = _Prefetcher(chunks, prefetch)
     return iter(fetcher), fetcher
+
+
+class InputSink:
+    """Where an input's windows go: its score or detection table (or its embeddings alone with
+    ``--labels none``), its embeddings file, and the archive summary's counts."""
+
+    def __init__(self, task: ArchiveTask, labels: ClassLabels) -> None:
+        self.task = task
+        n_classes = len(labels.codes)
+        self.classes = tuple(labels.codes)
+        self.writer = self._writer(task, labels)
+        self.writers = [self.writer]
+        if task.embeddings_out is not None:
+            self.writers.append(EmbeddingWriter(task.embeddings_out, task.rel, dtype=task.embeddings_dtype))
+        self.counts: collections.Counter = collections.Counter()
+        self.counter = EventBuilder(n_classes, min_score=task.summary_min_score, top_k=task.top_k)
+
+    @staticmethod
+    def _writer(task: ArchiveTask, labels: ClassLabels):
+        """The table writer of ``task``'s format: detections (raven, audacity, or Parquet/CSV with
+        a threshold or merging), else every score (wide, or the top-k long format); the
+        embeddings' writer when they are the only output."""
+        if not task.write_scores:
+            return EmbeddingWriter(task.out, task.rel, dtype=task.embeddings_dtype)
+        if task.min_score is None:
+            return ScoreWriter(task.out, task.rel, tuple(labels.codes), fmt=task.fmt, top_k=task.top_k)
+        builder = EventBuilder(len(labels.codes), min_score=task.min_score, top_k=task.top_k, merge=task.merge)
+        return TableWriter(task.out, task.rel, labels.codes, labels.common, labels.scientific, fmt=task.fmt, builder=builder)
+
+    def write(self, first_window: int, probs: np.ndarray | None, embedding: np.ndarray) -> None:
+        """The scores and embeddings of windows ``first_window …`` (one chunk's worth)."""
+        task = self.task
+        self.writer.write_chunk(first_window, probs if task.write_scores else embedding)
+        if len(self.writers) > 1:
+            self.writers[1].write_chunk(first_window, embedding)
+        if task.write_scores:
+            _count(self.counts, self.counter, task.when, first_window, probs)
+
+    def close(self) -> list:
+        """Finish the files; returns the summary's counts ``[class, UTC date, UTC hour, windows]``."""
+        for w in self.writers[1:]:
+            w.close()  # the embeddings first: the score file is what marks the input done
+        self.writer.close()
+        return [[self.classes[c], date, hour, n] for (c, date, hour), n in sorted(self.counts.items())]
+
+    def abort(self) -> None:
+        for w in self.writers:
+            w.abort()  # a partial file never looks finished
+
+
+def _count(counts: collections.Counter, counter: EventBuilder, when: RecordingTime, first_window: int, probs) -> None:
+    """Detection windows per (class, UTC date, UTC hour) for the archive summary; date ``""``
+    and hour -1 where the recording's start is unknown."""
+    for offset, kept in enumerate(counter.detections(probs)):
+        if when.start_utc is None:
+            date, hour = "", -1
+        else:
+            moment = when.start_utc + timedelta(seconds=(first_window + offset) * WINDOW_S)
+            date, hour = moment.date().isoformat(), moment.hour
+        for cls, _ in kept:
+            counts[(cls, date, hour)] += 1
+
+
+class _RawRows:
+    """float32 rows appended to a temporary sibling of ``path``, renamed into place on close."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd, self._tmp = temporary_sibling(path)
+        self._file = os.fdopen(fd, "wb")
+
+    def write(self, rows: np.ndarray) -> None:
+        self._file.write(np.ascontiguousarray(rows, dtype=np.float32).tobytes())
+
+    def close(self) -> None:
+        self._file.close()
+        install(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+class RangeSink:
+    """Where a range's windows go: its raw float32 score and embedding rows (see
+    :class:`ChunkSpan`), read back in order by :func:`join_ranges`."""
+
+    def __init__(self, task: ArchiveTask) -> None:
+        self.task = task
+        self.span = task.span
+        self.n_windows = 0
+        self.scores = _RawRows(self.span.scores_path) if task.write_scores else None
+        self.embeddings = None
+        try:
+            if task.needs_embeddings:
+                self.embeddings = _RawRows(self.span.embeddings_path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, first_window: int, probs: np.ndarray | None, embedding: np.ndarray) -> None:
+        expected = self.span.first * N_WINDOWS_PER_FILE + self.n_windows
+        if first_window != expected:  # chunks come in order, one after the other
+            raise RuntimeError(f"{self.task.label}: window {first_window} came where {expected} was due")
+        if self.scores is not None:
+            self.scores.write(probs)
+        if self.embeddings is not None:
+            self.embeddings.write(embedding)
+        self.n_windows += embedding.shape[0]
+
+    def close(self) -> list:
+        for rows in (self.embeddings, self.scores):
+            if rows is not None:
+                rows.close()
+        return []  # the summary's counts are made when the ranges are joined
+
+    def abort(self) -> None:
+        for rows in (self.scores, self.embeddings):
+            if rows is not None:
+                rows.abort()
 
 
 class ArchiveScorer:
@@ -192,59 +363,35 @@ class ArchiveScorer:
         n_real = math.ceil(chunk.n_real / WINDOW_SAMPLES)
         return probs[:n_real], outputs.embedding[:n_real]
 
-    def _writer(self, task: ArchiveTask):
-        """The table writer of ``task``'s format: detections (raven, audacity, or Parquet/CSV with
-        a threshold or merging), else every score (wide, or the top-k long format); the
-        embeddings' writer when they are the only output."""
-        if not task.write_scores:
-            return EmbeddingWriter(task.out, task.rel, dtype=task.embeddings_dtype)
-        if task.min_score is None:
-            return ScoreWriter(task.out, task.rel, self.classes, fmt=task.fmt, top_k=task.top_k)
-        builder = EventBuilder(len(self.classes), min_score=task.min_score, top_k=task.top_k, merge=task.merge)
-        return TableWriter(task.out, task.rel, self.labels.codes, self.labels.common, self.labels.scientific,
-                           fmt=task.fmt, builder=builder)
-
     def score(self, task: ArchiveTask, on_chunk: Callable[[float], None] | None = None) -> TaskResult:
-        """Score ``task`` into its output file (written atomically).
+        """Score ``task`` into its output files (written atomically): the input's, or for a
+        range its window arrays.
 
         ``on_chunk(seconds_of_audio)`` is called after every chunk (for progress). Unreadable or
-        broken audio gives a failed result; any other error removes the partial file and is
+        broken audio gives a failed result; any other error removes the partial files and is
         raised."""
         before = {**self.models.seconds, **self.reducer.seconds}
-        writer = self._writer(task)
-        writers = [writer]
-        if task.embeddings_out is not None:
-            writers.append(EmbeddingWriter(task.embeddings_out, task.rel, dtype=task.embeddings_dtype))
+        sink = InputSink(task, self.labels) if task.span is None else RangeSink(task)
         n_samples = 0
         notes: list[str] = []
-        counts: collections.Counter = collections.Counter()
-        counter = EventBuilder(len(self.classes), min_score=task.summary_min_score, top_k=task.top_k)
-        chunks, fetcher = chunks_of(task.path, self.prefetch)
+        chunks, fetcher = chunks_of(task.path, self.prefetch, task.span)
         try:
             for chunk in chunks:
                 probs, embedding = self.score_chunk(chunk, task.when, key=task.rel, notes=notes)
-                writer.write_chunk(chunk.index * N_WINDOWS_PER_FILE, probs if task.write_scores else embedding)
-                if len(writers) > 1:
-                    writers[1].write_chunk(chunk.index * N_WINDOWS_PER_FILE, embedding)
-                if task.write_scores:
-                    self._count(counts, counter, task.when, chunk.index * N_WINDOWS_PER_FILE, probs)
+                sink.write(chunk.index * N_WINDOWS_PER_FILE, probs, embedding)
                 n_samples += chunk.n_real
                 if on_chunk is not None:
                     on_chunk(chunk.n_real / TARGET_SAMPLE_RATE_HZ)
         except (AudioDecodeError, UnscorableInput) as exc:
-            for w in writers:
-                w.abort()
+            sink.abort()
             return TaskResult(task.rel, False, str(exc), n_samples / TARGET_SAMPLE_RATE_HZ, peak_rss_kb=maxrss_kb())
         except BaseException:
-            for w in writers:
-                w.abort()  # a partial file never looks finished
+            sink.abort()
             raise
         finally:
             if fetcher is not None:
                 fetcher.close()
-        for w in writers[1:]:
-            w.close()  # the embeddings first: the score file is what marks the input done
-        writer.close()
+        counts = sink.close()
         after = {**self.models.seconds, **self.reducer.seconds}
         return TaskResult(
             task.rel,
@@ -253,18 +400,70 @@ class ArchiveScorer:
             stage_s={k: after[k] - before.get(k, 0.0) for k in after},
             peak_rss_kb=maxrss_kb(),
             notes=notes,
-            counts=[[self.classes[c], date, hour, n] for (c, date, hour), n in sorted(counts.items())],
+            counts=counts,
         )
 
-    @staticmethod
-    def _count(counts: collections.Counter, counter: EventBuilder, when: RecordingTime, first_window: int, probs) -> None:
-        """Detection windows per (class, UTC date, UTC hour) for the archive summary; date ``""``
-        and hour -1 where the recording's start is unknown."""
-        for offset, kept in enumerate(counter.detections(probs)):
-            if when.start_utc is None:
-                date, hour = "", -1
-            else:
-                moment = when.start_utc + timedelta(seconds=(first_window + offset) * WINDOW_S)
-                date, hour = moment.date().isoformat(), moment.hour
-            for cls, _ in kept:
-                counts[(cls, date, hour)] += 1
+
+def _read_rows(path: Path, width: int) -> np.ndarray:
+    """A range's raw float32 rows ``[n, width]``, mapped from disk (read as they are used)."""
+    size = path.stat().st_size
+    if size % (4 * width):
+        raise ValueError(f"{path}: {size} bytes is not a whole number of {width}-value rows")
+    if size == 0:
+        return np.zeros((0, width), np.float32)
+    return np.memmap(path, dtype=np.float32, mode="r", shape=(size // (4 * width), width))
+
+
+def join_ranges(task: ArchiveTask, spans: list[ChunkSpan], results: list[TaskResult], labels: ClassLabels) -> TaskResult:
+    """The input's files from its ranges' window arrays, written chunk by chunk through the same
+    writers as a whole-input run (so the files are the same, row groups and merged events
+    included), and the input's result from the ranges' results. The ranges' arrays are removed
+    afterwards, whatever happened.
+
+    Raises:
+        ValueError: the ranges do not follow each other (a range ended before its end while the
+            next one holds windows): nothing is written.
+        OSError: writing failed (the partial files are removed).
+    """
+    failpoints.hit("archive.join_ranges", task.rel)
+    try:
+        sink = InputSink(task, labels)
+        try:
+            next_window = 0
+            n_classes = len(labels.codes)
+            for span in spans:
+                scores = _read_rows(span.scores_path, n_classes) if task.write_scores else None
+                embeddings = _read_rows(span.embeddings_path, EMBEDDING_DIM) if task.needs_embeddings else None
+                n = (scores if scores is not None else embeddings).shape[0]
+                if embeddings is not None and embeddings.shape[0] != n:
+                    raise ValueError(f"{task.rel}: {span.describe()} has {n} score rows and {embeddings.shape[0]} embeddings")
+                first = span.first * N_WINDOWS_PER_FILE
+                if n and first != next_window:
+                    raise ValueError(f"{task.rel}: {span.describe()} starts at window {first}, the ranges before end at {next_window}")
+                for offset in range(0, n, N_WINDOWS_PER_FILE):
+                    rows = slice(offset, offset + N_WINDOWS_PER_FILE)
+                    sink.write(first + offset, None if scores is None else np.asarray(scores[rows]),
+                               None if embeddings is None else np.asarray(embeddings[rows]))
+                next_window = first + n if n else next_window
+                del scores, embeddings
+            counts = sink.close()
+        except BaseException:
+            sink.abort()
+            raise
+    finally:
+        for span in spans:
+            for path in (span.scores_path, span.embeddings_path):
+                path.unlink(missing_ok=True)
+    stage_s: dict[str, float] = {}
+    for r in results:
+        for k, v in r.stage_s.items():
+            stage_s[k] = stage_s.get(k, 0.0) + v
+    return TaskResult(
+        task.rel,
+        True,
+        audio_s=sum(r.audio_s for r in results),
+        stage_s=stage_s,
+        peak_rss_kb=max((r.peak_rss_kb for r in results), default=0),
+        notes=[note for r in results for note in r.notes],
+        counts=counts,
+    )
