@@ -8,10 +8,11 @@ workers: whole inputs, or contiguous ranges of an input's 60-s chunks
 
 Planning (:func:`plan_splits`) splits only what balancing needs: starting from whole inputs, the
 longest unit's input gets one more range while the longest-first schedule of the units on the
-workers ends more than :data:`BALANCE_TOLERANCE` after the ideal (the audio divided evenly), and
-no range falls below :data:`MIN_RANGE_CHUNKS` chunks. One 128-minute input on two workers
-becomes two 64-minute ranges; four 16-minute inputs stay whole; three 60-minute inputs on two
-workers become six 30-minute ranges. Inputs whose header gives no duration are never split.
+workers ends more than :data:`BALANCE_TOLERANCE` after the ideal (the audio divided evenly) and
+no range would fall below :data:`MIN_RANGE_CHUNKS` chunks; the plan that ends first wins (with
+the fewest ranges). One 128-minute input on two workers becomes two 64-minute ranges; four
+16-minute inputs stay whole; of three 60-minute inputs on two workers one becomes two 30-minute
+ranges (60 + 30 minutes on each worker). Inputs whose header gives no duration are never split.
 
 Each range is decoded from a little before its first chunk, so its samples equal the whole
 file's (:func:`streamer.audio.iter_chunks`), and writes its window arrays to the hidden
@@ -96,15 +97,19 @@ def plan_splits(chunk_counts: list[int], n_workers: int, *, min_range_chunks: in
     if n_workers <= 1 or total == 0:
         return ranges
     ideal = total / n_workers
+    best: tuple[float, int, list[int]] | None = None  # (makespan, ranges in all, plan)
     while True:
-        lengths = [n for c, k in zip(chunk_counts, ranges) for n in _range_lengths(c, k)]
-        if makespan(lengths, n_workers) <= ideal * (1 + tolerance):
-            return ranges
+        span = makespan([n for c, k in zip(chunk_counts, ranges) for n in _range_lengths(c, k)], n_workers)
+        if best is None or span < best[0]:
+            best = (span, sum(ranges), list(ranges))
+        if span <= ideal * (1 + tolerance):
+            break
         splittable = [i for i, (c, k) in enumerate(zip(chunk_counts, ranges)) if c // (k + 1) >= min_range_chunks]
         if not splittable:
-            return ranges
+            break
         i = max(splittable, key=lambda j: (math.ceil(chunk_counts[j] / ranges[j]), -j))
         ranges[i] += 1
+    return best[2]  # a split that did not shorten the schedule is not kept
 
 
 def parts_dir(out_dir: Path) -> Path:

@@ -353,7 +353,7 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
                 most = plan_layout(workers=execution.workers, threads=threads, pin=execution.pin, decoders=1).n_workers
                 units = work.plan(most)
                 layout = plan_layout(workers=execution.workers, threads=threads, pin=execution.pin, n_files=len(units), decoders=1)
-                report.layout = f"{layout.n_workers} worker(s) x {layout.threads or 'default'} thread(s)" + (", pinned" if any(layout.worker_cpus) else "")
+                report.layout = f"{min(layout.n_workers, max(1, len(units)))} worker(s) x {layout.threads or 'default'} thread(s)" + (", pinned" if any(layout.worker_cpus) else "")
                 log.info("engine: local, %s", report.layout)
                 LocalEngine(plan.model, plan.reducer, plan.class_labels, layout, task_timeout_s=execution.task_timeout_s,
                             startup_timeout_s=execution.startup_timeout_s).run(work)
