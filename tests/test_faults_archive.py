@@ -163,3 +163,100 @@ def test_ray_engine(kit, inputs, reference, tmp_path, spec):
     if "nan" in spec:
         assert list(doc["failed"]) == [VICTIM]
     assert_resumed(kit, inputs, out, reference, retry_failed=True)
+
+
+# ---------------------------------------------------------------------------- one input split across workers
+
+SPLIT = ("--workers", "2", "--threads", "1", "--no-cnn", "--no-crnn")
+LONG_NAME = "in/long.flac"
+
+
+@pytest.fixture(scope="module")
+def long_input(tmp_path_factory):
+    """One resampled stereo input (44.1 kHz, 250 s): two ranges of chunks on two workers."""
+    from test_archive_ranges import make_stereo_44k
+
+    folder = tmp_path_factory.mktemp("split") / "in"
+    folder.mkdir()
+    make_stereo_44k(folder / "long.flac", 250)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def split_reference(kit, long_input, tmp_path_factory):
+    out = tmp_path_factory.mktemp("split-ref") / "out"
+    code, doc, text = archive(kit, long_input, out, args=SPLIT)
+    assert code == 0, text[-3000:]
+    assert doc["ranges"] == {LONG_NAME: 2}
+    return read_all(out)
+
+
+def assert_split_resumed(kit, long_input, out, reference, retry_failed=False, args=SPLIT):
+    """A plain rerun completes the folder, equal to the uninterrupted split run; no range arrays
+    or temporary files are left, and the input is journaled done."""
+    code, doc, text = archive(kit, long_input, out, "", *(["--retry-failed"] if retry_failed else []), args=args)
+    assert code == 0, text[-3000:]
+    got = read_all(out)
+    assert sorted(got) == sorted(reference)
+    for name in reference:
+        pd.testing.assert_frame_equal(got[name], reference[name], check_exact=True)
+    assert not (out / ".streamer-ranges").exists() and not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    status = {}
+    for line in (out / JOURNAL_NAME).read_text().splitlines():
+        entry = json.loads(line)
+        status[entry["output"]] = entry["status"]
+    assert status == {"in/long.flac.parquet": "done"}
+
+
+@pytest.mark.parametrize("spec", [
+    "archive.worker_chunk=kill@2",  # one range's worker dies: that range is redone
+    "archive.worker_chunk=raise@3",
+    "archive.worker_setup=kill@1",
+])
+def test_split_input_recovers(kit, long_input, split_reference, tmp_path, spec):
+    out = tmp_path / "out"
+    code, doc, text = archive(kit, long_input, out, spec, args=SPLIT)
+    assert code == 0, text[-3000:]
+    assert doc["done"] == [LONG_NAME] and doc["ranges"] == {LONG_NAME: 2}
+    assert_split_resumed(kit, long_input, out, split_reference)
+
+
+def test_a_hung_range_is_killed_and_redone(kit, long_input, split_reference, tmp_path):
+    out = tmp_path / "out"
+    code, doc, text = archive(kit, long_input, out, "archive.worker_chunk=hang@2", "--task-timeout", "5", args=SPLIT)
+    assert code == 0, text[-3000:]
+    assert "(hung)" in text and "range" in text
+    assert_split_resumed(kit, long_input, out, split_reference)
+
+
+@pytest.mark.parametrize("spec,reason", [
+    ("archive.worker_chunk=nan@2", "Perch gave non-finite outputs"),  # one range unscorable: the input fails
+    ("archive.join_ranges=enospc", "joining its 2 ranges failed"),
+])
+def test_a_failed_range_fails_its_input(kit, long_input, split_reference, tmp_path, spec, reason):
+    out = tmp_path / "out"
+    code, doc, text = archive(kit, long_input, out, spec, args=SPLIT)
+    assert code == 1, text[-3000:]
+    assert list(doc["failed"]) == [LONG_NAME] and reason in doc["failed"][LONG_NAME]
+    assert not doc["done"] and not list(out.rglob("*.parquet"))
+    assert not (out / ".streamer-ranges").exists()
+    assert_split_resumed(kit, long_input, out, split_reference, retry_failed=True)
+
+
+def test_an_interrupted_split_run_resumes(kit, long_input, split_reference, tmp_path):
+    out = tmp_path / "out"
+    code, doc, text = archive(kit, long_input, out, "archive.worker_chunk=sigint@3", args=SPLIT)
+    assert code == 130, text[-3000:]
+    assert not list(out.rglob("*.parquet"))
+    assert not (out / ".streamer-ranges").exists()  # the finished range is not kept: the input is redone
+    assert_split_resumed(kit, long_input, out, split_reference)
+
+
+def test_a_split_input_on_ray(kit, long_input, split_reference, tmp_path):
+    pytest.importorskip("ray")
+    ray_args = ("--engine", "ray", "--workers", "2", "--threads", "1", "--no-cnn", "--no-crnn")
+    out = tmp_path / "out"
+    code, doc, text = archive(kit, long_input, out, "archive.worker_chunk=raise@2", args=ray_args)
+    assert code == 0, text[-3000:]
+    assert doc["ranges"] == {LONG_NAME: 2}
+    assert_split_resumed(kit, long_input, out, split_reference, args=ray_args)  # equal to the local engine's
