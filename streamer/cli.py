@@ -263,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", type=float, nargs="+", default=None, metavar="MIN", help="input lengths in minutes (default: 4 16 64 128; quick: 4 16 32)")
     p.add_argument("--engines", nargs="+", choices=ARCHIVE_ENGINES, default=["local"], help="archive engines to measure (default: local)")
     p.add_argument("--labels", nargs="+", choices=("competition", "perch"), default=["competition"], help="the ensemble, and/or Perch alone with its own labels (--labels perch), measured side by side (default: competition)")
+    p.add_argument("--shapes", nargs="+", choices=("single", "unsplit", "multi"), default=["single", "unsplit", "multi"], help="the same audio as: one input (split across the workers), the same input with --no-split, and 4 inputs of a quarter of the length each (default: all three)")
     p.add_argument("--repeats", type=_positive_int, default=None, help="interleaved repeats (default: 2, quick 1)")
     p.add_argument("--source", type=Path, default=None, metavar="FILE", help="recording looped to each length (default: the 16-min 22-kHz field recording shipped with streamer)")
     _add_bench_model_arguments(p)
@@ -351,6 +352,7 @@ def cmd_bench_archive(args: argparse.Namespace) -> int:
     result = run_archive_bench(
         _bench_models(args), source=args.source, lengths_min=tuple(args.lengths) if args.lengths else None,
         engines=tuple(args.engines), repeats=args.repeats, quick=args.quick, labels=tuple(args.labels),
+        shapes=tuple(args.shapes),
     )
     args.out_dir.mkdir(parents=True, exist_ok=True)
     text = archive_markdown(result)

@@ -114,19 +114,27 @@ def test_competition_mode_still_needs_its_folders(kit, src, tmp_path, capsys):
     assert read_perch_labels  # the label list reader the mode uses
 
 
-def test_bench_archive_measures_perch_alone_beside_the_ensemble(kit, tmp_path):
+def test_bench_archive_measures_perch_alone_and_one_input_beside_many(kit, tmp_path):
     from streamer.bench.archive import archive_markdown, run_archive_bench
     from streamer.bench.runner import BenchModels
 
     models = BenchModels(perch=kit.perch_onnx, moe_dir=kit.moe_dir, data_dir=kit.data_dir, description="small stand-ins")
     source = tmp_path / "src.flac"
-    write_audio(source, 0.02 * np.random.default_rng(0).standard_normal(32000 * 20), 32000)
-    result = run_archive_bench(models, source=source, lengths_min=(0.5,), engines=("sequential",), repeats=1,
-                               labels=("competition", "perch"), work_dir=tmp_path)
-    by_labels = {r["labels"]: r for r in result["rows"]}
-    assert set(by_labels) == {"competition", "perch"} and all(r["rtf"] > 0 for r in by_labels.values())
-    ratio = by_labels["perch"]["rtf"] / by_labels["competition"]["rtf"]
-    assert f"Perch alone vs the ensemble (sequential, 0.5 min): {ratio:.2f}x" in archive_markdown(result)
+    write_audio(source, 0.02 * np.random.default_rng(0).standard_normal(32000 * 60), 32000)
+    result = run_archive_bench(models, source=source, lengths_min=(4,), engines=("local",), repeats=1,
+                               labels=("competition", "perch"), shapes=("single", "unsplit", "multi"), work_dir=tmp_path)
+    rows = {(r["labels"], r["shape"]): r for r in result["rows"]}
+    assert set(rows) == {("competition", "single"), ("competition", "unsplit"), ("competition", "multi"), ("perch", "single")}
+    assert all(r["rtf"] > 0 for r in rows.values())
+    single = rows[("competition", "single")]
+    # On two or more CPUs the one 4-min input is split for the workers; --no-split keeps it whole.
+    assert rows[("competition", "unsplit")]["ranges"] == 0 and rows[("competition", "multi")]["ranges"] == 0
+    assert single["ranges"] == (0 if single["layout"].startswith("1 worker") else 2)
+    text = archive_markdown(result)
+    ratio = rows[("perch", "single")]["rtf"] / single["rtf"]
+    assert f"Perch alone vs the ensemble (local, 4 min): {ratio:.2f}x" in text
+    for other in ("unsplit", "multi"):
+        assert f"{single['rtf'] / rows[('competition', other)]['rtf']:.2f}x the real-time factor" in text
 
 
 def test_the_python_api_scores_with_perch_alone(kit, src, tmp_path):

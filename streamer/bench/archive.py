@@ -9,6 +9,12 @@ interleaved and repeated, and medians are quoted.
 Reported per run: wall time, the real-time factor (seconds of audio per second of wall time,
 start-up included), and the peak resident memory of the worker(s) and of the parent. Memory
 that stays flat as the length grows is the point of the streaming design.
+
+Input shapes (``shapes``), the same audio each time: ``single`` (one input of the length, split
+across the workers when there are more workers than inputs), ``unsplit`` (the same input with
+``--no-split``: one worker scores it), ``multi`` (:data:`MULTI_INPUTS` inputs of a quarter of the
+length each). Their real-time factors, measured in the same interleaved runs, give the
+single-input speed-up of splitting and how close one long input comes to many.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ log = logging.getLogger(__name__)
 DEFAULT_SOURCE = "jura_S4A03895_20190522_24h_16min_22k.ogg"
 LENGTHS_MIN = (4, 16, 64, 128)
 QUICK_LENGTHS_MIN = (4, 16, 32)
+SHAPES = ("single", "unsplit", "multi")
+#: Inputs of the ``multi`` shape (each a quarter of the length).
+MULTI_INPUTS = 4
 
 
 def default_source() -> Path:
@@ -82,6 +91,7 @@ def run_archive_subprocess(models: BenchModels, inputs: Path, engine_args: tuple
         "peak_worker_rss_mb": report["peak_worker_rss_mb"],
         "peak_parent_rss_mb": report["peak_parent_rss_mb"],
         "stage_seconds": report["stage_seconds"],
+        "ranges": sum(report.get("ranges", {}).values()),
     }
 
 
@@ -102,17 +112,23 @@ def run_archive_bench(
     quick: bool = False,
     work_dir: Path | None = None,
     labels: tuple[str, ...] = ("competition",),
+    shapes: tuple[str, ...] = ("single",),
 ) -> dict:
-    """Measure every (engine, labels, length); returns the results (see :func:`archive_markdown`).
+    """Measure every (engine, labels, input shape, length); returns the results (see
+    :func:`archive_markdown`).
 
     ``labels``: ``competition`` (the ensemble) and/or ``perch`` (Perch alone, top-3 of its own
-    labels), measured in the same interleaved runs so their ratio means something."""
+    labels); ``shapes``: see the module notes. Everything is measured in the same interleaved
+    runs so that ratios mean something. Perch alone is measured on the ``single`` shape only."""
     source = Path(source) if source is not None else default_source()
     lengths = tuple(lengths_min) if lengths_min else (QUICK_LENGTHS_MIN if quick else LENGTHS_MIN)
     repeats = repeats or (1 if quick else 2)
     for engine in engines:
         if engine not in ENGINE_ARGS:
             raise ValueError(f"unknown engine {engine!r}; expected one of {sorted(ENGINE_ARGS)}")
+    for shape in shapes:
+        if shape not in SHAPES:
+            raise ValueError(f"unknown input shape {shape!r}; expected one of {SHAPES}")
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="streamer-bench-archive-", dir=work_dir) as tmp:
         work = Path(tmp)
@@ -120,24 +136,36 @@ def run_archive_bench(
         for minutes in lengths:
             folder = work / f"in-{minutes:g}min"
             make_long_input(source, minutes, folder / f"recording_{minutes:g}min.flac")
-            inputs[minutes] = folder
-        runs: dict[tuple[str, str, float], list[dict]] = {(e, lab, m): [] for e in engines for lab in labels for m in lengths}
+            inputs[("single", minutes)] = inputs[("unsplit", minutes)] = folder
+            if "multi" in shapes:
+                folder = work / f"in-{MULTI_INPUTS}x{minutes / MULTI_INPUTS:g}min"
+                for i in range(MULTI_INPUTS):
+                    make_long_input(source, minutes / MULTI_INPUTS, folder / f"recording_{i}.flac")
+                inputs[("multi", minutes)] = folder
+        runs: dict[tuple[str, str, str, float], list[dict]] = {
+            (e, lab, shape, m): [] for e in engines for lab in labels for shape in shapes for m in lengths
+            if lab == "competition" or shape == "single"
+        }
         keys = list(runs)
         for rep in range(repeats):
             order = keys[rep % len(keys):] + keys[: rep % len(keys)]  # rotate, so no pair always goes first
-            for engine, lab, minutes in order:
-                tag = f"{engine}-{lab}-{minutes:g}-{rep}"
-                log.info("bench-archive: %s, %s labels, %g min (repeat %d/%d)", engine, lab, minutes, rep + 1, repeats)
-                args = ENGINE_ARGS[engine] + (("--labels", "perch") if lab == "perch" else ())
-                runs[(engine, lab, minutes)].append(run_archive_subprocess(models, inputs[minutes], args, work, tag))
+            for engine, lab, shape, minutes in order:
+                tag = f"{engine}-{lab}-{shape}-{minutes:g}-{rep}"
+                log.info("bench-archive: %s, %s labels, %s, %g min (repeat %d/%d)", engine, lab, shape, minutes, rep + 1, repeats)
+                args = ENGINE_ARGS[engine] + (("--labels", "perch") if lab == "perch" else ()) + (("--no-split",) if shape == "unsplit" else ())
+                runs[(engine, lab, shape, minutes)].append(run_archive_subprocess(models, inputs[(shape, minutes)], args, work, tag))
     rows = []
-    for (engine, lab, minutes), rs in runs.items():
+    for (engine, lab, shape, minutes), rs in runs.items():
+        name = engine + ("" if lab == "competition" else ", Perch alone") + {
+            "single": "", "unsplit": ", not split", "multi": f", {MULTI_INPUTS} inputs"}[shape]
         rows.append({
-            "engine": engine if lab == "competition" else f"{engine}, Perch alone",
+            "engine": name,
             "labels": lab,
+            "shape": shape,
             "minutes": minutes,
             "layout": rs[0]["layout"],
             "rtf": statistics.median(r["rtf"] for r in rs),
+            "ranges": rs[0]["ranges"],
             "wall_s": statistics.median(r["wall_s"] for r in rs),
             "peak_worker_rss_mb": max(r["peak_worker_rss_mb"] for r in rs),
             "peak_parent_rss_mb": max(r["peak_parent_rss_mb"] for r in rs),
@@ -162,20 +190,39 @@ def archive_markdown(result: dict) -> str:
         f"Input: {result['source']} looped to each length (FLAC at its own rate, resampled to 32 kHz while streaming); "
         f"medians of {result['repeats']} interleaved repeat(s); real-time factor = audio seconds per wall second, start-up included.",
         "",
-        "| engine | layout | length (min) | wall (s) | real-time factor | peak worker RSS (MB) | peak parent RSS (MB) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| engine | layout | length (min) | ranges | wall (s) | real-time factor | peak worker RSS (MB) | peak parent RSS (MB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
-        lines.append(f"| {r['engine']} | {r['layout']} | {r['minutes']:g} | {r['wall_s']:.1f} | {r['rtf']:.0f}x | "
-                     f"{r['peak_worker_rss_mb']:.0f} | {r['peak_parent_rss_mb']:.0f} |")
-    by_key = {(r["engine"], r.get("labels", "competition"), r["minutes"]): r for r in result["rows"]}
-    for (engine, lab, minutes), r in by_key.items():
-        ensemble = by_key.get((engine.removesuffix(", Perch alone"), "competition", minutes))
-        if lab == "perch" and ensemble is not None and ensemble["rtf"] > 0:
-            lines.append(f"\nPerch alone vs the ensemble ({engine.removesuffix(', Perch alone')}, {minutes:g} min): "
-                         f"{r['rtf'] / ensemble['rtf']:.2f}x the real-time factor.")
+        lines.append(f"| {r['engine']} | {r['layout']} | {r['minutes']:g} | {r.get('ranges', 0) or '-'} | {r['wall_s']:.1f} | "
+                     f"{r['rtf']:.0f}x | {r['peak_worker_rss_mb']:.0f} | {r['peak_parent_rss_mb']:.0f} |")
+    lines.append("")
+    lines += [f"- {line}" for line in archive_ratios(result)]
     lines += ["", f"Benchmark time: {result['bench_s'] / 60:.1f} min. Thread variables: {result['environment']}."]
     return "\n".join(lines) + "\n"
+
+
+def archive_ratios(result: dict) -> list[str]:
+    """The ratios of real-time factors measured in the same run: one input split across the
+    workers against the same input not split and against many inputs, and Perch alone against
+    the ensemble."""
+    by_key = {(r["engine"].split(",")[0], r.get("labels", "competition"), r.get("shape", "single"), r["minutes"]): r
+              for r in result["rows"]}
+    out = []
+    for (engine, lab, shape, minutes), r in by_key.items():
+        if shape != "single" or r["rtf"] <= 0:
+            continue
+        if lab == "competition":
+            for other, what in (("unsplit", "the same input not split"), ("multi", f"{MULTI_INPUTS} inputs of the same audio")):
+                o = by_key.get((engine, lab, other, minutes))
+                if o is not None and o["rtf"] > 0:
+                    out.append(f"one {minutes:g}-min input ({engine}, {r.get('ranges') or 1} range(s)) vs {what}: "
+                               f"{r['rtf'] / o['rtf']:.2f}x the real-time factor")
+        else:
+            ensemble = by_key.get((engine, "competition", "single", minutes))
+            if ensemble is not None and ensemble["rtf"] > 0:
+                out.append(f"Perch alone vs the ensemble ({engine}, {minutes:g} min): {r['rtf'] / ensemble['rtf']:.2f}x the real-time factor")
+    return out
 
 
 def draw_archive_chart(result: dict, path: Path) -> Path | None:
