@@ -2,9 +2,9 @@
 
 - ``sequential``: one scorer in the calling process (the reference).
 - ``local``: worker processes on this machine, each pinned to its own CPUs with its own thread
-  count, each loading the models once and scoring whole inputs (longest first, so the last
-  long recording does not run alone at the end). The parent only hands out paths and collects
-  outcomes; a worker that dies is restarted and its input retried.
+  count, each loading the models once and scoring units (inputs, or ranges of one), longest
+  first, so the last long recording does not run alone at the end. The parent only hands out
+  paths and collects outcomes; a worker that dies is restarted and its unit retried.
 - ``ray``: the same scorer in Ray actors (one per worker process of the cluster), handed paths,
   never arrays. Every node must see the inputs, the model files and the output folder at the
   same paths (a shared file system).

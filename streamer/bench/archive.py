@@ -157,7 +157,7 @@ def run_archive_bench(
     rows = []
     for (engine, lab, shape, minutes), rs in runs.items():
         name = engine + ("" if lab == "competition" else ", Perch alone") + {
-            "single": "", "unsplit": ", not split", "multi": f", {MULTI_INPUTS} inputs"}[shape]
+            "single": ", 1 input", "unsplit": ", 1 input not split", "multi": f", {MULTI_INPUTS} inputs"}[shape]
         rows.append({
             "engine": name,
             "labels": lab,
