@@ -205,7 +205,11 @@ class InputSink:
         self.writer = self._writer(task, labels)
         self.writers = [self.writer]
         if task.embeddings_out is not None:
-            self.writers.append(EmbeddingWriter(task.embeddings_out, task.rel, dtype=task.embeddings_dtype))
+            try:
+                self.writers.append(EmbeddingWriter(task.embeddings_out, task.rel, dtype=task.embeddings_dtype))
+            except BaseException:
+                self.writer.abort()  # no temporary file outlives a sink that could not start
+                raise
         self.counts: collections.Counter = collections.Counter()
         self.counter = EventBuilder(n_classes, min_score=task.summary_min_score, top_k=task.top_k)
 
@@ -315,14 +319,13 @@ class RangeSink:
 
 
 class ArchiveScorer:
-    """Models loaded once; :meth:`score` turns one recording into one score file."""
+    """Models loaded once; :meth:`score` turns one recording (or a range of it) into its files."""
 
     def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, labels: ClassLabels, *, prefetch: int = PREFETCH_CHUNKS) -> None:
         self.reducer = make_reducer(reducer_spec)
         self.models = ModelStage(model_spec)  # sets torch's threads when the students run in torch
         self.models.check()
         self.labels = labels
-        self.classes = tuple(labels.codes)
         self.prefetch = prefetch
         # ProtoSSM on 12 windows is a few hundred small operators: one torch thread runs it in
         # ~25 ms, while two threads spin-wait on each other and, when another process holds a
