@@ -148,8 +148,8 @@ def test_two_workers_on_one_input_equal_one_worker(kit, long_input, single_worke
     got, want = pd.read_parquet(out / name), pd.read_parquet(ref_scores / name)
     assert len(got) == 78 and got["window"].tolist() == list(range(78))
     _assert_close(got, want)
-    # One row group per 60-s chunk, as one worker writes them.
-    assert pq.ParquetFile(out / name).num_row_groups == pq.ParquetFile(ref_scores / name).num_row_groups == 7
+    # The same row groups as one worker writes (one per hour: here one).
+    assert pq.ParquetFile(out / name).num_row_groups == pq.ParquetFile(ref_scores / name).num_row_groups == 1
     emb = f"_embeddings/{name}"
     _assert_close(pd.read_parquet(out / emb), pd.read_parquet(ref_scores / emb))
     pd.testing.assert_frame_equal(pd.read_csv(out / "_summary.csv"), pd.read_csv(ref_scores / "_summary.csv"))

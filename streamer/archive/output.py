@@ -2,8 +2,8 @@
 
 Wide format (default): ``file, window, start_s, end_s`` then one float32 column per class.
 Long format (``top_k``): ``file, window, start_s, end_s, rank, class, score`` with the ``top_k``
-best classes of each window, for very large runs. Parquet (via pyarrow; one row group per chunk)
-or CSV. Rows go to a temporary file beside the destination, renamed into place by
+best classes of each window, for very large runs. Parquet (via pyarrow; one row group per hour
+of audio, :data:`ROW_GROUP_WINDOWS`) or CSV. Rows go to a temporary file beside the destination, renamed into place by
 :meth:`ScoreWriter.close`, so a partial file never looks finished; memory holds one chunk.
 """
 
@@ -26,6 +26,61 @@ FORMATS = ("parquet", "csv")
 #: A score file's temporary sibling is ``.<name>.<pid>.<random>.tmp`` until it is renamed into
 #: place (streamer.files).
 _TEMPORARY = re.compile(r"^\..+\.(?:parquet|csv|txt)\.(?:\d+\.)?[^.]+\.tmp$")
+
+
+#: Windows per Parquet row group: one hour of audio. A ParquetWriter keeps every row group's
+#: metadata (about 0.8 KB per column) until the file is closed; one group per 60-s chunk held
+#: 280 MB per day of audio for a wide score file (238 columns), so memory grew with the length of
+#: an input. One group per hour holds a sixtieth of that, and the rows waiting for their group
+#: are at most 0.7 MB (wide scores) or 4.4 MB (float32 embeddings).
+ROW_GROUP_WINDOWS = 720
+
+
+class ParquetRows:
+    """A Parquet file written in row groups of :data:`ROW_GROUP_WINDOWS` windows: tables are
+    buffered until a group is full (``options`` go to ``pyarrow.parquet.ParquetWriter``)."""
+
+    def __init__(self, path: Path, **options) -> None:
+        self.path = path
+        self.options = options
+        self._writer = None
+        self._pending: list = []
+        self._windows = 0
+
+    def add(self, table, n_windows: int) -> None:
+        self._pending.append(table)
+        self._windows += n_windows
+        if self._windows >= ROW_GROUP_WINDOWS:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self._pending:
+            return
+        table = pa.concat_tables(self._pending)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(str(self.path), table.schema, **self.options)
+        self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+        self._pending, self._windows = [], 0
+
+    @property
+    def started(self) -> bool:
+        return self._writer is not None or bool(self._pending)
+
+    def close(self) -> None:
+        self.flush()
+        if self._writer is not None:
+            self._writer.close()
+
+    def abort(self) -> None:
+        self._pending = []
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception as exc:  # already broken: the temporary file is removed anyway
+                log.debug("%s: closing the aborted writer failed: %s", self.path, exc)
 
 
 def remove_temporaries_of(path: Path) -> int:
@@ -114,11 +169,9 @@ class ScoreWriter:
             raise ValueError(f"expected [n, {len(self.classes)}] scores, got {probs.shape}")
         table = self._table(first_window, probs)
         if self.fmt == "parquet":
-            import pyarrow.parquet as pq
-
             if self._writer is None:
-                self._writer = pq.ParquetWriter(str(self._tmp), table.schema)
-            self._writer.write_table(table)
+                self._writer = ParquetRows(self._tmp)
+            self._writer.add(table, probs.shape[0])
         else:
             import pyarrow.csv as pacsv
 
@@ -137,12 +190,13 @@ class ScoreWriter:
         return install(self._tmp, self.path)
 
     def abort(self) -> None:
-        for w in (self._writer, self._csv):
-            if w is not None:
-                try:
-                    w.close()
-                except Exception as exc:  # already broken: the temporary file is removed anyway
-                    log.debug("%s: closing the aborted writer failed: %s", self._tmp, exc)
+        if self._writer is not None:
+            self._writer.abort()
+        if self._csv is not None:
+            try:
+                self._csv.close()
+            except Exception as exc:  # already broken: the temporary file is removed anyway
+                log.debug("%s: closing the aborted writer failed: %s", self._tmp, exc)
         if self._tmp.exists():
             self._tmp.unlink()
 
@@ -184,7 +238,6 @@ class EmbeddingWriter:
     def write_chunk(self, first_window: int, embeddings: np.ndarray) -> None:
         """Append the embeddings ``[n, dim]`` of windows ``first_window …``."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         values = np.ascontiguousarray(embeddings, dtype=np.float16 if self.dtype == "float16" else np.float32)
         if values.ndim != 2 or values.shape[1] != self.dim:
@@ -203,8 +256,8 @@ class EmbeddingWriter:
         if self._writer is None:
             # No dictionary for the embedding: floats do not repeat, and the attempt left the
             # file half as large again as the values (1.80 MB against 1.18 MB for 16 minutes).
-            self._writer = pq.ParquetWriter(str(self._tmp), table.schema, use_dictionary=["file"])
-        self._writer.write_table(table)
+            self._writer = ParquetRows(self._tmp, use_dictionary=["file"])
+        self._writer.add(table, n)
         self.n_rows += n
 
     def close(self) -> Path:
@@ -215,9 +268,6 @@ class EmbeddingWriter:
 
     def abort(self) -> None:
         if self._writer is not None:
-            try:
-                self._writer.close()
-            except Exception as exc:  # already broken: the temporary file is removed anyway
-                log.debug("%s: closing the aborted writer failed: %s", self._tmp, exc)
+            self._writer.abort()
         if self._tmp.exists():
             self._tmp.unlink()
