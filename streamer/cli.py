@@ -384,7 +384,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_archive(args: argparse.Namespace) -> int:
     from streamer.archive.engines import ArchiveEngineError
     from streamer.archive.inputs import expand_inputs
-    from streamer.archive.run import run_archive
+    from streamer.archive.run import ArchiveInterrupted, run_archive
     from streamer.archive.timing import parse_utc
     from streamer.files import check_writable_file
     from streamer.stages import prepare
@@ -432,6 +432,10 @@ def cmd_archive(args: argparse.Namespace) -> int:
     except ArchiveEngineError as exc:
         log.error("%s", exc)
         return EXIT_USAGE if exc.setup else EXIT_FAILURE
+    except ArchiveInterrupted as exc:
+        log.error("interrupted; finished inputs are journaled: rerun the same command to resume")
+        _report_out(exc.report, args.report_json)
+        return EXIT_INTERRUPTED
     _report_out(report, args.report_json)
     return EXIT_FAILURE if report.failed or report.unfinished else EXIT_OK
 

@@ -131,8 +131,10 @@ def test_one_input_fails_alone(kit, inputs, reference, tmp_path, spec, reason):
 ])
 def test_interrupted_runs_resume_to_the_same_outputs(kit, inputs, reference, tmp_path, spec, expected):
     out = tmp_path / "out"
-    code, _, text = archive(kit, inputs, out, spec)
+    code, doc, text = archive(kit, inputs, out, spec)
     assert code == expected, text[-3000:]
+    if expected == 130:  # Ctrl-C: the report of what was done is written before the exit
+        assert doc is not None and len(doc["done"]) + len(doc["unfinished"]) == len(LENGTHS_S)
     if spec.endswith("enospc@2"):
         assert "could not append to the journal" in text
     assert_resumed(kit, inputs, out, reference)
@@ -247,6 +249,7 @@ def test_an_interrupted_split_run_resumes(kit, long_input, split_reference, tmp_
     out = tmp_path / "out"
     code, doc, text = archive(kit, long_input, out, "archive.worker_chunk=sigint@3", args=SPLIT)
     assert code == 130, text[-3000:]
+    assert doc["unfinished"] == [LONG_NAME] and not doc["done"]  # the report is written on Ctrl-C too
     assert not list(out.rglob("*.parquet"))
     assert not (out / ".streamer-ranges").exists()  # the finished range is not kept: the input is redone
     assert_split_resumed(kit, long_input, out, split_reference)

@@ -106,6 +106,15 @@ class ArchiveReport:
         }
 
 
+class ArchiveInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run; ``report`` says what was done (finished inputs are journaled, a
+    rerun resumes)."""
+
+    def __init__(self, report: ArchiveReport) -> None:
+        super().__init__("interrupted")
+        self.report = report
+
+
 def output_path(out_dir: Path, entry: ArchiveInput, fmt: str) -> Path:
     return Path(out_dir) / f"{entry.rel}{SUFFIXES.get(fmt, '.' + fmt)}"
 
@@ -221,6 +230,7 @@ def run_archive(plan: RunPlan, entries: list[ArchiveInput], settings: ArchiveSet
         ConfigError: another run holds the output folder.
         ArchiveEngineError: the engine could not start or its workers kept dying (finished
             inputs stay journaled, so a rerun resumes).
+        ArchiveInterrupted: Ctrl-C (a ``KeyboardInterrupt`` carrying the report so far).
         OutputWriteError: the journal could not be written.
     """
     from streamer.stages import PerchScoresSpec
@@ -316,7 +326,6 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
     outstanding = {t.rel for t in tasks}
 
     def on_result(task: ArchiveTask, result: TaskResult) -> None:
-        outstanding.discard(task.rel)
         output = str(task.out.relative_to(out_dir.resolve()))
         for note in result.notes:
             log.warning("%s: %s", task.rel, note)
@@ -333,6 +342,7 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
             journal.record(task.path, FAILED, output, result.reason, key=task.key)
             report.failed[task.rel] = result.reason
             log.warning("%s: %s", task.path, result.reason)
+        outstanding.discard(task.rel)  # only once journaled: an input whose record was cut short is unfinished
         report.peak_worker_rss_mb = max(report.peak_worker_rss_mb, result.peak_rss_kb / 1024)
         bar.file_done(task.rel, result.ok, result.audio_s, task.audio_s)
 
@@ -362,6 +372,8 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
                                        workers=execution.workers, threads=threads)
                 report.layout = f"address {settings.address or 'local'}"
                 ray_engine.run(work)
+        except KeyboardInterrupt as exc:
+            raise ArchiveInterrupted(report) from exc  # the report is completed below, on the way out
         finally:
             bar.close()
             report.ranges = {rel: len(split.spans) for rel, split in work.splits.items()}
@@ -423,4 +435,4 @@ def folder_status(out_dir: Path, entries: list[ArchiveInput] | None = None) -> s
     return "\n".join(lines)
 
 
-__all__ = ["ArchiveReport", "JOURNAL_NAME", "run_archive", "output_path", "folder_status"]
+__all__ = ["ArchiveInterrupted", "ArchiveReport", "JOURNAL_NAME", "run_archive", "output_path", "folder_status"]
