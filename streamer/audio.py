@@ -10,6 +10,7 @@ turn into fallback rows.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -283,8 +284,9 @@ def iter_chunks(path: str | os.PathLike, chunk_samples: int, first_chunk: int = 
             stream = soxr.ResampleStream(rate, TARGET_SAMPLE_RATE_HZ, 1, dtype="float32", quality="HQ")
         pending = np.zeros(0, dtype=np.float32)
         index = first_chunk
+        stop = math.inf if end_chunk is None else end_chunk
         n_total = 0
-        while end_chunk is None or index < end_chunk:
+        while index < stop:
             try:
                 block = handle.read(IO_BLOCK_FRAMES, dtype="float32", always_2d=True)
             except Exception as exc:
@@ -303,7 +305,7 @@ def iter_chunks(path: str | os.PathLike, chunk_samples: int, first_chunk: int = 
                 mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
                 pending = np.concatenate([pending, mono])
                 n_total += mono.shape[0]
-            while pending.shape[0] >= chunk_samples and (end_chunk is None or index < end_chunk):
+            while pending.shape[0] >= chunk_samples and index < stop:
                 yield AudioChunk(index, pending[:chunk_samples].copy(), chunk_samples)
                 pending = pending[chunk_samples:]
                 index += 1
@@ -311,7 +313,7 @@ def iter_chunks(path: str | os.PathLike, chunk_samples: int, first_chunk: int = 
                 break
         if n_total == 0 and first_chunk == 0:
             raise AudioDecodeError(f"{path}: the file holds no audio samples")
-        if pending.shape[0] and (end_chunk is None or index < end_chunk):
+        if pending.shape[0] and index < stop:
             padded = np.zeros(chunk_samples, dtype=np.float32)
             padded[: pending.shape[0]] = pending
             yield AudioChunk(index, padded, int(pending.shape[0]))

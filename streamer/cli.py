@@ -22,7 +22,7 @@ from streamer.config import (
     ARCHIVE_ENGINES, ARCHIVE_FORMATS, DEFAULT_BLEND, TABLE_MIN_SCORE, TABLE_TOP_K, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, ENGINES, STUDENT_BACKENDS,
     ArchiveSettings, ArtifactSettings, EnsembleSettings, ExecutionSettings, InferConfig, default_cache_dir,
 )
-from streamer.config import ARCHIVE_LABELS, SCORE_KINDS, DEFAULT_SMOOTH, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S, EMBEDDING_DTYPES
+from streamer.config import ARCHIVE_BENCH_SHAPES, ARCHIVE_LABELS, SCORE_KINDS, DEFAULT_SMOOTH, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S, EMBEDDING_DTYPES
 from streamer.errors import ConfigError, OutputWriteError, StreamerError
 from streamer.models.graphs import BACKEND_CHOICES, PRECISIONS
 
@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", type=float, nargs="+", default=None, metavar="MIN", help="input lengths in minutes (default: 4 16 64 128; quick: 4 16 32)")
     p.add_argument("--engines", nargs="+", choices=ARCHIVE_ENGINES, default=["local"], help="archive engines to measure (default: local)")
     p.add_argument("--labels", nargs="+", choices=("competition", "perch"), default=["competition"], help="the ensemble, and/or Perch alone with its own labels (--labels perch), measured side by side (default: competition)")
-    p.add_argument("--shapes", nargs="+", choices=("single", "unsplit", "multi"), default=["single", "unsplit", "multi"], help="the same audio as: one input (split across the workers), the same input with --no-split, and 4 inputs of a quarter of the length each (default: all three)")
+    p.add_argument("--shapes", nargs="+", choices=ARCHIVE_BENCH_SHAPES, default=list(ARCHIVE_BENCH_SHAPES), help="the same audio as: one input (split across the workers), the same input with --no-split, and 4 inputs of a quarter of the length each (default: all three)")
     p.add_argument("--repeats", type=_positive_int, default=None, help="interleaved repeats (default: 2, quick 1)")
     p.add_argument("--source", type=Path, default=None, metavar="FILE", help="recording looped to each length (default: the 16-min 22-kHz field recording shipped with streamer)")
     _add_bench_model_arguments(p)

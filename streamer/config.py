@@ -40,6 +40,9 @@ DEFAULT_STARTUP_TIMEOUT_S = 600.0
 ARCHIVE_ENGINES = ("local", "sequential", "ray")
 STUDENT_BACKENDS = ("auto", "torch", "onnxruntime")
 EMBEDDING_DTYPES = ("float32", "float16")
+#: Input shapes of ``streamer bench-archive`` (streamer.bench.archive): one input, the same
+#: input with --no-split, and 4 inputs of the same audio.
+ARCHIVE_BENCH_SHAPES = ("single", "unsplit", "multi")
 ARCHIVE_LABELS = ("competition", "perch", "none")
 SCORE_KINDS = ("probability", "logits")
 #: Output formats of ``streamer archive``: every score (parquet, csv), or detection tables.

@@ -3,8 +3,9 @@
 Wide format (default): ``file, window, start_s, end_s`` then one float32 column per class.
 Long format (``top_k``): ``file, window, start_s, end_s, rank, class, score`` with the ``top_k``
 best classes of each window, for very large runs. Parquet (via pyarrow; one row group per hour
-of audio, :data:`ROW_GROUP_WINDOWS`) or CSV. Rows go to a temporary file beside the destination, renamed into place by
-:meth:`ScoreWriter.close`, so a partial file never looks finished; memory holds one chunk.
+of audio, :data:`ROW_GROUP_WINDOWS`) or CSV. Rows go to a temporary file beside the
+destination, renamed into place by :meth:`ScoreWriter.close`, so a partial file never looks
+finished; memory holds at most one row group's rows.
 """
 
 from __future__ import annotations
@@ -64,10 +65,6 @@ class ParquetRows:
             self._writer = pq.ParquetWriter(str(self.path), table.schema, **self.options)
         self._writer.write_table(table, row_group_size=max(1, table.num_rows))
         self._pending, self._windows = [], 0
-
-    @property
-    def started(self) -> bool:
-        return self._writer is not None or bool(self._pending)
 
     def close(self) -> None:
         self.flush()

@@ -112,6 +112,12 @@ def plan_splits(chunk_counts: list[int], n_workers: int, *, min_range_chunks: in
     return best[2]  # a split that did not shorten the schedule is not kept
 
 
+def longest_first(tasks: list[ArchiveTask]) -> list[ArchiveTask]:
+    """Longest first (unknown durations last; the order kept among equals, so an input's ranges
+    stay in order), so workers finish together."""
+    return sorted(tasks, key=lambda t: -(t.audio_s if t.audio_s is not None else -1.0))
+
+
 def parts_dir(out_dir: Path) -> Path:
     return Path(out_dir) / PARTS_FOLDER
 
@@ -164,7 +170,7 @@ class WorkQueue:
 
     def __init__(self, tasks: list[ArchiveTask], on_result: OnResult, on_progress: OnProgress, labels: ClassLabels,
                  *, out_dir: Path | None = None, split: bool = True) -> None:
-        self.tasks = sorted(tasks, key=lambda t: -(t.audio_s if t.audio_s is not None else -1.0))  # longest first
+        self.tasks = longest_first(tasks)
         self.units = list(self.tasks)
         self.on_result = on_result
         self.on_progress = on_progress
@@ -188,7 +194,7 @@ class WorkQueue:
                 self.splits[task.rel] = _Split(task, [u.span for u in parts])
                 log.info("%s: split into %d ranges of about %.0f min for %d workers", task.rel, k, parts[0].audio_s / 60, n_workers)
             units += parts
-        self.units = sorted(units, key=lambda t: -(t.audio_s if t.audio_s is not None else -1.0))
+        self.units = longest_first(units)
         return self.units
 
     def wanted(self, unit: ArchiveTask) -> bool:
@@ -212,11 +218,12 @@ class WorkQueue:
             return
         split = self.splits[unit.rel]
         if split.settled:  # its input already failed
-            _remove_arrays([unit.span])
+            unit.span.remove()
             return
         if not result.ok:
             split.settled = True
-            _remove_arrays(split.spans)
+            for span in split.spans:
+                span.remove()
             done_s = sum(r.audio_s for r in split.results.values()) + result.audio_s
             self.on_result(split.task, TaskResult(unit.rel, False, f"{result.reason} ({unit.span.describe()})", done_s,
                                                   peak_rss_kb=result.peak_rss_kb))
@@ -232,10 +239,3 @@ class WorkQueue:
             joined = TaskResult(unit.rel, False, f"joining its {len(split.spans)} ranges failed ({type(exc).__name__}: {exc})",
                                 sum(r.audio_s for r in results))
         self.on_result(split.task, joined)
-
-
-def _remove_arrays(spans: list[ChunkSpan]) -> None:
-    for span in spans:
-        for path in (span.scores_path, span.embeddings_path):
-            path.unlink(missing_ok=True)
-            remove_temporaries_of(path)

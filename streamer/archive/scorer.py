@@ -32,7 +32,7 @@ import numpy as np
 
 from streamer import failpoints
 from streamer.archive.journal import FileKey
-from streamer.archive.output import EMBEDDING_DIM, EmbeddingWriter, ScoreWriter
+from streamer.archive.output import EMBEDDING_DIM, EmbeddingWriter, ScoreWriter, remove_temporaries_of
 from streamer.archive.tables import EventBuilder, TableWriter
 from streamer.archive.timing import RecordingTime
 from streamer.audio import TARGET_SAMPLE_RATE_HZ, WINDOW_SAMPLES, AudioChunk, iter_chunks
@@ -72,6 +72,16 @@ class ChunkSpan:
     @property
     def embeddings_path(self) -> Path:
         return self.part.with_name(self.part.name + ".embeddings.f32")
+
+    @property
+    def paths(self) -> tuple[Path, Path]:
+        return self.scores_path, self.embeddings_path
+
+    def remove(self) -> None:
+        """Delete the range's arrays and any temporary file of them."""
+        for path in self.paths:
+            path.unlink(missing_ok=True)
+            remove_temporaries_of(path)
 
     def describe(self) -> str:
         last = "the end" if self.end is None else f"{self.end * CHUNK_SAMPLES // TARGET_SAMPLE_RATE_HZ} s"
@@ -113,7 +123,7 @@ class ArchiveTask:
     def partial_files(self) -> list[Path]:
         """The files this task writes (their temporary siblings are what a dead worker leaves)."""
         if self.span is not None:
-            return [self.span.scores_path, self.span.embeddings_path]
+            return list(self.span.paths)
         return [self.out] + ([self.embeddings_out] if self.embeddings_out is not None else [])
 
 
@@ -455,8 +465,7 @@ def join_ranges(task: ArchiveTask, spans: list[ChunkSpan], results: list[TaskRes
             raise
     finally:
         for span in spans:
-            for path in (span.scores_path, span.embeddings_path):
-                path.unlink(missing_ok=True)
+            span.remove()
     stage_s: dict[str, float] = {}
     for r in results:
         for k, v in r.stage_s.items():

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamer.config import ARCHIVE_BENCH_SHAPES
 from streamer.files import save_figure
 from streamer.bench.runner import BenchModels, _machine, environment_note, run_streamer_subprocess
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SOURCE = "jura_S4A03895_20190522_24h_16min_22k.ogg"
 LENGTHS_MIN = (4, 16, 64, 128)
 QUICK_LENGTHS_MIN = (4, 16, 32)
-SHAPES = ("single", "unsplit", "multi")
+SHAPES = ARCHIVE_BENCH_SHAPES
 #: Inputs of the ``multi`` shape (each a quarter of the length).
 MULTI_INPUTS = 4
 

@@ -18,10 +18,10 @@ Protocol
   it sent before it ended).
 * **The child's entry** (:func:`child_main`) runs a :class:`Body` in a fixed order: ignore
   SIGINT (the parent handles Ctrl-C and stops the children) → die with the parent (Linux
-  parent-death signal, plus a poll of the parent's pid) → pin to its CPUs → niceness → the body's set-up (its failpoint first) →
-  :class:`Ready` → serve messages until :class:`Stop` or end-of-file. An exception travels to the
-  parent as a :class:`ChildError` (type, message, traceback, set-up or work), then the child
-  exits 1; the parent reports it with the death.
+  parent-death signal, plus a poll of the parent's pid) → pin to its CPUs → niceness → the
+  body's set-up (its failpoint first) → :class:`Ready` → serve messages until :class:`Stop` or
+  end-of-file. An exception travels to the parent as a :class:`ChildError` (type, message,
+  traceback, set-up or work), then the child exits 1; the parent reports it with the death.
 * **Restart accounting** (:class:`SlotHealth`): a child slot is given up after
   :data:`MAX_DEATHS_WITHOUT_PROGRESS` deaths in a row with no progress in between (a task
   finished, or the task at fault settled); a set-up error is not retried.
