@@ -128,16 +128,46 @@ def declared_outputs(path: str | Path) -> list[DeclaredOutput]:
         OnnxFormatError: the file is not a well-formed ONNX model (or declares no graph).
         OSError: the file cannot be read.
     """
+    return _value_infos(path, 12)  # GraphProto.output
+
+
+def declared_inputs(path: str | Path) -> list[DeclaredOutput]:
+    """The graph inputs declared by the ONNX file at ``path``, in order, without the
+    initializers that older exporters also list as inputs (GraphProto.initializer = 5).
+
+    Raises:
+        OnnxFormatError, OSError: as :func:`declared_outputs`.
+    """
     with open(path, "rb") as handle:
         size = handle.seek(0, 2)
         if size == 0:
             raise OnnxFormatError("empty file")
         buf = _Bytes(handle)
-        graphs = list(_submessages(buf, (0, size), 7))  # ModelProto.graph
-        if not graphs:
-            raise OnnxFormatError("no graph")
-        outputs = []
-        for start, stop in _submessages(buf, graphs[-1], 12):  # GraphProto.output
+        graph = _graph(buf, size)
+        weights = set()
+        for start, stop in _submessages(buf, graph, 5):  # TensorProto: name is field 8
+            for n, wire, v in _fields(buf, start, stop):
+                if n == 8 and wire == _LEN:
+                    weights.add(buf[v[0]:v[1]].decode("utf-8", "replace"))
+    return [i for i in _value_infos(path, 11) if i.name not in weights]  # GraphProto.input
+
+
+def _graph(buf, size: int):
+    graphs = list(_submessages(buf, (0, size), 7))  # ModelProto.graph
+    if not graphs:
+        raise OnnxFormatError("no graph")
+    return graphs[-1]
+
+
+def _value_infos(path: str | Path, number: int) -> list[DeclaredOutput]:
+    """The ValueInfoProtos of GraphProto field ``number`` (11: inputs, 12: outputs)."""
+    with open(path, "rb") as handle:
+        size = handle.seek(0, 2)
+        if size == 0:
+            raise OnnxFormatError("empty file")
+        buf = _Bytes(handle)
+        infos = []
+        for start, stop in _submessages(buf, _graph(buf, size), number):
             value_info = buf[start:stop]  # small: parsed in memory
             name, shape = "", None
             for n, wire, v in _fields(value_info, 0, len(value_info)):
@@ -145,5 +175,5 @@ def declared_outputs(path: str | Path) -> list[DeclaredOutput]:
                     name = value_info[v[0]:v[1]].decode("utf-8", "replace")
                 elif n == 2 and wire == _LEN:
                     shape = _shape(value_info, v)
-            outputs.append(DeclaredOutput(name, shape))
-        return outputs
+            infos.append(DeclaredOutput(name, shape))
+        return infos

@@ -1,0 +1,424 @@
+"""Binding a recipe to files on disk, before any audio is read.
+
+A recipe names files with placeholders (``{moe_dir}``, ``{perch}``, ``{perch_labels}``,
+``{data_dir}``, ``{recipe_dir}``, ``{weights_prefix}``, ``{fold}``) and at most a ``*`` per
+name; the command line fills the placeholders. :func:`bind_recipe` resolves every member's
+files, checks declared SHA-256s, reads ONNX graphs' declared inputs and outputs (without
+loading their weights) against the front-end each member names, maps every member's label
+space onto the submission's columns, and turns class-group weights and temperatures into
+per-class vectors. Every mistake is one line naming the recipe key; all of them are raised
+together as one :class:`~streamer.recipes.schema.RecipeError`.
+
+What comes out (:class:`BoundMember`) is small and picklable: it is what a model process
+builds its sessions from.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from streamer.validate.cache import sha256_file  # moves to streamer.files
+from streamer.recipes.schema import Member, Recipe, RecipeError
+
+log = logging.getLogger(__name__)
+
+#: The shape of one window's input to a member, per front-end kind (batch first, ``None``:
+#: the batch; see the SPEC): what an ``onnx`` member's declared input must accept.
+FRONTEND_SHAPES = {
+    "waveform": (None, 160000),
+    "logmel": (None, 1, 128, 501),
+    "perch.embedding": (None, 1536),
+    "perch.label": (None, 14795),
+}
+
+
+@dataclass(frozen=True)
+class Roots:
+    """What fills a recipe's placeholders (from the command line).
+
+    Attributes:
+        perch: the Perch ONNX file (resolved), ``perch_labels`` its label list.
+        moe_dir, data_dir: folders given with --moe-dir and --data-dir.
+        weights_prefix: --weights-prefix (``None``: discovered from the files).
+        files: explicit files per member name (``--cnn FILE`` is ``{"cnn": FILE}``).
+        folds: fold counts per member that the command line overrides (``--n-folds``).
+        without: members the user dropped (``--without NAME``, ``--no-cnn``).
+    """
+
+    perch: Path | None = None
+    perch_labels: Path | None = None
+    moe_dir: Path | None = None
+    data_dir: Path | None = None
+    weights_prefix: str | None = None
+    files: tuple[tuple[str, Path], ...] = ()
+    folds: tuple[tuple[str, int], ...] = ()
+    without: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BoundMember:
+    """A member resolved to its files and to the submission's columns.
+
+    Attributes:
+        name, kind, input: from the recipe.
+        paths: one file per fold.
+        class_map: int64 ``[C]``: for each submission column, the member's output index, −1
+            where unmapped (then ``fill``, or a genus proxy from ``proxies``).
+        fill: float32, what unmapped columns get.
+        proxies: ``((column, (member indices…)), …)``: unmapped columns scored as the mean of
+            the member's classes of the same genus.
+        n_outputs: the width of the member's output (``None``: not declared statically).
+        input_tensor, output_tensor: ONNX tensor names (``onnx`` members).
+        weight: float32 ``[C]``, the member's blend weight per column (``None`` for heads).
+        params: kind-specific parameters (``d_model``).
+    """
+
+    name: str
+    kind: str
+    input: str
+    paths: tuple[Path, ...]
+    class_map: np.ndarray | None = None
+    fill: float = 0.0
+    proxies: tuple = ()
+    n_outputs: int | None = None
+    input_tensor: str | None = None
+    output_tensor: str | None = None
+    weight: np.ndarray | None = None
+    params: tuple = ()
+
+    def param(self, name: str, default=None):
+        return dict(self.params).get(name, default)
+
+
+@dataclass(frozen=True)
+class BoundRecipe:
+    """A recipe bound to files: its members (those dropped left out), what was dropped and why,
+    and the per-class vectors of its steps."""
+
+    recipe: Recipe
+    members: tuple[BoundMember, ...]
+    dropped: tuple[tuple[str, str], ...] = ()
+    temperatures: tuple[tuple[int, np.ndarray], ...] = ()  # (step index, per-class temperature)
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def blend(self) -> tuple[BoundMember, ...]:
+        return tuple(m for m in self.members if m.weight is not None)
+
+    @property
+    def heads(self) -> dict[str, BoundMember]:
+        return {m.name: m for m in self.members if m.weight is None}
+
+    def member(self, name: str) -> BoundMember:
+        return next(m for m in self.members if m.name == name)
+
+
+class _Placeholders:
+    def __init__(self, recipe: Recipe, roots: Roots) -> None:
+        self.values = {
+            "perch": roots.perch, "perch_labels": roots.perch_labels, "moe_dir": roots.moe_dir,
+            "data_dir": roots.data_dir, "recipe_dir": recipe.folder,
+        }
+        self.flags = {"perch": "--perch", "perch_labels": "--perch-labels", "moe_dir": "--moe-dir",
+                      "data_dir": "--data-dir", "recipe_dir": "a recipe file (a packaged recipe has no folder)"}
+        self.folder = recipe.folder
+
+    def expand(self, pattern: str, key: str, errors: list[str]) -> str | None:
+        """``pattern`` with its folder placeholders filled ({fold} and {weights_prefix} kept)."""
+        out = pattern
+        for name in re.findall(r"\{([a-z_]+)\}", pattern):
+            if name in ("fold", "weights_prefix"):
+                continue
+            if name not in self.values:
+                errors.append(f"{key} = {pattern!r}: unknown placeholder {{{name}}} (known: "
+                              + ", ".join("{" + n + "}" for n in [*self.values, "weights_prefix", "fold"]) + ")")
+                return None
+            value = self.values[name]
+            if value is None:
+                errors.append(f"{key} = {pattern!r}: {{{name}}} needs {self.flags[name]}")
+                return None
+            out = out.replace("{" + name + "}", str(value))
+        if not Path(out).is_absolute() and not re.match(r"^\{", pattern):
+            if self.folder is None:
+                errors.append(f"{key} = {pattern!r}: a relative path needs a recipe file (it is relative to its folder)")
+                return None
+            out = str(self.folder / out)
+        return out
+
+
+def _fold_paths(pattern: str, n_folds: int, prefix: str | None, key: str, errors: list[str]) -> tuple[Path, ...] | None:
+    """The fold files of a pattern with ``{fold}`` (and maybe ``{weights_prefix}`` and ``*``):
+    the prefix is the one present when not given (several: an error naming them)."""
+    if "{weights_prefix}" in pattern and prefix is None:
+        probe = pattern.replace("{weights_prefix}", "*").replace("{fold}", "1")
+        regex = re.escape(pattern.replace("{fold}", "1")).replace(re.escape("{weights_prefix}"), "(?P<prefix>.+)").replace(r"\*", ".*")
+        found = sorted({m.group("prefix") for p in glob.glob(probe) if (m := re.fullmatch(regex, p))})
+        if not found:
+            errors.append(f"{key}: no file matches {probe!r}")
+            return None
+        if len(found) > 1:
+            errors.append(f"{key}: several fold prefixes {found}; choose one with --weights-prefix")
+            return None
+        prefix = found[0]
+    if prefix is not None:
+        pattern = pattern.replace("{weights_prefix}", prefix)
+    paths = []
+    for k in range(1, n_folds + 1):
+        path = _one_file(pattern.replace("{fold}", str(k)), key, errors)
+        if path is None:
+            return None
+        paths.append(path)
+    return tuple(paths)
+
+
+def _one_file(pattern: str, key: str, errors: list[str], *, optional: bool = False) -> Path | None:
+    if "*" not in pattern:
+        if Path(pattern).is_file():
+            return Path(pattern)
+        if not optional:
+            errors.append(f"{key}: {pattern} not found")
+        return None
+    found = sorted(glob.glob(pattern))
+    found = [f for f in found if Path(f).is_file()]
+    if len(found) > 1:
+        errors.append(f"{key}: several files match {pattern!r} ({', '.join(Path(f).name for f in found)}); "
+                      "name one (for the model-card students: --cnn/--crnn)")
+        return None
+    if not found:
+        if not optional:
+            errors.append(f"{key}: no file matches {pattern!r}")
+        return None
+    return Path(found[0])
+
+
+def read_label_file(path: Path, column: str) -> tuple[str, ...]:
+    """A member's class names in output order: the CSV column ``column`` when the header has
+    it, else the first column (a file without a header: every row)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = [row for row in csv.reader(handle) if row]
+    if not rows:
+        return ()
+    header = [h.strip() for h in rows[0]]
+    if column in header:
+        i = header.index(column)
+        return tuple(r[i].strip() for r in rows[1:] if len(r) > i)
+    if header[0] in ("primary_label", "scientific_name", "label", "name", "class"):
+        return tuple(r[0].strip() for r in rows[1:])
+    return tuple(r[0].strip() for r in rows)
+
+
+def _genus(name: str) -> str:
+    return name.split(" ")[0].split("_")[0].lower()
+
+
+def map_labels(member_labels: tuple[str, ...], columns: tuple[str, ...], columns_scientific: tuple[str, ...],
+               member: Member) -> tuple[np.ndarray, tuple]:
+    """(class_map, proxies) of a member: by exact name on ``member.match``; unmapped columns get
+    a genus proxy when ``unmapped = 'genus'`` and the member predicts classes of that genus."""
+    targets = columns if member.match == "primary_label" else columns_scientific
+    first: dict[str, int] = {}
+    for i, name in enumerate(member_labels):
+        first.setdefault(name, i)
+    class_map = np.array([first.get(name, -1) for name in targets], dtype=np.int64)
+    proxies = []
+    if member.unmapped == "genus":
+        by_genus: dict[str, list[int]] = {}
+        for i, name in enumerate(member_labels):
+            by_genus.setdefault(_genus(name), []).append(i)
+        for j in np.flatnonzero(class_map < 0):
+            idx = by_genus.get(_genus(columns_scientific[j]))
+            if idx:
+                proxies.append((int(j), tuple(idx)))
+    return class_map, tuple(proxies)
+
+
+def apply_map(logits: np.ndarray, member: BoundMember) -> np.ndarray:
+    """A member's outputs ``[N, n_outputs]`` → ``[N, C]`` float32 in the submission's columns."""
+    out = logits[:, np.maximum(member.class_map, 0)].astype(np.float32, copy=True)
+    out[:, member.class_map < 0] = np.float32(member.fill)
+    for column, idx in member.proxies:
+        out[:, column] = logits[:, list(idx)].mean(axis=1)
+    return out
+
+
+def _check_sha(member: Member, paths: tuple[Path, ...], key: str, errors: list[str]) -> None:
+    if not member.sha256:
+        return
+    for path, want in zip(paths, member.sha256 if len(member.sha256) == len(paths) else member.sha256 * len(paths)):
+        got = sha256_file(path)
+        if got != want:
+            errors.append(f"{key}.sha256: {path} has SHA-256 {got}, the recipe expects {want}")
+
+
+def _shape_ok(declared, expected) -> bool:
+    if declared is None:
+        return True
+    if len(declared) != len(expected):
+        return False
+    return all(e is None or not isinstance(d, int) or d in (0, e) for d, e in zip(declared, expected))
+
+
+def _check_onnx(member: Member, path: Path, key: str, errors: list[str]) -> tuple[str | None, int | None]:
+    """The input tensor to feed and the output width, from the graph's declarations."""
+    from streamer.onnx_outputs import OnnxFormatError, declared_inputs, declared_outputs
+
+    try:
+        inputs, outputs = declared_inputs(path), declared_outputs(path)
+    except (OnnxFormatError, OSError) as exc:
+        errors.append(f"{key}.file: {path} is not a readable ONNX model ({exc})")
+        return None, None
+    kind = member.input.split(".", 1)
+    kind = f"perch.{kind[1]}" if len(kind) == 2 else ("waveform" if member.input == "waveform" else "logmel")
+    expected = FRONTEND_SHAPES[kind]
+    names = [i.name for i in inputs]
+    if member.input_tensor is not None:
+        chosen = next((i for i in inputs if i.name == member.input_tensor), None)
+        if chosen is None:
+            errors.append(f"{key}.input_tensor = {member.input_tensor!r}: {path.name} has no such input (inputs: {', '.join(names)})")
+            return None, None
+    elif len(inputs) != 1:
+        errors.append(f"{key}.input_tensor: {path.name} has {len(inputs)} inputs ({', '.join(names)}); name the one to feed")
+        return None, None
+    else:
+        chosen = inputs[0]
+    if not _shape_ok(chosen.shape, expected):
+        errors.append(f"{key}.input = {member.input!r}: {path.name}'s input {chosen.name!r} has shape "
+                      f"{list(chosen.shape)}, the front-end gives {['N', *expected[1:]]}")
+    output = next((o for o in outputs if o.name == member.output_tensor), None)
+    if output is None:
+        errors.append(f"{key}.output_tensor = {member.output_tensor!r}: {path.name} has no such output "
+                      f"(outputs: {', '.join(o.name for o in outputs)})")
+        return chosen.name, None
+    width = output.shape[-1] if output.shape else None
+    return chosen.name, width if isinstance(width, int) and width > 0 else None
+
+
+def bind_recipe(recipe: Recipe, roots: Roots, *, columns: tuple[str, ...], columns_scientific: tuple[str, ...],
+                class_groups: tuple[str, ...], perch_labels: tuple[str, ...] | None = None) -> BoundRecipe:
+    """Resolve and check every member of ``recipe`` against the files and the submission's
+    columns (module notes).
+
+    Args:
+        roots: what fills the placeholders.
+        columns, columns_scientific, class_groups: the submission's class codes, their
+            scientific names and taxonomic classes, in column order.
+        perch_labels: Perch's label list (for ``perch-logits`` members).
+
+    Raises:
+        RecipeError: every mistake, one line each.
+    """
+    errors: list[str] = []
+    notes: list[str] = []
+    placeholders = _Placeholders(recipe, roots)
+    explicit = dict(roots.files)
+    folds_override = dict(roots.folds)
+    known = set(recipe.member_names)
+    for name in [*roots.without, *explicit]:
+        if name not in known:
+            errors.append(f"no member {name!r} in the recipe (members: {', '.join(recipe.member_names)})")
+    groups = sorted(set(class_groups))
+    bound: list[BoundMember] = []
+    dropped: list[tuple[str, str]] = []
+    for member in recipe.members:
+        key = f"members.{member.name}"
+        if member.name in roots.without:
+            if member.is_head:
+                errors.append(f"--without {member.name}: a head cannot be left out (its step needs it); edit the recipe")
+            else:
+                dropped.append((member.name, "left out (--without)"))
+            continue
+        weight = None
+        if not member.is_head:
+            by_group = dict(member.group_weights)
+            for g in by_group:
+                if g not in groups:
+                    errors.append(f"{key}.group_weights.{g}: no class group {g!r} in taxonomy.csv (groups: {', '.join(groups)})")
+            weight = np.array([by_group.get(g, member.weight) for g in class_groups], dtype=np.float32)
+        if member.kind == "perch-logits":
+            if perch_labels is None:
+                errors.append(f"{key}: needs Perch's label list (--perch)")
+                continue
+            class_map, proxies = map_labels(perch_labels, columns, columns_scientific, member)
+            if not (class_map >= 0).any():
+                errors.append(f"{key}: none of the {len(columns)} classes is in Perch's label list by {member.match}; "
+                              "is it the right file?")
+            bound.append(BoundMember(member.name, member.kind, member.input, (), class_map, float(member.unmapped)
+                                     if not isinstance(member.unmapped, str) else member.unmapped_fill, proxies,
+                                     len(perch_labels), weight=weight))
+            continue
+        n_folds = folds_override.get(member.name, member.folds)
+        if member.name in explicit:
+            path = Path(explicit[member.name])
+            if not path.is_file():
+                errors.append(f"{key}: {path} not found")
+                continue
+            paths: tuple[Path, ...] | None = (path,)
+        else:
+            pattern = placeholders.expand(member.file or "", f"{key}.file", errors)
+            if pattern is None:
+                continue
+            if "{fold}" in pattern:
+                paths = _fold_paths(pattern, n_folds, roots.weights_prefix, f"{key}.file", errors)
+            else:
+                one = _one_file(pattern, f"{key}.file", errors, optional=member.optional)
+                paths = (one,) if one is not None else None
+                if one is None and member.optional:
+                    log.warning("%s: no file for member %r (%s); the blend renormalises without it", recipe.source, member.name, pattern)
+                    dropped.append((member.name, f"no file ({pattern})"))
+                    continue
+        if paths is None:
+            continue
+        _check_sha(member, paths, key, errors)
+        input_tensor, width = member.input_tensor, None
+        if member.kind == "onnx":
+            input_tensor, width = _check_onnx(member, paths[0], key, errors)
+        class_map, proxies, fill = None, (), 0.0
+        if not member.is_head:
+            if member.labels == "competition":
+                class_map = np.arange(len(columns), dtype=np.int64)
+                if width is not None and width != len(columns):
+                    errors.append(f"{key}.labels = 'competition': the graph gives {width} outputs, the submission has "
+                                  f"{len(columns)} columns; give the member's label file")
+            else:
+                label_path = placeholders.expand(member.labels, f"{key}.labels", errors)
+                if label_path is None:
+                    continue
+                try:
+                    names = read_label_file(Path(label_path), member.match)
+                except (OSError, UnicodeDecodeError, csv.Error) as exc:
+                    errors.append(f"{key}.labels: cannot read {label_path} ({exc})")
+                    continue
+                if width is not None and width != len(names):
+                    errors.append(f"{key}.labels: {label_path} lists {len(names)} classes, the graph gives {width} outputs")
+                class_map, proxies = map_labels(names, columns, columns_scientific, member)
+                n_mapped = int((class_map >= 0).sum())
+                if n_mapped == 0:
+                    errors.append(f"{key}.labels: none of {label_path}'s {len(names)} names is a submission class "
+                                  f"(matched on {member.match})")
+                notes.append(f"{member.name}: {n_mapped} of {len(columns)} classes mapped"
+                             + (f", {len(proxies)} by genus" if proxies else ""))
+                width = len(names) if width is None else width
+            fill = member.unmapped_fill if isinstance(member.unmapped, str) else float(member.unmapped)
+        bound.append(BoundMember(member.name, member.kind, member.input, paths, class_map, fill, proxies, width,
+                                 input_tensor, member.output_tensor, weight, member.params))
+    temperatures = []
+    for i, step in enumerate(recipe.steps):
+        if step.name == "temperature":
+            by_group = dict(step.get("groups") or ())
+            for g in by_group:
+                if g not in groups:
+                    errors.append(f"steps[{i}].groups.{g}: no class group {g!r} in taxonomy.csv (groups: {', '.join(groups)})")
+            temperatures.append((i, np.array([by_group.get(g, step.get("default", 1.0)) for g in class_groups], dtype=np.float32)))
+    blended = [m for m in bound if m.weight is not None]
+    if not errors and (not blended or not any(float(m.weight.sum()) > 0 for m in blended)):
+        errors.append("no blend member with a weight > 0 is left" + (f" (dropped: {', '.join(n for n, _ in dropped)})" if dropped else ""))
+    if errors:
+        raise RecipeError(recipe.source, errors)
+    return BoundRecipe(recipe, tuple(bound), tuple(dropped), tuple(temperatures), tuple(notes))
