@@ -176,7 +176,7 @@ def test_the_default_recipe_binds_to_the_kit(kit):
     assert len(bound.member("protossm").paths) == 4
     perch = bound.member("perch")
     assert (perch.class_map >= 0).sum() == 203 and perch.fill == -8.0
-    np.testing.assert_array_equal(bound.member("cnn").weight, np.full(234, 0.13, dtype=np.float32))
+    np.testing.assert_array_equal(bound.member("cnn").weight, np.full(234, 0.13))
 
 
 def test_binding_mistakes(kit, tmp_path):

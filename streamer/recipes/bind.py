@@ -76,7 +76,8 @@ class BoundMember:
             the member's classes of the same genus.
         n_outputs: the width of the member's output (``None``: not declared statically).
         input_tensor, output_tensor: ONNX tensor names (``onnx`` members).
-        weight: float32 ``[C]``, the member's blend weight per column (``None`` for heads).
+        weight: float64 ``[C]``, the member's blend weight per column (float64: the blend's
+            denominators are summed in float64, as the original script sums its weights) (``None`` for heads).
         params: kind-specific parameters (``d_model``).
     """
 
@@ -340,7 +341,7 @@ def bind_recipe(recipe: Recipe, roots: Roots, *, columns: tuple[str, ...], colum
             for g in by_group:
                 if g not in groups:
                     errors.append(f"{key}.group_weights.{g}: no class group {g!r} in taxonomy.csv (groups: {', '.join(groups)})")
-            weight = np.array([by_group.get(g, member.weight) for g in class_groups], dtype=np.float32)
+            weight = np.array([by_group.get(g, member.weight) for g in class_groups], dtype=np.float64)
         if member.kind == "perch-logits":
             if perch_labels is None:
                 errors.append(f"{key}: needs Perch's label list (--perch)")
