@@ -193,11 +193,11 @@ def _store_check(folder: Path, key: str, check: EngineCheck) -> None:
 
 
 def with_backends(plan, tmp: Path, *, sequential: bool | None = None, reducer=None):
-    """The plan with its students exported (see :func:`streamer.run.with_student_backend`) and
+    """The plan with its students exported (see :func:`streamer.infer.run.with_student_backend`) and
     its ONNX graphs' engine checked (module notes). Returns ``(plan, check)``; ``check`` is
     ``None`` when onnxruntime fp32 runs the graphs (nothing to compare)."""
     from streamer.metadata import parse_hour, parse_site
-    from streamer.run import with_student_backend
+    from streamer.infer.run import with_student_backend
     from streamer.stages import make_reducer
 
     plan = with_student_backend(plan, tmp, sequential=sequential)

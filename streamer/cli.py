@@ -17,14 +17,13 @@ import time
 from pathlib import Path
 
 from streamer import __version__, failpoints
-from streamer.budget import DEFAULT_BUDGET_MINUTES
 from streamer.config import (
     ARCHIVE_ENGINES, ARCHIVE_FORMATS, DEFAULT_BLEND, TABLE_MIN_SCORE, TABLE_TOP_K, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, ENGINES, STUDENT_BACKENDS,
     ArchiveSettings, ArtifactSettings, EnsembleSettings, ExecutionSettings, InferConfig, default_cache_dir,
 )
 from streamer.config import ARCHIVE_BENCH_SHAPES, ARCHIVE_LABELS, SCORE_KINDS, DEFAULT_SMOOTH, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S, EMBEDDING_DTYPES
+from streamer.config import BACKEND_CHOICES, DEFAULT_BUDGET_MINUTES, PRECISIONS
 from streamer.errors import ConfigError, OutputWriteError, StreamerError
-from streamer.models.graphs import BACKEND_CHOICES, PRECISIONS
 
 log = logging.getLogger("streamer")
 
@@ -544,11 +543,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from streamer.budget import Budget
+    from streamer.infer.budget import Budget
     from streamer.files import check_writable_file
-    from streamer.report import RunReport
-    from streamer.rows import write_prior_only
-    from streamer.run import run_infer
+    from streamer.infer.report import RunReport
+    from streamer.infer.rows import write_prior_only
+    from streamer.infer.run import run_infer
     from streamer.stages import prepare, read_frame
 
     config = config_from_args(args)

@@ -19,9 +19,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 
-from streamer.budget import DEFAULT_BUDGET_MINUTES
 from streamer.errors import ConfigError
-from streamer.models.graphs import BACKEND_CHOICES, PRECISIONS
 
 #: Model-card blend (Perch, CNN, CRNN) and prior scale of the public LB 0.914 run.
 DEFAULT_BLEND = (0.80, 0.13, 0.07)
@@ -31,7 +29,13 @@ DEFAULT_SMOOTH = (0.8, 0.1)
 DEFAULT_DRY_RUN_FILES = 20
 DEFAULT_N_FOLDS = 4
 ENGINES = ("pipeline", "sequential")
-#: Hang limits of the pipeline's children (seconds); see streamer.pipeline.scheduler. A file
+#: Default budget of ``infer``: Kaggle's 90 minutes less 5 for the notebook around the command.
+DEFAULT_BUDGET_MINUTES = 85.0
+#: Backends that run the ONNX graphs (see streamer.models.graphs), and their precisions.
+BACKENDS = ("onnxruntime", "openvino")
+BACKEND_CHOICES = BACKENDS + ("auto",)
+PRECISIONS = ("fp32", "bf16")
+#: Hang limits of the pipeline's children (seconds); see streamer.infer.scheduler. A file
 #: costs about a second on one CPU (12 windows of Perch and the students); two minutes without
 #: an answer is far beyond any machine's noise, and ten minutes to load the models likewise.
 DEFAULT_TASK_TIMEOUT_S = 120.0

@@ -66,7 +66,7 @@ def ensure_kit(cache_dir: Path, *, rebuild: bool = False):
 
 def run_demo(cache_dir: Path, *, out: Path | None = None, rebuild: bool = False, progress: bool = True) -> str:
     """Run the full ensemble on the stand-in kit; returns a short human-readable summary."""
-    from streamer.run import run_infer
+    from streamer.infer.run import run_infer
     from streamer.stages import prepare
 
     kit = ensure_kit(cache_dir, rebuild=rebuild)

@@ -387,14 +387,6 @@ def check_students(spec: ModelSpec) -> None:
             load_student(path, kind, n_classes=spec.n_classes)
 
 
-def prior_fallback(prior: PriorTables, stem: str, n_windows: int = N_WINDOWS_PER_FILE) -> np.ndarray:
-    """The documented fallback rows of a file that could not be scored: the site/hour prior
-    probability (no model, no post-processing), the same for each of its windows. float32
-    ``[n_windows, C]``."""
-    p = prior.probability(parse_site(stem), parse_hour(stem)).astype(np.float32)
-    return np.repeat(p[None, :], n_windows, axis=0)
-
-
 def list_jobs(files: list[Path]) -> tuple[FileJob, ...]:
     """Jobs in sorted stem order; two files with one stem (``a.ogg`` and ``a.flac``) would give
     clashing row ids: an error naming both."""

@@ -102,7 +102,7 @@ def marked_config(kit_and_data, out, **kw):
 
 
 def run_marked(kit_and_data, out, **kw):
-    from streamer.run import run_infer
+    from streamer.infer.run import run_infer
     from streamer.stages import prepare
 
     return run_infer(prepare(marked_config(kit_and_data, out, **kw)))

@@ -12,7 +12,7 @@ from streamer import failpoints
 from streamer.errors import ArtifactError, ConfigError, OutputWriteError
 from streamer.audio import write_audio
 from streamer.files import atomic_write_text, check_writable_file, make_temp_dir, remove_stale_temporaries, temporary_sibling
-from streamer.submission import SubmissionWriter
+from streamer.infer.submission import SubmissionWriter
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamer.budget import TIER_FULL, TIER_NO_STUDENTS, Budget
+from streamer.infer.budget import TIER_FULL, TIER_NO_STUDENTS, Budget
 from streamer.errors import ConfigError
 from streamer.pipeline.layout import CONSUMER_MEMORY_BYTES, plan_layout, sequential_threads
-from streamer.submission import SubmissionWriter
+from streamer.infer.submission import SubmissionWriter
 
 BIG = 64 * 2**30
 
@@ -152,7 +152,7 @@ def test_no_step_down_when_no_student_runs():
 def test_slots_fall_back_when_dev_shm_is_small(monkeypatch):
     import tempfile
 
-    from streamer.pipeline import runner
+    from streamer.infer import runner
 
     class Small:
         f_bavail, f_frsize = 10, 4096

@@ -4,8 +4,8 @@ hang rules and the budget, driven by hand with a fake clock (milliseconds per te
 import numpy as np
 import pytest
 
-from streamer.budget import TIER_FULL, TIER_NO_STUDENTS, Budget
-from streamer.pipeline import scheduler as sch
+from streamer.infer.budget import TIER_FULL, TIER_NO_STUDENTS, Budget
+from streamer.infer import scheduler as sch
 from streamer.pipeline.children import MAX_DEATHS_WITHOUT_PROGRESS
 from streamer.stages import ModelOutputs
 

@@ -101,7 +101,7 @@ def test_a_consumer_with_onnx_students_never_imports_torch(kit, tmp_path):
     import sys
 
     from streamer.config import InferConfig
-    from streamer.run import with_student_backend
+    from streamer.infer.run import with_student_backend
     from streamer.stages import prepare
 
     plan = with_student_backend(prepare(InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir)),
@@ -112,8 +112,8 @@ def test_a_consumer_with_onnx_students_never_imports_torch(kit, tmp_path):
 import pickle, sys
 import numpy as np
 from streamer.pipeline.children import Body
-from streamer.pipeline.messages import ModelTask
-from streamer.pipeline.workers import ConsumerBody, SlotBuffer
+from streamer.infer.messages import ModelTask
+from streamer.infer.workers import ConsumerBody, SlotBuffer
 spec = pickle.loads(open({str(tmp_path / "spec.pkl")!r}, "rb").read())
 slots = SlotBuffer({str(tmp_path / "slots.f32")!r}, 1, 12 * 160000)
 np.memmap(slots.path, dtype=np.float32, mode="w+", shape=(1, slots.slot_samples))[:] = 0.01

@@ -35,7 +35,7 @@ from streamer.config import DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S
 from streamer.pipeline.children import (
     EVENT_WAIT_S, Body, ChildSpec, Death, Message, Ready, SlotHealth, Supervisor, hang_reason, thread_env,
 )
-from streamer.pipeline.scheduler import MAX_FILE_ATTEMPTS
+from streamer.pipeline.attempts import MAX_FILE_ATTEMPTS
 from streamer.metadata import ClassLabels
 from streamer.stages import ModelSpec, ReducerSpec
 
@@ -123,7 +123,7 @@ class LocalEngine:
 
     def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes, layout: Layout, *,
                  task_timeout_s: float = DEFAULT_TASK_TIMEOUT_S, startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S) -> None:
-        from streamer.pipeline.workers import with_threads
+        from streamer.pipeline.layout import with_threads
 
         self.model_spec = with_threads(model_spec, layout.threads)
         self.body = ArchiveWorkerBody(self.model_spec, reducer_spec, classes)
@@ -306,7 +306,7 @@ class RayEngine:
 
     def run(self, work: WorkQueue) -> None:
         """Plan ``work`` for the cluster's actors and score it."""
-        from streamer.pipeline.workers import with_threads
+        from streamer.pipeline.layout import with_threads
 
         ray = import_ray()
         from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError

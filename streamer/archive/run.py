@@ -302,7 +302,7 @@ def _remove_outputs(out_dir: Path, entries: list[ArchiveInput], journal: Journal
 
 def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveReport:
     from streamer.pipeline.layout import plan_layout, sequential_threads
-    from streamer.pipeline.workers import with_threads
+    from streamer.pipeline.layout import with_threads
 
     out_dir, engine, execution = Path(settings.out_dir), settings.engine, plan.config.execution
     threads = execution.threads

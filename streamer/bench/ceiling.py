@@ -62,7 +62,7 @@ class CeilingBody(Body):
 def measure_ceiling(plan, *, workers: int, threads: int, allow_spinning: bool = False, pin: bool = True) -> dict:
     """Windows/s of ``workers`` × ``threads`` model processes on pre-decoded windows."""
     from streamer.pipeline.layout import plan_layout
-    from streamer.pipeline.workers import with_threads
+    from streamer.pipeline.layout import with_threads
 
     layout = plan_layout(workers=workers, threads=threads, decoders=1, pin=pin)
     spec = with_threads(plan.model, layout.threads)

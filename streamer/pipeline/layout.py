@@ -15,7 +15,7 @@ overrides it.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from streamer.errors import ConfigError
 
@@ -176,3 +176,9 @@ def sequential_threads(threads: int | str, cpus: tuple[int, ...] | None = None) 
     if threads == "auto":
         return len(cpus if cpus is not None else available_cpus())
     return int(threads)
+
+
+def with_threads(spec, threads: int | None):
+    """The model spec with this layout's thread count (any spec whose ``threads`` is a
+    :class:`~streamer.models.graphs.ThreadSettings`)."""
+    return replace(spec, threads=replace(spec.threads, intra_op_threads=threads))

@@ -243,7 +243,7 @@ def build_cache(
         ArtifactError: a missing or malformed artifact, a missing labelled file.
         AudioDecodeError: a file cannot be decoded (every labelled file is needed).
     """
-    from streamer.pipeline.workers import with_threads
+    from streamer.pipeline.layout import with_threads
     from streamer.backend import describe_models, with_backends
 
     out = Path(out)

@@ -7,14 +7,14 @@ and the shared buffer are opened in :meth:`setup`, inside the child.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from streamer import failpoints
 from streamer.audio import WINDOW_SAMPLES
+from streamer.infer.messages import DecodeFailed, Decoded, DecodeTask, ModelDone, ModelTask
 from streamer.pipeline.children import Body, maxrss_kb
-from streamer.pipeline.messages import DecodeFailed, Decoded, DecodeTask, ModelDone, ModelTask
 
 #: Scheduling niceness of decoder processes. Decoding is a few percent of the work and runs
 #: ahead of the models, so it can wait; at equal priority it preempts a consumer's intra-op
@@ -95,8 +95,3 @@ class DecoderBody(Body):
             return
         failpoints.hit("decoder.slot_write", task.job.stem)
         send(Decoded(task.task_id, decoded.notes, time.perf_counter() - t_start, maxrss_kb(), time.process_time() - cpu_start))
-
-
-def with_threads(spec, threads: int | None):
-    """The model spec with this layout's thread count."""
-    return replace(spec, threads=replace(spec.threads, intra_op_threads=threads))

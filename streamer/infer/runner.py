@@ -3,10 +3,10 @@ the row sink.
 
 * :class:`~streamer.pipeline.children.Supervisor` starts the decoder and consumer processes
   and turns what happens to them into events (messages, deaths);
-* :class:`~streamer.pipeline.scheduler.Scheduler` decides what to do about each event
+* :class:`~streamer.infer.scheduler.Scheduler` decides what to do about each event
   (dispatch, retries, fallbacks, restarts, hangs, the budget's stop), without processes;
-* :class:`~streamer.rows.RowSink` reduces the modelled files (in batches of
-  :data:`~streamer.rows.REDUCE_BATCH` while every consumer is busy, at once when one is idle)
+* :class:`~streamer.infer.rows.RowSink` reduces the modelled files (in batches of
+  :data:`~streamer.infer.rows.REDUCE_BATCH` while every consumer is busy, at once when one is idle)
   and streams the rows to the CSV in file order.
 
 Window samples live in a fixed pool of *slots* in a shared-memory file (one file's 12 windows
@@ -27,17 +27,17 @@ from collections import defaultdict
 from pathlib import Path
 
 from streamer.audio import WINDOW_SAMPLES
-from streamer.budget import Budget
 from streamer.errors import OutputWriteError
 from streamer.files import pid_alive
+from streamer.infer import scheduler as sch
+from streamer.infer.budget import Budget
+from streamer.infer.messages import DecodeFailed, Decoded, DecodeTask, ModelDone, ModelTask
+from streamer.infer.report import RunReport
+from streamer.infer.rows import RowSink, sigint_deferred
+from streamer.infer.workers import DECODER_NICE, ConsumerBody, DecoderBody, SlotBuffer
 from streamer.metadata import N_WINDOWS_PER_FILE
-from streamer.pipeline import scheduler as sch
 from streamer.pipeline.children import EVENT_WAIT_S, STARTUP_TIMEOUT_S, ChildSpec, Death, Message, Ready, Supervisor
-from streamer.pipeline.layout import Layout
-from streamer.pipeline.messages import DecodeFailed, Decoded, DecodeTask, ModelDone, ModelTask
-from streamer.pipeline.workers import DECODER_NICE, ConsumerBody, DecoderBody, SlotBuffer, with_threads
-from streamer.report import RunReport
-from streamer.rows import RowSink, sigint_deferred
+from streamer.pipeline.layout import Layout, with_threads
 from streamer.stages import RunPlan
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class PipelineRunner:
         sink: where rows go (its CSV is finished by :meth:`run`).
         report: the run report (engine, seconds, memory, errors are filled in).
         reduce_in_consumers: each consumer reduces its own files (no end-of-run parts).
-        task_timeout_s, startup_timeout_s: hang limits (see :mod:`streamer.pipeline.scheduler`).
+        task_timeout_s, startup_timeout_s: hang limits (see :mod:`streamer.infer.scheduler`).
     """
 
     def __init__(

@@ -17,11 +17,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from streamer.backend import describe_models, with_backends
-from streamer.budget import Budget
-from streamer.models.graphs import EngineChoice
 from streamer.errors import OutputWriteError
-from streamer.report import RunReport
-from streamer.rows import RowSink, sigint_deferred
+from streamer.infer.budget import Budget
+from streamer.infer.report import RunReport
+from streamer.infer.rows import RowSink, sigint_deferred
+from streamer.models.graphs import EngineChoice
 from streamer.stages import Reducer, RunPlan, check_students
 
 log = logging.getLogger(__name__)
@@ -115,18 +115,18 @@ def with_student_backend(plan: RunPlan, tmp: Path, *, sequential: bool | None = 
 def _run(plan: RunPlan, budget: Budget, sink: RowSink, report: RunReport) -> None:
     from streamer.models.moe import set_torch_threads
     from streamer.pipeline.layout import plan_layout, sequential_threads
-    from streamer.pipeline.workers import with_threads
+    from streamer.pipeline.layout import with_threads
 
     config = plan.config
     if config.execution.engine == "sequential":
-        from streamer.sequential import run_sequential
+        from streamer.infer.sequential import run_sequential
 
         threads = sequential_threads(config.execution.threads)
         log.info("engine: sequential, %s intra-op thread(s)", "library default" if threads is None else threads)
         run_sequential(replace(plan, model=with_threads(plan.model, threads)), sink, report, budget)
         return
 
-    from streamer.pipeline.runner import PipelineRunner
+    from streamer.infer.runner import PipelineRunner
 
     workers, threads, decoders = config.execution.workers, config.execution.threads, config.execution.decoders
     tuned = _tuned_layout(config)

@@ -5,7 +5,7 @@ threading, the way the original script ran. Rows go through the same row sink as
 pipeline's, so fallbacks and checks are the same. It honours the same budget (it cannot abandon
 a file half-way, so it stops before a file that would not finish in time). A file whose
 decoding or models raise is retried, and gets prior-only rows after
-:data:`~streamer.pipeline.scheduler.MAX_FILE_ATTEMPTS` failures, as in the pipeline.
+:data:`~streamer.pipeline.attempts.MAX_FILE_ATTEMPTS` failures, as in the pipeline.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import logging
 import resource
 import time
 
-from streamer.budget import TIER_FULL, Budget
-from streamer.pipeline.scheduler import MAX_FILE_ATTEMPTS
-from streamer.report import RunReport
-from streamer.rows import RowSink
+from streamer.infer.budget import TIER_FULL, Budget
+from streamer.infer.report import RunReport
+from streamer.infer.rows import RowSink
+from streamer.pipeline.attempts import MAX_FILE_ATTEMPTS
 from streamer.stages import ModelStage, RunPlan, decode_job
 
 log = logging.getLogger(__name__)

@@ -32,17 +32,26 @@ from dataclasses import replace
 import numpy as np
 
 from streamer import failpoints
-from streamer.budget import TIER_FULL, TIER_NO_STUDENTS, TIER_PRIOR_ONLY, Budget
-from streamer.metadata import N_WINDOWS_PER_FILE
-from streamer.report import RunReport
-from streamer.stages import ModelOutputs, Reducer, SubmissionFrame, prior_fallback
-from streamer.submission import SubmissionWriter
+from streamer.infer.budget import TIER_FULL, TIER_NO_STUDENTS, TIER_PRIOR_ONLY, Budget
+from streamer.infer.report import RunReport
+from streamer.infer.submission import SubmissionWriter
+from streamer.metadata import N_WINDOWS_PER_FILE, parse_hour, parse_site
+from streamer.prior import PriorTables
+from streamer.stages import ModelOutputs, Reducer, SubmissionFrame
 
 log = logging.getLogger(__name__)
 
 #: Most files reduced at once (the ProtoSSM folds' many small operators run once per batch).
 REDUCE_BATCH = 8
 BUDGET_REASON = "students dropped to meet the budget"
+
+
+def prior_fallback(prior: PriorTables, stem: str, n_windows: int = N_WINDOWS_PER_FILE) -> np.ndarray:
+    """The documented fallback rows of a file that could not be scored: the site/hour prior
+    probability (no model, no post-processing), the same for each of its windows. float32
+    ``[n_windows, C]``."""
+    p = prior.probability(parse_site(stem), parse_hour(stem)).astype(np.float32)
+    return np.repeat(p[None, :], n_windows, axis=0)
 
 
 def _finite(array) -> bool:

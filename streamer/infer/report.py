@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamer.budget import TIER_FULL, TIER_NO_STUDENTS, TIER_PRIOR_ONLY
+from streamer.infer.budget import TIER_FULL, TIER_NO_STUDENTS, TIER_PRIOR_ONLY
 from streamer.metadata import N_WINDOWS_PER_FILE, WINDOW_S
 
 #: The stages the summary names, in plain words (the report's JSON has every timer).

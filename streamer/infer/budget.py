@@ -27,8 +27,6 @@ TIER_NO_STUDENTS = "no_students"
 TIER_PRIOR_ONLY = "prior_only"
 MODEL_TIERS = (TIER_FULL, TIER_NO_STUDENTS)
 
-#: Default budget: Kaggle's 90 minutes less 5 for the notebook around the command.
-DEFAULT_BUDGET_MINUTES = 85.0
 #: The projection must fit into this share of the time left (noise on shared machines).
 PROJECTION_SAFETY = 0.85
 #: Reserve before the deadline: a share of the budget, clamped (seconds).

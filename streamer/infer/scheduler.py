@@ -42,9 +42,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from streamer.budget import TIER_FULL, Budget
 from streamer.config import DEFAULT_TASK_TIMEOUT_S
+from streamer.infer.budget import TIER_FULL, Budget
 from streamer.metadata import N_WINDOWS_PER_FILE
+from streamer.pipeline.attempts import MAX_FILE_ATTEMPTS
 from streamer.pipeline.children import STARTUP_TIMEOUT_S, SlotHealth, hang_reason
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,6 @@ DECODER = "decoder"
 PREFETCH = 2
 #: Smallest part a file is cut into at the end of a run (windows).
 MIN_PART_WINDOWS = 3
-#: Attempts (deaths of the child working on it) before a file gets prior-only rows.
-MAX_FILE_ATTEMPTS = 3
 #: A task unanswered for TASK_TIMEOUT_S is hung, unless HANG_FACTOR x the measured cost of a
 #: file is longer.
 TASK_TIMEOUT_S = DEFAULT_TASK_TIMEOUT_S
