@@ -18,7 +18,7 @@ from pathlib import Path
 
 from streamer import __version__, failpoints
 from streamer.config import (
-    ARCHIVE_ENGINES, ARCHIVE_FORMATS, DEFAULT_BLEND, TABLE_MIN_SCORE, TABLE_TOP_K, DEFAULT_DRY_RUN_FILES, DEFAULT_N_FOLDS, DEFAULT_PRIOR_SCALE, ENGINES, STUDENT_BACKENDS,
+    ARCHIVE_ENGINES, ARCHIVE_FORMATS, TABLE_MIN_SCORE, TABLE_TOP_K, DEFAULT_DRY_RUN_FILES, ENGINES, STUDENT_BACKENDS,
     ArchiveSettings, ArtifactSettings, EnsembleSettings, ExecutionSettings, InferConfig, default_cache_dir,
 )
 from streamer.config import ARCHIVE_BENCH_SHAPES, ARCHIVE_LABELS, SCORE_KINDS, DEFAULT_SMOOTH, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S, EMBEDDING_DTYPES
@@ -61,22 +61,36 @@ def add_artifact_arguments(parser: argparse.ArgumentParser, *, required: bool = 
     g.add_argument("--perch-labels", type=Path, default=None, help="Perch label list CSV (default: labels.csv, perch_v2_labels.csv or assets/labels.csv beside the ONNX file)")
     g.add_argument("--moe-dir", type=Path, required=required, help="folder of the MoE bundle (ProtoSSM folds and students)")
     g.add_argument("--weights-prefix", default=None, help="ProtoSSM fold prefix, files <prefix>_fold1.pt … (default: discovered from --moe-dir)")
-    g.add_argument("--n-folds", type=int, default=DEFAULT_N_FOLDS, help="ProtoSSM folds required (default: %(default)s)")
+    g.add_argument("--n-folds", type=int, default=help="ProtoSSM folds required (default: %(default)s)")
     g.add_argument("--cnn", type=Path, default=None, help="StudentCNN checkpoint (default: student_cnn*.pt in --moe-dir)")
     g.add_argument("--crnn", type=Path, default=None, help="StudentCRNN checkpoint (default: student_crnn*.pt in --moe-dir)")
     g.add_argument("--no-cnn", action="store_true", help="do not load the StudentCNN (the blend renormalises)")
     g.add_argument("--no-crnn", action="store_true", help="do not load the StudentCRNN (the blend renormalises)")
 
 
+def _member_weight(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = None
+    if not sep or not name or weight is None:
+        raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT (e.g. cnn=0.2), got {text!r}")
+    return name.strip(), weight
+
+
 def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
-    """Blend weights, prior scale, smoothing and the ProtoSSM width."""
-    b = parser.add_argument_group("ensemble")
-    b.add_argument("--blend-perch", type=float, default=DEFAULT_BLEND[0], help="weight of Perch's logits (default: %(default)s)")
-    b.add_argument("--blend-cnn", type=float, default=DEFAULT_BLEND[1], help="weight of the StudentCNN's logits (default: %(default)s)")
-    b.add_argument("--blend-crnn", type=float, default=DEFAULT_BLEND[2], help="weight of the StudentCRNN's logits (default: %(default)s)")
-    b.add_argument("--prior-scale", type=float, default=DEFAULT_PRIOR_SCALE, help="weight of the site/hour prior logit (default: %(default)s)")
-    b.add_argument("--smooth-center", type=float, default=DEFAULT_SMOOTH[0], help="temporal smoothing: weight of the window itself (default: %(default)s)")
-    b.add_argument("--smooth-side", type=float, default=DEFAULT_SMOOTH[1], help="temporal smoothing: weight of each neighbouring window, edges replicated (default: %(default)s; --smooth-center 1 --smooth-side 0 turns smoothing off)")
+    """The recipe, and the command line's changes to it (the original script's flags among them)."""
+    b = parser.add_argument_group("ensemble (a recipe; these flags change it)")
+    b.add_argument("--recipe", default=None, metavar="FILE|NAME", help="the ensemble: a recipe file, or a packaged recipe's name (default: model-card; 'streamer recipe show' prints it)")
+    b.add_argument("--blend", type=_member_weight, action="append", default=[], metavar="NAME=W", help="a member's blend weight (repeatable), e.g. --blend cnn=0.2")
+    b.add_argument("--without", action="append", default=[], metavar="NAME", help="leave a member out (repeatable); the blend renormalises over the others")
+    b.add_argument("--blend-perch", type=float, default=None, help="weight of the member perch (Perch's logits) (model-card: 0.80)")
+    b.add_argument("--blend-cnn", type=float, default=None, help="weight of the member cnn (StudentCNN) (model-card: 0.13)")
+    b.add_argument("--blend-crnn", type=float, default=None, help="weight of the member crnn (StudentCRNN) (model-card: 0.07)")
+    b.add_argument("--prior-scale", type=float, default=None, help="scale of the recipe's prior step, the site/hour prior logit's weight (model-card: 0.20)")
+    b.add_argument("--smooth-center", type=float, default=None, help="temporal smoothing: weight of the window itself in the recipe's 3-window kernel (model-card: 0.8)")
+    b.add_argument("--smooth-side", type=float, default=None, help="temporal smoothing: weight of each neighbouring window, edges replicated (model-card: 0.1; --smooth-center 1 --smooth-side 0 turns smoothing off)")
     b.add_argument("--proto-d-model", type=int, default=None, help="ProtoSSM width; checked against the checkpoints (default: read from them, 320 in the released bundle)")
 
 
@@ -116,14 +130,17 @@ def artifacts_from_args(args: argparse.Namespace) -> ArtifactSettings:
     return ArtifactSettings(
         data_dir=args.data_dir, perch=args.perch, moe_dir=args.moe_dir, perch_labels=args.perch_labels,
         weights_prefix=args.weights_prefix, n_folds=args.n_folds, cnn=args.cnn, crnn=args.crnn,
-        use_cnn=not args.no_cnn, use_crnn=not args.no_crnn,
     )
 
 
 def ensemble_from_args(args: argparse.Namespace) -> EnsembleSettings:
     """The ensemble flags (a command without them keeps the defaults)."""
     names = [f.name for f in dataclasses.fields(EnsembleSettings)]
-    return EnsembleSettings(**{n: getattr(args, n) for n in names if hasattr(args, n)})
+    found = {n: getattr(args, n) for n in names if hasattr(args, n)}
+    found["blend"] = tuple(found.get("blend") or ())
+    found["without"] = tuple(found.get("without") or ()) + tuple(
+        name for name in ("cnn", "crnn") if getattr(args, f"no_{name}", False))
+    return EnsembleSettings(**found)
 
 
 def execution_from_args(args: argparse.Namespace, **overrides) -> ExecutionSettings:

@@ -1,7 +1,8 @@
 """Settings, by concern, checked once when they are made.
 
 * :class:`ArtifactSettings`: where the competition folder and the model files are;
-* :class:`EnsembleSettings`: blend weights, prior scale, smoothing (what changes the numbers);
+* :class:`EnsembleSettings`: the recipe and the command line's changes to it (what changes
+  the numbers);
 * :class:`ExecutionSettings`: engine, processes, threads, budget, timeouts (what changes the
   speed, never the numbers beyond float round-off);
 * :class:`ArchiveSettings`: what ``streamer archive`` adds (output folder, format, timing,
@@ -21,13 +22,10 @@ from pathlib import Path
 
 from streamer.errors import ConfigError
 
-#: Model-card blend (Perch, CNN, CRNN) and prior scale of the public LB 0.914 run.
-DEFAULT_BLEND = (0.80, 0.13, 0.07)
-DEFAULT_PRIOR_SCALE = 0.20
-#: Temporal smoothing of the model-card run: centre weight, weight of each neighbour.
+#: Temporal smoothing of the model-card recipe: centre weight, weight of each neighbour (what
+#: --smooth-center or --smooth-side alone leaves the other at, when the recipe has no kernel).
 DEFAULT_SMOOTH = (0.8, 0.1)
 DEFAULT_DRY_RUN_FILES = 20
-DEFAULT_N_FOLDS = 4
 ENGINES = ("pipeline", "sequential")
 #: Default budget of ``infer``: Kaggle's 90 minutes less 5 for the notebook around the command.
 DEFAULT_BUDGET_MINUTES = 85.0
@@ -86,9 +84,9 @@ class ArtifactSettings:
         moe_dir: folder of the MoE bundle.
         perch_labels: explicit Perch label list (else found beside the ONNX file).
         weights_prefix: fold file prefix (else discovered from the folder).
-        n_folds: number of ProtoSSM folds required.
-        cnn, crnn: explicit student checkpoints (else found in ``moe_dir``).
-        use_cnn, use_crnn: whether to load each student at all.
+        n_folds: number of ProtoSSM folds required (``None``: the recipe's).
+        cnn, crnn: explicit checkpoints of the members ``cnn`` and ``crnn`` (else the recipe's
+            files, found in ``moe_dir``).
     """
 
     data_dir: Path
@@ -96,54 +94,70 @@ class ArtifactSettings:
     moe_dir: Path
     perch_labels: Path | None = None
     weights_prefix: str | None = None
-    n_folds: int = DEFAULT_N_FOLDS
+    n_folds: int | None = None
     cnn: Path | None = None
     crnn: Path | None = None
-    use_cnn: bool = True
-    use_crnn: bool = True
 
     def __post_init__(self) -> None:
-        if self.n_folds < 1:
+        if self.n_folds is not None and self.n_folds < 1:
             raise ConfigError(f"--n-folds must be >= 1, got {self.n_folds}")
 
 
 @dataclass(frozen=True)
 class EnsembleSettings:
-    """How the networks' outputs are combined.
+    """Which ensemble runs, and the command line's changes to it.
+
+    The ensemble is a recipe (:mod:`streamer.recipes`): the packaged model-card recipe unless
+    ``recipe`` names another. The other settings change it; ``None`` keeps the recipe's value.
 
     Attributes:
-        blend_perch, blend_cnn, blend_crnn: blend weights of the pre-sigmoid logits.
-        prior_scale: weight of the site/hour prior logit.
-        smooth_center, smooth_side: temporal smoothing ``center·x[t] + side·(x[t−1] + x[t+1])``
-            (edges replicated); 1 and 0 turn it off.
-        proto_d_model: ProtoSSM width; ``None`` reads it from the checkpoint.
+        recipe: a recipe file, or the name of a packaged recipe (``None``: ``model-card``).
+        blend: ``(member, weight)`` pairs (``--blend NAME=W``).
+        without: members left out of the run (``--without NAME``); the blend renormalises.
+        blend_perch, blend_cnn, blend_crnn: the original script's blend flags: the weights of
+            the members ``perch``, ``cnn``, ``crnn``.
+        prior_scale: the scale of the recipe's ``prior`` step.
+        smooth_center, smooth_side: the recipe's 3-window ``smooth`` kernel
+            ``[side, center, side]`` (1 and 0 turn it off).
+        proto_d_model: ProtoSSM width, checked against the checkpoints (``None``: read from them).
     """
 
-    blend_perch: float = DEFAULT_BLEND[0]
-    blend_cnn: float = DEFAULT_BLEND[1]
-    blend_crnn: float = DEFAULT_BLEND[2]
-    prior_scale: float = DEFAULT_PRIOR_SCALE
-    smooth_center: float = DEFAULT_SMOOTH[0]
-    smooth_side: float = DEFAULT_SMOOTH[1]
+    recipe: str | Path | None = None
+    blend: tuple[tuple[str, float], ...] = ()
+    without: tuple[str, ...] = ()
+    blend_perch: float | None = None
+    blend_cnn: float | None = None
+    blend_crnn: float | None = None
+    prior_scale: float | None = None
+    smooth_center: float | None = None
+    smooth_side: float | None = None
     proto_d_model: int | None = None
 
     def __post_init__(self) -> None:
-        _check_non_negative("", blend_perch=self.blend_perch, blend_cnn=self.blend_cnn, blend_crnn=self.blend_crnn,
-                            smooth_center=self.smooth_center, smooth_side=self.smooth_side)
-        if not math.isfinite(self.prior_scale):
+        optional = {k: getattr(self, k) for k in ("blend_perch", "blend_cnn", "blend_crnn", "smooth_center", "smooth_side")}
+        _check_non_negative("", **{k: v for k, v in optional.items() if v is not None})
+        for name, weight in self.blend:
+            if not math.isfinite(weight) or weight < 0:
+                raise ConfigError(f"--blend {name}={weight}: a blend weight is a finite number >= 0")
+        if self.prior_scale is not None and not math.isfinite(self.prior_scale):
             raise ConfigError(f"--prior-scale must be finite, got {self.prior_scale}")
-        if self.smooth_center + 2 * self.smooth_side <= 0:
+        center = DEFAULT_SMOOTH[0] if self.smooth_center is None else self.smooth_center
+        side = DEFAULT_SMOOTH[1] if self.smooth_side is None else self.smooth_side
+        if (self.smooth_center is not None or self.smooth_side is not None) and center + 2 * side <= 0:
             raise ConfigError("--smooth-center and --smooth-side are both 0: every score would be 0")
         if self.proto_d_model is not None and self.proto_d_model < 1:
             raise ConfigError(f"--proto-d-model must be >= 1, got {self.proto_d_model}")
 
-    @property
-    def blend_weights(self) -> tuple[float, float, float]:
-        return (self.blend_perch, self.blend_cnn, self.blend_crnn)
+    def load_recipe(self):
+        """The recipe this run uses, with the command line's changes.
 
-    @property
-    def smooth(self) -> tuple[float, float]:
-        return (self.smooth_center, self.smooth_side)
+        Raises:
+            RecipeError: the recipe file is wrong; ConfigError: a flag names what it lacks.
+        """
+        from streamer.recipes import load_recipe
+        from streamer.recipes.overrides import apply_overrides
+
+        return apply_overrides(load_recipe(self.recipe), self)
 
 
 @dataclass(frozen=True)

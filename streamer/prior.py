@@ -26,11 +26,15 @@ class PriorTables:
         global_rate: label frequency over all labelled windows.
         site_rates: per site: (rate vector, window count).
         hour_rates: per UTC hour: (rate vector, window count).
+        shrink_windows: the pseudo-count of the shrinkage ``w = n / (n + shrink_windows)``.
+        eps: the probability clip of the combined prior.
     """
 
     global_rate: np.ndarray
     site_rates: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)
     hour_rates: dict[int, tuple[np.ndarray, int]] = field(default_factory=dict)
+    shrink_windows: float = PRIOR_SHRINK_WINDOWS
+    eps: float = PRIOR_EPS
 
     @property
     def n_classes(self) -> int:
@@ -41,13 +45,13 @@ class PriorTables:
         p = self.global_rate.copy()
         if site in self.site_rates:
             rate, n = self.site_rates[site]
-            w = n / (n + PRIOR_SHRINK_WINDOWS)
+            w = n / (n + self.shrink_windows)
             p = (1.0 - w) * p + w * rate
         if hour in self.hour_rates:
             rate, n = self.hour_rates[hour]
-            w = n / (n + PRIOR_SHRINK_WINDOWS)
+            w = n / (n + self.shrink_windows)
             p = (1.0 - w) * p + w * rate
-        return np.clip(p, PRIOR_EPS, 1.0 - PRIOR_EPS)
+        return np.clip(p, self.eps, 1.0 - self.eps)
 
     def logit(self, site: str, hour: int) -> np.ndarray:
         """``log p − log(1 − p)`` of :meth:`probability` (float64 ``[n_classes]``)."""
@@ -59,16 +63,19 @@ class PriorTables:
         return self.logit(parse_site(stem), parse_hour(stem))
 
 
-def _clipped_mean(windows: np.ndarray) -> np.ndarray:
-    return np.clip(windows.mean(axis=0, dtype=np.float64), PRIOR_EPS, 1.0 - PRIOR_EPS)
+def _clipped_mean(windows: np.ndarray, eps: float) -> np.ndarray:
+    return np.clip(windows.mean(axis=0, dtype=np.float64), eps, 1.0 - eps)
 
 
-def fit_prior(labels: np.ndarray, stems: tuple[str, ...] | list[str]) -> PriorTables:
+def fit_prior(labels: np.ndarray, stems: tuple[str, ...] | list[str], *, shrink_windows: float = PRIOR_SHRINK_WINDOWS,
+              eps: float = PRIOR_EPS) -> PriorTables:
     """Fit the tables from a label matrix.
 
     Args:
         labels: bool or {0,1} ``[n_files, n_windows, n_classes]``.
         stems: file stems aligned with ``labels`` (their names give site and hour).
+        shrink_windows, eps: the shrinkage pseudo-count and the probability clip (a recipe's
+            ``[prior]``).
 
     With no labelled file at all the global rate is the clip floor, so the prior is flat and
     changes no ranking.
@@ -78,16 +85,17 @@ def fit_prior(labels: np.ndarray, stems: tuple[str, ...] | list[str]) -> PriorTa
     if len(stems) != n_files:
         raise ValueError(f"{len(stems)} stems for {n_files} labelled files")
     if n_files == 0:
-        return PriorTables(global_rate=np.full(n_classes, PRIOR_EPS))
+        return PriorTables(global_rate=np.full(n_classes, eps), shrink_windows=shrink_windows, eps=eps)
     flat = labels.reshape(n_files * n_windows, n_classes).astype(np.float64)
     sites = np.repeat([parse_site(s) for s in stems], n_windows)
     hours = np.repeat([parse_hour(s) for s in stems], n_windows)
     site_rates = {}
     for site in sorted(set(sites.tolist())):
         mask = sites == site
-        site_rates[site] = (_clipped_mean(flat[mask]), int(mask.sum()))
+        site_rates[site] = (_clipped_mean(flat[mask], eps), int(mask.sum()))
     hour_rates = {}
     for hour in sorted(set(hours.tolist())):
         mask = hours == hour
-        hour_rates[int(hour)] = (_clipped_mean(flat[mask]), int(mask.sum()))
-    return PriorTables(global_rate=_clipped_mean(flat), site_rates=site_rates, hour_rates=hour_rates)
+        hour_rates[int(hour)] = (_clipped_mean(flat[mask], eps), int(mask.sum()))
+    return PriorTables(global_rate=_clipped_mean(flat, eps), site_rates=site_rates, hour_rates=hour_rates,
+                       shrink_windows=shrink_windows, eps=eps)

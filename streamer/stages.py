@@ -1,9 +1,11 @@
 """The three reusable stages of a run, and the plan that feeds them.
 
 * **decode** (:func:`decode_job`): a file → its 12 windows, or an error record;
-* **models** (:class:`ModelStage`): windows → Perch embedding, mapped Perch logits, student logits;
-* **reduce** (:class:`Reducer`): one file's model outputs → blend, prior, ProtoSSM folds,
-  post-processing → probabilities ``[12, C]``; or the prior-only fallback.
+* **models** (:class:`ModelStage`): windows → the recipe's front-ends (Perch's embedding) and
+  every member's logits in the submission's columns, by member name;
+* **reduce** (:class:`Reducer`): one file's model outputs → the recipe's blend and steps
+  (prior, heads such as the ProtoSSM folds, smoothing, …) → probabilities ``[12, C]``; or the
+  prior-only fallback.
 
 :func:`prepare` checks every artifact and metadata file and builds the picklable
 :class:`RunPlan` *before any audio is read*. The sequential engine calls the stages in a loop;
@@ -20,13 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from streamer import failpoints, postprocess
-from streamer.artifacts import class_mapping, map_perch_logits, resolve_moe, resolve_perch
+from streamer.artifacts import UNMATCHED_LOGIT, resolve_perch
 from streamer.audio import WINDOW_SAMPLES, read_span
 from streamer.config import SCORE_KINDS, InferConfig
 from streamer.errors import ArtifactError, AudioDecodeError
 from streamer.metadata import N_WINDOWS_PER_FILE, ClassLabels, Competition, file_stem, load_competition, parse_hour, parse_site
 from streamer.models.graphs import EngineChoice, ThreadSettings, windows_per_call
+from streamer.ensemble import RecipeReducer, ReduceSpec
 from streamer.prior import PriorTables, fit_prior
+from streamer.recipes.bind import BoundMember
 
 log = logging.getLogger(__name__)
 
@@ -55,62 +59,65 @@ class ModelOutputs:
     """One file's network outputs, all float32 with ``T`` windows.
 
     Attributes:
-        embedding: Perch embedding ``[T, 1536]``.
-        perch_logits: Perch logits mapped to the classes ``[T, C]`` (−8.0 where unmatched).
-        cnn_logits, crnn_logits: student logits ``[T, C]``, ``None`` when not loaded.
+        embedding: Perch's embedding ``[T, 1536]`` (``[T, 0]`` when the recipe runs no Perch).
+        logits: each member's logits in the submission's columns ``[T, C]``, by member name;
+            a member not run (dropped by the budget, or failed) is absent.
     """
 
     embedding: np.ndarray
-    perch_logits: np.ndarray
-    cnn_logits: np.ndarray | None
-    crnn_logits: np.ndarray | None
+    logits: dict
 
     def rows(self, start: int, stop: int) -> "ModelOutputs":
         """The outputs of windows ``start:stop`` (to split a multi-file batch)."""
-        pick = lambda a: None if a is None else a[start:stop]  # noqa: E731
-        return ModelOutputs(pick(self.embedding), pick(self.perch_logits), pick(self.cnn_logits), pick(self.crnn_logits))
+        return ModelOutputs(self.embedding[start:stop], {k: v[start:stop] for k, v in self.logits.items()})
+
+    def without(self, names) -> "ModelOutputs":
+        return ModelOutputs(self.embedding, {k: v for k, v in self.logits.items() if k not in names})
 
     @staticmethod
     def concat(parts: "list[ModelOutputs]") -> "ModelOutputs":
-        """Consecutive windows' outputs joined in order (a file scored in parts)."""
-        def join(arrays):
-            return None if any(a is None for a in arrays) else np.concatenate(arrays, axis=0)
-
-        return ModelOutputs(
-            join([p.embedding for p in parts]),
-            join([p.perch_logits for p in parts]),
-            join([p.cnn_logits for p in parts]),
-            join([p.crnn_logits for p in parts]),
-        )
+        """Consecutive windows' outputs joined in order (a file scored in parts); a member
+        missing from any part is missing from the whole."""
+        names = [k for k in parts[0].logits if all(k in p.logits for p in parts)]
+        return ModelOutputs(np.concatenate([p.embedding for p in parts], axis=0),
+                            {k: np.concatenate([p.logits[k] for p in parts], axis=0) for k in names})
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a process needs to build its :class:`ModelStage` (picklable, no sessions inside)."""
+    """What a process needs to build its :class:`ModelStage` (picklable, no sessions inside).
 
-    onnx_path: Path
-    class_map: np.ndarray
+    Attributes:
+        onnx_path: the Perch ONNX file (``None``: the recipe reads no Perch output).
+        n_perch_labels: rows of Perch's label list.
+        members: the recipe's blend members, bound to their files and columns.
+        n_classes: the submission's columns.
+        exported: ONNX exports of state-dict members ``((name, path), …)``; a state-dict member
+            not listed runs in torch.
+    """
+
+    onnx_path: Path | None
     n_perch_labels: int
-    cnn_path: Path | None
-    crnn_path: Path | None
+    members: tuple
     n_classes: int
     threads: ThreadSettings = ThreadSettings()
-    students_onnx: tuple[Path | None, Path | None] | None = None
+    exported: tuple = ()
     engine: EngineChoice = EngineChoice()
 
+    @property
+    def member_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.members)
 
-@dataclass(frozen=True)
-class ReducerSpec:
-    """What the reducer needs (picklable)."""
+    @property
+    def state_dict_members(self) -> tuple:
+        """Members built from a state dict of an architecture streamer knows (exportable)."""
+        from streamer.models.members import STUDENT_KINDS
 
-    fold_paths: tuple[Path, ...]
-    n_classes: int
-    proto_d_model: int | None
-    prior: PriorTables
-    site_index: dict[str, int]
-    blend_weights: tuple[float, float, float]
-    prior_scale: float
-    smooth: tuple[float, float] = (postprocess.SMOOTH_CENTER, postprocess.SMOOTH_SIDE)
+        return tuple(m for m in self.members if m.kind in STUDENT_KINDS)
+
+
+#: The reducer's spec is the recipe's (:class:`streamer.ensemble.ReduceSpec`).
+ReducerSpec = ReduceSpec
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,7 @@ class RunPlan:
     n_matched_classes: int
     notes: tuple[str, ...] = field(default_factory=tuple)
     labels: ClassLabels | None = None  # the classes written, when not the competition's (Perch's own)
+    recipe: object = None  # the bound recipe (streamer.recipes.bind.BoundRecipe); None for Perch's own labels
 
     @property
     def class_labels(self) -> ClassLabels:
@@ -150,140 +158,81 @@ def decode_job(job: FileJob, n_windows: int = N_WINDOWS_PER_FILE, out: np.ndarra
 
 
 class ModelStage:
-    """Perch and the students, built inside the process that runs them."""
+    """The recipe's front-ends and blend members, built inside the process that runs them."""
 
     def __init__(self, spec: ModelSpec) -> None:
-        from streamer.models.moe import Students, set_torch_threads
+        from streamer.models.members import MemberSet
+        from streamer.models.moe import set_torch_threads
         from streamer.models.perch import PerchModel
 
         self.spec = spec
-        self.perch = PerchModel(spec.onnx_path, spec.threads, spec.engine)
-        self.students = Students(
-            spec.cnn_path, spec.crnn_path, n_classes=spec.n_classes, onnx_paths=spec.students_onnx,
-            threads=spec.threads, engine=spec.engine,
-        )
-        if self.students.uses_torch:  # else torch is never imported here (see Students)
+        self.perch = PerchModel(spec.onnx_path, spec.threads, spec.engine) if spec.onnx_path is not None else None
+        self.members = MemberSet(spec.members, exported=dict(spec.exported), threads=spec.threads, backend=spec.engine,
+                                 n_classes=spec.n_classes)
+        if self.members.uses_torch:  # else torch is never imported here (see MemberSet)
             set_torch_threads(spec.threads.intra_op_threads)
-        self.seconds = {"perch": 0.0, "students": 0.0}
+        self.seconds = {"perch": 0.0, "members": 0.0}
         self.last_seconds = (0.0, 0.0)
 
     def check(self) -> None:
         """Run one silent window and check the output sizes against the label list; then warm
         up the call size a whole file uses (an engine's first call of a shape costs extra:
         OpenVINO compiles its kernels for it), so the first file is not slower than the rest."""
-        emb, logits = self.perch.run(np.zeros((1, WINDOW_SAMPLES), dtype=np.float32))
-        if logits.shape[1] != self.spec.n_perch_labels:
-            raise ArtifactError(
-                f"{self.spec.onnx_path}: the model gives {logits.shape[1]} logits but the label list has "
-                f"{self.spec.n_perch_labels} rows"
-            )
-        if not np.all(np.isfinite(emb)) or not np.all(np.isfinite(logits)):
-            raise ArtifactError(f"{self.spec.onnx_path}: non-finite outputs on a silent window")
-        self.students.run(np.zeros((1, WINDOW_SAMPLES), dtype=np.float32))
+        silent = np.zeros((1, WINDOW_SAMPLES), dtype=np.float32)
+        if self.perch is not None:
+            emb, logits = self.perch.run(silent)
+            if logits.shape[1] != self.spec.n_perch_labels:
+                raise ArtifactError(
+                    f"{self.spec.onnx_path}: the model gives {logits.shape[1]} logits but the label list has "
+                    f"{self.spec.n_perch_labels} rows"
+                )
+            if not np.all(np.isfinite(emb)) or not np.all(np.isfinite(logits)):
+                raise ArtifactError(f"{self.spec.onnx_path}: non-finite outputs on a silent window")
+        self._run_members(silent)
         per_call = windows_per_call(self.spec.threads) or N_WINDOWS_PER_FILE
         for size in sorted({min(per_call, N_WINDOWS_PER_FILE), N_WINDOWS_PER_FILE % per_call} - {0, 1}):
             warm = np.full((size, WINDOW_SAMPLES), 1e-3, dtype=np.float32)
-            self.perch.run(warm)
-            self.students.run(warm)
+            self._run_members(warm)
 
-    def run(self, windows: np.ndarray, with_students: bool = True, key: str | None = None) -> ModelOutputs:
+    def _perch(self, windows: np.ndarray):
+        if self.perch is None:
+            return np.zeros((windows.shape[0], 0), dtype=np.float32), None
+        return self.perch.run(windows)
+
+    def _run_members(self, windows: np.ndarray, dropped=frozenset()):
+        embedding, logits = self._perch(windows)
+        out = self.members.run(windows, embedding, logits, dropped)
+        for m in self.spec.members:
+            got = out.get(m.name)
+            if got is not None and got.shape != (windows.shape[0], self.spec.n_classes):
+                raise ArtifactError(f"member {m.name!r} ({m.paths[0] if m.paths else m.kind}): gives shape "
+                                    f"{list(got.shape)}, expected [{windows.shape[0]}, {self.spec.n_classes}]")
+        return embedding, out
+
+    def run(self, windows: np.ndarray, dropped=frozenset(), key: str | None = None) -> ModelOutputs:
         """float32 ``[N, 160000]`` → :class:`ModelOutputs` with ``N`` rows.
 
-        ``with_students=False`` skips the students (the budget's cheaper tier). ``key`` names
-        the file for the failpoints ``consumer.mid_inference`` and ``consumer.students``."""
+        ``dropped`` names members not to run (the budget's cheaper tiers). ``key`` names the
+        file for the failpoints ``consumer.mid_inference`` (Perch) and ``consumer.students``
+        (the other members)."""
         t0 = time.perf_counter()
-        embedding, logits = self.perch.run(windows)
+        embedding, perch_logits = self._perch(windows)
         if failpoints.hit("consumer.mid_inference", key) == "nan":
-            embedding, logits = np.full_like(embedding, np.nan), np.full_like(logits, np.nan)
+            embedding = np.full_like(embedding, np.nan)
+            perch_logits = None if perch_logits is None else np.full_like(perch_logits, np.nan)
         t1 = time.perf_counter()
-        cnn, crnn = self.students.run(windows) if with_students else (None, None)
-        if with_students and failpoints.hit("consumer.students", key) == "nan":
-            cnn, crnn = (None if a is None else np.full_like(a, np.nan) for a in (cnn, crnn))
+        logits = self.members.run(windows, embedding, perch_logits, frozenset(dropped))
         t2 = time.perf_counter()
+        if failpoints.hit("consumer.students", key) == "nan":
+            logits = {k: (np.full_like(v, np.nan) if k not in self.members.perch_names else v) for k, v in logits.items()}
         self.seconds["perch"] += t1 - t0
-        self.seconds["students"] += t2 - t1
+        self.seconds["members"] += t2 - t1
         self.last_seconds = (t1 - t0, t2 - t1)
-        return ModelOutputs(
-            embedding=embedding,
-            perch_logits=map_perch_logits(logits, self.spec.class_map),
-            cnn_logits=cnn,
-            crnn_logits=crnn,
-        )
+        return ModelOutputs(embedding=embedding, logits=logits)
 
 
-class Reducer:
-    """Per-file reduction: blend → prior → ProtoSSM folds → post-processing."""
-
-    def __init__(self, spec: ReducerSpec) -> None:
-        from streamer.models.moe import ProtoSSMFolds
-
-        self.spec = spec
-        self.folds = ProtoSSMFolds(spec.fold_paths, n_classes=spec.n_classes, d_model=spec.proto_d_model)
-        n_needed = max(spec.site_index.values(), default=0) + 1
-        if n_needed > self.folds.n_site_slots:
-            log.warning(
-                "the labels name %d sites but the ProtoSSM checkpoints have %d site slots; "
-                "sites numbered %d and above are treated as unknown (0)",
-                n_needed - 1,
-                self.folds.n_site_slots,
-                self.folds.n_site_slots,
-            )
-        self.seconds = {"protossm": 0.0, "postprocess": 0.0}
-
-    def site_id(self, site: str) -> int:
-        """ProtoSSM's site index: 1.. for the labelled sites, 0 for any other."""
-        site_id = self.spec.site_index.get(site, 0)
-        return site_id if site_id < self.folds.n_site_slots else 0
-
-    def reduce(self, stem: str, outputs: ModelOutputs) -> np.ndarray:
-        """Probabilities float32 ``[T, C]`` of one file, its site and hour parsed from its name."""
-        return self.reduce_at(outputs, parse_site(stem), parse_hour(stem))
-
-    def reduce_at(self, outputs: ModelOutputs, site: str, hour: int) -> np.ndarray:
-        """Probabilities float32 ``[T, C]`` of ``T`` consecutive windows recorded at ``site``
-        during UTC ``hour`` (a Kaggle file, or one 60-s chunk of a long recording)."""
-        return self.reduce_many([(outputs, site, hour)])[0]
-
-    def reduce_files(self, items: list[tuple[str, ModelOutputs]]) -> list[np.ndarray]:
-        """:meth:`reduce` of several files (stem, outputs) at once."""
-        return self.reduce_many([(outputs, parse_site(stem), parse_hour(stem)) for stem, outputs in items])
-
-    def reduce_many(self, items: list[tuple[ModelOutputs, str, int]]) -> list[np.ndarray]:
-        """:meth:`reduce_at` of several (outputs, site, hour) at once, in order.
-
-        Items with the same number of windows run the ProtoSSM folds as one batch: the folds'
-        many small operators then run once for the batch instead of once per file (about half
-        the time per file at 8 files, one thread). Every other step is per item. The batched
-        folds give the single-file numbers to float32 round-off (about 1e-6 in a logit)."""
-        t0 = time.perf_counter()
-        teachers = []
-        for outputs, site, hour in items:
-            blended = postprocess.blend_logits(
-                outputs.perch_logits, outputs.cnn_logits, outputs.crnn_logits, self.spec.blend_weights
-            )
-            teachers.append(postprocess.add_prior(blended, self.spec.prior.logit(site, hour), self.spec.prior_scale))
-        t1 = time.perf_counter()
-        fold_logits: list = [None] * len(items)
-        by_length: dict[int, list[int]] = {}
-        for i, (outputs, _, _) in enumerate(items):
-            by_length.setdefault(outputs.embedding.shape[0], []).append(i)
-        for group in by_length.values():
-            batch = self.folds.run_batch(
-                np.stack([items[i][0].embedding for i in group]),
-                np.stack([teachers[i] for i in group]),
-                [self.site_id(items[i][1]) for i in group],
-                [items[i][2] for i in group],
-            )
-            for j, i in enumerate(group):
-                fold_logits[i] = batch[:, j]
-        t2 = time.perf_counter()
-        center, side = self.spec.smooth
-        probs = [postprocess.finalize(postprocess.fold_mean_probability(f), center=center, side=side) for f in fold_logits]
-        t3 = time.perf_counter()
-        self.seconds["protossm"] += t2 - t1
-        self.seconds["postprocess"] += (t1 - t0) + (t3 - t2)
-        return probs
-
+#: The reducer of a recipe (blend, prior, heads, steps): :class:`streamer.ensemble.RecipeReducer`.
+Reducer = RecipeReducer
 
 
 @dataclass(frozen=True)
@@ -304,7 +253,7 @@ class PerchScores:
 
     def reduce_at(self, outputs: ModelOutputs, site: str, hour: int) -> np.ndarray:
         t0 = time.perf_counter()
-        logits = np.asarray(outputs.perch_logits, dtype=np.float32)
+        logits = np.asarray(outputs.logits["perch"], dtype=np.float32)
         out = logits.copy() if self.spec.scores == "logits" else postprocess.sigmoid(logits).astype(np.float32)
         self.seconds["postprocess"] += time.perf_counter() - t0
         return out
@@ -362,12 +311,12 @@ def prepare_perch_only(config: InferConfig, *, scores: str = "probability", spec
     perch = resolve_perch(config.artifacts.perch, config.artifacts.perch_labels)
     chosen = read_species_list(species_list, perch.labels) if species_list is not None else tuple(range(len(perch.labels)))
     names = tuple(perch.labels[i] for i in chosen)
+    member = BoundMember("perch", "perch-logits", "perch.label", (), np.asarray(chosen, dtype=np.int64), UNMATCHED_LOGIT,
+                         weight=np.ones(len(chosen)))
     model = ModelSpec(
         onnx_path=perch.onnx_path,
-        class_map=np.asarray(chosen, dtype=np.int64),
         n_perch_labels=len(perch.labels),
-        cnn_path=None,
-        crnn_path=None,
+        members=(member,),
         n_classes=len(chosen),
         threads=ThreadSettings(intra_op_threads=None, allow_spinning=config.execution.allow_spinning),
         engine=engine,
@@ -377,14 +326,17 @@ def prepare_perch_only(config: InferConfig, *, scores: str = "probability", spec
                    labels=ClassLabels(names, names, names))
 
 
-def check_students(spec: ModelSpec) -> None:
-    """Load each student checkpoint once (in the parent), so a malformed one is reported before
-    any process starts. Raises ArtifactError naming the file."""
+def check_members(spec: ModelSpec) -> None:
+    """Load each state-dict member's checkpoint once (in the parent), so a malformed one is
+    reported before any process starts. Raises ArtifactError naming the file and the member."""
+    from streamer.models.members import STUDENT_KINDS
     from streamer.models.moe import load_student
 
-    for kind, path in (("cnn", spec.cnn_path), ("crnn", spec.crnn_path)):
-        if path is not None:
-            load_student(path, kind, n_classes=spec.n_classes)
+    for member in spec.state_dict_members:
+        try:
+            load_student(member.paths[0], STUDENT_KINDS[member.kind], n_classes=spec.n_classes)
+        except ArtifactError as exc:
+            raise ArtifactError(f"member {member.name!r}: {exc}") from exc
 
 
 def list_jobs(files: list[Path]) -> tuple[FileJob, ...]:
@@ -423,11 +375,13 @@ def read_frame(config: InferConfig, files: list[Path] | None = None) -> Submissi
         ArtifactError: a metadata file missing or malformed, or two files with one stem.
     """
     competition = load_competition(config.artifacts.data_dir)
+    prior = config.ensemble.load_recipe().prior
     if files is None:
         found, source = competition.audio_files(config.dry_run_files)
     else:
         found, source = [Path(f) for f in files], "explicit file list"
-    return SubmissionFrame(config, competition, list_jobs(found), source, fit_prior(competition.labels, competition.label_files))
+    tables = fit_prior(competition.labels, competition.label_files, shrink_windows=prior.shrinkage_windows, eps=prior.clip)
+    return SubmissionFrame(config, competition, list_jobs(found), source, tables)
 
 
 def choose_engine(execution) -> EngineChoice:
@@ -459,46 +413,29 @@ def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: Subm
     failpoints.hit("parent.checks")
     engine = choose_engine(config.execution)  # before any model loads: bf16 on the wrong CPU stops here
     competition = frame.competition
-    perch = resolve_perch(config.artifacts.perch, config.artifacts.perch_labels)
-    moe = resolve_moe(
-        config.artifacts.moe_dir,
-        weights_prefix=config.artifacts.weights_prefix,
-        n_folds=config.artifacts.n_folds,
-        cnn=config.artifacts.cnn,
-        crnn=config.artifacts.crnn,
-        use_cnn=config.artifacts.use_cnn,
-        use_crnn=config.artifacts.use_crnn,
-    )
-    weights = config.ensemble.blend_weights
-    loaded = weights[0] + (weights[1] if moe.cnn_path else 0.0) + (weights[2] if moe.crnn_path else 0.0)
-    if loaded <= 0:
-        raise ArtifactError(f"the blend weights {weights} sum to 0 over the models that loaded")
-
-    mapping = class_mapping(competition.class_names, perch.labels)
-    n_matched = int((mapping >= 0).sum())
-    notes = [f"{n_matched} of {competition.n_classes} classes found in the Perch label list ({perch.labels_path})"]
-    if n_matched == 0:
-        raise ArtifactError(
-            f"{perch.labels_path}: none of the {competition.n_classes} taxonomy scientific names appear in the "
-            f"Perch label list; is it the right file?"
-        )
-
-    reducer = ReducerSpec(
-        fold_paths=moe.fold_paths,
+    bound, perch = bind_config(config, competition)
+    notes = list(bound.notes)
+    perch_member = next((m for m in bound.members if m.kind == "perch-logits"), None)
+    n_matched = int((perch_member.class_map >= 0).sum()) if perch_member is not None else competition.n_classes
+    if perch is not None and perch_member is not None:
+        notes.insert(0, f"{n_matched} of {competition.n_classes} classes found in the Perch label list ({perch.labels_path})")
+    for name, why in bound.dropped:
+        notes.append(f"member {name}: {why}")
+    recipe = bound.recipe
+    reducer = ReduceSpec(
+        members=tuple((m.name, m.weight) for m in bound.blend),
+        space=recipe.blend.space,
+        steps=recipe.steps,
+        heads=tuple((m.name, m.paths, m.params) for m in bound.heads.values()),
+        temperatures=bound.temperatures,
         n_classes=competition.n_classes,
-        proto_d_model=config.ensemble.proto_d_model,
         prior=frame.prior,
         site_index=competition.site_index(),
-        blend_weights=weights,
-        prior_scale=config.ensemble.prior_scale,
-        smooth=config.ensemble.smooth,
     )
     model = ModelSpec(
-        onnx_path=perch.onnx_path,
-        class_map=mapping,
-        n_perch_labels=len(perch.labels),
-        cnn_path=moe.cnn_path,
-        crnn_path=moe.crnn_path,
+        onnx_path=perch.onnx_path if perch is not None else None,
+        n_perch_labels=len(perch.labels) if perch is not None else 0,
+        members=bound.blend,
         n_classes=competition.n_classes,
         # The engines set the thread count from their layout (see streamer.pipeline.layout).
         threads=ThreadSettings(intra_op_threads=None, allow_spinning=config.execution.allow_spinning),
@@ -513,4 +450,33 @@ def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: Subm
         reducer=reducer,
         n_matched_classes=n_matched,
         notes=tuple(notes),
+        recipe=bound,
     )
+
+
+def bind_config(config: InferConfig, competition: Competition):
+    """The run's recipe (with the command line's changes) bound to its files, and Perch's
+    artifacts when the recipe reads a Perch output. Reads no audio.
+
+    Raises:
+        RecipeError: any mistake of the recipe or of the files it names (one line each).
+        ArtifactError: the Perch files missing or malformed.
+    """
+    from streamer.recipes.bind import Roots, bind_recipe
+
+    recipe = config.ensemble.load_recipe()
+    art = config.artifacts
+    perch = None
+    if any(f.kind == "perch" for f in recipe.frontends):
+        perch = resolve_perch(art.perch, art.perch_labels)
+    roots = Roots(
+        perch=perch.onnx_path if perch is not None else None,
+        perch_labels=perch.labels_path if perch is not None else None,
+        moe_dir=art.moe_dir, data_dir=art.data_dir, weights_prefix=art.weights_prefix,
+        files=tuple((name, path) for name, path in (("cnn", art.cnn), ("crnn", art.crnn)) if path is not None),
+        folds=tuple((m.name, art.n_folds) for m in recipe.members if m.kind == "protossm" and art.n_folds is not None),
+        without=tuple(dict.fromkeys(config.ensemble.without)),
+    )
+    bound = bind_recipe(recipe, roots, columns=competition.classes, columns_scientific=competition.class_names,
+                        class_groups=competition.class_groups, perch_labels=perch.labels if perch is not None else None)
+    return bound, perch

@@ -121,6 +121,11 @@ class MemberSet:
     def any(self) -> bool:
         return bool(self.members)
 
+    @property
+    def perch_names(self) -> frozenset[str]:
+        """The members read from Perch's output (no model of their own)."""
+        return frozenset(m.name for m in self.perch_members)
+
     def run(self, windows: np.ndarray, embedding: np.ndarray, perch_logits: np.ndarray | None,
             dropped: frozenset[str] = frozenset()) -> dict[str, np.ndarray]:
         """Every member's logits in the submission's columns, float32 ``[N, C]``, by name.

@@ -47,13 +47,12 @@ def _export(net, path: Path, example) -> None:
             torch.onnx.export(LogitsOnly(net).eval(), (example,), str(path), **kwargs)
 
 
-def export_students(
-    cnn_path: Path | None, crnn_path: Path | None, *, n_classes: int, out_dir: Path
-) -> tuple[Path | None, Path | None] | None:
-    """Export each present student to ``out_dir`` and check it against torch.
+def export_student(kind: str, checkpoint: Path, *, n_classes: int, out_path: Path) -> Path | None:
+    """Export one state-dict member (``kind``: ``cnn`` or ``crnn``) to ``out_path`` and check
+    it against torch on real log-mels.
 
-    Returns the two ONNX paths (``None`` for an absent student), or ``None`` when the export
-    cannot be used (the caller then keeps the students in torch).
+    Returns the ONNX path, or ``None`` when the export cannot be used (the caller then keeps
+    the member in torch).
     """
     import warnings
 
@@ -61,92 +60,78 @@ def export_students(
     from streamer.models.experts import LogMel
     from streamer.models.perch import ThreadSettings, import_onnxruntime, session_options
 
-    if cnn_path is None and crnn_path is None:
-        return None
     rng = np.random.default_rng(0)
     t = np.arange(2 * 160000).reshape(2, 160000) / 32000.0
     waves = (0.1 * np.sin(2 * np.pi * 1500 * t) + 0.02 * rng.standard_normal(t.shape)).astype(np.float32)
     with torch.inference_mode():
         mel = LogMel()(torch.from_numpy(waves))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths: list[Path | None] = []
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         ort = import_onnxruntime()
-        for kind, ckpt in (("cnn", cnn_path), ("crnn", crnn_path)):
-            if ckpt is None:
-                paths.append(None)
-                continue
-            net = load_student(ckpt, kind, n_classes=n_classes)
-            path = out_dir / f"student_{kind}.onnx"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the exporter's deprecation and tracing notes
-                _export(net, path, mel.clone())
-            session = ort.InferenceSession(str(path), session_options(ThreadSettings(1)), providers=["CPUExecutionProvider"])
-            got = session.run([STUDENT_ONNX_OUTPUT], {STUDENT_ONNX_INPUT: mel.numpy()})[0]
-            with torch.inference_mode():
-                want = net(mel)[1].numpy()
-            diff = float(np.max(np.abs(got - want)))
-            if not diff <= MAX_EXPORT_DIFF:
-                log.warning("student %s: onnxruntime differs from torch by %.2e; keeping torch", kind.upper(), diff)
-                return None
-            log.debug("student %s exported to onnxruntime (max diff %.1e)", kind.upper(), diff)
-            paths.append(path)
+        net = load_student(checkpoint, kind, n_classes=n_classes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracing notes
+            _export(net, out_path, mel.clone())
+        session = ort.InferenceSession(str(out_path), session_options(ThreadSettings(1)), providers=["CPUExecutionProvider"])
+        got = session.run([STUDENT_ONNX_OUTPUT], {STUDENT_ONNX_INPUT: mel.numpy()})[0]
+        with torch.inference_mode():
+            want = net(mel)[1].numpy()
+        diff = float(np.max(np.abs(got - want)))
+        if not diff <= MAX_EXPORT_DIFF:
+            log.warning("%s (%s): onnxruntime differs from torch by %.2e; keeping torch", checkpoint.name, kind, diff)
+            return None
+        log.debug("%s exported to onnxruntime (max diff %.1e)", checkpoint.name, diff)
     except Exception as exc:  # any export problem: the documented fallback is torch
-        log.warning("could not run the students in onnxruntime (%s: %s); keeping torch", type(exc).__name__, exc)
+        log.warning("could not run %s in onnxruntime (%s: %s); keeping torch", checkpoint.name, type(exc).__name__, exc)
         return None
-    return paths[0], paths[1]
+    return out_path
 
 
 #: Bumped when the export itself changes, so that older cached exports are not used.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
 CACHE_FOLDER = "students-onnx"
 _CHECKED = "CHECKED"
+_EXPORTED = "model.onnx"
 
 
-def export_key(cnn_path: Path | None, crnn_path: Path | None, n_classes: int) -> str:
-    """What an export depends on: the checkpoints' contents, the class count, torch's and
-    onnxruntime's versions, and :data:`EXPORT_FORMAT`."""
+def export_key(kind: str, checkpoint: Path, n_classes: int) -> str:
+    """What an export depends on: the architecture, the checkpoint's contents, the class
+    count, torch's and onnxruntime's versions, and :data:`EXPORT_FORMAT`."""
     import hashlib
 
     import onnxruntime
     import torch
 
-    from streamer.validate.cache import sha256_file
+    from streamer.files import sha256_file
 
     digest = hashlib.sha256()
-    for path in (cnn_path, crnn_path):
-        digest.update((sha256_file(path) if path is not None else "-").encode())
-    digest.update(f"|{n_classes}|{torch.__version__}|{onnxruntime.__version__}|{EXPORT_FORMAT}".encode())
+    digest.update(f"{kind}|{sha256_file(checkpoint)}|{n_classes}|{torch.__version__}|{onnxruntime.__version__}|{EXPORT_FORMAT}".encode())
     return digest.hexdigest()[:32]
 
 
-def cached_students(cnn_path: Path | None, crnn_path: Path | None, *, n_classes: int, tmp: Path,
-                    cache_dir: Path) -> tuple[Path | None, Path | None] | None:
-    """The students' ONNX exports: from ``cache_dir`` when these weights were exported and
-    checked before (the export and its check cost about a second of every run's start-up),
-    else exported now into ``tmp`` and kept in the cache for the next run. ``None`` when the
-    students stay in torch (the export or its check failed)."""
+def cached_export(kind: str, checkpoint: Path, *, n_classes: int, tmp: Path, cache_dir: Path) -> Path | None:
+    """A state-dict member's ONNX export: from ``cache_dir`` when this checkpoint was exported
+    and checked before (the export and its check cost about a second of every run's
+    start-up), else exported now into ``tmp`` and kept in the cache for the next run. ``None``
+    when the member stays in torch (the export or its check failed)."""
     try:
         failpoints.hit("students.export")
     except Exception as exc:  # noqa: BLE001 - as any export problem: the documented fallback is torch
         log.warning("could not run the students in onnxruntime (%s: %s); keeping torch", type(exc).__name__, exc)
         return None
-    folder = Path(cache_dir) / CACHE_FOLDER / export_key(cnn_path, crnn_path, n_classes)
-    names = tuple(None if p is None else f"student_{kind}.onnx" for kind, p in (("cnn", cnn_path), ("crnn", crnn_path)))
-    if (folder / _CHECKED).is_file() and all((folder / n).is_file() for n in names if n):
-        log.info("students' onnxruntime exports reused from %s", folder)
-        return tuple(None if n is None else folder / n for n in names)
-    paths = export_students(cnn_path, crnn_path, n_classes=n_classes, out_dir=tmp)
-    if paths is None:
+    folder = Path(cache_dir) / CACHE_FOLDER / export_key(kind, checkpoint, n_classes)
+    if (folder / _CHECKED).is_file() and (folder / _EXPORTED).is_file():
+        log.info("%s: the onnxruntime export is reused from %s", checkpoint.name, folder)
+        return folder / _EXPORTED
+    path = export_student(kind, checkpoint, n_classes=n_classes, out_path=Path(tmp) / folder.name / _EXPORTED)
+    if path is None:
         return None
     try:
         from streamer.files import atomic_write_text, make_temp_dir
 
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = make_temp_dir(folder.parent, ".staging-")
-        for path in paths:
-            if path is not None:
-                shutil.copy2(path, staging / path.name)
+        shutil.copy2(path, staging / _EXPORTED)
         atomic_write_text(staging / _CHECKED, "exported and checked against torch\n")
         try:
             staging.rename(folder)
@@ -154,5 +139,19 @@ def cached_students(cnn_path: Path | None, crnn_path: Path | None, *, n_classes:
             shutil.rmtree(staging, ignore_errors=True)
     except OSError as exc:
         log.info("the students' exports are not kept for later runs (%s)", exc)
-        return paths
-    return tuple(None if n is None else folder / n for n in names) if (folder / _CHECKED).is_file() else paths
+        return path
+    return folder / _EXPORTED if (folder / _CHECKED).is_file() else path
+
+
+def cached_exports(members, *, n_classes: int, tmp: Path, cache_dir: Path) -> tuple[tuple[str, Path], ...]:
+    """``((member name, ONNX path), …)`` of the state-dict members whose export can be used;
+    the others stay in torch."""
+    from streamer.models.members import STUDENT_KINDS
+
+    out = []
+    for member in members:
+        if member.kind in STUDENT_KINDS:
+            path = cached_export(STUDENT_KINDS[member.kind], member.paths[0], n_classes=n_classes, tmp=tmp, cache_dir=cache_dir)
+            if path is not None:
+                out.append((member.name, path))
+    return tuple(out)
