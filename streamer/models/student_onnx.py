@@ -111,7 +111,7 @@ def export_key(cnn_path: Path | None, crnn_path: Path | None, n_classes: int) ->
     import onnxruntime
     import torch
 
-    from streamer.validate.cache import sha256_file
+    from streamer.files import sha256_file
 
     digest = hashlib.sha256()
     for path in (cnn_path, crnn_path):
