@@ -18,11 +18,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from streamer import failpoints
+from streamer.config import default_cache_dir
 from streamer.models.graphs import EngineChoice
+
+if TYPE_CHECKING:
+    from streamer.stages import RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -192,19 +197,38 @@ def _store_check(folder: Path, key: str, check: EngineCheck) -> None:
         log.info("the engine check is not kept for later runs (%s)", exc)
 
 
+def with_student_backend(plan: RunPlan, tmp: Path, *, sequential: bool | None = None) -> RunPlan:
+    """The plan with its students exported to onnxruntime (into ``tmp``, or reused from the
+    cache folder where these weights were exported before) when that backend is chosen;
+    ``auto`` means onnxruntime except in a sequential engine (``sequential``, default: the
+    config's engine)."""
+    from streamer.models.student_onnx import cached_students
+
+    config, model = plan.config, plan.model
+    if sequential is None:
+        sequential = config.execution.engine == "sequential"
+    backend = config.execution.students_backend
+    if backend == "auto":
+        backend = "torch" if sequential else "onnxruntime"
+    if backend != "onnxruntime" or (model.cnn_path is None and model.crnn_path is None):
+        return plan
+    paths = cached_students(model.cnn_path, model.crnn_path, n_classes=model.n_classes, tmp=tmp, cache_dir=default_cache_dir())
+    if paths is None:
+        return plan
+    log.info("students run in onnxruntime")
+    return replace(plan, model=replace(model, students_onnx=paths))
+
+
 def with_backends(plan, tmp: Path, *, sequential: bool | None = None, reducer=None):
-    """The plan with its students exported (see :func:`streamer.infer.run.with_student_backend`) and
+    """The plan with its students exported (see :func:`with_student_backend`) and
     its ONNX graphs' engine checked (module notes). Returns ``(plan, check)``; ``check`` is
     ``None`` when onnxruntime fp32 runs the graphs (nothing to compare)."""
     from streamer.metadata import parse_hour, parse_site
-    from streamer.infer.run import with_student_backend
     from streamer.stages import make_reducer
 
     plan = with_student_backend(plan, tmp, sequential=sequential)
     if plan.model.engine.backend == "onnxruntime":
         return plan, None
-    from streamer.config import default_cache_dir
-
     stem = plan.jobs[0].stem if plan.jobs else ""
     site, hour = parse_site(stem), parse_hour(stem)
     folder = default_cache_dir() / CHECK_FOLDER

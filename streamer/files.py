@@ -1,4 +1,6 @@
-"""Writing files: atomically, with the permissions a plain ``open(path, "w")`` would give.
+"""Writing files atomically, with the permissions a plain ``open(path, "w")`` would give, and
+hashing them (:func:`sha256_file`: the validation cache, the students' export cache and the
+archive's fingerprint key on the same digest of a file, so it is computed in one place).
 
 Every file streamer writes goes to a temporary sibling first and is renamed into place only when
 complete, so a crash never leaves a half-written file under the final name. ``tempfile.mkstemp``
@@ -14,6 +16,7 @@ live run is still writing.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -21,11 +24,13 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-from streamer.errors import ConfigError
+from streamer.errors import ArtifactError, ConfigError
 
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".tmp"
+#: Bytes read at a time when hashing a file.
+HASH_CHUNK = 1 << 20
 
 
 def current_umask() -> int:
@@ -189,3 +194,15 @@ def check_writable_file(path: str | Path, what: str) -> Path:
     os.close(fd)
     tmp.unlink()
     return path
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks (the Perch ONNX file is ~400 MB)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read to hash it ({exc})") from exc
+    return digest.hexdigest()

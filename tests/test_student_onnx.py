@@ -101,7 +101,7 @@ def test_a_consumer_with_onnx_students_never_imports_torch(kit, tmp_path):
     import sys
 
     from streamer.config import InferConfig
-    from streamer.infer.run import with_student_backend
+    from streamer.backend import with_student_backend
     from streamer.stages import prepare
 
     plan = with_student_backend(prepare(InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir)),

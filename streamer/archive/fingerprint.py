@@ -32,7 +32,7 @@ OUTPUT_FORMAT_VERSION = 1
 
 
 def _hash(path: Path | None) -> str | None:
-    from streamer.validate.cache import sha256_file
+    from streamer.files import sha256_file
 
     return None if path is None else sha256_file(path)
 

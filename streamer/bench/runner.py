@@ -267,7 +267,7 @@ def run_bench(
     from streamer.config import default_cache_dir
     from streamer.config import InferConfig
     from streamer.pipeline.layout import available_cpus
-    from streamer.infer.run import with_student_backend
+    from streamer.backend import with_student_backend
     from streamer.stages import prepare
 
     n_files = n_files or (12 if quick else 24)

@@ -89,29 +89,6 @@ def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
     return report
 
 
-def with_student_backend(plan: RunPlan, tmp: Path, *, sequential: bool | None = None) -> RunPlan:
-    """The plan with its students exported to onnxruntime (into ``tmp``, or reused from the
-    cache folder where these weights were exported before) when that backend is chosen;
-    ``auto`` means onnxruntime except in a sequential engine (``sequential``, default: the
-    config's engine)."""
-    from streamer.config import default_cache_dir
-    from streamer.models.student_onnx import cached_students
-
-    config, model = plan.config, plan.model
-    if sequential is None:
-        sequential = config.execution.engine == "sequential"
-    backend = config.execution.students_backend
-    if backend == "auto":
-        backend = "torch" if sequential else "onnxruntime"
-    if backend != "onnxruntime" or (model.cnn_path is None and model.crnn_path is None):
-        return plan
-    paths = cached_students(model.cnn_path, model.crnn_path, n_classes=model.n_classes, tmp=tmp, cache_dir=default_cache_dir())
-    if paths is None:
-        return plan
-    log.info("students run in onnxruntime")
-    return replace(plan, model=replace(model, students_onnx=paths))
-
-
 def _run(plan: RunPlan, budget: Budget, sink: RowSink, report: RunReport) -> None:
     from streamer.models.moe import set_torch_threads
     from streamer.pipeline.layout import plan_layout, sequential_threads

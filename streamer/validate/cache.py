@@ -24,7 +24,6 @@ the sweep reads those itself, so they may change without invalidating the cache.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.files import atomic_open
+from streamer.files import atomic_open, sha256_file
 from streamer import __version__
 from streamer.audio import find_audio
 from streamer.artifacts import resolve_perch_labels
@@ -46,20 +45,7 @@ from streamer.stages import ModelStage, RunPlan, decode_job, prepare
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-_HASH_CHUNK = 1 << 20
 _ARRAYS = ("embedding", "perch_logits", "cnn_logits", "crnn_logits")
-
-
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks (the Perch ONNX file is ~400 MB)."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
-                digest.update(chunk)
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read to hash it ({exc})") from exc
-    return digest.hexdigest()
 
 
 def dependency_paths(plan: RunPlan) -> dict[str, Path]:
