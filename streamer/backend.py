@@ -92,9 +92,9 @@ def _final_probabilities(model_spec, reducer, windows: np.ndarray, site: str, ho
     stage = ModelStage(model_spec)
     outputs = stage.run(windows)
     if nan:  # the failpoint: a candidate engine that computes garbage
-        outputs = replace(outputs, perch_logits=np.full_like(outputs.perch_logits, np.nan))
+        outputs = replace(outputs, logits={k: np.full_like(v, np.nan) for k, v in outputs.logits.items()})
     probs = reducer.reduce_at(outputs, site, hour)
-    logits = [outputs.perch_logits] + [a for a in (outputs.cnn_logits, outputs.crnn_logits) if a is not None]
+    logits = [outputs.logits[k] for k in sorted(outputs.logits)]
     return probs, logits
 
 
@@ -152,12 +152,13 @@ def check_key(model_spec, site: str, hour: int) -> str:
     from streamer.profile import machine_fingerprint
 
     digest = hashlib.sha256()
-    paths = [model_spec.onnx_path, *(p for p in (model_spec.students_onnx or ()) if p is not None),
-             *(p for p in (model_spec.cnn_path, model_spec.crnn_path) if p is not None)]
+    paths = [*(p for p in (model_spec.onnx_path,) if p is not None), *(p for _, p in model_spec.exported),
+             *(p for m in model_spec.members for p in m.paths)]
     for path in paths:
         stat = Path(path).stat()
         digest.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
-    digest.update(np.ascontiguousarray(model_spec.class_map).tobytes())
+    for m in model_spec.members:
+        digest.update(f"{m.name}|{m.kind}|".encode() + np.ascontiguousarray(m.class_map).tobytes())
     versions = []
     for name in ("onnxruntime", "openvino"):
         try:
@@ -202,7 +203,7 @@ def with_student_backend(plan: RunPlan, tmp: Path, *, sequential: bool | None = 
     cache folder where these weights were exported before) when that backend is chosen;
     ``auto`` means onnxruntime except in a sequential engine (``sequential``, default: the
     config's engine)."""
-    from streamer.models.student_onnx import cached_students
+    from streamer.models.student_onnx import cached_exports
 
     config, model = plan.config, plan.model
     if sequential is None:
@@ -210,13 +211,13 @@ def with_student_backend(plan: RunPlan, tmp: Path, *, sequential: bool | None = 
     backend = config.execution.students_backend
     if backend == "auto":
         backend = "torch" if sequential else "onnxruntime"
-    if backend != "onnxruntime" or (model.cnn_path is None and model.crnn_path is None):
+    if backend != "onnxruntime" or not model.state_dict_members:
         return plan
-    paths = cached_students(model.cnn_path, model.crnn_path, n_classes=model.n_classes, tmp=tmp, cache_dir=default_cache_dir())
-    if paths is None:
+    exported = cached_exports(model.state_dict_members, n_classes=model.n_classes, tmp=tmp, cache_dir=default_cache_dir())
+    if not exported:
         return plan
-    log.info("students run in onnxruntime")
-    return replace(plan, model=replace(model, students_onnx=paths))
+    log.info("members run in onnxruntime: %s", ", ".join(name for name, _ in exported))
+    return replace(plan, model=replace(model, exported=exported))
 
 
 def with_backends(plan, tmp: Path, *, sequential: bool | None = None, reducer=None):
@@ -249,17 +250,25 @@ def with_backends(plan, tmp: Path, *, sequential: bool | None = None, reducer=No
 
 
 def describe_models(model_spec, reducer_spec=None) -> dict[str, str]:
-    """What runs each model, for the summary and the report (``reducer_spec``: Perch's own
-    scores have no ProtoSSM)."""
-    from streamer.stages import PerchScoresSpec
+    """What runs each model, for the summary and the report: Perch (the front-end), each
+    member with a model of its own, the log-mel, each head (``reducer_spec``: Perch's own
+    scores have none)."""
+    from streamer.models.members import STUDENT_KINDS
 
     engine = model_spec.engine.describe()
-    has_students = model_spec.cnn_path is not None or model_spec.crnn_path is not None
-    students = engine if model_spec.students_onnx else "torch fp32"
-    out = {"perch": engine}
-    if has_students:
-        out["students"] = students
-        out["log_mel"] = "numpy fp32" if model_spec.students_onnx else "torch fp32"
-    if not isinstance(reducer_spec, PerchScoresSpec):
-        out["protossm"] = "torch fp32"
+    exported = dict(model_spec.exported)
+    out = {}
+    if model_spec.onnx_path is not None:
+        out["perch"] = engine
+    torch_mel = False
+    for m in model_spec.members:
+        if m.kind == "perch-logits":
+            continue
+        in_torch = m.kind in STUDENT_KINDS and m.name not in exported
+        torch_mel = torch_mel or in_torch
+        out[m.name] = "torch fp32" if in_torch else engine
+    if any(m.input == "logmel" or (m.kind != "perch-logits" and "." not in m.input and m.input != "waveform") for m in model_spec.members):
+        out["log_mel"] = "torch fp32" if torch_mel else "numpy fp32"
+    for name, _, _ in getattr(reducer_spec, "heads", ()):
+        out[name] = "torch fp32"
     return out

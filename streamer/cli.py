@@ -61,11 +61,11 @@ def add_artifact_arguments(parser: argparse.ArgumentParser, *, required: bool = 
     g.add_argument("--perch-labels", type=Path, default=None, help="Perch label list CSV (default: labels.csv, perch_v2_labels.csv or assets/labels.csv beside the ONNX file)")
     g.add_argument("--moe-dir", type=Path, required=required, help="folder of the MoE bundle (ProtoSSM folds and students)")
     g.add_argument("--weights-prefix", default=None, help="ProtoSSM fold prefix, files <prefix>_fold1.pt … (default: discovered from --moe-dir)")
-    g.add_argument("--n-folds", type=int, default=help="ProtoSSM folds required (default: %(default)s)")
-    g.add_argument("--cnn", type=Path, default=None, help="StudentCNN checkpoint (default: student_cnn*.pt in --moe-dir)")
-    g.add_argument("--crnn", type=Path, default=None, help="StudentCRNN checkpoint (default: student_crnn*.pt in --moe-dir)")
-    g.add_argument("--no-cnn", action="store_true", help="do not load the StudentCNN (the blend renormalises)")
-    g.add_argument("--no-crnn", action="store_true", help="do not load the StudentCRNN (the blend renormalises)")
+    g.add_argument("--n-folds", type=_positive_int, default=None, help="ProtoSSM folds required (default: the recipe's, 4 in the model-card recipe)")
+    g.add_argument("--cnn", type=Path, default=None, help="the member cnn's checkpoint (default: the recipe's, student_cnn*.pt in --moe-dir)")
+    g.add_argument("--crnn", type=Path, default=None, help="the member crnn's checkpoint (default: the recipe's, student_crnn*.pt in --moe-dir)")
+    g.add_argument("--no-cnn", action="store_true", help="leave the member cnn out (as --without cnn; the blend renormalises)")
+    g.add_argument("--no-crnn", action="store_true", help="leave the member crnn out (as --without crnn; the blend renormalises)")
 
 
 def _member_weight(text: str) -> tuple[str, float]:

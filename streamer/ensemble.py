@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from streamer import postprocess
+from streamer.metadata import parse_hour, parse_site
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,14 @@ class RecipeReducer:
         site_id = self.spec.site_index.get(site, 0)
         folds = self.heads.get(head) if head is not None else next(iter(self.heads.values()), None)
         return site_id if folds is None or site_id < folds.n_site_slots else 0
+
+    def reduce(self, stem: str, outputs) -> np.ndarray:
+        """Probabilities float32 ``[T, C]`` of one file, its site and hour read from its name."""
+        return self.reduce_at(outputs, parse_site(stem), parse_hour(stem))
+
+    def reduce_files(self, items: list) -> list[np.ndarray]:
+        """:meth:`reduce` of several files ``(stem, outputs)`` at once."""
+        return self.reduce_many([(outputs, parse_site(stem), parse_hour(stem)) for stem, outputs in items])
 
     def reduce_at(self, outputs, site: str, hour: int) -> np.ndarray:
         """Probabilities float32 ``[T, C]`` of ``T`` consecutive windows recorded at ``site``

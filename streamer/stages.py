@@ -173,6 +173,7 @@ class ModelStage:
             set_torch_threads(spec.threads.intra_op_threads)
         self.seconds = {"perch": 0.0, "members": 0.0}
         self.last_seconds = (0.0, 0.0)
+        self.last_member_seconds: dict[str, float] = {}
 
     def check(self) -> None:
         """Run one silent window and check the output sizes against the label list; then warm
@@ -221,8 +222,10 @@ class ModelStage:
             embedding = np.full_like(embedding, np.nan)
             perch_logits = None if perch_logits is None else np.full_like(perch_logits, np.nan)
         t1 = time.perf_counter()
+        before = dict(self.members.seconds)
         logits = self.members.run(windows, embedding, perch_logits, frozenset(dropped))
         t2 = time.perf_counter()
+        self.last_member_seconds = self.members.share_logmel(before, [m for m in self.spec.members if m.name in logits])
         if failpoints.hit("consumer.students", key) == "nan":
             logits = {k: (np.full_like(v, np.nan) if k not in self.members.perch_names else v) for k, v in logits.items()}
         self.seconds["perch"] += t1 - t0

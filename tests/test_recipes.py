@@ -180,7 +180,7 @@ def test_the_default_recipe_binds_to_the_kit(kit):
 
 
 def test_binding_mistakes(kit, tmp_path):
-    from streamer.validate.cache import sha256_file
+    from streamer.files import sha256_file
 
     with pytest.raises(RecipeError, match="no member 'cnnn' in the recipe"):
         _bind(kit, without=("cnnn",))

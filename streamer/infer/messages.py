@@ -30,7 +30,7 @@ class ModelTask:
     task_id: int
     slot: int
     n_windows: int
-    with_students: bool
+    dropped: frozenset
     stem: str
     start: int = 0
 
@@ -61,7 +61,7 @@ class ModelDone:
     outputs: ModelOutputs | None
     probs: np.ndarray | None
     perch_s: float
-    students_s: float
+    member_s: tuple
     protossm_s: float
     postprocess_s: float
     busy_s: float

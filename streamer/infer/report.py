@@ -6,11 +6,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamer.infer.budget import TIER_FULL, TIER_NO_STUDENTS, TIER_PRIOR_ONLY
+from streamer.infer.budget import TIER_FULL, TIER_PRIOR_ONLY
 from streamer.metadata import N_WINDOWS_PER_FILE, WINDOW_S
 
 #: The stages the summary names, in plain words (the report's JSON has every timer).
-_WORK = (("decode", "decoding"), ("perch", "Perch"), ("students", "students (log-mel + CNN + CRNN)"),
+_WORK = (("decode", "decoding"), ("perch", "Perch"), ("members", "members other than Perch (log-mel + models)"),
          ("protossm", "ProtoSSM"), ("postprocess", "blend, prior and smoothing"), ("write", "writing"))
 #: How many non-full files the summary lists by name.
 SUMMARY_MAX_LISTED = 25
@@ -25,7 +25,7 @@ class RunReport:
         n_files: files in the submission.
         source: where the files came from.
         engine: ``sequential`` or ``pipeline`` (with its layout).
-        tiers: stem → tier (``full``, ``no_students``, ``prior_only``).
+        tiers: stem → tier (``full``, ``without A+B…``, ``prior_only``).
         reasons: stem → why a file did not get the full tier.
         seconds: wall seconds per stage, ``setup`` (until the models are loaded), ``scoring``
             (from then until the last file has its rows), ``first_file`` (from the start of the
@@ -129,7 +129,7 @@ class RunReport:
             lines.append("peak memory (RSS): " + ", ".join(f"{k} {v:.0f} MB" for k, v in self.peak_rss_mb.items()))
         lines.append(
             "tiers: "
-            + ", ".join(f"{counts.get(t, 0)} {t}" for t in (TIER_FULL, TIER_NO_STUDENTS, TIER_PRIOR_ONLY))
+            + ", ".join(f"{counts.get(t, 0)} {t}" for t in (TIER_FULL, *sorted(set(counts) - {TIER_FULL, TIER_PRIOR_ONLY}), TIER_PRIOR_ONLY))
         )
         lines.extend(f"budget: {note}" for note in self.budget_notes)
         if self.fallbacks:

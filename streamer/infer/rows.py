@@ -10,8 +10,8 @@ the CSV.
 Per-file faults never stop a run:
 
 * non-finite Perch outputs: the file gets prior-only rows;
-* non-finite student outputs (Perch fine): the file is scored without the students
-  (``no_students``), as the budget's cheaper tier would;
+* non-finite logits of other members (Perch fine): the file is scored without those members
+  (tier ``without …``), as the budget's cheaper tiers would;
 * a reduction that raises: a failed batch is redone file by file, and a file that still fails
   gets prior-only rows; non-finite probabilities after the reduction, the same.
 
@@ -32,7 +32,7 @@ from dataclasses import replace
 import numpy as np
 
 from streamer import failpoints
-from streamer.infer.budget import TIER_FULL, TIER_NO_STUDENTS, TIER_PRIOR_ONLY, Budget
+from streamer.infer.budget import TIER_FULL, TIER_PRIOR_ONLY, Budget, tier_name
 from streamer.infer.report import RunReport
 from streamer.infer.submission import SubmissionWriter
 from streamer.metadata import N_WINDOWS_PER_FILE, parse_hour, parse_site
@@ -71,8 +71,11 @@ class RowSink:
     """
 
     def __init__(self, frame: SubmissionFrame, report: RunReport, budget: Budget, reducer: Reducer | None = None,
-                 *, progress: bool = False) -> None:
+                 *, progress: bool = False, perch_members: frozenset = frozenset({"perch"})) -> None:
         self.frame = frame
+        # Members read from Perch's output: their non-finite logits are Perch's (prior-only).
+        self.perch_members = frozenset(perch_members)
+        self.member_names = reducer.spec.member_names if reducer is not None else ()
         self.jobs = frame.jobs
         self.report = report
         self.budget = budget
@@ -137,15 +140,21 @@ class RowSink:
     def _screen(self, index: int, outputs: ModelOutputs, tier: str):
         """(outputs, tier, reason) to reduce, or None when the file got prior-only rows."""
         stem = self.stem(index)
-        if not (_finite(outputs.embedding) and _finite(outputs.perch_logits)):
+        perch = self.perch_members
+        if not (_finite(outputs.embedding) and all(_finite(outputs.logits[k]) for k in perch if k in outputs.logits)):
             log.warning("%s: Perch gave non-finite outputs; writing prior-only rows", stem)
             self.fallback(index, "non-finite Perch outputs")
             return None
-        bad = [name for name, a in (("CNN", outputs.cnn_logits), ("CRNN", outputs.crnn_logits)) if not _finite(a)]
+        bad = [name for name, a in outputs.logits.items() if name not in perch and not _finite(a)]
         if bad:
-            log.warning("%s: the student %s gave non-finite logits; scoring it without the students", stem, " and ".join(bad))
-            return (replace(outputs, cnn_logits=None, crnn_logits=None), TIER_NO_STUDENTS,
-                    f"non-finite {' and '.join(bad)} logits: scored without the students")
+            kept = outputs.without(bad)
+            if not kept.logits:
+                log.warning("%s: every member gave non-finite logits; writing prior-only rows", stem)
+                self.fallback(index, f"non-finite logits of {', '.join(bad)}")
+                return None
+            log.warning("%s: %s gave non-finite logits; scoring it without %s", stem, " and ".join(bad), "them" if len(bad) > 1 else "it")
+            dropped = tuple(k for k in self.member_names if k not in kept.logits)
+            return (kept, tier_name(dropped), f"non-finite {' and '.join(bad)} logits: scored without {', '.join(bad)}")
         return outputs, tier, (None if tier == TIER_FULL else BUDGET_REASON)
 
     def reduce_waiting(self, force: bool = False) -> None:

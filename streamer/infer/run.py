@@ -22,7 +22,7 @@ from streamer.infer.budget import Budget
 from streamer.infer.report import RunReport
 from streamer.infer.rows import RowSink, sigint_deferred
 from streamer.models.graphs import EngineChoice
-from streamer.stages import Reducer, RunPlan, check_students
+from streamer.stages import Reducer, RunPlan, check_members
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,16 @@ def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
     """
     config = plan.config
     t_start = time.perf_counter()
-    budget = Budget(budget_s=config.execution.budget_minutes * 60.0, start=start if start is not None else time.monotonic())
+    running = set(plan.model.member_names)
+    drop_order = tuple(n for n in plan.recipe.recipe.drop_order if n in running) if plan.recipe is not None else ()
+    budget = Budget(budget_s=config.execution.budget_minutes * 60.0, start=start if start is not None else time.monotonic(),
+                    drop_order=drop_order)
     report = RunReport(out=Path(config.out), n_files=len(plan.jobs), source=plan.source, engine=config.execution.engine)
     # What the parent can load, it checks before anything starts (ArtifactError: exit 2, no CSV).
     reducer = Reducer(plan.reducer)
-    check_students(plan.model)
-    sink = RowSink(plan.frame, report, budget, reducer, progress=config.execution.progress)
+    check_members(plan.model)
+    perch_members = frozenset(m.name for m in plan.model.members if m.kind == "perch-logits")
+    sink = RowSink(plan.frame, report, budget, reducer, progress=config.execution.progress, perch_members=perch_members)
     reason = None
     try:
         with tempfile.TemporaryDirectory(prefix="streamer-students-") as tmp:
@@ -64,7 +68,7 @@ def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
                 log.info("budget: too little time to export the students and check the engine; students in torch, "
                          "Perch in onnxruntime fp32")
                 plan = replace(plan, model=replace(plan.model, engine=EngineChoice()))
-            report.models = describe_models(plan.model)
+            report.models = describe_models(plan.model, plan.reducer)
             _run(plan, budget, sink, report)
     except KeyboardInterrupt:
         report.interrupted = True

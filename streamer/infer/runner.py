@@ -146,7 +146,7 @@ class PipelineRunner:
                 child = self.supervisor.get(sch.CONSUMER, action.wid)
                 unit = action.unit
                 if child is not None:
-                    self.supervisor.send(child, ModelTask(action.task_id, action.slot, unit.n, action.with_students,
+                    self.supervisor.send(child, ModelTask(action.task_id, action.slot, unit.n, action.dropped,
                                                           self.plan.jobs[unit.index].stem, unit.start))
             elif isinstance(action, sch.StartChild):
                 self.supervisor.start(self._spec(action.role, action.wid))
@@ -182,11 +182,11 @@ class PipelineRunner:
             self.seconds["decode"] += msg.seconds
             return self.scheduler.on_decode_failed(child.wid, msg.task_id, msg.error)
         if isinstance(msg, ModelDone):
-            for key, value in (("perch", msg.perch_s), ("students", msg.students_s), ("protossm", msg.protossm_s),
+            for key, value in (("perch", msg.perch_s), ("members", sum(s for _, s in msg.member_s)), ("protossm", msg.protossm_s),
                                ("postprocess", msg.postprocess_s), ("consumers_busy", msg.busy_s)):
                 self.seconds[key] += value
             return self.scheduler.on_model_done(child.wid, msg.task_id, outputs=msg.outputs, probs=msg.probs,
-                                                perch_s=msg.perch_s, students_s=msg.students_s, busy_s=msg.busy_s)
+                                                perch_s=msg.perch_s, member_s=dict(msg.member_s), busy_s=msg.busy_s)
         raise TypeError(f"unexpected message from {child.name}: {type(msg).__name__}")
 
     def _on_death(self, death: Death) -> list:

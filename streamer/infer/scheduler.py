@@ -102,7 +102,7 @@ class SendModel:
     task_id: int
     unit: Unit
     slot: int
-    with_students: bool
+    dropped: frozenset
 
 
 @dataclass(frozen=True)
@@ -270,7 +270,7 @@ class Scheduler:
         return actions + self._dispatch()
 
     def on_model_done(self, wid: int, task_id: int, *, outputs=None, probs=None,
-                      perch_s: float = 0.0, students_s: float = 0.0, busy_s: float = 0.0) -> list:
+                      perch_s: float = 0.0, member_s: dict | None = None, busy_s: float = 0.0) -> list:
         """A consumer finished a task: raw ``outputs`` of its windows, or the file's ``probs``
         when the consumer reduced it too."""
         slot = self.slots[(CONSUMER, wid)]
@@ -278,7 +278,10 @@ class Scheduler:
         # Costs per whole file (a part is scaled up); a consumer's own reduction is part of its
         # time per file (busy_s includes it).
         scale = N_WINDOWS_PER_FILE / unit.n
-        self.budget.costs.observe_model(perch_s * scale, students_s * scale, max(0.0, busy_s - perch_s - students_s) * scale)
+        member_s = member_s or {}
+        members = sum(member_s.values())
+        self.budget.costs.observe_model(perch_s * scale, {k: v * scale for k, v in member_s.items()},
+                                        max(0.0, busy_s - perch_s - members) * scale)
         index = unit.index
         actions: list = []
         if index not in self.resolved:
@@ -375,7 +378,7 @@ class Scheduler:
 
     def _task_limit(self, role: str) -> float:
         if role == CONSUMER and self.budget.costs.n:
-            return max(self.task_timeout_s, HANG_FACTOR * self.budget.costs.consumer_seconds(TIER_FULL))
+            return max(self.task_timeout_s, HANG_FACTOR * self.budget.costs.consumer_seconds())
         return self.task_timeout_s
 
     def _start(self, slot: SlotState) -> StartChild:
@@ -469,7 +472,7 @@ class Scheduler:
                 self.tier_of[index] = self.budget.choose_tier(self._n_remaining(index), len(consumers))
             task_id = self._task_id()
             self._give(slot, task_id, unit)
-            actions.append(SendModel(slot.wid, task_id, unit, self.slot_of[index], self.tier_of[index] == TIER_FULL))
+            actions.append(SendModel(slot.wid, task_id, unit, self.slot_of[index], self.budget.dropped(self.tier_of[index])))
         return actions
 
 

@@ -14,7 +14,7 @@ import logging
 import resource
 import time
 
-from streamer.infer.budget import TIER_FULL, Budget
+from streamer.infer.budget import Budget
 from streamer.infer.report import RunReport
 from streamer.infer.rows import RowSink
 from streamer.pipeline.attempts import MAX_FILE_ATTEMPTS
@@ -35,7 +35,7 @@ def run_sequential(plan: RunPlan, sink: RowSink, report: RunReport, budget: Budg
     seconds = {"setup": time.perf_counter() - t_start, "decode": 0.0}
     sink.start_progress()
     for position, job in enumerate(plan.jobs):
-        per_file = budget.costs.consumer_seconds(budget.tier) + budget.costs.reduce_s
+        per_file = budget.costs.consumer_seconds(budget.dropped()) + budget.costs.reduce_s
         if budget.must_stop() or budget.time_left() < per_file:
             log.warning("budget: stopping with %d files unscored", len(plan.jobs) - position)
             break
@@ -51,7 +51,7 @@ def run_sequential(plan: RunPlan, sink: RowSink, report: RunReport, budget: Budg
                     break
                 if decoded.notes:
                     log.info("%s: %s", job.path.name, "; ".join(decoded.notes))
-                outputs = models.run(decoded.windows, with_students=tier == TIER_FULL, key=job.stem)
+                outputs = models.run(decoded.windows, dropped=budget.dropped(tier), key=job.stem)
             except Exception as exc:  # noqa: BLE001 - one file's failure is that file's, not the run's
                 cause = f"{type(exc).__name__}: {exc}"
                 if attempt < MAX_FILE_ATTEMPTS:
@@ -60,7 +60,7 @@ def run_sequential(plan: RunPlan, sink: RowSink, report: RunReport, budget: Budg
                 log.error("%s: failed %d times (last: %s); writing prior-only rows", job.stem, attempt, cause)
                 sink.fallback(job.index, f"failed {attempt} times (last: {cause})")
                 break
-            budget.costs.observe_model(*models.last_seconds)
+            budget.costs.observe_model(models.last_seconds[0], models.last_member_seconds)
             sink.add_modelled(job.index, outputs, tier)
             sink.reduce_waiting(force=True)
             break

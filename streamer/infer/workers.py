@@ -61,8 +61,9 @@ class ConsumerBody(Body):
             raise ValueError("a consumer that reduces needs whole files, not parts")
         span = slice(task.start * WINDOW_SAMPLES, (task.start + task.n_windows) * WINDOW_SAMPLES)
         windows = self.buffer[task.slot, span].reshape(task.n_windows, WINDOW_SAMPLES)
-        outputs = self.stage.run(np.asarray(windows), with_students=task.with_students, key=task.stem)
-        perch_s, students_s = self.stage.last_seconds
+        outputs = self.stage.run(np.asarray(windows), dropped=task.dropped, key=task.stem)
+        perch_s = self.stage.last_seconds[0]
+        member_s = tuple(self.stage.last_member_seconds.items())
         probs, protossm_s, post_s = None, 0.0, 0.0
         if self.reducer is not None:
             before = dict(self.reducer.seconds)
@@ -71,7 +72,7 @@ class ConsumerBody(Body):
             post_s = self.reducer.seconds["postprocess"] - before["postprocess"]
             outputs = None
         busy_s = time.perf_counter() - t_start
-        send(ModelDone(task.task_id, outputs, probs, perch_s, students_s, protossm_s, post_s, busy_s, maxrss_kb()))
+        send(ModelDone(task.task_id, outputs, probs, perch_s, member_s, protossm_s, post_s, busy_s, maxrss_kb()))
 
 
 class DecoderBody(Body):

@@ -164,6 +164,16 @@ class MemberSet:
         out.update({name: np.concatenate(p) for name, p in parts.items()})
         return out
 
+    def share_logmel(self, before: dict, active: list) -> dict[str, float]:
+        """Each active member's seconds since ``before`` (a copy of :attr:`seconds`), the
+        log-mel's time shared equally among the members that read it."""
+        spent = {m.name: self.seconds[m.name] - before.get(m.name, 0.0) for m in active}
+        readers = [m.name for m in active if m.input != "waveform" and "." not in m.input]
+        mel = self.seconds["logmel"] - before.get("logmel", 0.0)
+        for name in readers:
+            spent[name] += mel / len(readers)
+        return spent
+
     def _run_torch(self, windows, embedding, active) -> dict[str, np.ndarray]:
         from streamer.models.moe import import_torch
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.validate.cache import sha256_file  # moves to streamer.files
+from streamer.files import sha256_file
 from streamer.recipes.schema import Member, Recipe, RecipeError
 
 log = logging.getLogger(__name__)
