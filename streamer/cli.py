@@ -79,12 +79,31 @@ def _member_weight(text: str) -> tuple[str, float]:
     return name.strip(), weight
 
 
+def _step_param(text: str) -> tuple[str, object]:
+    import tomllib
+
+    key, sep, value = text.partition("=")
+    if not sep or "." not in key:
+        raise argparse.ArgumentTypeError(f"expected STEP.PARAM=VALUE (e.g. topk-multiplier.k=3), got {text!r}")
+    try:  # a TOML value, as the recipe file would have it: 3, 0.5, [0.2, 0.6, 0.2]
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not a number or array (TOML syntax: 3, 0.5, [0.2, 0.6, 0.2])") from None
+    return key.strip(), tuple(parsed) if isinstance(parsed, list) else parsed
+
+
+def add_recipe_arguments(group) -> None:
+    """``--recipe`` and ``--without``: which ensemble, and which of its members run."""
+    group.add_argument("--recipe", default=None, metavar="FILE|NAME", help="the ensemble: a recipe file, or a packaged recipe's name (default: model-card; 'streamer recipe show' prints it)")
+    group.add_argument("--without", action="append", default=[], metavar="NAME", help="leave a member out (repeatable); the blend renormalises over the others")
+
+
 def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe, and the command line's changes to it (the original script's flags among them)."""
     b = parser.add_argument_group("ensemble (a recipe; these flags change it)")
-    b.add_argument("--recipe", default=None, metavar="FILE|NAME", help="the ensemble: a recipe file, or a packaged recipe's name (default: model-card; 'streamer recipe show' prints it)")
+    add_recipe_arguments(b)
     b.add_argument("--blend", type=_member_weight, action="append", default=[], metavar="NAME=W", help="a member's blend weight (repeatable), e.g. --blend cnn=0.2")
-    b.add_argument("--without", action="append", default=[], metavar="NAME", help="leave a member out (repeatable); the blend renormalises over the others")
+    b.add_argument("--set", dest="steps", type=_step_param, action="append", default=[], metavar="STEP.PARAM=V", help="a parameter of the recipe's step of that name (repeatable), e.g. --set topk-multiplier.k=3 or --set smooth.kernel=[0.2,0.6,0.2]")
     b.add_argument("--blend-perch", type=float, default=None, help="weight of the member perch (Perch's logits) (model-card: 0.80)")
     b.add_argument("--blend-cnn", type=float, default=None, help="weight of the member cnn (StudentCNN) (model-card: 0.13)")
     b.add_argument("--blend-crnn", type=float, default=None, help="weight of the member crnn (StudentCRNN) (model-card: 0.07)")
@@ -138,6 +157,7 @@ def ensemble_from_args(args: argparse.Namespace) -> EnsembleSettings:
     names = [f.name for f in dataclasses.fields(EnsembleSettings)]
     found = {n: getattr(args, n) for n in names if hasattr(args, n)}
     found["blend"] = tuple(found.get("blend") or ())
+    found["steps"] = tuple(found.get("steps") or ())
     found["without"] = tuple(found.get("without") or ()) + tuple(
         name for name in ("cnn", "crnn") if getattr(args, f"no_{name}", False))
     return EnsembleSettings(**found)
@@ -233,15 +253,27 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--status", action="store_true", help="print what --out holds (settings, inputs done and failed, hours of audio; with INPUTs, how many are still to do) and score nothing")
     p.set_defaults(func=cmd_archive)
 
+    p = _command(sub, "recipe", "show, list or check recipes (an ensemble as a TOML file)", 'examples:\n  streamer recipe show > my.toml                 # the default (model-card) recipe, to edit\n  streamer recipe list\n  streamer recipe check my.toml                  # the recipe alone\n  streamer recipe check my.toml --data-dir competition --perch perch --moe-dir moe   # and the files it names')
+    p.add_argument("action", choices=("show", "list", "check"), help="show: print a packaged recipe (default: model-card) as a file to save and edit; list: the packaged recipes; check: validate a recipe (and, given the artifact flags, every file it names) without reading audio")
+    p.add_argument("recipe", nargs="?", default=None, metavar="FILE|NAME", help="the recipe (show: a packaged name; check: a file or a packaged name)")
+    g = p.add_argument_group("files to check the recipe against (check)")
+    g.add_argument("--data-dir", type=Path, default=None, help="competition folder (the submission's columns and class groups)")
+    g.add_argument("--perch", type=Path, default=None, help="Perch 2.0 ONNX file or its folder")
+    g.add_argument("--perch-labels", type=Path, default=None, help="Perch label list CSV (default: beside the ONNX file)")
+    g.add_argument("--moe-dir", type=Path, default=None, help="folder that {moe_dir} stands for in the recipe")
+    g.add_argument("--weights-prefix", default=None, help="what {weights_prefix} stands for (default: discovered)")
+    p.set_defaults(func=cmd_recipe)
+
     p = _command(sub, "score", "the competition metric (macro ROC-AUC) of a submission against train_soundscapes_labels.csv", 'examples:\n  streamer score train-submission.csv --data-dir competition')
     p.add_argument("submission", type=Path, metavar="SUBMISSION", help="submission CSV (row_id + class columns); rows of unlabelled files are ignored")
     p.add_argument("--data-dir", type=Path, required=True, help="competition folder (train_soundscapes_labels.csv, sample_submission.csv, taxonomy.csv)")
     p.add_argument("--out", type=Path, default=None, metavar="CSV", help="per-class and per-taxonomic-class table (default: <SUBMISSION without .csv>.scores.csv)")
     p.set_defaults(func=cmd_score)
 
-    p = _command(sub, "cache", "run Perch and the students once over the labelled training soundscapes and store their outputs for 'streamer sweep'", 'examples:\n  streamer cache --data-dir competition --perch perch --moe-dir moe --out cache.npz')
+    p = _command(sub, "cache", "run Perch and the recipe's members once over the labelled training soundscapes and store their outputs for 'streamer sweep'", 'examples:\n  streamer cache --data-dir competition --perch perch --moe-dir moe --out cache.npz\n  streamer cache --data-dir competition --perch perch --moe-dir moe --recipe my.toml --out my-cache.npz')
     add_artifact_arguments(p)
     c = p.add_argument_group("cache")
+    add_recipe_arguments(c)
     c.add_argument("--out", type=Path, default=Path("validation-cache.npz"), metavar="FILE", help="the cache to write (default: %(default)s); an up-to-date one is reused, one made from other artifacts is rebuilt")
     c.add_argument("--all-files", action="store_true", help="cache every train_soundscapes/*.ogg, not only the labelled ones")
     c.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
@@ -480,11 +512,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
     config = validation_config(args)
     cache, built = build_cache(config, args.out, all_files=args.all_files, force=args.force, threads=sequential_threads(config.execution.threads))
-    students = ", ".join(k for k in ("cnn", "crnn") if k in cache.dependencies) or "none"
     verb = f"written in {cache.info.get('seconds', 0):.1f} s" if built else "up to date, reused"
     print(
         f"cache {args.out}: {verb}\n  {len(cache.stems)} files ({cache.info.get('selection', '?')}), "
-        f"{len(cache.classes)} classes, students: {students}\n"
+        f"{len(cache.classes)} classes, members: {', '.join(sorted(cache.logits))}\n"
         f"  keyed by sha256 of: " + ", ".join(f"{role} {d['sha256'][:12]}" for role, d in sorted(cache.dependencies.items()))
     )
     return EXIT_OK
@@ -504,9 +535,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from streamer.validate.sweep import SweepPoint, assign_prior_folds, draw_heatmap, parse_grid, prepare_sweep, run_sweep
 
     config = validation_config(args)
-    e = config.ensemble
-    base = SweepPoint(e.blend_perch, e.blend_cnn, e.blend_crnn, e.prior_scale, e.smooth_center, e.smooth_side)
-    points, values = parse_grid(args.grid, base)
+    points, values = parse_grid(args.grid, config.ensemble.load_recipe())
     set_torch_threads(sequential_threads(config.execution.threads))
     t0 = time.perf_counter()
     plan = prepare(config, files=[])
@@ -520,7 +549,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         prior_note = "fitted on ALL labels, as infer does: this leaks the scored labels (use only to check a point against infer + score)"
     data = prepare_sweep(plan, cache, args.cache, prior_fit=args.prior_fit, folds=folds)
     setup_s = time.perf_counter() - t0
-    result = run_sweep(data, points, class_groups(competition), has_students=(data.cnn is not None, data.crnn is not None))
+    result = run_sweep(data, points, class_groups(competition))
 
     rows = result.rows()
     atomic_write_text(args.out, pd.DataFrame(rows).to_csv(index=False, float_format="%.6f"))
@@ -530,10 +559,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           f"{int(result.results[0].scored.sum())} of {n_classes} classes scored")
     print(f"prior: {prior_note}")
     print(f"{len(points)} points in {sum(result.seconds):.2f} s ({per_point_ms:.1f} ms per point; set-up {setup_s:.1f} s)")
-    print(f"{'rank':>4} {'macro AUC':>9} {'perch':>6} {'cnn':>6} {'crnn':>6} {'prior':>6} {'smooth':>10}")
-    for row in rows[: args.top]:
-        print(f"{row['rank']:>4} {row['macro_auc']:>9.4f} {row['perch']:>6g} {row['cnn']:>6g} {row['crnn']:>6g} {row['prior']:>6g} "
-              f"{row['smooth_center']:>5g}/{row['smooth_side']:g}")
+    axes = list(values)
+    widths = [max(6, len(a)) for a in axes]
+    show = lambda v: f"{v[0]:g}/{v[1]:g}" if isinstance(v, tuple) else f"{v:g}"  # noqa: E731
+    print(f"{'rank':>4} {'macro AUC':>9} " + " ".join(f"{a:>{w}}" for a, w in zip(axes, widths)))
+    for row, i in zip(rows[: args.top], result.ranking()):
+        p = points[i]
+        print(f"{row['rank']:>4} {row['macro_auc']:>9.4f} " + " ".join(f"{show(p.value(a)):>{w}}" for a, w in zip(axes, widths)))
     best = points[result.ranking()[0]]
     if args.compare is not None:
         from streamer.validate.sweep import compare_at
@@ -545,17 +577,63 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               f"difference {c['auc_difference']:+.4f}; probabilities differ by up to {c['max_prob_difference']:.4f} "
               f"(mean {c['mean_prob_difference']:.5f})")
     command = ["streamer", "infer", "--data-dir", str(args.data_dir), "--perch", str(args.perch), "--moe-dir", str(args.moe_dir)]
-    for flag, value in (("--perch-labels", args.perch_labels), ("--weights-prefix", args.weights_prefix), ("--cnn", args.cnn),
-                        ("--crnn", args.crnn), ("--proto-d-model", args.proto_d_model)):
+    for flag, value in (("--recipe", args.recipe), ("--perch-labels", args.perch_labels), ("--weights-prefix", args.weights_prefix),
+                        ("--cnn", args.cnn), ("--crnn", args.crnn), ("--proto-d-model", args.proto_d_model)):
         if value is not None:
             command += [flag, str(value)]
-    command += ["--no-cnn"] * args.no_cnn + ["--no-crnn"] * args.no_crnn + best.infer_flags()
+    for name in config.ensemble.without:
+        command += ["--without", name]
+    varied = set(values)
+    for key, value in config.ensemble.steps:
+        if key not in varied and not (key == "prior.scale" and "prior" in varied):
+            command += ["--set", f"{key}={list(value) if isinstance(value, tuple) else value}"]
+    command += best.infer_flags()
     print(f"best: {shlex.join(command)}")
     print(f"all points: {args.out}")
     heatmap = args.heatmap if args.heatmap is not None else args.out.with_suffix(".png")
     title = f"macro ROC-AUC, prior {'out of fold' if folds is not None else 'fitted on all labels (leaky)'}"
     if draw_heatmap(result, values, heatmap, title) is not None:
         print(f"heatmap: {heatmap}")
+    return EXIT_OK
+
+
+def cmd_recipe(args: argparse.Namespace) -> int:
+    from streamer.recipes import DEFAULT_RECIPE, load_recipe, packaged_names, packaged_text
+
+    if args.action == "list":
+        for name in packaged_names():
+            recipe = load_recipe(name)
+            print(f"{name}: {recipe.description}" + (" (default)" if name == DEFAULT_RECIPE else ""))
+        return EXIT_OK
+    if args.action == "show":
+        sys.stdout.write(packaged_text(args.recipe or DEFAULT_RECIPE))
+        return EXIT_OK
+    if args.recipe is None:
+        raise ConfigError("streamer recipe check: name the recipe file (or a packaged recipe)")
+    recipe = load_recipe(args.recipe)
+    members = ", ".join(f"{m.name} ({m.kind}" + (f", weight {m.weight:g})" if not m.is_head else ", head)") for m in recipe.members)
+    print(f"{recipe.source}: recipe {recipe.name!r} is well formed: members {members}; "
+          f"steps {' -> '.join(s.name for s in recipe.steps)}")
+    if args.data_dir is None:
+        print("its files were not checked: add --data-dir, --perch and --moe-dir (as infer takes them) to check them")
+        return EXIT_OK
+    from streamer.metadata import load_competition
+    from streamer.stages import bind_config
+
+    config = InferConfig(ArtifactSettings(data_dir=args.data_dir, perch=args.perch, moe_dir=args.moe_dir,
+                                          perch_labels=args.perch_labels, weights_prefix=args.weights_prefix),
+                         EnsembleSettings(recipe=args.recipe))
+    if args.perch is None and any(f.kind == "perch" for f in recipe.frontends):
+        raise ConfigError(f"{recipe.source}: the recipe reads Perch's outputs: add --perch")
+    bound, _ = bind_config(config, load_competition(args.data_dir, require_labels=False))
+    for m in bound.members:
+        files = ", ".join(str(p) for p in m.paths) or "Perch's outputs"
+        print(f"  {m.name}: {files}")
+    for name, why in bound.dropped:
+        print(f"  {name}: dropped, {why}")
+    for note in bound.notes:
+        print(f"  {note}")
+    print("every file it names is there and matches (hashes, ONNX inputs and outputs, label spaces)")
     return EXIT_OK
 
 

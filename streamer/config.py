@@ -114,6 +114,8 @@ class EnsembleSettings:
         recipe: a recipe file, or the name of a packaged recipe (``None``: ``model-card``).
         blend: ``(member, weight)`` pairs (``--blend NAME=W``).
         without: members left out of the run (``--without NAME``); the blend renormalises.
+        steps: ``("STEP.PARAM", value)`` pairs (``--set STEP.PARAM=VALUE``): a parameter of
+            the recipe's one step of that name.
         blend_perch, blend_cnn, blend_crnn: the original script's blend flags: the weights of
             the members ``perch``, ``cnn``, ``crnn``.
         prior_scale: the scale of the recipe's ``prior`` step.
@@ -125,6 +127,7 @@ class EnsembleSettings:
     recipe: str | Path | None = None
     blend: tuple[tuple[str, float], ...] = ()
     without: tuple[str, ...] = ()
+    steps: tuple[tuple[str, object], ...] = ()
     blend_perch: float | None = None
     blend_cnn: float | None = None
     blend_crnn: float | None = None

@@ -79,7 +79,7 @@ def blend(logits: dict[str, np.ndarray], members: tuple, space: str = "logit") -
         denom += np.asarray(w, dtype=np.float64)
     zero = denom <= 0
     if zero.any():  # every present member weighs 0 for these classes: their plain mean
-        total[:, zero] = np.mean([v[:, zero] for v in values], axis=0)
+        total[..., zero] = np.mean([v[..., zero] for v in values], axis=0)
         denom[zero] = 1.0
     return (total / denom.astype(np.float32)).astype(np.float32, copy=False)
 

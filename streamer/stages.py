@@ -234,6 +234,23 @@ class ModelStage:
         return ModelOutputs(embedding=embedding, logits=logits)
 
 
+def screen_outputs(outputs: ModelOutputs, perch_members) -> tuple[ModelOutputs | None, tuple[str, ...]]:
+    """The one check of model outputs, in ``infer`` and ``archive`` alike.
+
+    Returns ``(None, ())`` when Perch's outputs (its embedding, or a member read from them) are
+    not finite: the unit cannot be scored. Otherwise the outputs without the members whose
+    logits are not finite, and those members' names (then ``None`` too when no member is left).
+    """
+    finite = lambda a: bool(np.all(np.isfinite(a)))  # noqa: E731
+    if not finite(outputs.embedding) or not all(finite(outputs.logits[k]) for k in perch_members if k in outputs.logits):
+        return None, ()
+    bad = tuple(name for name, a in outputs.logits.items() if name not in perch_members and not finite(a))
+    if not bad:
+        return outputs, ()
+    kept = outputs.without(bad)
+    return (kept if kept.logits else None), bad
+
+
 #: The reducer of a recipe (blend, prior, heads, steps): :class:`streamer.ensemble.RecipeReducer`.
 Reducer = RecipeReducer
 

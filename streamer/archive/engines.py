@@ -255,17 +255,14 @@ class RayScorer:
         failpoints.hit("archive.worker_setup")
         # Thread counts: OMP_NUM_THREADS and kin come from the actor's runtime_env (set before
         # the process starts); onnxruntime's and torch's from model_spec.
-        if student_blobs is not None:
+        if student_blobs:
             self._tmp = tempfile.TemporaryDirectory(prefix="streamer-ray-")
-            paths = []
+            exported = []
             for name, blob in student_blobs:
-                if blob is None:
-                    paths.append(None)
-                    continue
-                path = Path(self._tmp.name) / name
+                path = Path(self._tmp.name) / f"{name}.onnx"
                 path.write_bytes(blob)
-                paths.append(path)
-            model_spec = replace(model_spec, students_onnx=tuple(paths))
+                exported.append((name, path))
+            model_spec = replace(model_spec, exported=tuple(exported))
         self.scorer = ArchiveScorer(model_spec, reducer_spec, classes)
 
     def ping(self) -> int:
@@ -299,10 +296,8 @@ class RayEngine:
         self.attempts: collections.Counter = collections.Counter()
 
     def _student_blobs(self):
-        paths = self.model_spec.students_onnx
-        if paths is None:
-            return None
-        return tuple((f"student_{kind}.onnx", None if p is None else Path(p).read_bytes()) for kind, p in zip(("cnn", "crnn"), paths))
+        """The exported members' ONNX files as bytes (an actor may run on another node)."""
+        return tuple((name, Path(p).read_bytes()) for name, p in self.model_spec.exported) or None
 
     def run(self, work: WorkQueue) -> None:
         """Plan ``work`` for the cluster's actors and score it."""

@@ -46,29 +46,47 @@ def compute(plan: RunPlan, settings: ArchiveSettings) -> dict:
         return _compute_perch_only(plan, settings)
     from streamer.validate.cache import dependency_paths
 
-    files = {role: str(path) for role, path in dependency_paths(plan).items()}
-    files.update({f"fold{i + 1}": str(p) for i, p in enumerate(plan.reducer.fold_paths)})
+    files = {role: str(path) for role, path in dependency_paths(plan, heads=True).items()}
     files["train_labels"] = str(Path(plan.config.artifacts.data_dir) / "train_soundscapes_labels.csv")
     if settings.metadata is not None:
         files["metadata"] = str(settings.metadata)
-    reducer = plan.reducer
-    weights = reducer.blend_weights
-    used = (weights[0], weights[1] if plan.model.cnn_path else 0.0, weights[2] if plan.model.crnn_path else 0.0)
     return {
         "output_format_version": OUTPUT_FORMAT_VERSION,
         "sha256": {role: _hash(Path(path)) for role, path in sorted(files.items())},
         "settings": {
             "labels": settings.labels,
-            "blend (perch, cnn, crnn)": list(used),
-            "prior_scale": reducer.prior_scale,
-            "smoothing (center, side)": list(reducer.smooth),
-            "proto_d_model": reducer.proto_d_model,
+            **recipe_settings(plan),
             "precision": plan.model.engine.precision,
             "embeddings": settings.embeddings,
             **_output_settings(settings),
-            "classes (code, common, scientific)": [list(t) for t in zip(*_labels(plan))],
+            "classes (count, sha256 of code, common and scientific names)": _classes_digest(plan),
         },
     }
+
+
+def recipe_settings(plan: RunPlan) -> dict:
+    """What of the recipe changes a number, keyed by member and step (the member files'
+    hashes are in the fingerprint's ``sha256``): the members that run and their weights, the
+    blend's space, the prior's parameters, the steps with their parameters."""
+    recipe = plan.recipe.recipe
+    reducer = plan.reducer
+    weights = {name: [float(x) for x in sorted(set(w.tolist()))] for name, w in reducer.members}
+    return {
+        "recipe": recipe.name,
+        "members (weights)": {name: w[0] if len(w) == 1 else w for name, w in weights.items()},
+        "heads": [name for name, _, _ in reducer.heads],
+        "head params": {name: dict(params) for name, _, params in reducer.heads if params},
+        "blend space": reducer.space,
+        "prior (shrinkage, clip)": [recipe.prior.shrinkage_windows, recipe.prior.clip],
+        "steps": [[step.name, {k: list(v) if isinstance(v, tuple) else v for k, v in step.params}] for step in reducer.steps],
+    }
+
+
+def _classes_digest(plan: RunPlan) -> list:
+    import hashlib
+
+    rows = ["\t".join(t) for t in zip(*_labels(plan))]
+    return [len(rows), hashlib.sha256("\n".join(rows).encode()).hexdigest()]
 
 
 def _output_settings(settings: ArchiveSettings) -> dict:
@@ -119,9 +137,41 @@ def read(out_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return _upgrade(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{path}: unreadable run fingerprint ({exc}); use a new --out, or --overwrite") from exc
+
+
+def _upgrade(doc: dict) -> dict:
+    """A fingerprint written before ensembles were recipes, in today's terms: it was the
+    model-card recipe (ProtoSSM folds ``fold1…`` are the member ``protossm``'s files), so a
+    folder scored then resumes under the same settings now."""
+    settings = doc.get("settings") if isinstance(doc, dict) else None
+    if not isinstance(settings, dict) or "blend (perch, cnn, crnn)" not in settings:
+        return doc
+    import hashlib
+
+    hashes = dict(doc.get("sha256") or {})
+    weights = settings.pop("blend (perch, cnn, crnn)")
+    members = {"perch": weights[0], **{n: w for n, w in zip(("cnn", "crnn"), weights[1:]) if n in hashes}}
+    center, side = settings.pop("smoothing (center, side)")
+    d_model = settings.pop("proto_d_model", None)
+    scale = settings.pop("prior_scale")
+    classes = settings.pop("classes (code, common, scientific)", [])
+    rows = ["\t".join(row) for row in classes]
+    settings.update({
+        "recipe": "model-card",
+        "members (weights)": members,
+        "heads": ["protossm"],
+        "head params": {"protossm": {"d_model": d_model}} if d_model is not None else {},
+        "blend space": "logit",
+        "prior (shrinkage, clip)": [8.0, 1e-4],
+        "steps": [["prior", {"scale": scale}], ["head", {"member": "protossm"}], ["smooth", {"kernel": [side, center, side]}],
+                  ["topk-multiplier", {"k": 2}], ["clip", {"max": 1.0, "min": 0.0}]],
+        "classes (count, sha256 of code, common and scientific names)": [len(rows), hashlib.sha256("\n".join(rows).encode()).hexdigest()],
+    })
+    doc["sha256"] = {(f"protossm.{k}" if k.startswith("fold") else k): v for k, v in hashes.items()}
+    return doc
 
 
 def write(out_dir: Path, fingerprint: dict) -> None:

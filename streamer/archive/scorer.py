@@ -41,7 +41,7 @@ from streamer.files import install, temporary_sibling
 from streamer.metadata import N_WINDOWS_PER_FILE, WINDOW_S, ClassLabels
 from streamer.models.moe import set_torch_threads
 from streamer.pipeline.children import maxrss_kb
-from streamer.stages import ModelOutputs, ModelSpec, ModelStage, Reducer, ReducerSpec, make_reducer
+from streamer.stages import ModelOutputs, ModelSpec, ModelStage, Reducer, ReducerSpec, make_reducer, screen_outputs
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,8 @@ class ArchiveScorer:
         # ~25 ms, while two threads spin-wait on each other and, when another process holds a
         # core, took 1-2 s per chunk (measured on the 2-vCPU VM). torch runs only ProtoSSM when
         # the students are in onnxruntime (or absent); else its threads go back and forth.
-        self._torch_students = self.models.students.uses_torch
+        self._torch_students = self.models.members.uses_torch
+        self._perch_members = frozenset(m.name for m in model_spec.members if m.kind == "perch-logits")
         self._model_threads = model_spec.threads.intra_op_threads
         if isinstance(self.reducer, Reducer) and not self._torch_students:  # Perch alone never imports torch
             set_torch_threads(REDUCER_TORCH_THREADS)
@@ -356,16 +357,14 @@ class ArchiveScorer:
         windows = chunk.samples.reshape(N_WINDOWS_PER_FILE, WINDOW_SAMPLES)
         outputs = self.models.run(windows)
         if failpoints.hit("archive.worker_chunk", key) == "nan":
-            outputs = ModelOutputs(*(None if a is None else np.full_like(a, np.nan) for a in
-                                     (outputs.embedding, outputs.perch_logits, outputs.cnn_logits, outputs.crnn_logits)))
-        if not (np.all(np.isfinite(outputs.embedding)) and np.all(np.isfinite(outputs.perch_logits))):
-            raise UnscorableInput(f"Perch gave non-finite outputs on the chunk starting at {chunk.start_s:.0f} s")
-        bad = [name for name, a in (("CNN", outputs.cnn_logits), ("CRNN", outputs.crnn_logits))
-               if a is not None and not np.all(np.isfinite(a))]
-        if bad:
-            outputs = replace(outputs, cnn_logits=None, crnn_logits=None)
-            if notes is not None:
-                notes.append(f"chunk at {chunk.start_s:.0f} s: non-finite {' and '.join(bad)} logits, scored without the students")
+            outputs = ModelOutputs(np.full_like(outputs.embedding, np.nan), {k: np.full_like(v, np.nan) for k, v in outputs.logits.items()})
+        kept, bad = screen_outputs(outputs, self._perch_members)
+        if kept is None:
+            what = f"non-finite logits of {', '.join(bad)}" if bad else "Perch gave non-finite outputs"
+            raise UnscorableInput(f"{what} on the chunk starting at {chunk.start_s:.0f} s")
+        outputs = kept
+        if bad and notes is not None:
+            notes.append(f"chunk at {chunk.start_s:.0f} s: non-finite {' and '.join(bad)} logits, scored without {', '.join(bad)}")
         if self._torch_students:
             set_torch_threads(REDUCER_TORCH_THREADS)
         try:

@@ -37,7 +37,7 @@ from streamer.infer.report import RunReport
 from streamer.infer.submission import SubmissionWriter
 from streamer.metadata import N_WINDOWS_PER_FILE, parse_hour, parse_site
 from streamer.prior import PriorTables
-from streamer.stages import ModelOutputs, Reducer, SubmissionFrame
+from streamer.stages import ModelOutputs, Reducer, SubmissionFrame, screen_outputs
 
 log = logging.getLogger(__name__)
 
@@ -140,18 +140,13 @@ class RowSink:
     def _screen(self, index: int, outputs: ModelOutputs, tier: str):
         """(outputs, tier, reason) to reduce, or None when the file got prior-only rows."""
         stem = self.stem(index)
-        perch = self.perch_members
-        if not (_finite(outputs.embedding) and all(_finite(outputs.logits[k]) for k in perch if k in outputs.logits)):
-            log.warning("%s: Perch gave non-finite outputs; writing prior-only rows", stem)
-            self.fallback(index, "non-finite Perch outputs")
+        kept, bad = screen_outputs(outputs, self.perch_members)
+        if kept is None:
+            what = f"non-finite logits of {', '.join(bad)}" if bad else "non-finite Perch outputs"
+            log.warning("%s: %s; writing prior-only rows", stem, what)
+            self.fallback(index, what)
             return None
-        bad = [name for name, a in outputs.logits.items() if name not in perch and not _finite(a)]
         if bad:
-            kept = outputs.without(bad)
-            if not kept.logits:
-                log.warning("%s: every member gave non-finite logits; writing prior-only rows", stem)
-                self.fallback(index, f"non-finite logits of {', '.join(bad)}")
-                return None
             log.warning("%s: %s gave non-finite logits; scoring it without %s", stem, " and ".join(bad), "them" if len(bad) > 1 else "it")
             dropped = tuple(k for k in self.member_names if k not in kept.logits)
             return (kept, tier_name(dropped), f"non-finite {' and '.join(bad)} logits: scored without {', '.join(bad)}")

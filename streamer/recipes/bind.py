@@ -249,6 +249,19 @@ def apply_map(logits: np.ndarray, member: BoundMember) -> np.ndarray:
     return out
 
 
+def member_weights(member: Member, class_groups: tuple[str, ...]) -> np.ndarray:
+    """A blend member's weight per column (float64 ``[C]``): its group's weight where the
+    recipe gives one, else its weight."""
+    by_group = dict(member.group_weights)
+    return np.array([by_group.get(g, member.weight) for g in class_groups], dtype=np.float64)
+
+
+def step_temperatures(step, class_groups: tuple[str, ...]) -> np.ndarray:
+    """A ``temperature`` step's temperature per column (float64 ``[C]``)."""
+    by_group = dict(step.get("groups") or ())
+    return np.array([by_group.get(g, step.get("default", 1.0)) for g in class_groups], dtype=np.float64)
+
+
 def _check_sha(member: Member, paths: tuple[Path, ...], key: str, errors: list[str]) -> None:
     if not member.sha256:
         return
@@ -341,7 +354,7 @@ def bind_recipe(recipe: Recipe, roots: Roots, *, columns: tuple[str, ...], colum
             for g in by_group:
                 if g not in groups:
                     errors.append(f"{key}.group_weights.{g}: no class group {g!r} in taxonomy.csv (groups: {', '.join(groups)})")
-            weight = np.array([by_group.get(g, member.weight) for g in class_groups], dtype=np.float64)
+            weight = member_weights(member, class_groups)
         if member.kind == "perch-logits":
             if perch_labels is None:
                 errors.append(f"{key}: needs Perch's label list (--perch)")
@@ -416,7 +429,7 @@ def bind_recipe(recipe: Recipe, roots: Roots, *, columns: tuple[str, ...], colum
             for g in by_group:
                 if g not in groups:
                     errors.append(f"steps[{i}].groups.{g}: no class group {g!r} in taxonomy.csv (groups: {', '.join(groups)})")
-            temperatures.append((i, np.array([by_group.get(g, step.get("default", 1.0)) for g in class_groups], dtype=np.float32)))
+            temperatures.append((i, step_temperatures(step, class_groups)))
     blended = [m for m in bound if m.weight is not None]
     if not errors and (not blended or not any(float(m.weight.sum()) > 0 for m in blended)):
         errors.append("no blend member with a weight > 0 is left" + (f" (dropped: {', '.join(n for n, _ in dropped)})" if dropped else ""))

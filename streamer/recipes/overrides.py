@@ -1,4 +1,4 @@
-"""Command-line changes to a recipe: ``--blend NAME=W``, the original script's flags
+"""Command-line changes to a recipe: ``--blend NAME=W``, ``--set STEP.PARAM=VALUE``, the original script's flags
 (``--blend-perch``, ``--blend-cnn``, ``--blend-crnn``, ``--prior-scale``, ``--smooth-center``,
 ``--smooth-side``, ``--proto-d-model``), and a step parameter by position
 (:func:`set_step_param`, what ``sweep`` varies).
@@ -98,6 +98,11 @@ def apply_overrides(recipe: Recipe, ensemble) -> Recipe:
         center = kernel[1] if ensemble.smooth_center is None else float(ensemble.smooth_center)
         side = kernel[0] if ensemble.smooth_side is None else float(ensemble.smooth_side)
         recipe = set_step_param(recipe, index, "kernel", (side, center, side))
+    for key, value in ensemble.steps:
+        step, dot, param = key.partition(".")
+        if not dot or not param:
+            raise ConfigError(f"--set {key}={value}: expected STEP.PARAM=VALUE (e.g. topk-multiplier.k=3)")
+        recipe = set_step_param(recipe, step_index(recipe, step, flag=f"--set {key}"), param, value)
     if ensemble.proto_d_model is not None:
         heads = [m.name for m in recipe.members if m.kind == "protossm"]
         if not heads:

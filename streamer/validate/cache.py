@@ -1,25 +1,26 @@
 """``streamer cache``: the networks' outputs on the labelled training soundscapes, stored once.
 
-Everything the local-validation sweep varies comes after the networks (blend, prior, ProtoSSM
-fusion, smoothing), so Perch and the students run once, through the same stages as ``infer``
-(:func:`streamer.stages.prepare`, :func:`~streamer.stages.decode_job`,
+Everything the local-validation sweep varies comes after the networks (blend weights, prior,
+the heads' fusion, the steps), so Perch and the recipe's blend members run once, through the
+same stages as ``infer`` (:func:`streamer.stages.prepare`, :func:`~streamer.stages.decode_job`,
 :class:`~streamer.stages.ModelStage`), and their outputs are kept per window in one ``.npz``:
 
-==================  =========  ==========================
-array               dtype      shape
-==================  =========  ==========================
-``embedding``       float32    ``[files, 12, 1536]``
-``perch_logits``    float32    ``[files, 12, C]`` (mapped, −8.0 where unmatched)
-``cnn_logits``      float32    ``[files, 12, C]`` (absent when the CNN was not loaded)
-``crnn_logits``     float32    ``[files, 12, C]`` (absent when the CRNN was not loaded)
-``meta``            str        JSON header (below)
-==================  =========  ==========================
+====================  =========  ==========================
+array                 dtype      shape
+====================  =========  ==========================
+``embedding``         float32    ``[files, 12, 1536]`` (Perch's)
+``logits.NAME``       float32    ``[files, 12, C]``, one per member that ran, by member name
+                                 (in the submission's columns; Perch's mapped, −8.0 where
+                                 unmatched)
+``meta``              str        JSON header (below)
+====================  =========  ==========================
 
-The header holds the format version, the file stems, the class list, and the path, size and
-SHA-256 of every file the cached numbers depend on: the Perch ONNX file and label list, each
-student checkpoint that was loaded, ``taxonomy.csv`` (scientific names → Perch columns) and
-``sample_submission.csv`` (column order). The ProtoSSM folds and the labels are not among them:
-the sweep reads those itself, so they may change without invalidating the cache.
+The header holds the format version, the file stems, the class list, the members, and the
+path, size and SHA-256 of every file the cached numbers depend on: the Perch ONNX file and
+label list, each member's file that ran, ``taxonomy.csv`` (names → columns) and
+``sample_submission.csv`` (column order). The heads' files (the ProtoSSM folds) and the labels
+are not among them: the sweep reads those itself, so they may change without invalidating the
+cache.
 """
 
 from __future__ import annotations
@@ -44,23 +45,25 @@ from streamer.stages import ModelStage, RunPlan, decode_job, prepare
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
-_ARRAYS = ("embedding", "perch_logits", "cnn_logits", "crnn_logits")
+CACHE_FORMAT = 2
+_LOGITS = "logits."
 
 
-def dependency_paths(plan: RunPlan) -> dict[str, Path]:
-    """The files the cached numbers depend on, by role (students only when loaded)."""
+def dependency_paths(plan: RunPlan, *, heads: bool = False) -> dict[str, Path]:
+    """The files the models' outputs depend on, by role: Perch's, the competition's column
+    files, and each blend member's (``NAME``, or ``NAME.foldK`` for a member of several
+    files) that runs; with ``heads``, the heads' files too (``NAME.foldK``)."""
     config = plan.config
-    paths = {
-        "perch_onnx": plan.model.onnx_path,
-        "perch_labels": resolve_perch_labels(plan.model.onnx_path, config.artifacts.perch_labels),
-        "taxonomy": Path(config.artifacts.data_dir) / "taxonomy.csv",
-        "sample_submission": Path(config.artifacts.data_dir) / "sample_submission.csv",
-    }
-    if plan.model.cnn_path is not None:
-        paths["cnn"] = plan.model.cnn_path
-    if plan.model.crnn_path is not None:
-        paths["crnn"] = plan.model.crnn_path
+    paths = {}
+    if plan.model.onnx_path is not None:
+        paths["perch_onnx"] = plan.model.onnx_path
+        paths["perch_labels"] = resolve_perch_labels(plan.model.onnx_path, config.artifacts.perch_labels)
+    paths["taxonomy"] = Path(config.artifacts.data_dir) / "taxonomy.csv"
+    paths["sample_submission"] = Path(config.artifacts.data_dir) / "sample_submission.csv"
+    members = list(plan.model.members) + (list(plan.recipe.heads.values()) if heads and plan.recipe is not None else [])
+    for m in members:
+        for k, path in enumerate(m.paths):
+            paths[m.name if len(m.paths) == 1 and m.weight is not None else f"{m.name}.fold{k + 1}"] = path
     return paths
 
 
@@ -87,9 +90,7 @@ class ModelCache:
     stems: tuple[str, ...]
     classes: tuple[str, ...]
     embedding: np.ndarray
-    perch_logits: np.ndarray
-    cnn_logits: np.ndarray | None
-    crnn_logits: np.ndarray | None
+    logits: dict
     dependencies: dict[str, dict]
     info: dict = field(default_factory=dict)
 
@@ -110,11 +111,11 @@ class ModelCache:
     def check_dependencies(self, current: dict[str, dict], cache_path: str | Path) -> None:
         """Raise unless ``current`` (see :func:`hash_dependencies`) matches the cache's record.
 
-        A cached student that is not loaded now is fine (its logits are simply not used).
+        A cached member that does not run now is fine (its logits are simply not used).
 
         Raises:
-            ArtifactError: a file changed, or a student is loaded now that the cache lacks;
-                names them.
+            ArtifactError: a file changed, or a member runs now that the cache lacks; names
+                them.
         """
         problems = []
         for role in sorted(set(self.dependencies) | set(current)):
@@ -122,7 +123,7 @@ class ModelCache:
             if old is None:
                 problems.append(f"{role} {new['path']} is loaded now but was not when the cache was made")
             elif new is None:
-                if role not in ("cnn", "crnn"):
+                if role in ("perch_onnx", "perch_labels", "taxonomy", "sample_submission"):
                     problems.append(f"{role} {old['path']} was used for the cache but is not given now")
             elif old["sha256"] != new["sha256"]:
                 problems.append(
@@ -141,11 +142,9 @@ class ModelCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         header = dict(self.info)
         header.update(format=CACHE_FORMAT, stems=list(self.stems), classes=list(self.classes), dependencies=self.dependencies)
-        arrays = {"meta": np.array(json.dumps(header))}
-        for name in _ARRAYS:
-            value = getattr(self, name)
-            if value is not None:
-                arrays[name] = np.ascontiguousarray(value, dtype=np.float32)
+        arrays = {"meta": np.array(json.dumps(header)), "embedding": np.ascontiguousarray(self.embedding, dtype=np.float32)}
+        for name, value in self.logits.items():
+            arrays[_LOGITS + name] = np.ascontiguousarray(value, dtype=np.float32)
         with atomic_open(path, "wb") as handle:
             np.savez(handle, **arrays)
         return path
@@ -163,7 +162,9 @@ def load_cache(path: str | Path) -> ModelCache:
     try:
         with np.load(path, allow_pickle=False) as npz:
             header = json.loads(str(npz["meta"]))
-            arrays = {name: (npz[name] if name in npz.files else None) for name in _ARRAYS}
+            if header.get("format") == CACHE_FORMAT:
+                embedding = npz["embedding"] if "embedding" in npz.files else None
+                logits = {name[len(_LOGITS):]: npz[name] for name in npz.files if name.startswith(_LOGITS)}
     except Exception as exc:
         raise ArtifactError(f"{path}: not a streamer cache ({type(exc).__name__}: {exc})") from exc
     if header.get("format") != CACHE_FORMAT:
@@ -171,16 +172,12 @@ def load_cache(path: str | Path) -> ModelCache:
     stems, classes = tuple(header.pop("stems")), tuple(header.pop("classes"))
     dependencies = header.pop("dependencies")
     n = len(stems)
-    expect = {"embedding": None, "perch_logits": len(classes), "cnn_logits": len(classes), "crnn_logits": len(classes)}
-    for name, width in expect.items():
-        a = arrays[name]
-        if a is None:
-            if name in ("embedding", "perch_logits"):
-                raise ArtifactError(f"{path}: the cache has no {name!r} array")
-            continue
+    if embedding is None or not logits:
+        raise ArtifactError(f"{path}: the cache has no {'embedding' if embedding is None else 'member logits'}")
+    for name, a, width in [("embedding", embedding, None), *((_LOGITS + k, v, len(classes)) for k, v in logits.items())]:
         if a.ndim != 3 or a.shape[:2] != (n, N_WINDOWS_PER_FILE) or (width is not None and a.shape[2] != width):
             raise ArtifactError(f"{path}: {name!r} has shape {a.shape}, expected ({n}, {N_WINDOWS_PER_FILE}, {width or 'D'})")
-    return ModelCache(stems=stems, classes=classes, dependencies=dependencies, info=header, **arrays)
+    return ModelCache(stems=stems, classes=classes, embedding=embedding, logits=logits, dependencies=dependencies, info=header)
 
 
 def cache_files(config: InferConfig, all_files: bool) -> tuple[list[Path], str]:
@@ -265,25 +262,21 @@ def build_cache(
             outputs.append(models.run(decoded.windows))
             log.info("[%d/%d] %s", i, len(plan.jobs), job.path.name)
 
-    def stack(name: str) -> np.ndarray | None:
-        parts = [getattr(o, name) for o in outputs]
-        return None if parts[0] is None else np.stack(parts).astype(np.float32, copy=False)
-
     cache = ModelCache(
         stems=tuple(stems),
         classes=plan.competition.classes,
-        embedding=stack("embedding"),
-        perch_logits=stack("perch_logits"),
-        cnn_logits=stack("cnn_logits"),
-        crnn_logits=stack("crnn_logits"),
+        embedding=np.stack([o.embedding for o in outputs]).astype(np.float32, copy=False),
+        logits={name: np.stack([o.logits[name] for o in outputs]).astype(np.float32, copy=False) for name in plan.model.member_names},
         dependencies=current,
         info={
             "streamer_version": __version__,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "selection": selection,
-            "students_backend": "onnxruntime" if plan.model.students_onnx else "torch",
+            "recipe": plan.recipe.recipe.name,
+            "members": list(plan.model.member_names),
+            "exported_to_onnx": [name for name, _ in plan.model.exported],
             "engine": engine,
-            "models": describe_models(plan.model),
+            "models": describe_models(plan.model, plan.reducer),
             "engine_check": check.to_dict() if check is not None else None,
             "n_matched_classes": plan.n_matched_classes,
             "seconds": round(time.perf_counter() - t0, 3),

@@ -1,14 +1,15 @@
 """``streamer sweep``: every step after the networks, recomputed from the cache for each point
-of a grid over the blend weights, the prior scale and the smoothing kernel, and scored.
+of a grid over the recipe's numbers (any member's blend weight, the prior scale, the
+smoothing kernel, any numeric parameter of a step), and scored.
 
-Per point (the same functions as ``infer``): blend the cached logits, add
-``prior_scale ×`` each file's prior logit, fuse with the ProtoSSM folds, mean of the folds'
-sigmoids, smoothing, top-2 multiplier, clip; then the metric over the labelled rows.
+Per point (the same functions as ``infer``): the recipe with the point's values, its blend of
+the cached member logits, then its steps (prior, heads, smoothing, …); then the metric over
+the labelled rows.
 
-ProtoSSM sees the teacher logits only in its last step (``ProtoSSM.fuse``): the prototype
-branch (``ProtoSSM.similarity``, the whole sequence model) depends on the embedding, the site
-and the hour alone, so it runs once per file and fold when the sweep starts, and each point
-runs the fusion on the cached result. The numbers are those of the full forward pass.
+A ProtoSSM head sees the teacher logits only in its last step (``ProtoSSM.fuse``): the
+prototype branch (``ProtoSSM.similarity``, the whole sequence model) depends on the embedding,
+the site and the hour alone, so it runs once per file and fold when the sweep starts, and each
+point runs the fusion on the cached result. The numbers are those of the full forward pass.
 
 **The prior is fitted out of fold.** It is a table of label frequencies, so fitted on the
 labels it is scored on it would leak them. The files are split into K folds, grouped by file
@@ -28,19 +29,20 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.files import save_figure
 from streamer import postprocess
 from streamer.errors import ArtifactError, ConfigError
+from streamer.files import save_figure
 from streamer.metadata import parse_hour, parse_site
 from streamer.prior import fit_prior
 from streamer.validate.metric import MetricResult, macro_auc
 
 log = logging.getLogger(__name__)
 
-AXES = ("perch", "cnn", "crnn", "prior", "smooth")
 PRIOR_FITS = ("oof", "all")
 GROUPS = ("file", "site")
 DEFAULT_PRIOR_FOLDS = 5
+#: Axes of a recipe with such a step, besides its members' names and ``STEP.PARAM``.
+PRIOR_AXIS, SMOOTH_AXIS = "prior", "smooth"
 
 
 # --------------------------------------------------------------------------- grid
@@ -48,33 +50,48 @@ DEFAULT_PRIOR_FOLDS = 5
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """One setting of everything the sweep varies; each field is an ``infer`` flag."""
+    """One setting of everything the sweep varies: ``(axis, value)`` pairs in axis order.
 
-    perch: float
-    cnn: float
-    crnn: float
-    prior: float
-    smooth_center: float
-    smooth_side: float
+    Axes: a blend member's name (its weight), ``prior`` (the prior step's scale), ``smooth``
+    (a 3-window kernel as ``(center, side)``), ``STEP.PARAM`` (a numeric parameter of the one
+    step of that name)."""
 
-    @property
-    def blend(self) -> tuple[float, float, float]:
-        return (self.perch, self.cnn, self.crnn)
-
-    @property
-    def smooth(self) -> str:
-        return f"{_num(self.smooth_center)}/{_num(self.smooth_side)}"
+    values: tuple
 
     def value(self, axis: str):
-        """This point's value on a grid axis (``smooth``: the pair centre, side)."""
-        return (self.smooth_center, self.smooth_side) if axis == "smooth" else getattr(self, axis)
+        return dict(self.values)[axis]
+
+    def recipe(self, base):
+        """``base`` with this point's values."""
+        from streamer.recipes.overrides import set_member_weight, set_step_param, step_index
+
+        recipe = base
+        for axis, value in self.values:
+            if axis == PRIOR_AXIS:
+                recipe = set_step_param(recipe, step_index(recipe, "prior", flag="--grid prior"), "scale", value)
+            elif axis == SMOOTH_AXIS:
+                center, side = value
+                recipe = set_step_param(recipe, step_index(recipe, "smooth", flag="--grid smooth"), "kernel", (side, center, side))
+            elif "." in axis:
+                step, _, param = axis.partition(".")
+                recipe = set_step_param(recipe, step_index(recipe, step, flag=f"--grid {axis}"), param, value)
+            else:
+                recipe = set_member_weight(recipe, axis, value, flag="--grid")
+        return recipe
 
     def infer_flags(self) -> list[str]:
         """The ``streamer infer`` flags that select this point."""
-        return [
-            "--blend-perch", _num(self.perch), "--blend-cnn", _num(self.cnn), "--blend-crnn", _num(self.crnn),
-            "--prior-scale", _num(self.prior), "--smooth-center", _num(self.smooth_center), "--smooth-side", _num(self.smooth_side),
-        ]
+        flags: list[str] = []
+        for axis, value in self.values:
+            if axis == PRIOR_AXIS:
+                flags += ["--prior-scale", _num(value)]
+            elif axis == SMOOTH_AXIS:
+                flags += ["--smooth-center", _num(value[0]), "--smooth-side", _num(value[1])]
+            elif "." in axis:
+                flags += ["--set", f"{axis}={_num(value)}"]
+            else:
+                flags += ["--blend", f"{axis}={_num(value)}"]
+        return flags
 
 
 def _num(x: float) -> str:
@@ -120,51 +137,81 @@ def _parse_smooth(text: str) -> tuple[float, float]:
     return (center, side)
 
 
-def parse_grid(specs: list[str] | tuple[str, ...], base: SweepPoint) -> tuple[list[SweepPoint], dict[str, list]]:
-    """Grid points from ``AXIS=VALUES`` items; axes not given keep ``base``'s value.
+def recipe_axes(recipe) -> dict:
+    """Every axis of ``recipe`` and its value there: the blend members' weights, ``prior``
+    and ``smooth`` (when the recipe has one such step; the kernel of 3 windows), and
+    ``STEP.PARAM`` for each numeric parameter of a step that appears once."""
+    axes: dict = {m.name: m.weight for m in recipe.blend_members}
+    names = [s.name for s in recipe.steps]
+    for step in recipe.steps:
+        if names.count(step.name) != 1:
+            continue
+        if step.name == "prior":
+            axes[PRIOR_AXIS] = step.get("scale")
+            continue
+        if step.name == "smooth" and len(step.get("kernel")) == 3:
+            kernel = step.get("kernel")
+            axes[SMOOTH_AXIS] = (kernel[1], kernel[0])
+        for key, value in step.params:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                axes[f"{step.name}.{key}"] = value
+    return axes
 
-    Axes: ``perch``, ``cnn``, ``crnn`` (blend weights, as ``--blend-*``), ``prior`` (as
-    ``--prior-scale``), ``smooth`` (``CENTER/SIDE`` as ``--smooth-center/--smooth-side``, also
-    ``CENTER/SIDE/SIDE`` or ``off``). VALUES is a comma list whose items are numbers or
-    ``start:stop:step`` ranges (both ends included). Points are the Cartesian product, in
-    the order given.
+
+def parse_grid(specs: list[str] | tuple[str, ...], recipe) -> tuple[list[SweepPoint], dict[str, list]]:
+    """Grid points from ``AXIS=VALUES`` items over ``recipe``; axes not given keep its value.
+
+    Axes: see :func:`recipe_axes` (``prior.scale`` is ``prior``). VALUES is a comma list whose
+    items are numbers or ``start:stop:step`` ranges (both ends included); ``smooth`` takes
+    ``CENTER/SIDE``, ``CENTER/SIDE/SIDE`` or ``off``. Points are the Cartesian product, in the
+    order given.
 
     Returns:
-        The points, and the values of every axis (given or from ``base``).
+        The points (each with every member's weight and every axis given), and the values of
+        those axes.
 
     Raises:
-        ConfigError: syntax, unknown or repeated axis, negative weight.
+        ConfigError: syntax, unknown or repeated axis, negative weight, a value the recipe's
+            step refuses.
     """
-    values: dict[str, list] = {
-        "perch": [base.perch], "cnn": [base.cnn], "crnn": [base.crnn], "prior": [base.prior],
-        "smooth": [(base.smooth_center, base.smooth_side)],
-    }
+    known = recipe_axes(recipe)
+    members = [m.name for m in recipe.blend_members]
+    values: dict[str, list] = {name: [known[name]] for name in members}
+    for axis in (PRIOR_AXIS, SMOOTH_AXIS):
+        if axis in known:
+            values[axis] = [known[axis]]
     seen: set[str] = set()
     for spec in specs:
         axis, sep, text = spec.partition("=")
-        axis = axis.strip().lower()
+        axis = axis.strip()
+        axis = PRIOR_AXIS if axis == "prior.scale" else axis
         if not sep or not text.strip():
-            raise ConfigError(f"--grid: expected AXIS=VALUES, got {spec!r} (axes: {', '.join(AXES)})")
-        if axis not in AXES:
-            raise ConfigError(f"--grid: unknown axis {axis!r} (axes: {', '.join(AXES)})")
+            raise ConfigError(f"--grid: expected AXIS=VALUES, got {spec!r} (axes: {', '.join(known)})")
+        if axis not in known:
+            raise ConfigError(f"--grid: unknown axis {axis!r} for the recipe {recipe.name!r} (axes: {', '.join(known)})")
         if axis in seen:
             raise ConfigError(f"--grid: axis {axis!r} given twice")
         seen.add(axis)
         items = [t.strip() for t in text.split(",") if t.strip()]
-        if axis == "smooth":
+        if axis == SMOOTH_AXIS:
             parsed: list = [_parse_smooth(t) for t in items]
         else:
             parsed = []
             for t in items:
                 parsed.extend(_parse_range(axis, t) if ":" in t else [_parse_number(axis, t)])
-            if axis != "prior" and any(v < 0 for v in parsed):
+            if axis in members and any(v < 0 for v in parsed):
                 raise ConfigError(f"--grid {axis}: blend weights must be >= 0")
+            if isinstance(known[axis], int) and not isinstance(known[axis], bool):
+                if any(v != int(v) for v in parsed):
+                    raise ConfigError(f"--grid {axis}: expects whole numbers")
+                parsed = [int(v) for v in parsed]
         values[axis] = list(dict.fromkeys(parsed))  # drop repeats, keep order
-    points = [
-        SweepPoint(perch=p, cnn=c, crnn=r, prior=s, smooth_center=k[0], smooth_side=k[1])
-        for p, c, r, s, k in itertools.product(values["perch"], values["cnn"], values["crnn"], values["prior"], values["smooth"])
-    ]
-    return points, values
+    order = [name for name in known if name in values]
+    points = [SweepPoint(tuple(zip(order, combo))) for combo in itertools.product(*(values[a] for a in order))]
+    for axis in order:  # a value a step refuses is reported now, not while scoring
+        for value in values[axis]:
+            SweepPoint(((axis, value),)).recipe(recipe)
+    return points, {a: values[a] for a in order}
 
 
 # --------------------------------------------------------------------------- out-of-fold prior
@@ -216,7 +263,12 @@ def assign_prior_folds(stems: tuple[str, ...] | list[str], *, group: str = "file
     return PriorFolds(fold=np.array([fold_of_group[key] for key in keys], dtype=np.int64), group=group, n_folds=k)
 
 
-def out_of_fold_prior_logits(labels: np.ndarray, stems: tuple[str, ...] | list[str], folds: PriorFolds) -> np.ndarray:
+def _prior_params(prior) -> dict:
+    return {} if prior is None else {"shrink_windows": prior.shrinkage_windows, "eps": prior.clip}
+
+
+def out_of_fold_prior_logits(labels: np.ndarray, stems: tuple[str, ...] | list[str], folds: PriorFolds, *,
+                             prior=None) -> np.ndarray:
     """Each file's prior logit from tables fitted without its fold (float64 ``[files, C]``).
 
     For fold k, :func:`streamer.prior.fit_prior` receives only the label rows of the files
@@ -234,15 +286,15 @@ def out_of_fold_prior_logits(labels: np.ndarray, stems: tuple[str, ...] | list[s
         if held.size == 0:
             continue
         assert not set(held.tolist()) & set(fit_on.tolist())
-        tables = fit_prior(labels[fit_on], [stems[i] for i in fit_on])
+        tables = fit_prior(labels[fit_on], [stems[i] for i in fit_on], **_prior_params(prior))
         for i in held:
             out[i] = tables.for_stem(stems[i])
     return out
 
 
-def in_fold_prior_logits(labels: np.ndarray, stems: tuple[str, ...] | list[str]) -> np.ndarray:
+def in_fold_prior_logits(labels: np.ndarray, stems: tuple[str, ...] | list[str], *, prior=None) -> np.ndarray:
     """The prior ``infer`` uses: one fit on every label (leaks them when scored on them)."""
-    tables = fit_prior(labels, list(stems))
+    tables = fit_prior(labels, list(stems), **_prior_params(prior))
     return np.stack([tables.for_stem(s) for s in stems]) if len(stems) else np.zeros((0, labels.shape[2]))
 
 
@@ -254,29 +306,54 @@ class SweepData:
     """Everything a point needs, aligned on the labelled files (sorted stems).
 
     Attributes:
-        perch, cnn, crnn: cached logits ``[F,12,C]`` (students ``None`` when not used).
-        similarity: ProtoSSM prototype branch per fold ``[K,F,12,C]`` (float32).
+        logits: each member's cached logits ``[F,12,C]`` (the members that run now), by name.
+        similarity: each head's prototype branch per fold ``[K,F,12,C]`` (float32), by name.
+        heads: the heads' folds (their :meth:`fuse`), by name.
         prior_logit: per-file prior logit ``[F,C]``.
         labels: ``[F*12, C]`` solution rows.
-        folds: the ProtoSSM folds (their :meth:`fuse`).
+        class_groups: the taxonomic class of each column (per-group weights, temperatures).
+        recipe: the recipe the points change.
     """
 
     stems: tuple[str, ...]
-    perch: np.ndarray
-    cnn: np.ndarray | None
-    crnn: np.ndarray | None
-    similarity: np.ndarray
+    logits: dict
+    similarity: dict
+    heads: dict
     prior_logit: np.ndarray
     labels: np.ndarray
-    folds: object
+    class_groups: tuple[str, ...]
+    recipe: object
 
     def probabilities(self, point: SweepPoint) -> np.ndarray:
         """Final probabilities ``[F,12,C]`` of a point (what ``infer`` writes for these files)."""
-        blended = postprocess.blend_logits(self.perch, self.cnn, self.crnn, point.blend)
-        teacher = (blended + np.float32(point.prior) * self.prior_logit.astype(np.float32)[:, None, :]).astype(np.float32, copy=False)
-        fold_logits = self.folds.fuse(self.similarity, teacher)
-        prob = postprocess.fold_mean_probability(fold_logits)
-        return np.stack([postprocess.finalize(p, center=point.smooth_center, side=point.smooth_side) for p in prob])
+        from streamer.ensemble import blend
+        from streamer.recipes.bind import member_weights, step_temperatures
+
+        recipe = point.recipe(self.recipe)
+        members = tuple((m.name, member_weights(m, self.class_groups)) for m in recipe.blend_members if m.name in self.logits)
+        x = blend(self.logits, members, recipe.blend.space)
+        for step in recipe.steps:
+            name = step.name
+            if name == "prior":
+                x = (x + np.float32(step.get("scale")) * self.prior_logit.astype(np.float32)[:, None, :]).astype(np.float32, copy=False)
+            elif name == "head":
+                head = step.get("member")
+                x = postprocess.fold_mean_probability(self.heads[head].fuse(self.similarity[head], x))
+            elif name == "smooth":
+                x = np.stack([postprocess.smooth_kernel(p, step.get("kernel")) for p in x])
+            elif name == "topk-multiplier":
+                x = np.stack([postprocess.topk_multiplier(p, step.get("k")) for p in x])
+            elif name == "clip":
+                x = postprocess.clip_scores(x, step.get("min", 0.0), step.get("max", 1.0))
+            elif name == "sigmoid":
+                x = postprocess.sigmoid(x).astype(np.float32, copy=False)
+            elif name == "logit":
+                x = postprocess.to_logit(x)
+            elif name == "temperature":
+                x = (x / step_temperatures(step, self.class_groups).astype(np.float32)).astype(np.float32, copy=False)
+            else:
+                raise ValueError(f"unknown step {name!r}")
+        return x
 
     def score(self, point: SweepPoint) -> MetricResult:
         probs = self.probabilities(point)
@@ -287,7 +364,7 @@ def prepare_sweep(plan, cache, cache_path: Path, *, prior_fit: str = "oof", fold
     """Check the cache against the plan's artifacts and precompute what every point shares.
 
     Args:
-        plan: from :func:`streamer.stages.prepare` (artifacts, labels, ProtoSSM site index).
+        plan: from :func:`streamer.stages.prepare` (artifacts, recipe, labels, site index).
         cache: the loaded :class:`~streamer.validate.cache.ModelCache`.
         cache_path: its path (for messages).
         prior_fit: ``"oof"`` (needs ``folds``) or ``"all"``.
@@ -302,35 +379,39 @@ def prepare_sweep(plan, cache, cache_path: Path, *, prior_fit: str = "oof", fold
     cache.check_dependencies(hash_dependencies(dependency_paths(plan)), cache_path)
     if tuple(cache.classes) != tuple(competition.classes):
         raise ArtifactError(f"{cache_path}: the cache's class list differs from {competition.data_dir / 'sample_submission.csv'}")
+    missing = [name for name in plan.model.member_names if name not in cache.logits]
+    if missing:
+        raise ArtifactError(f"{cache_path}: no cached logits of {', '.join(missing)}; run 'streamer cache' with this recipe again")
     stems = competition.label_files
     if not stems:
         raise ArtifactError(f"{competition.data_dir / 'train_soundscapes_labels.csv'}: no labelled files")
     rows = cache.index(stems)
+    prior = plan.recipe.recipe.prior
     if prior_fit == "oof":
         if folds is None:
             raise ValueError("an out-of-fold prior needs folds")
-        prior_logit = out_of_fold_prior_logits(competition.labels, stems, folds)
+        prior_logit = out_of_fold_prior_logits(competition.labels, stems, folds, prior=prior)
     elif prior_fit == "all":
-        prior_logit = in_fold_prior_logits(competition.labels, stems)
+        prior_logit = in_fold_prior_logits(competition.labels, stems, prior=prior)
     else:
         raise ConfigError(f"--prior-fit must be one of {', '.join(PRIOR_FITS)}, got {prior_fit!r}")
 
-    reducer = Reducer(plan.reducer)  # the folds, and infer's site numbering
+    reducer = Reducer(plan.reducer)  # the heads, and infer's site numbering
     embedding = cache.embedding[rows]
-    sim = np.stack(
-        [reducer.folds.similarity(embedding[i], reducer.site_id(parse_site(s)), parse_hour(s)) for i, s in enumerate(stems)],
-        axis=1,
-    )
-    pick = lambda a, loaded: None if (a is None or loaded is None) else np.ascontiguousarray(a[rows])  # noqa: E731
+    similarity = {
+        name: np.stack([head.similarity(embedding[i], reducer.site_id(parse_site(s), name), parse_hour(s))
+                        for i, s in enumerate(stems)], axis=1)
+        for name, head in reducer.heads.items()
+    }
     return SweepData(
         stems=stems,
-        perch=np.ascontiguousarray(cache.perch_logits[rows]),
-        cnn=pick(cache.cnn_logits, plan.model.cnn_path),
-        crnn=pick(cache.crnn_logits, plan.model.crnn_path),
-        similarity=sim,
+        logits={name: np.ascontiguousarray(cache.logits[name][rows]) for name in plan.model.member_names},
+        similarity=similarity,
+        heads=reducer.heads,
         prior_logit=prior_logit,
         labels=competition.labels.reshape(-1, competition.n_classes),
-        folds=reducer.folds,
+        class_groups=competition.class_groups,
+        recipe=plan.recipe.recipe,
     )
 
 
@@ -366,11 +447,13 @@ class SweepResult:
         out = []
         for rank, i in enumerate(self.ranking(), start=1):
             p, r = self.points[i], self.results[i]
-            row = {
-                "rank": rank, "macro_auc": r.macro_auc, "perch": p.perch, "cnn": p.cnn, "crnn": p.crnn,
-                "prior": p.prior, "smooth_center": p.smooth_center, "smooth_side": p.smooth_side,
-                "n_classes_scored": int(r.scored.sum()),
-            }
+            row = {"rank": rank, "macro_auc": r.macro_auc}
+            for axis, value in p.values:
+                if axis == SMOOTH_AXIS:
+                    row["smooth_center"], row["smooth_side"] = value
+                else:
+                    row[axis] = value
+            row["n_classes_scored"] = int(r.scored.sum())
             for g in group_names:
                 row[f"auc_{g}"] = r.macro_over(groups == g)
             row["seconds"] = self.seconds[i]
@@ -382,16 +465,16 @@ def _nan_low(x: float) -> float:
     return -math.inf if math.isnan(x) else x
 
 
-def run_sweep(data: SweepData, points: list[SweepPoint], groups: tuple[str, ...], *, has_students: tuple[bool, bool]) -> SweepResult:
+def run_sweep(data: SweepData, points: list[SweepPoint], groups: tuple[str, ...]) -> SweepResult:
     """Score every point.
 
     Raises:
-        ConfigError: a point's blend weights sum to 0 over the models in use.
+        ConfigError: a point's blend weights sum to 0 over the members in use.
     """
     for p in points:
-        used = p.perch + (p.cnn if has_students[0] else 0.0) + (p.crnn if has_students[1] else 0.0)
-        if used <= 0:
-            raise ConfigError(f"grid point {p.blend}: the blend weights sum to 0 over the models in use")
+        used = [m for m in p.recipe(data.recipe).blend_members if m.name in data.logits]
+        if sum(m.weight for m in used) + sum(w for m in used for _, w in m.group_weights) <= 0:
+            raise ConfigError(f"grid point {dict(p.values)}: the blend weights sum to 0 over the members in use")
     from streamer.models.moe import import_torch
 
     torch = import_torch()
@@ -406,7 +489,7 @@ def run_sweep(data: SweepData, points: list[SweepPoint], groups: tuple[str, ...]
 
 def draw_heatmap(result: SweepResult, values: dict[str, list], path: Path, title: str) -> Path | None:
     """Macro AUC over the two axes that vary (PNG); ``None`` without matplotlib or when not 2-D."""
-    varying = [a for a in AXES if len(values[a]) > 1]
+    varying = [a for a in values if len(values[a]) > 1]
     if len(varying) != 2:
         return None
     try:
