@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +82,33 @@ class ModelOutputs:
             join([p.cnn_logits for p in parts]),
             join([p.crnn_logits for p in parts]),
         )
+
+    def without_students(self) -> "ModelOutputs":
+        """These outputs as if no student had run (the blend renormalises to Perch alone)."""
+        return replace(self, cnn_logits=None, crnn_logits=None)
+
+
+def all_finite(array) -> bool:
+    """True when ``array`` is absent (``None``) or holds no NaN and no infinity."""
+    return array is None or bool(np.all(np.isfinite(array)))
+
+
+@dataclass(frozen=True)
+class FiniteCheck:
+    """The non-finite check of one file's (or one chunk's) model outputs, the same in ``infer``
+    and ``archive``: a NaN or infinity in Perch's embedding or logits leaves nothing to score
+    (``perch_ok`` False: ``infer`` writes prior-only rows, ``archive`` fails the input); one in
+    a student's logits only drops the students (``bad_students`` names them)."""
+
+    perch_ok: bool
+    bad_students: tuple[str, ...] = ()
+
+
+def check_finite(outputs: ModelOutputs) -> FiniteCheck:
+    """See :class:`FiniteCheck`."""
+    perch_ok = all_finite(outputs.embedding) and all_finite(outputs.perch_logits)
+    bad = tuple(name for name, a in (("CNN", outputs.cnn_logits), ("CRNN", outputs.crnn_logits)) if not all_finite(a))
+    return FiniteCheck(perch_ok, bad)
 
 
 @dataclass(frozen=True)
@@ -177,7 +204,7 @@ class ModelStage:
                 f"{self.spec.onnx_path}: the model gives {logits.shape[1]} logits but the label list has "
                 f"{self.spec.n_perch_labels} rows"
             )
-        if not np.all(np.isfinite(emb)) or not np.all(np.isfinite(logits)):
+        if not (all_finite(emb) and all_finite(logits)):
             raise ArtifactError(f"{self.spec.onnx_path}: non-finite outputs on a silent window")
         self.students.run(np.zeros((1, WINDOW_SAMPLES), dtype=np.float32))
         per_call = windows_per_call(self.spec.threads) or N_WINDOWS_PER_FILE

@@ -23,7 +23,7 @@ import math
 import os
 import queue
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator
@@ -41,7 +41,7 @@ from streamer.files import install, temporary_sibling
 from streamer.metadata import N_WINDOWS_PER_FILE, WINDOW_S, ClassLabels
 from streamer.models.moe import set_torch_threads
 from streamer.pipeline.children import maxrss_kb
-from streamer.stages import ModelOutputs, ModelSpec, ModelStage, Reducer, ReducerSpec, make_reducer
+from streamer.stages import ModelOutputs, ModelSpec, ModelStage, Reducer, ReducerSpec, check_finite, make_reducer
 
 log = logging.getLogger(__name__)
 
@@ -358,12 +358,12 @@ class ArchiveScorer:
         if failpoints.hit("archive.worker_chunk", key) == "nan":
             outputs = ModelOutputs(*(None if a is None else np.full_like(a, np.nan) for a in
                                      (outputs.embedding, outputs.perch_logits, outputs.cnn_logits, outputs.crnn_logits)))
-        if not (np.all(np.isfinite(outputs.embedding)) and np.all(np.isfinite(outputs.perch_logits))):
+        check = check_finite(outputs)
+        if not check.perch_ok:
             raise UnscorableInput(f"Perch gave non-finite outputs on the chunk starting at {chunk.start_s:.0f} s")
-        bad = [name for name, a in (("CNN", outputs.cnn_logits), ("CRNN", outputs.crnn_logits))
-               if a is not None and not np.all(np.isfinite(a))]
+        bad = check.bad_students
         if bad:
-            outputs = replace(outputs, cnn_logits=None, crnn_logits=None)
+            outputs = outputs.without_students()
             if notes is not None:
                 notes.append(f"chunk at {chunk.start_s:.0f} s: non-finite {' and '.join(bad)} logits, scored without the students")
         if self._torch_students:
