@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +81,6 @@ class ModelOutputs:
         names = [k for k in parts[0].logits if all(k in p.logits for p in parts)]
         return ModelOutputs(np.concatenate([p.embedding for p in parts], axis=0),
                             {k: np.concatenate([p.logits[k] for p in parts], axis=0) for k in names})
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -234,6 +233,11 @@ class ModelStage:
         return ModelOutputs(embedding=embedding, logits=logits)
 
 
+def all_finite(array) -> bool:
+    """True when ``array`` holds no NaN and no infinity."""
+    return bool(np.all(np.isfinite(array)))
+
+
 def screen_outputs(outputs: ModelOutputs, perch_members) -> tuple[ModelOutputs | None, tuple[str, ...]]:
     """The one check of model outputs, in ``infer`` and ``archive`` alike.
 
@@ -241,10 +245,9 @@ def screen_outputs(outputs: ModelOutputs, perch_members) -> tuple[ModelOutputs |
     not finite: the unit cannot be scored. Otherwise the outputs without the members whose
     logits are not finite, and those members' names (then ``None`` too when no member is left).
     """
-    finite = lambda a: bool(np.all(np.isfinite(a)))  # noqa: E731
-    if not finite(outputs.embedding) or not all(finite(outputs.logits[k]) for k in perch_members if k in outputs.logits):
+    if not all_finite(outputs.embedding) or not all(all_finite(outputs.logits[k]) for k in perch_members if k in outputs.logits):
         return None, ()
-    bad = tuple(name for name, a in outputs.logits.items() if name not in perch_members and not finite(a))
+    bad = tuple(name for name, a in outputs.logits.items() if name not in perch_members and not all_finite(a))
     if not bad:
         return outputs, ()
     kept = outputs.without(bad)

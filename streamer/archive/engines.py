@@ -35,7 +35,7 @@ from streamer.config import DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S
 from streamer.pipeline.children import (
     EVENT_WAIT_S, Body, ChildSpec, Death, Message, Ready, SlotHealth, Supervisor, hang_reason, thread_env,
 )
-from streamer.pipeline.attempts import MAX_FILE_ATTEMPTS
+from streamer.pipeline.attempts import Attempts, GaveUp, try_up_to
 from streamer.metadata import ClassLabels
 from streamer.stages import ModelSpec, ReducerSpec
 
@@ -64,17 +64,12 @@ def run_sequential(work: WorkQueue, model_spec: ModelSpec, reducer_spec: Reducer
     except StreamerError as exc:
         raise ArchiveEngineError(str(exc), setup=True) from exc
     for task in work.plan(1):
-        for attempt in range(1, MAX_FILE_ATTEMPTS + 1):
-            try:
-                result = scorer.score(task, on_chunk=lambda audio_s: work.progress(task, audio_s))
-            except Exception as exc:  # noqa: BLE001 - as a worker's death in the local engine: retried, then failed
-                cause = f"{type(exc).__name__}: {exc}"
-                if attempt < MAX_FILE_ATTEMPTS:
-                    log.warning("%s: scoring it failed (%s); retrying it", task.label, cause)
-                    continue
-                result = TaskResult(task.rel, False, f"scoring it failed {attempt} times (last: {cause})")
-            work.report(task, result)
-            break
+        # An exception is as a worker's death in the local engine: retried, then failed.
+        result = try_up_to(lambda: scorer.score(task, on_chunk=lambda audio_s: work.progress(task, audio_s)),
+                           lambda cause: log.warning("%s: scoring it failed (%s); retrying it", task.label, cause))
+        if isinstance(result, GaveUp):
+            result = TaskResult(task.rel, False, f"scoring it failed {result.attempts} times (last: {result.cause})")
+        work.report(task, result)
 
 
 # ---------------------------------------------------------------------------- local processes
@@ -115,9 +110,9 @@ class LocalEngine:
     """Worker processes on this machine (see the module notes).
 
     A worker that dies is restarted and its unit (input or range) redone from the start; a unit
-    in flight during :data:`MAX_FILE_ATTEMPTS` deaths is reported failed. A worker slot is given up after
-    deaths in a row without progress (a set-up error at once); when every slot is given up the
-    run stops. A worker silent for ``task_timeout_s`` on an input (no chunk done), or not ready
+    in flight during :data:`~streamer.pipeline.attempts.MAX_FILE_ATTEMPTS` deaths is reported
+    failed. A worker slot is given up after deaths in a row without progress (a set-up error at
+    once); when every slot is given up the run stops. A worker silent for ``task_timeout_s`` on an input (no chunk done), or not ready
     ``startup_timeout_s`` after it started, is declared hung and killed, which counts as a
     death."""
 
@@ -132,7 +127,7 @@ class LocalEngine:
         self.startup_timeout_s = startup_timeout_s
         self.supervisor = Supervisor()
         self.slots: dict[int, _Slot] = {}
-        self.attempts: collections.Counter = collections.Counter()
+        self.attempts = Attempts()
         self.kill_reason: dict[int, str] = {}
         self.n_scored = 0
         self._setup_errors_only = True
@@ -216,9 +211,8 @@ class LocalEngine:
         settled = False
         if task is not None:
             work.discard(task)
-            self.attempts[task.label] += 1
-            n = self.attempts[task.label]
-            if n >= MAX_FILE_ATTEMPTS:
+            n, last = self.attempts.fail(task.label)
+            if last:
                 work.report(task, TaskResult(task.rel, False, f"the worker scoring it died {n} times (last: {cause})"))
                 settled = True
             else:
@@ -293,7 +287,7 @@ class RayEngine:
         self.address = address
         self.workers = workers
         self.threads = threads
-        self.attempts: collections.Counter = collections.Counter()
+        self.attempts = Attempts()
 
     def _student_blobs(self):
         """The exported members' ONNX files as bytes (an actor may run on another node)."""
@@ -336,10 +330,9 @@ class RayEngine:
 
     def _retry_or_fail(self, task: ArchiveTask, what: str, cause: str, pending, work: WorkQueue) -> bool:
         """Count an attempt of ``task``: back to the queue, or reported failed after
-        :data:`MAX_FILE_ATTEMPTS` (then True: the unit is settled)."""
-        self.attempts[task.label] += 1
-        n = self.attempts[task.label]
-        if n >= MAX_FILE_ATTEMPTS:
+        :data:`~streamer.pipeline.attempts.MAX_FILE_ATTEMPTS` (then True: the unit is settled)."""
+        n, last = self.attempts.fail(task.label)
+        if last:
             work.report(task, TaskResult(task.rel, False, f"{what} {n} times (last: {cause})"))
             return True
         log.warning("%s: %s (%s); retrying it", task.label, what, cause)

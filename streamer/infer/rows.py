@@ -27,7 +27,6 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from dataclasses import replace
 
 import numpy as np
 
@@ -37,7 +36,7 @@ from streamer.infer.report import RunReport
 from streamer.infer.submission import SubmissionWriter
 from streamer.metadata import N_WINDOWS_PER_FILE, parse_hour, parse_site
 from streamer.prior import PriorTables
-from streamer.stages import ModelOutputs, Reducer, SubmissionFrame, screen_outputs
+from streamer.stages import ModelOutputs, Reducer, SubmissionFrame, all_finite, screen_outputs
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +51,6 @@ def prior_fallback(prior: PriorTables, stem: str, n_windows: int = N_WINDOWS_PER
     ``[n_windows, C]``."""
     p = prior.probability(parse_site(stem), parse_hour(stem)).astype(np.float32)
     return np.repeat(p[None, :], n_windows, axis=0)
-
-
-def _finite(array) -> bool:
-    return array is None or bool(np.all(np.isfinite(array)))
 
 
 class RowSink:
@@ -131,7 +126,7 @@ class RowSink:
     def add_scored(self, index: int, probs: np.ndarray, tier: str) -> None:
         """File ``index``'s probabilities, reduced elsewhere (a consumer)."""
         self._first_file()
-        if not _finite(probs):
+        if not all_finite(probs):
             log.warning("%s: non-finite scores; writing prior-only rows", self.stem(index))
             self.fallback(index, "non-finite scores (model outputs or reduction)")
             return
@@ -180,7 +175,7 @@ class RowSink:
         per_file = (time.perf_counter() - t0) / len(batch)
         for (index, _, tier, reason), p in zip(batch, probs):
             self.budget.costs.observe_reduce(per_file)
-            if not _finite(p):
+            if not all_finite(p):
                 log.warning("%s: non-finite scores after the reduction; writing prior-only rows", self.stem(index))
                 self.fallback(index, "non-finite scores after the reduction")
                 continue

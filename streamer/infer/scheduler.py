@@ -22,9 +22,11 @@ The rules
 * **Tiers.** Each file's tier is chosen by the budget when it is first sent to a consumer; a
   file keeps it whatever happens to its parts.
 * **Deaths.** When a child dies, the task it was working on (its oldest) counts an attempt for
-  that file; a file with :data:`MAX_FILE_ATTEMPTS` attempts gets prior-only rows and the rest
-  of the child's tasks, never started, go back to the front of the line uncounted (a dead
-  consumer's windows are still in their slots, a dead decoder's files are decoded again). The
+  that file; a file with :data:`~streamer.pipeline.attempts.MAX_FILE_ATTEMPTS` attempts (the
+  rule ``archive`` shares, :class:`~streamer.pipeline.attempts.Attempts`) gets prior-only rows
+  and the rest of the child's tasks, never started, go back to the front of the line uncounted
+  (a dead consumer's windows are still in their slots, a dead decoder's files are decoded
+  again). The
   slot is restarted unless its :class:`~streamer.pipeline.children.SlotHealth` gives it up:
   deaths in a row without progress (a set-up error at once). The run stops with an error only
   when every consumer slot, or every decoder slot, has been given up.
@@ -45,7 +47,7 @@ from typing import Sequence
 from streamer.config import DEFAULT_TASK_TIMEOUT_S
 from streamer.infer.budget import TIER_FULL, Budget
 from streamer.metadata import N_WINDOWS_PER_FILE
-from streamer.pipeline.attempts import MAX_FILE_ATTEMPTS
+from streamer.pipeline.attempts import MAX_FILE_ATTEMPTS, Attempts  # noqa: F401 - the limit, read by the tests
 from streamer.pipeline.children import STARTUP_TIMEOUT_S, SlotHealth, hang_reason
 
 log = logging.getLogger(__name__)
@@ -198,7 +200,7 @@ class Scheduler:
         self.slot_of: dict[int, int] = {}
         self.parts: dict[int, dict[int, object]] = {}
         self.tier_of: dict[int, str] = {}
-        self.attempts: collections.Counter = collections.Counter()
+        self.attempts = Attempts()
         self.resolved: set[int] = set()
         self.slots: dict[tuple[str, int], SlotState] = {}
         for wid in range(n_consumers):
@@ -319,9 +321,8 @@ class Scheduler:
             if index in self.resolved:
                 continue
             if position == 0:  # the task it was working on: this file may be the cause
-                self.attempts[index] += 1
-                n = self.attempts[index]
-                if n >= MAX_FILE_ATTEMPTS:
+                n, last = self.attempts.fail(index)
+                if last:
                     log.error("%s: its %s died on it %d times; writing prior-only rows", self.names[index], role, n)
                     actions += self._fallback(index, f"the {role} died {n} times on this file (last: {cause})")
                     self._release(index)

@@ -5,7 +5,8 @@ threading, the way the original script ran. Rows go through the same row sink as
 pipeline's, so fallbacks and checks are the same. It honours the same budget (it cannot abandon
 a file half-way, so it stops before a file that would not finish in time). A file whose
 decoding or models raise is retried, and gets prior-only rows after
-:data:`~streamer.pipeline.attempts.MAX_FILE_ATTEMPTS` failures, as in the pipeline.
+:data:`~streamer.pipeline.attempts.MAX_FILE_ATTEMPTS` failures, as in the pipeline
+(:func:`~streamer.pipeline.attempts.try_up_to`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from streamer.infer.budget import Budget
 from streamer.infer.report import RunReport
 from streamer.infer.rows import RowSink
-from streamer.pipeline.attempts import MAX_FILE_ATTEMPTS
+from streamer.pipeline.attempts import GaveUp, try_up_to
 from streamer.stages import ModelStage, RunPlan, decode_job
 
 log = logging.getLogger(__name__)
@@ -40,30 +41,28 @@ def run_sequential(plan: RunPlan, sink: RowSink, report: RunReport, budget: Budg
             log.warning("budget: stopping with %d files unscored", len(plan.jobs) - position)
             break
         tier = budget.choose_tier(len(plan.jobs) - position, 1)
-        for attempt in range(1, MAX_FILE_ATTEMPTS + 1):
-            try:
-                t0 = time.perf_counter()
-                decoded = decode_job(job)
-                seconds["decode"] += time.perf_counter() - t0
-                if decoded.windows is None:
-                    log.warning("%s; writing prior-only rows", decoded.error)  # the error names the file
-                    sink.fallback(job.index, f"unreadable: {decoded.error}")
-                    break
-                if decoded.notes:
-                    log.info("%s: %s", job.path.name, "; ".join(decoded.notes))
-                outputs = models.run(decoded.windows, dropped=budget.dropped(tier), key=job.stem)
-            except Exception as exc:  # noqa: BLE001 - one file's failure is that file's, not the run's
-                cause = f"{type(exc).__name__}: {exc}"
-                if attempt < MAX_FILE_ATTEMPTS:
-                    log.warning("%s: %s; trying again", job.stem, cause)
-                    continue
-                log.error("%s: failed %d times (last: %s); writing prior-only rows", job.stem, attempt, cause)
-                sink.fallback(job.index, f"failed {attempt} times (last: {cause})")
-                break
+
+        def attempt(job=job, tier=tier):
+            """The file's model outputs, or None when it is unreadable (it then has its rows)."""
+            t0 = time.perf_counter()
+            decoded = decode_job(job)
+            seconds["decode"] += time.perf_counter() - t0
+            if decoded.windows is None:
+                log.warning("%s; writing prior-only rows", decoded.error)  # the error names the file
+                sink.fallback(job.index, f"unreadable: {decoded.error}")
+                return None
+            if decoded.notes:
+                log.info("%s: %s", job.path.name, "; ".join(decoded.notes))
+            return models.run(decoded.windows, dropped=budget.dropped(tier), key=job.stem)
+
+        outputs = try_up_to(attempt, lambda cause: log.warning("%s: %s; trying again", job.stem, cause))
+        if isinstance(outputs, GaveUp):
+            log.error("%s: failed %d times (last: %s); writing prior-only rows", job.stem, outputs.attempts, outputs.cause)
+            sink.fallback(job.index, f"failed {outputs.attempts} times (last: {outputs.cause})")
+        elif outputs is not None:
             budget.costs.observe_model(models.last_seconds[0], models.last_member_seconds)
             sink.add_modelled(job.index, outputs, tier)
             sink.reduce_waiting(force=True)
-            break
     seconds["scoring"] = time.perf_counter() - t_start - seconds["setup"]
     seconds.update(models.seconds)
     seconds.update(sink.reducer.seconds)
