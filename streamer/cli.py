@@ -24,6 +24,7 @@ from streamer.config import (
 )
 from streamer.config import ARCHIVE_BENCH_SHAPES, ARCHIVE_LABELS, SCORE_KINDS, DEFAULT_SMOOTH, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S, EMBEDDING_DTYPES
 from streamer.errors import ConfigError, OutputWriteError, StreamerError
+from streamer.install import install_hint
 from streamer.models.graphs import BACKEND_CHOICES, PRECISIONS
 
 log = logging.getLogger("streamer")
@@ -83,7 +84,7 @@ def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_engine_arguments(group) -> None:
     """``--backend`` and ``--precision``: what runs the ONNX graphs (see streamer.models.graphs)."""
-    group.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="engine of the ONNX graphs (Perch and the exported students): onnxruntime, or OpenVINO (pip install 'streamer[openvino]'; in fp32 used only if it passes a parity check against onnxruntime at start-up); auto: a tuned profile's measured choice, else onnxruntime, OpenVINO for bf16 (default: %(default)s)")
+    group.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="engine of the ONNX graphs (Perch and the exported students): onnxruntime, or OpenVINO (%s; in fp32 used only if it passes a parity check against onnxruntime at start-up); auto: a tuned profile's measured choice, else onnxruntime, OpenVINO for bf16 (default: %%(default)s)" % install_hint("openvino"))
     group.add_argument("--precision", choices=PRECISIONS, default=None, help="fp32, or bf16 on CPUs with AVX512-BF16 or AMX (about 2x faster models, changed numbers: measure the metric first, see the README); bf16 runs in OpenVINO (default: fp32, or bf16 if 'streamer tune --allow-bf16' saved it)")
 
 
@@ -94,7 +95,7 @@ def add_execution_arguments(parser: argparse.ArgumentParser, command: str) -> No
     if command == "infer":
         r.add_argument("--engine", choices=ENGINES, default="pipeline", help="multiprocess pipeline, or the single-process sequential reference (default: %(default)s)")
     else:
-        r.add_argument("--engine", choices=ARCHIVE_ENGINES, default="local", help="worker processes on this machine, one process (the reference), or a Ray cluster (pip install 'streamer[ray]') (default: %(default)s)")
+        r.add_argument("--engine", choices=ARCHIVE_ENGINES, default="local", help="worker processes on this machine, one process (the reference), or a Ray cluster (%s) (default: %%(default)s)" % install_hint("ray"))
         r.add_argument("--address", default=None, help="Ray cluster to join, e.g. 'auto' or ray://host:10001 (default: start a local Ray instance); inputs, models and --out must be at the same paths on every node")
     r.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="model processes: pipeline consumers, archive workers or Ray actors (default: planned from the CPUs)")
     r.add_argument("--threads", type=_threads, default="auto", metavar="T|auto|default", help="intra-op threads per model process (onnxruntime and torch); 'auto' plans them from the CPUs (2 per actor on Ray), 'default' leaves the libraries' own defaults (default: %(default)s)")

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from streamer.errors import ConfigError
 from streamer.files import atomic_write_text
+from streamer.install import DIST_NAME
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ KAGGLE_PYTHON = "3.11"
 #: Wheel platforms Kaggle's image runs (x86-64 Linux, glibc 2.35): every manylinux tag up to it.
 KAGGLE_PLATFORMS = tuple(f"manylinux_2_{minor}_x86_64" for minor in range(35, 16, -1)) + ("manylinux2014_x86_64",)
 NOTEBOOK_NAME = "streamer-infer.ipynb"
+#: How streamer's own wheel is named (its distribution name, normalised as wheels spell it).
+WHEEL_PREFIX = re.sub(r"[-.]+", "_", DIST_NAME)
 
 
 def _canonical(name: str) -> str:
@@ -133,7 +136,7 @@ def find(what, test):
     return found[0]
 
 
-KIT = find("streamer kit (wheels/streamer-*.whl)", lambda p: any(p.glob("wheels/streamer-*.whl")))
+KIT = find("streamer kit (wheels/{wheel}-*.whl)", lambda p: any(p.glob("wheels/{wheel}-*.whl")))
 COMPETITION = find("competition data (sample_submission.csv, taxonomy.csv)",
                    lambda p: (p / "sample_submission.csv").is_file() and (p / "taxonomy.csv").is_file())
 PERCH = find("Perch 2.0 ONNX (perch_v2*.onnx)", lambda p: any(p.glob("perch_v2*.onnx")))
@@ -173,7 +176,8 @@ def write_notebook(path: Path, *, input_root: str = "/kaggle/input", working: st
         import nbformat
         from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
     except ImportError as exc:
-        raise ConfigError("kaggle-kit writes the notebook with nbformat: pip install 'streamer[kaggle]' (or nbformat)") from exc
+        from streamer.install import install_hint
+        raise ConfigError(f"kaggle-kit writes the notebook with nbformat: {install_hint('kaggle')} (or pip install nbformat)") from exc
     cells = [
         new_markdown_cell(
             "# BirdCLEF+ 2026 submission with streamer\n\n"
@@ -181,7 +185,7 @@ def write_notebook(path: Path, *, input_root: str = "/kaggle/input", working: st
             "streamer kit. The cells below find them under `/kaggle/input`, install streamer from the kit "
             "without internet, and run `streamer infer` with the model-card settings; the budget keeps the "
             "run inside Kaggle's limit and always leaves a complete `submission.csv`."),
-        new_code_cell(_FIND.format(input_root=input_root, working=working, budget=str(budget_minutes))),
+        new_code_cell(_FIND.format(input_root=input_root, working=working, budget=str(budget_minutes), wheel=WHEEL_PREFIX)),
         new_code_cell(_INSTALL.format(needs=IMPORT_NAMES)),
         new_code_cell(_RUN.format()),
     ]

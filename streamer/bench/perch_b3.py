@@ -8,8 +8,8 @@ backbone (about 1.3 GMAC per window at this input, whose last feature map is exa
 nothing, the cost is the point.
 
 It is generated on first use (``efficientnet-pytorch`` builds a B3 with random weights and no
-download; torch's ONNX exporter writes it) and cached; it is never committed. Install with
-``pip install -e ".[bench]"``.
+download; torch's ONNX exporter writes it) and cached; it is never committed. It needs the
+``bench`` extra (:func:`streamer.install.install_hint`).
 """
 
 from __future__ import annotations
@@ -56,8 +56,9 @@ def build_model():
     try:
         from efficientnet_pytorch import EfficientNet
     except ImportError as exc:
+        from streamer.install import install_hint
         raise DependencyError(
-            "the benchmark's Perch stand-in needs efficientnet-pytorch: pip install -e '.[bench]'"
+            f"the benchmark's Perch stand-in needs efficientnet-pytorch: {install_hint('bench')}"
         ) from exc
 
     class PerchB3(nn.Module):

@@ -496,7 +496,8 @@ def draw_chart(contenders: list[Contender], result: dict, path: Path) -> Path | 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log.warning("matplotlib is not installed (pip install -e '.[bench]'): no chart")
+        from streamer.install import install_hint
+        log.warning("matplotlib is not installed (%s): no chart", install_hint("bench"))
         return None
     names = [c.name for c in contenders]
     rates = [c.median("windows_per_s") for c in contenders]
