@@ -57,3 +57,27 @@ def test_no_message_or_doc_names_the_stranger_s_package():
     found = [f"{p.relative_to(ROOT)}:{i}" for p in paths for i, line in enumerate(p.read_text().splitlines(), 1)
              if re.search(r"(?<![\w-])streamer\[", line) and p.name != "test_install.py"]
     assert not found
+
+
+def test_bench_without_its_extra_stops_at_once_with_one_line(tmp_path, monkeypatch, capsys):
+    from streamer import cli
+
+    monkeypatch.setitem(sys.modules, "efficientnet_pytorch", None)
+    cache = tmp_path / "cache"
+    assert cli.main(["bench", "--quick", "--cache-dir", str(cache), "--out-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and install.install_hint("bench") in err[0]
+    assert not cache.exists()  # nothing was built first
+
+
+def test_a_summary_without_matplotlib_is_a_warning_naming_the_extra(tmp_path, monkeypatch, caplog):
+    from streamer.archive.summary import draw_heatmap
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    row = {"class": "a", "common_name": "A", "scientific_name": "Aa", "date": "", "hour_utc": "", "recording": "r.wav",
+           "n_windows": 3}
+    with caplog.at_level("INFO", logger="streamer"):
+        assert draw_heatmap([row], tmp_path / "_summary.png", 0.5) is None
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and install.install_hint("plots") in warnings[0].getMessage()
+    assert not (tmp_path / "_summary.png").exists()
