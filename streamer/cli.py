@@ -1,4 +1,4 @@
-"""Command line: ``streamer infer | archive | score | cache | sweep | bench | tune | make-standins | demo``.
+"""Command line: ``streamer infer | check | archive | score | cache | sweep | bench | tune | make-standins | demo``.
 
 Exit codes: 0 success (a complete output; per-file fallbacks are listed in the summary); 2 bad
 arguments, artifacts, metadata or output paths, found before anything runs (nothing written);
@@ -191,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("submission.csv"), help="submission CSV to write (default: %(default)s)")
     p.add_argument("--dry-run-files", type=int, default=DEFAULT_DRY_RUN_FILES, help="files of train_soundscapes/ to score when test_soundscapes/ is empty (default: %(default)s)")
     p.set_defaults(func=cmd_infer)
+
+    p = _command(sub, "check", "check a competition folder, a Perch 2.0 ONNX folder and an MoE bundle as infer does before reading audio, and say what was found", 'examples:\n  streamer check --data-dir /kaggle/input/birdclef-2026 --perch /kaggle/input/perch-onnx-for-birdclef-2026 \\\n      --moe-dir /kaggle/input/birdclef-2026-cv9245-moe-artifacts')
+    add_model_arguments(p)
+    p.add_argument("--dry-run-files", type=int, default=DEFAULT_DRY_RUN_FILES, help="as infer's: files of train_soundscapes/ it would score when test_soundscapes/ is empty (default: %(default)s)")
+    p.set_defaults(func=cmd_check)
 
     p = _command(sub, "archive", "score long recordings (any length, rate, channels, format) into one score file per input", 'examples:\n  streamer archive /data/recorders --out scores/ --data-dir competition --perch perch --moe-dir moe\n  streamer archive /data/recorders --out tables/ --format raven --min-score 0.6 --archive-table \\\n      --data-dir competition --perch perch --moe-dir moe --metadata recorders.csv\n  streamer archive --status --out scores/\n  streamer archive --summary --out scores/')
     p.add_argument("inputs", nargs="*", type=Path, metavar="INPUT", help="audio files, folders (searched recursively) or .txt/.lst files listing paths")
@@ -578,6 +583,13 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if report.error is not None:
         log.error("the run stopped early: %s; %s was written with prior-only rows for the unfinished files", report.error, config.out)
         return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from streamer.check import check_artifacts
+
+    print(check_artifacts(config_from_args(args)).text())
     return EXIT_OK
 
 
