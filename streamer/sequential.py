@@ -11,10 +11,10 @@ decoding or models raise is retried, and gets prior-only rows after
 from __future__ import annotations
 
 import logging
-import resource
 import time
 
 from streamer.budget import TIER_FULL, Budget
+from streamer.pipeline.children import maxrss_kb
 from streamer.pipeline.scheduler import MAX_FILE_ATTEMPTS
 from streamer.report import RunReport
 from streamer.rows import RowSink
@@ -68,4 +68,4 @@ def run_sequential(plan: RunPlan, sink: RowSink, report: RunReport, budget: Budg
     seconds.update(models.seconds)
     seconds.update(sink.reducer.seconds)
     report.seconds.update(seconds)
-    report.peak_rss_mb = {"process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    report.peak_rss_mb = {"process": maxrss_kb() / 1024.0}  # not ru_maxrss: see maxrss_kb
