@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="fewer files, repeats and layouts (under about five minutes on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="fewer files, repeats and layouts (a few minutes on 2 cores)")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="measure onnxruntime fp32 and this engine only (default: every engine available here: onnxruntime, OpenVINO if installed, OpenVINO bf16 if the CPU has bf16)")
     p.add_argument("--precision", choices=PRECISIONS, default=None, help="with --backend: the precision of that engine (default: fp32)")
     p.add_argument("--files", type=_positive_int, default=None, help="files to score per run (default: 24, quick 12)")
