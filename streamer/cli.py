@@ -1,4 +1,4 @@
-"""Command line: ``streamer infer | archive | score | cache | sweep | bench | tune | make-standins | demo``.
+"""Command line: ``streamer infer | check | archive | score | cache | sweep | bench | tune | make-standins | demo``.
 
 Exit codes: 0 success (a complete output; per-file fallbacks are listed in the summary); 2 bad
 arguments, artifacts, metadata or output paths, found before anything runs (nothing written);
@@ -24,6 +24,7 @@ from streamer.config import (
 from streamer.config import ARCHIVE_BENCH_SHAPES, ARCHIVE_LABELS, SCORE_KINDS, DEFAULT_SMOOTH, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S, EMBEDDING_DTYPES
 from streamer.config import BACKEND_CHOICES, DEFAULT_BUDGET_MINUTES, PRECISIONS
 from streamer.errors import ConfigError, OutputWriteError, StreamerError
+from streamer.install import install_hint
 
 log = logging.getLogger("streamer")
 
@@ -115,7 +116,7 @@ def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_engine_arguments(group) -> None:
     """``--backend`` and ``--precision``: what runs the ONNX graphs (see streamer.models.graphs)."""
-    group.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="engine of the ONNX graphs (Perch and the exported students): onnxruntime, or OpenVINO (pip install 'streamer[openvino]'; in fp32 used only if it passes a parity check against onnxruntime at start-up); auto: a tuned profile's measured choice, else onnxruntime, OpenVINO for bf16 (default: %(default)s)")
+    group.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="engine of the ONNX graphs (Perch and the exported students): onnxruntime, or OpenVINO (%s; in fp32 used only if it passes a parity check against onnxruntime at start-up); auto: a tuned profile's measured choice, else onnxruntime, OpenVINO for bf16 (default: %%(default)s)" % install_hint("openvino"))
     group.add_argument("--precision", choices=PRECISIONS, default=None, help="fp32, or bf16 on CPUs with AVX512-BF16 or AMX (about 2x faster models, changed numbers: measure the metric first, see the README); bf16 runs in OpenVINO (default: fp32, or bf16 if 'streamer tune --allow-bf16' saved it)")
 
 
@@ -126,7 +127,7 @@ def add_execution_arguments(parser: argparse.ArgumentParser, command: str) -> No
     if command == "infer":
         r.add_argument("--engine", choices=ENGINES, default="pipeline", help="multiprocess pipeline, or the single-process sequential reference (default: %(default)s)")
     else:
-        r.add_argument("--engine", choices=ARCHIVE_ENGINES, default="local", help="worker processes on this machine, one process (the reference), or a Ray cluster (pip install 'streamer[ray]') (default: %(default)s)")
+        r.add_argument("--engine", choices=ARCHIVE_ENGINES, default="local", help="worker processes on this machine, one process (the reference), or a Ray cluster (%s) (default: %%(default)s)" % install_hint("ray"))
         r.add_argument("--address", default=None, help="Ray cluster to join, e.g. 'auto' or ray://host:10001 (default: start a local Ray instance); inputs, models and --out must be at the same paths on every node")
     r.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="model processes: pipeline consumers, archive workers or Ray actors (default: planned from the CPUs)")
     r.add_argument("--threads", type=_threads, default="auto", metavar="T|auto|default", help="intra-op threads per model process (onnxruntime and torch); 'auto' plans them from the CPUs (2 per actor on Ray), 'default' leaves the libraries' own defaults (default: %(default)s)")
@@ -226,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("submission.csv"), help="submission CSV to write (default: %(default)s)")
     p.add_argument("--dry-run-files", type=int, default=DEFAULT_DRY_RUN_FILES, help="files of train_soundscapes/ to score when test_soundscapes/ is empty (default: %(default)s)")
     p.set_defaults(func=cmd_infer)
+
+    p = _command(sub, "check", "check a competition folder, a Perch 2.0 ONNX folder and an MoE bundle as infer does before reading audio, and say what was found", 'examples:\n  streamer check --data-dir /kaggle/input/birdclef-2026 --perch /kaggle/input/perch-onnx-for-birdclef-2026 \\\n      --moe-dir /kaggle/input/birdclef-2026-cv9245-moe-artifacts')
+    add_model_arguments(p)
+    p.add_argument("--dry-run-files", type=int, default=DEFAULT_DRY_RUN_FILES, help="as infer's: files of train_soundscapes/ it would score when test_soundscapes/ is empty (default: %(default)s)")
+    p.set_defaults(func=cmd_check)
 
     p = _command(sub, "archive", "score long recordings (any length, rate, channels, format) into one score file per input", 'examples:\n  streamer archive /data/recorders --out scores/ --data-dir competition --perch perch --moe-dir moe\n  streamer archive /data/recorders --out tables/ --format raven --min-score 0.6 --archive-table \\\n      --data-dir competition --perch perch --moe-dir moe --metadata recorders.csv\n  streamer archive --status --out scores/\n  streamer archive --summary --out scores/')
     p.add_argument("inputs", nargs="*", type=Path, metavar="INPUT", help="audio files, folders (searched recursively) or .txt/.lst files listing paths")
@@ -348,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="fewer files, repeats and layouts (under about five minutes on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="fewer files, repeats and layouts (a few minutes on 2 cores)")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="measure onnxruntime fp32 and this engine only (default: every engine available here: onnxruntime, OpenVINO if installed, OpenVINO bf16 if the CPU has bf16)")
     p.add_argument("--precision", choices=PRECISIONS, default=None, help="with --backend: the precision of that engine (default: fp32)")
     p.add_argument("--files", type=_positive_int, default=None, help="files to score per run (default: 24, quick 12)")
@@ -671,6 +677,13 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if report.error is not None:
         log.error("the run stopped early: %s; %s was written with prior-only rows for the unfinished files", report.error, config.out)
         return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from streamer.check import check_artifacts
+
+    print(check_artifacts(config_from_args(args)).text())
     return EXIT_OK
 
 

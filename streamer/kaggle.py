@@ -7,8 +7,9 @@ Kaggle's Python version and platform, plus ``streamer-infer.ipynb``, a notebook 
 nbformat) whose cells install streamer from the kit with ``pip --no-index``, find the
 competition data, the Perch folder and the MoE bundle under ``/kaggle/input`` (naming what is
 missing), install exactly the kit's wheels (``--no-deps``: whatever torch the image has is
-used) and check that every module streamer imports is there, run ``streamer infer`` with the model-card settings and the budget, and print the
-summary. The notebook's cells are plain Python (no ``!`` or ``%`` magics), so they also run as a
+used) and check that every module streamer imports is there, and run ``streamer infer`` with the model-card settings and the
+budget, its progress, log and summary forwarded into the cell's output as they come (a run of
+85 minutes must not look dead). The notebook's cells are plain Python (no ``!`` or ``%`` magics), so they also run as a
 script, which is how the tests execute them.
 
 Build it on a machine with internet, from a checkout of streamer (the wheel is built from the
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from streamer.errors import ConfigError
 from streamer.files import atomic_write_text
+from streamer.install import DIST_NAME
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ KAGGLE_PYTHON = "3.11"
 #: Wheel platforms Kaggle's image runs (x86-64 Linux, glibc 2.35): every manylinux tag up to it.
 KAGGLE_PLATFORMS = tuple(f"manylinux_2_{minor}_x86_64" for minor in range(35, 16, -1)) + ("manylinux2014_x86_64",)
 NOTEBOOK_NAME = "streamer-infer.ipynb"
+#: How streamer's own wheel is named (its distribution name, normalised as wheels spell it).
+WHEEL_PREFIX = re.sub(r"[-.]+", "_", DIST_NAME)
 
 
 def _canonical(name: str) -> str:
@@ -114,7 +118,9 @@ def _kit_readme(kept: list[str], has: list[str]) -> str:
     )
 
 
-_FIND = '''import os
+_FIND = '''import codecs
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -133,20 +139,32 @@ def find(what, test):
     return found[0]
 
 
-KIT = find("streamer kit (wheels/streamer-*.whl)", lambda p: any(p.glob("wheels/streamer-*.whl")))
+KIT = find("streamer kit (wheels/{wheel}-*.whl)", lambda p: any(p.glob("wheels/{wheel}-*.whl")))
 COMPETITION = find("competition data (sample_submission.csv, taxonomy.csv)",
                    lambda p: (p / "sample_submission.csv").is_file() and (p / "taxonomy.csv").is_file())
 PERCH = find("Perch 2.0 ONNX (perch_v2*.onnx)", lambda p: any(p.glob("perch_v2*.onnx")))
 MOE = find("MoE bundle (*_fold1.pt)", lambda p: any(p.glob("*_fold1.pt")))
 print(f"kit {{KIT}}\\ncompetition {{COMPETITION}}\\nPerch {{PERCH}}\\nMoE {{MOE}}")
+
+
+def stream(cmd):
+    """Run cmd, forwarding its output (stdout and stderr, progress bar included) to this
+    cell's output as it comes: an 85-minute run must not look dead. Returns the exit code."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for chunk in iter(lambda: proc.stdout.read1(65536), b""):
+        sys.stdout.write(decoder.decode(chunk))
+        sys.stdout.flush()
+    return proc.wait()
 '''
 
 _INSTALL = '''import importlib.util
-import subprocess
 
 # Exactly the kit's wheels, without resolving: the rest is Kaggle's own (whatever its torch version).
 wheels = sorted(str(p) for p in (KIT / "wheels").glob("*.whl"))
-subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", *wheels], check=True)
+code = stream([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", *wheels])
+if code != 0:
+    raise SystemExit(f"pip could not install the kit's wheels (exit code {{code}})")
 missing = [m for m in {needs!r} if importlib.util.find_spec(m) is None]
 if missing:
     raise SystemExit(f"this image lacks {{missing}}: rebuild the kit with --add for each")
@@ -154,15 +172,13 @@ print(subprocess.run([sys.executable, "-m", "streamer", "--version"], check=True
 '''
 
 _RUN = '''OUT = WORKING / "submission.csv"
-run = subprocess.run([sys.executable, "-m", "streamer", "infer", "--data-dir", str(COMPETITION), "--perch", str(PERCH),
-                      "--moe-dir", str(MOE), "--out", str(OUT), "--budget-minutes", str(BUDGET_MINUTES),
-                      "--report-json", str(WORKING / "streamer-report.json")],
-                     capture_output=True, text=True)
-print(run.stdout)  # the run's summary
-print(run.stderr[-5000:])
+# Progress, log and the closing summary appear below as the run goes.
+code = stream([sys.executable, "-m", "streamer", "infer", "--data-dir", str(COMPETITION), "--perch", str(PERCH),
+               "--moe-dir", str(MOE), "--out", str(OUT), "--budget-minutes", str(BUDGET_MINUTES),
+               "--report-json", str(WORKING / "streamer-report.json")])
 if not OUT.is_file():
-    raise SystemExit(f"streamer infer wrote no submission (exit code {{run.returncode}})")
-print(f"exit code {{run.returncode}}; {{OUT}} has {{sum(1 for _ in open(OUT)) - 1}} rows")
+    raise SystemExit(f"streamer infer wrote no submission (exit code {{code}})")
+print(f"exit code {{code}}; {{OUT}} has {{sum(1 for _ in open(OUT)) - 1}} rows")
 '''
 
 
@@ -173,7 +189,8 @@ def write_notebook(path: Path, *, input_root: str = "/kaggle/input", working: st
         import nbformat
         from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
     except ImportError as exc:
-        raise ConfigError("kaggle-kit writes the notebook with nbformat: pip install 'streamer[kaggle]' (or nbformat)") from exc
+        from streamer.install import install_hint
+        raise ConfigError(f"kaggle-kit writes the notebook with nbformat: {install_hint('kaggle')} (or pip install nbformat)") from exc
     cells = [
         new_markdown_cell(
             "# BirdCLEF+ 2026 submission with streamer\n\n"
@@ -181,7 +198,7 @@ def write_notebook(path: Path, *, input_root: str = "/kaggle/input", working: st
             "streamer kit. The cells below find them under `/kaggle/input`, install streamer from the kit "
             "without internet, and run `streamer infer` with the model-card settings; the budget keeps the "
             "run inside Kaggle's limit and always leaves a complete `submission.csv`."),
-        new_code_cell(_FIND.format(input_root=input_root, working=working, budget=str(budget_minutes))),
+        new_code_cell(_FIND.format(input_root=input_root, working=working, budget=str(budget_minutes), wheel=WHEEL_PREFIX)),
         new_code_cell(_INSTALL.format(needs=IMPORT_NAMES)),
         new_code_cell(_RUN.format()),
     ]

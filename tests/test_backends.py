@@ -11,12 +11,13 @@ import pytest
 from streamer import backend, cli, stages
 from streamer.config import ExecutionSettings
 from streamer.errors import ConfigError, DependencyError
+from streamer.install import install_hint
 from streamer.models import graphs
 from streamer.models.graphs import EngineChoice, ThreadSettings
 
 from conftest import infer_args
 
-needs_openvino = pytest.mark.skipif(not graphs.openvino_available(), reason="OpenVINO is not installed (pip install 'streamer[openvino]')")
+needs_openvino = pytest.mark.skipif(not graphs.openvino_available(), reason="OpenVINO is not installed (the openvino extra)")
 needs_bf16 = pytest.mark.skipif(graphs.hardware_bf16() is None, reason="this CPU has neither AVX512-BF16 nor AMX")
 
 
@@ -54,11 +55,11 @@ def test_bf16_with_onnxruntime_refused(kit, tmp_path, monkeypatch, capsys, no_mo
 
 def test_openvino_missing_is_a_clear_error(kit, tmp_path, monkeypatch, capsys, no_models_load):
     def missing():
-        raise DependencyError("OpenVINO is not installed: pip install 'streamer[openvino]' (or run with --backend onnxruntime)")
+        raise DependencyError(f"OpenVINO is not installed: {install_hint('openvino')} (or run with --backend onnxruntime)")
 
     monkeypatch.setattr(graphs, "import_openvino", missing)
     assert cli.main(infer_args(kit, tmp_path / "sub.csv", "--backend", "openvino")) == 2
-    assert "streamer[openvino]" in capsys.readouterr().err
+    assert install_hint("openvino") in capsys.readouterr().err
 
 
 def test_auto_follows_the_profile_and_defaults_to_onnxruntime(monkeypatch):

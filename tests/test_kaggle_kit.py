@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from streamer import cli
-from streamer.kaggle import NOTEBOOK_NAME, notebook_script
+from streamer.kaggle import NOTEBOOK_NAME, WHEEL_PREFIX, notebook_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -25,7 +25,7 @@ def test_the_kit_installs_offline_and_its_notebook_writes_a_submission(kit, tmp_
     out = tmp_path / "kit"
     assert cli.main(["kaggle-kit", "--out", str(out)]) == 0
     wheels = sorted(p.name for p in (out / "wheels").glob("*.whl"))
-    assert any(w.startswith("streamer-") for w in wheels) and any(w.startswith("onnxruntime-") for w in wheels)
+    assert any(w.startswith(WHEEL_PREFIX + "-") for w in wheels) and any(w.startswith("onnxruntime-") for w in wheels)
     assert not any(w.startswith(("torch-", "numpy-", "pandas-")) for w in wheels)  # Kaggle has those
     nbformat.validate(nbformat.read(str(out / NOTEBOOK_NAME), as_version=4))
 

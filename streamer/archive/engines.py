@@ -235,7 +235,8 @@ def import_ray():
     try:
         import ray
     except ImportError as exc:
-        raise DependencyError("the Ray engine needs Ray: pip install 'streamer[ray]' (or pip install ray)") from exc
+        from streamer.install import install_hint
+        raise DependencyError(f"the Ray engine needs Ray: {install_hint('ray')} (or pip install ray)") from exc
     return ray
 
 

@@ -13,7 +13,6 @@ import fcntl
 import json
 import logging
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from streamer.archive.ranges import WorkQueue, remove_stale_parts
 from streamer.archive.scorer import ArchiveTask, TaskResult
 from streamer.archive.tables import SUFFIXES
 from streamer.archive.timing import read_metadata_csv, recording_time
+from streamer.pipeline.children import maxrss_kb
 from streamer.config import ArchiveSettings
 from streamer.errors import ConfigError
 from streamer.backend import describe_models, with_backends
@@ -380,7 +380,7 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
             remove_stale_parts(out_dir)  # an input not finished now is scored again next time
             report.unfinished = sorted(outstanding)
             report.seconds = time.perf_counter() - t0
-            report.peak_parent_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            report.peak_parent_rss_mb = maxrss_kb() / 1024  # not ru_maxrss: see maxrss_kb
     write_folder_tables(out_dir, settings)
     return report
 

@@ -90,7 +90,10 @@ def draw_heatmap(rows: list[dict], path: Path, threshold: float | None) -> Path 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log.info("matplotlib is not installed: no summary heatmap")
+        from streamer.install import install_hint
+
+        # A warning, not info: -q hides info, and the user would never learn why the picture is missing.
+        log.warning("no %s drawn: it needs matplotlib, the plots extra (%s)", path.name, install_hint("plots"))
         return None
     import numpy as np
 

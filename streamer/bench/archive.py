@@ -234,7 +234,8 @@ def draw_archive_chart(result: dict, path: Path) -> Path | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log.warning("matplotlib is not installed (pip install -e '.[bench]'): no chart")
+        from streamer.install import install_hint
+        log.warning("matplotlib is not installed (%s): no chart", install_hint("bench"))
         return None
     fig, (ax_rtf, ax_mem) = plt.subplots(1, 2, figsize=(10, 4))
     for engine in sorted({r["engine"] for r in result["rows"]}):

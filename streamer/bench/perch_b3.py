@@ -8,8 +8,8 @@ backbone (about 1.3 GMAC per window at this input, whose last feature map is exa
 nothing, the cost is the point.
 
 It is generated on first use (``efficientnet-pytorch`` builds a B3 with random weights and no
-download; torch's ONNX exporter writes it) and cached; it is never committed. Install with
-``pip install -e ".[bench]"``.
+download; torch's ONNX exporter writes it) and cached; it is never committed. It needs the
+``bench`` extra (:func:`streamer.install.install_hint`).
 """
 
 from __future__ import annotations
@@ -48,17 +48,34 @@ def _mel_matrix(n_bins: int) -> np.ndarray:
     return fb
 
 
+def require_builder():
+    """efficientnet-pytorch's ``EfficientNet``, which builds the stand-in; without it a
+    DependencyError naming the ``bench`` extra."""
+    try:
+        from efficientnet_pytorch import EfficientNet
+    except ImportError as exc:
+        from streamer.install import install_hint
+        raise DependencyError(
+            f"the benchmark's Perch stand-in needs efficientnet-pytorch, from the bench extra: {install_hint('bench')}"
+        ) from exc
+    return EfficientNet
+
+
+def b3_folder(cache_dir: Path) -> Path:
+    return Path(cache_dir) / f"perch-b3-v{B3_VERSION}"
+
+
+def b3_cached(cache_dir: Path) -> bool:
+    target = b3_folder(cache_dir)
+    return (target / "perch_v2.onnx").is_file() and (target / "labels.csv").is_file()
+
+
 def build_model():
     """The torch module (random weights) behind the ONNX file."""
     import torch
     from torch import nn
 
-    try:
-        from efficientnet_pytorch import EfficientNet
-    except ImportError as exc:
-        raise DependencyError(
-            "the benchmark's Perch stand-in needs efficientnet-pytorch: pip install -e '.[bench]'"
-        ) from exc
+    EfficientNet = require_builder()
 
     class PerchB3(nn.Module):
         def __init__(self) -> None:
@@ -110,8 +127,8 @@ def export_onnx(path: Path) -> Path:
 def ensure_b3_perch(cache_dir: Path, labels_csv: Path) -> Path:
     """The cached folder holding ``perch_v2.onnx`` (the B3 stand-in) and ``labels.csv``,
     built on first use. Returns the folder."""
-    target = Path(cache_dir) / f"perch-b3-v{B3_VERSION}"
-    if (target / "perch_v2.onnx").is_file() and (target / "labels.csv").is_file():
+    target = b3_folder(cache_dir)
+    if b3_cached(cache_dir):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(target.parent, ".perch-b3-")

@@ -72,9 +72,11 @@ class BenchModels:
 
 def default_models(cache_dir: Path) -> BenchModels:
     """The stand-in kit's MoE and metadata with the realistic-cost (EfficientNet-B3) Perch."""
-    from streamer.bench.perch_b3 import ensure_b3_perch
+    from streamer.bench.perch_b3 import b3_cached, ensure_b3_perch, require_builder
     from streamer.demo import ensure_kit
 
+    if not b3_cached(cache_dir):
+        require_builder()  # before the stand-in kit is built: a missing extra is one line, at once
     kit = ensure_kit(cache_dir)
     perch = ensure_b3_perch(cache_dir, kit.perch_labels)
     return BenchModels(
@@ -496,7 +498,8 @@ def draw_chart(contenders: list[Contender], result: dict, path: Path) -> Path | 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log.warning("matplotlib is not installed (pip install -e '.[bench]'): no chart")
+        from streamer.install import install_hint
+        log.warning("matplotlib is not installed (%s): no chart", install_hint("bench"))
         return None
     names = [c.name for c in contenders]
     rates = [c.median("windows_per_s") for c in contenders]

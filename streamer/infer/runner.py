@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import tempfile
 import time
 from collections import defaultdict
@@ -36,7 +35,7 @@ from streamer.infer.report import RunReport
 from streamer.infer.rows import RowSink, sigint_deferred
 from streamer.infer.workers import DECODER_NICE, ConsumerBody, DecoderBody, SlotBuffer
 from streamer.metadata import N_WINDOWS_PER_FILE
-from streamer.pipeline.children import EVENT_WAIT_S, STARTUP_TIMEOUT_S, ChildSpec, Death, Message, Ready, Supervisor
+from streamer.pipeline.children import EVENT_WAIT_S, STARTUP_TIMEOUT_S, ChildSpec, Death, Message, Ready, Supervisor, maxrss_kb
 from streamer.pipeline.layout import Layout, with_threads
 from streamer.stages import RunPlan
 
@@ -275,7 +274,8 @@ class PipelineRunner:
         report.seconds.update({k: v for k, v in self.seconds.items() if not k.endswith("_startup_max")})
         report.budget_notes = list(self.budget.decisions)
         report.n_files_in_parts = scheduler.n_files_in_parts
-        parent_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        report.peak_rss_mb = {"parent": parent_kb / 1024.0}
+        # The parent's own peak, read as the children's are: ru_maxrss would start at the size of
+        # whatever process started this one (840 MB under streamer bench, whatever the engine).
+        report.peak_rss_mb = {"parent": maxrss_kb() / 1024.0}
         report.peak_rss_mb.update({f"{role} (largest)": kb / 1024.0 for role, kb in sorted(self.peak_kb.items())})
         return report

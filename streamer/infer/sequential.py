@@ -12,13 +12,13 @@ decoding or models raise is retried, and gets prior-only rows after
 from __future__ import annotations
 
 import logging
-import resource
 import time
 
 from streamer.infer.budget import Budget
 from streamer.infer.report import RunReport
 from streamer.infer.rows import RowSink
 from streamer.pipeline.attempts import GaveUp, try_up_to
+from streamer.pipeline.children import maxrss_kb
 from streamer.stages import ModelStage, RunPlan, decode_job
 
 log = logging.getLogger(__name__)
@@ -67,4 +67,4 @@ def run_sequential(plan: RunPlan, sink: RowSink, report: RunReport, budget: Budg
     seconds.update(models.seconds)
     seconds.update(sink.reducer.seconds)
     report.seconds.update(seconds)
-    report.peak_rss_mb = {"process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    report.peak_rss_mb = {"process": maxrss_kb() / 1024.0}  # not ru_maxrss: see maxrss_kb

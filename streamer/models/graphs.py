@@ -79,8 +79,9 @@ def import_openvino():
     try:
         import openvino
     except ImportError as exc:
+        from streamer.install import install_hint
         raise DependencyError(
-            "OpenVINO is not installed: pip install 'streamer[openvino]' (or run with --backend onnxruntime)"
+            f"OpenVINO is not installed: {install_hint('openvino')} (or run with --backend onnxruntime)"
         ) from exc
     return openvino
 

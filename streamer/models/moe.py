@@ -19,7 +19,8 @@ def import_torch():
     try:
         import torch
     except ImportError as exc:
-        raise DependencyError("torch is required for the MoE networks (pip install torch==2.13.0, CPU build)") from exc
+        from streamer.install import torch_hint
+        raise DependencyError(f"torch is required for the MoE networks: {torch_hint()} (the CPU build)") from exc
     return torch
 
 

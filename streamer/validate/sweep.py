@@ -498,7 +498,8 @@ def draw_heatmap(result: SweepResult, values: dict[str, list], path: Path, title
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log.warning("matplotlib is not installed (pip install matplotlib): no heatmap")
+        from streamer.install import install_hint
+        log.warning("matplotlib is not installed (%s): no heatmap", install_hint("plots"))
         return None
     ya, xa = varying
     label = lambda axis, v: f"{v[0]:g}/{v[1]:g}" if axis == "smooth" else f"{v:g}"  # noqa: E731
