@@ -67,12 +67,11 @@ def check_artifacts(config: InferConfig) -> CheckReport:
         ArtifactError, ConfigError: the first problem, naming the file (as ``infer`` would).
     """
     from streamer.artifacts import resolve_perch_labels
-    from streamer.models.moe import ProtoSSMFolds
-    from streamer.stages import check_students, prepare
+    from streamer.stages import Reducer, check_members, prepare
 
     plan = prepare(config)
-    folds = ProtoSSMFolds(plan.reducer.fold_paths, n_classes=plan.reducer.n_classes, d_model=plan.reducer.proto_d_model)
-    check_students(plan.model)
+    reducer = Reducer(plan.reducer)  # loads the heads (the ProtoSSM folds), as infer's parent does
+    check_members(plan.model)
 
     report = CheckReport()
     out = report.lines
@@ -80,31 +79,36 @@ def check_artifacts(config: InferConfig) -> CheckReport:
     n_classes = competition.n_classes
     data_dir = Path(config.artifacts.data_dir)
     sites = plan.reducer.site_index
+    bound = plan.recipe
+    out.append(f"recipe       {bound.recipe.source}: {bound.recipe.name!r}, members "
+               + ", ".join(f"{name} (weight {w[0]:g})" for name, w in plan.reducer.members)
+               + (f"; heads {', '.join(reducer.heads)}" if reducer.heads else "")
+               + "".join(f"; {name} left out: {why}" for name, why in bound.dropped))
     out.append(f"competition  {data_dir}: {n_classes} classes; {len(competition.label_files)} labelled soundscapes at "
                f"{len(sites)} sites; infer would score {len(plan.jobs)} file(s) from {plan.source}")
     for role, name in (("sample_submission", "sample_submission.csv"), ("taxonomy", "taxonomy.csv"),
                        ("labels", "train_soundscapes_labels.csv")):
         out.append(_file_line(report, role, data_dir / name))
 
-    labels_path = resolve_perch_labels(plan.model.onnx_path, config.artifacts.perch_labels)
-    out.append(f"perch        {plan.model.onnx_path}: {_label_output(plan.model.onnx_path, plan.model.n_perch_labels)}; "
-               f"{plan.n_matched_classes} of {n_classes} classes matched by scientific name (the other "
-               f"{n_classes - plan.n_matched_classes} get a constant logit)")
-    out.append(_file_line(report, "perch_onnx", plan.model.onnx_path))
-    out.append(_file_line(report, "perch_labels", labels_path))
+    if plan.model.onnx_path is not None:
+        labels_path = resolve_perch_labels(plan.model.onnx_path, config.artifacts.perch_labels)
+        out.append(f"perch        {plan.model.onnx_path}: {_label_output(plan.model.onnx_path, plan.model.n_perch_labels)}; "
+                   f"{plan.n_matched_classes} of {n_classes} classes matched by scientific name (the other "
+                   f"{n_classes - plan.n_matched_classes} get a constant logit)")
+        out.append(_file_line(report, "perch_onnx", plan.model.onnx_path))
+        out.append(_file_line(report, "perch_labels", labels_path))
 
-    widths = sorted({int(f.pos_enc.shape[-1]) for f in folds.folds})
-    students = [kind.upper() for kind, path in (("cnn", plan.model.cnn_path), ("crnn", plan.model.crnn_path)) if path]
-    out.append(f"moe          {config.artifacts.moe_dir}: {len(folds.folds)} ProtoSSM folds (d_model "
-               f"{', '.join(map(str, widths))}, {n_classes} classes, {folds.n_site_slots} site slots); students: "
-               + (" and ".join(students) + " load" if students else "none (the blend is Perch's logits alone)"))
-    for k, path in enumerate(plan.reducer.fold_paths, start=1):
-        out.append(_file_line(report, f"fold{k}", path))
-    for kind, path in (("cnn", plan.model.cnn_path), ("crnn", plan.model.crnn_path)):
-        if path is not None:
-            out.append(_file_line(report, kind, path))
-    if len(sites) + 1 > folds.n_site_slots:
-        out.append(f"  note: the labels name {len(sites)} sites but the folds have {folds.n_site_slots} site slots: "
-                   f"sites numbered {folds.n_site_slots} and above are scored as unknown")
+    for m in plan.model.members:
+        for path in m.paths:
+            out.append(_file_line(report, m.name, path))
+    for name, folds in reducer.heads.items():
+        widths = sorted({int(f.pos_enc.shape[-1]) for f in folds.folds})
+        out.append(f"head         {name}: {len(folds.folds)} ProtoSSM folds (d_model {', '.join(map(str, widths))}, "
+                   f"{n_classes} classes, {folds.n_site_slots} site slots)")
+        for k, path in enumerate(bound.heads[name].paths, start=1):
+            out.append(_file_line(report, f"{name}.fold{k}", path))
+        if len(sites) + 1 > folds.n_site_slots:
+            out.append(f"  note: the labels name {len(sites)} sites but the folds have {folds.n_site_slots} site slots: "
+                       f"sites numbered {folds.n_site_slots} and above are scored as unknown")
     out.append("ok: every check infer makes before reading audio passed")
     return report
