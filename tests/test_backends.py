@@ -122,7 +122,7 @@ def test_openvino_passes_the_check_and_the_report_names_it(kit, tmp_path):
     report = tmp_path / "ov.json"
     assert cli.main(infer_args(kit, out, "--backend", "openvino", "--workers", "1", "--threads", "1", "--report-json", str(report))) == 0
     doc = json.loads(report.read_text())
-    assert doc["models"]["perch"] == "openvino fp32" and doc["models"]["students"] == "openvino fp32"
+    assert doc["models"]["perch"] == doc["models"]["cnn"] == doc["models"]["crnn"] == "openvino fp32"
     check = doc["engine_check"]
     assert check["passed"] and check["used"] == "openvino fp32"
     assert 0 <= check["max_prob_diff"] <= backend.PARITY_TOLERANCE
@@ -165,7 +165,7 @@ def test_describe_models_names_each_model(kit):
 
     plan = stages.prepare(InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir, backend="onnxruntime"))
     assert backend.describe_models(plan.model)["perch"] == "onnxruntime fp32"
-    assert backend.describe_models(plan.model)["students"] == "torch fp32"  # not exported yet
+    assert backend.describe_models(plan.model)["cnn"] == "torch fp32"  # not exported yet
 
 
 @needs_openvino
@@ -186,7 +186,7 @@ def test_the_parity_check_runs_once_per_machine_and_models(kit, tmp_path, monkey
 
     monkeypatch.setattr(backend, "check_engine", counting)
     plan = stages.prepare(InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir,
-                                             backend="openvino", use_cnn=False, use_crnn=False))
+                                             backend="openvino", without=("cnn", "crnn")))
     first_plan, first = backend.with_backends(plan, tmp_path / "s1")
     again_plan, again = backend.with_backends(plan, tmp_path / "s2")
     assert len(calls) == 1 and again == first and again_plan.model.engine == first_plan.model.engine

@@ -134,7 +134,7 @@ def test_a_reduction_that_always_fails_gives_every_file_prior_only_rows(marked, 
 def test_a_failed_student_export_keeps_the_students_in_torch(marked, reference, tmp_path):
     code, frame, doc, stderr = run_cli(marked, tmp_path, "students.export=raise", args=("--workers", "2", "--threads", "1"))
     assert code == 0, stderr[-3000:]
-    assert doc["models"]["students"] == "torch fp32"
+    assert doc["models"]["cnn"] == doc["models"]["crnn"] == "torch fp32"
     assert_complete(frame)
     assert_same_csv(frame, reference[True], rtol=1e-4, atol=1e-5)  # the sequential reference runs them in torch too
 
@@ -143,7 +143,7 @@ def test_non_finite_students_drop_the_students_for_that_file(marked, reference, 
     code, frame, doc, stderr = run_cli(marked, tmp_path, f"consumer.students[{VICTIM}]=nan",
                                        args=("--workers", "2", "--threads", "1"))
     assert code == 0, stderr[-3000:]
-    check(frame, doc, reference[True], touched=[VICTIM], reason="scored without the students", tier="no_students")
+    check(frame, doc, reference[True], touched=[VICTIM], reason="scored without cnn, crnn", tier="without cnn+crnn")
     assert_same_csv(rows_of(frame, [VICTIM]), rows_of(reference[False], [VICTIM]))  # Perch alone, as the no-students run
 
 

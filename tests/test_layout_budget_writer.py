@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamer.infer.budget import TIER_FULL, TIER_NO_STUDENTS, Budget
+from streamer.infer.budget import TIER_FULL, Budget
 from streamer.errors import ConfigError
 from streamer.pipeline.layout import CONSUMER_MEMORY_BYTES, plan_layout, sequential_threads
 from streamer.infer.submission import SubmissionWriter
@@ -106,47 +106,64 @@ def test_budget_reserve_and_stop():
 
 def test_budget_keeps_full_tier_while_it_fits():
     clock = FakeClock()
-    b = Budget(budget_s=600.0, start=clock.now, clock=clock)
+    b = Budget(budget_s=600.0, start=clock.now, clock=clock, drop_order=("crnn", "cnn"))
     for _ in range(3):
-        b.costs.observe_model(perch_s=1.0, students_s=1.0)
+        b.costs.observe_model(perch_s=1.0, member_s={"cnn": 0.5, "crnn": 0.5})
     # 100 files x 2 s / 2 consumers = 100 s; 582 s left
     assert b.choose_tier(100, 2) == TIER_FULL and not b.decisions
 
 
 def test_budget_needs_measurements_before_deciding():
     clock = FakeClock()
-    b = Budget(budget_s=60.0, start=clock.now, clock=clock)
-    b.costs.observe_model(perch_s=10.0, students_s=10.0)
+    b = Budget(budget_s=60.0, start=clock.now, clock=clock, drop_order=("crnn", "cnn"))
+    b.costs.observe_model(perch_s=10.0, member_s={"cnn": 5.0, "crnn": 5.0})
     assert b.choose_tier(1000, 1) == TIER_FULL  # one observation only
 
 
 def test_budget_steps_down_and_never_back_up():
     clock = FakeClock()
-    b = Budget(budget_s=600.0, start=clock.now, clock=clock)
+    b = Budget(budget_s=600.0, start=clock.now, clock=clock, drop_order=("crnn", "cnn"))
     for _ in range(2):
-        b.costs.observe_model(perch_s=1.0, students_s=3.0)
+        b.costs.observe_model(perch_s=1.0, member_s={"cnn": 1.0, "crnn": 2.0})
     clock.now += 300.0  # 282 s left to the stop
-    # 100 files: 400 s with students (over), 100 s without (fits)
-    assert b.choose_tier(100, 1) == TIER_NO_STUDENTS
-    assert "dropping the students" in b.decisions[0] and "prior-only" not in b.decisions[0]
-    assert b.choose_tier(1, 8) == TIER_NO_STUDENTS  # plenty of time now, but no step back up
+    # 100 files: 400 s with both members (over), 200 s without crnn (fits)
+    assert b.choose_tier(100, 1) == "without crnn" and b.dropped() == {"crnn"}
+    assert "dropping crnn" in b.decisions[0] and "prior-only" not in b.decisions[0]
+    assert b.choose_tier(1, 8) == "without crnn"  # plenty of time now, but no step back up
+    # later, less time: the next member of the order goes too (100 files: 200 s > 0.85 x 182 s)
+    clock.now += 100.0
+    assert b.choose_tier(100, 1) == "without crnn+cnn" and b.dropped() == {"crnn", "cnn"}
+    assert "dropping cnn" in b.decisions[1]
 
 
 def test_budget_says_when_even_the_cheap_tier_will_not_fit():
     clock = FakeClock()
-    b = Budget(budget_s=100.0, start=clock.now, clock=clock)
+    b = Budget(budget_s=100.0, start=clock.now, clock=clock, drop_order=("crnn", "cnn"))
     for _ in range(2):
-        b.costs.observe_model(perch_s=5.0, students_s=5.0)
-    assert b.choose_tier(100, 1) == TIER_NO_STUDENTS
+        b.costs.observe_model(perch_s=5.0, member_s={"cnn": 2.5, "crnn": 2.5})
+    assert b.choose_tier(100, 1) == "without crnn+cnn"  # the cheapest tier
     assert "prior-only" in b.decisions[0]
 
 
-def test_no_step_down_when_no_student_runs():
+def test_no_step_down_when_the_droppable_members_cost_nothing():
     clock = FakeClock()
-    b = Budget(budget_s=60.0, start=clock.now, clock=clock)
+    b = Budget(budget_s=60.0, start=clock.now, clock=clock, drop_order=("crnn", "cnn"))
     for _ in range(3):
-        b.costs.observe_model(perch_s=5.0, students_s=0.0)
+        b.costs.observe_model(perch_s=5.0, member_s={})
     assert b.choose_tier(100, 1) == TIER_FULL and not b.decisions  # the stop time handles it
+    b = Budget(budget_s=60.0, start=clock.now, clock=clock)  # a recipe with no drop order
+    for _ in range(3):
+        b.costs.observe_model(perch_s=5.0, member_s={"cnn": 5.0})
+    assert b.choose_tier(100, 1) == TIER_FULL and not b.decisions
+
+
+def test_member_costs_are_means_over_the_files_each_ran_on():
+    b = Budget(budget_s=600.0, start=0.0, clock=FakeClock(), drop_order=("crnn",))
+    b.costs.observe_model(perch_s=1.0, member_s={"cnn": 2.0, "crnn": 4.0})
+    b.costs.observe_model(perch_s=1.0, member_s={"cnn": 2.0})  # crnn dropped for this file
+    assert b.costs.member_s == {"cnn": 2.0, "crnn": 4.0}
+    assert b.costs.consumer_seconds() == pytest.approx(7.0)
+    assert b.costs.consumer_seconds(b.dropped("without crnn")) == pytest.approx(3.0)
 
 
 def test_slots_fall_back_when_dev_shm_is_small(monkeypatch):
@@ -163,7 +180,7 @@ def test_slots_fall_back_when_dev_shm_is_small(monkeypatch):
 
 def test_projection_counts_the_parents_reduction():
     b = Budget(budget_s=math.inf, start=0.0, clock=FakeClock())
-    b.costs.observe_model(perch_s=1.0, students_s=0.0)
+    b.costs.observe_model(perch_s=1.0, member_s={})
     b.costs.observe_reduce(0.5)
     assert b.projected_seconds(TIER_FULL, 10, 4) == pytest.approx(5.0)  # reduce-bound: 10 x 0.5
     assert b.projected_seconds(TIER_FULL, 10, 1) == pytest.approx(10.0)

@@ -40,7 +40,7 @@ def test_pipeline_equals_sequential(marked, reference, tmp_path, workers, thread
 
 def test_pipeline_with_library_default_threads(marked, reference, tmp_path):
     out = tmp_path / "pipe.csv"
-    _run(marked, out, workers=2, threads="default", use_cnn=False, use_crnn=False)
+    _run(marked, out, workers=2, threads="default", without=("cnn", "crnn"))
     _assert_same(pd.read_csv(out), reference[False])
 
 
@@ -129,7 +129,7 @@ def test_unreadable_file_decoded_during_start_up_gets_fallback_rows(marked, refe
     shutil.copytree(data, local)
     (local / "test_soundscapes" / "BC2026_Test_0000_S03_20250301_010000.ogg").write_bytes(b"\x00" * 64)
     out = tmp_path / "early.csv"
-    report = _run((kit, local), out, workers=1, threads=1, use_cnn=False, use_crnn=False)
+    report = _run((kit, local), out, workers=1, threads=1, without=("cnn", "crnn"))
     frame = pd.read_csv(out)
     assert report.fallbacks.keys() == {"BC2026_Test_0000_S03_20250301_010000", "BC2026_Test_0099_S03_20250301_050000"}
     assert report.reasons["BC2026_Test_0000_S03_20250301_010000"].startswith("unreadable")

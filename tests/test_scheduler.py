@@ -4,7 +4,7 @@ hang rules and the budget, driven by hand with a fake clock (milliseconds per te
 import numpy as np
 import pytest
 
-from streamer.infer.budget import TIER_FULL, TIER_NO_STUDENTS, Budget
+from streamer.infer.budget import TIER_FULL, Budget
 from streamer.infer import scheduler as sch
 from streamer.pipeline.children import MAX_DEATHS_WITHOUT_PROGRESS
 from streamer.stages import ModelOutputs
@@ -21,12 +21,12 @@ class Clock:
 def outputs(n: int, start: int = 0) -> ModelOutputs:
     """Outputs whose rows say which window they are."""
     rows = np.arange(start, start + n, dtype=np.float32)[:, None]
-    return ModelOutputs(np.repeat(rows, 3, axis=1), np.repeat(rows, 2, axis=1), None, None)
+    return ModelOutputs(np.repeat(rows, 3, axis=1), {"perch": np.repeat(rows, 2, axis=1)})
 
 
 def make(n_files=4, n_consumers=1, n_decoders=1, budget_s=3600.0, **kw):
     clock = Clock()
-    budget = Budget(budget_s=budget_s, start=0.0, clock=clock)
+    budget = Budget(budget_s=budget_s, start=0.0, clock=clock, drop_order=("crnn", "cnn"))
     s = sch.Scheduler([f"f{i}" for i in range(n_files)], n_consumers=n_consumers, n_decoders=n_decoders,
                       n_slots=(n_consumers + n_decoders) * sch.PREFETCH + 1, budget=budget, **kw)
     return s, clock
@@ -67,7 +67,7 @@ def test_start_decodes_while_consumers_load_and_prefetch_is_bounded():
     assert [a.index for a in of(actions, sch.SendDecode)] == [2]
     actions = s.on_ready("consumer", 0)
     models = of(actions, sch.SendModel)
-    assert [(m.unit.index, m.unit.start, m.unit.n, m.with_students) for m in models] == [(0, 0, 12, True)]
+    assert [(m.unit.index, m.unit.start, m.unit.n, m.dropped) for m in models] == [(0, 0, 12, frozenset())]
 
 
 def test_a_file_is_modelled_once_its_windows_are_all_in():
@@ -217,19 +217,33 @@ def test_budget_stop_finishes_the_run():
     assert s.on_tick() == [] and s._dispatch() == []
 
 
-def test_budget_drops_the_students_for_later_files_only():
-    """Measured costs that do not fit the time left: the files not yet sent lose the students;
-    files already sent keep their tier."""
+def test_budget_drops_members_in_the_recipes_order_for_later_files_only():
+    """Measured costs that do not fit the time left: the files not yet sent lose the first
+    member of the drop order whose saving is enough (crnn, then cnn); files already sent keep
+    their tier."""
     s, clock = make(n_files=8, budget_s=40.0)
     sent = of(decode_all(s, ready_all(s)), sch.SendModel)
-    assert [m.with_students for m in sent] == [True, True]
+    assert [m.dropped for m in sent] == [frozenset(), frozenset()]
     later = []
-    for send in sent:  # 5 s per file, 4 of them the students': the other 6 files do not fit in 40 s
+    for send in sent:  # 5 s per file (cnn 2.5, crnn 1.5): 6 more files need 30 s, 28 s are left; 21 s without crnn
         clock.now += 5.0
-        later += of(s.on_model_done(0, send.task_id, outputs=outputs(12), perch_s=1.0, students_s=4.0, busy_s=5.0), sch.SendModel)
-    assert [m.with_students for m in later] == [True, False]  # decided after the 1st, the 2nd measurement
-    assert s.tier_of[later[0].unit.index] == TIER_FULL and s.tier_of[later[1].unit.index] == TIER_NO_STUDENTS
-    assert s.budget.decisions and "dropping the students" in s.budget.decisions[0]
+        later += of(s.on_model_done(0, send.task_id, outputs=outputs(12), perch_s=1.0, member_s={"cnn": 2.5, "crnn": 1.5},
+                                    busy_s=5.0), sch.SendModel)
+    assert [m.dropped for m in later] == [frozenset(), frozenset({"crnn"})]  # decided after the 2nd measurement
+    assert s.tier_of[later[0].unit.index] == TIER_FULL and s.tier_of[later[1].unit.index] == "without crnn"
+    assert s.budget.decisions and "dropping crnn" in s.budget.decisions[0]
+
+
+def test_budget_drops_several_members_when_one_is_not_enough():
+    s, clock = make(n_files=8, budget_s=30.0)
+    sent = of(decode_all(s, ready_all(s)), sch.SendModel)
+    later = []
+    for send in sent:  # 20 s left for 6 files: 30 s full, 21 s without crnn, 6 s without both
+        clock.now += 5.0
+        later += of(s.on_model_done(0, send.task_id, outputs=outputs(12), perch_s=1.0, member_s={"cnn": 2.5, "crnn": 1.5},
+                                    busy_s=5.0), sch.SendModel)
+    assert later[1].dropped == frozenset({"crnn", "cnn"}) and s.tier_of[later[1].unit.index] == "without crnn+cnn"
+    assert "dropping crnn, cnn" in s.budget.decisions[0]
 
 
 def test_a_hung_task_is_killed_then_retried():
@@ -248,7 +262,7 @@ def test_a_hung_task_is_killed_then_retried():
 def test_the_hang_limit_grows_with_the_measured_cost():
     s, clock = make(n_files=4, task_timeout_s=10.0)
     sent = of(decode_all(s, ready_all(s)), sch.SendModel)
-    s.on_model_done(0, sent[0].task_id, outputs=outputs(12), perch_s=2.0, students_s=0.0, busy_s=2.0)
+    s.on_model_done(0, sent[0].task_id, outputs=outputs(12), perch_s=2.0, member_s={}, busy_s=2.0)
     clock.now = 39.0  # 20 x 2 s = 40 s > 10 s
     assert not of(s.on_tick(), sch.KillChild)
     clock.now = 41.0

@@ -415,7 +415,7 @@ def _consumer_rss(peaks: dict) -> float:
 def per_window_ms(run: dict) -> dict:
     """Stage cost in milliseconds per scored window (summed over processes)."""
     n = max(1, run["windows"])
-    keys = ("decode", "perch", "students", "protossm", "postprocess", "write")
+    keys = ("decode", "perch", "members", "protossm", "postprocess", "write")
     stages = {k: 1000.0 * run["seconds"].get(k, 0.0) / n for k in keys}
     # Decoders run at a lower priority and wait while the models run: their CPU time is what
     # they take from the models (the sequential engine decodes on its own: wall = CPU there).
