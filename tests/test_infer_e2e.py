@@ -23,8 +23,10 @@ def submission(kit, tmp_path_factory):
     return pd.read_csv(out)
 
 
-def _reference_file(kit, path, blend=(0.80, 0.13, 0.07), prior_scale=0.20, students=("cnn", "crnn")):
-    """The whole computation for one file, written out plainly in one function (the README's "What it computes")."""
+def _reference_file(kit, path, blend=(0.80, 0.13, 0.07), prior_scale=0.20, students=("cnn", "crnn"), extra=()):
+    """The whole computation for one file, written out plainly in one function (the README's "What it computes").
+
+    ``extra``: more blend members, ``(weight, f(windows, embedding, log-mel) -> logits [12, C])``."""
     sample = pd.read_csv(kit.data_dir / "sample_submission.csv")
     classes = list(sample.columns[1:])
     tax = pd.read_csv(kit.data_dir / "taxonomy.csv", dtype=str).set_index("primary_label")
@@ -54,6 +56,9 @@ def _reference_file(kit, path, blend=(0.80, 0.13, 0.07), prior_scale=0.20, stude
             with torch.no_grad():
                 total = total + weight * net.eval()(mel)[1].numpy()
             denom += weight
+    for weight, member in extra:
+        total = total + weight * member(windows, emb, mel.numpy())
+        denom += weight
     blended = total / denom
 
     # prior from the labels file, written out directly

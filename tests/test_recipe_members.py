@@ -1,0 +1,167 @@
+"""Members added by a recipe alone, no code change: a linear probe (an ONNX MatMul + Add) on
+Perch's embedding and a small ONNX network on the log-mel with a label space of its own,
+blended with the model-card members; checked against the plain reference of
+``test_infer_e2e`` extended with the two members written in numpy."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from streamer import cli
+from streamer.recipes import packaged_text
+
+from conftest import infer_args
+from test_infer_e2e import _reference_file
+
+N_MEL_LABELS = 40
+
+
+def _save(graph, path):
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def make_probe(path, seed=1):
+    """``logits = embedding @ W + b``: a linear probe on Perch's embedding."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((1536, 234)) * 0.05).astype(np.float32)
+    b = rng.standard_normal(234).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["embedding", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["logits"])],
+        "probe",
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 1536])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 234])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+    )
+    _save(graph, path)
+    return w, b
+
+
+def make_melnet(path, seed=2):
+    """``scores = mean over time(log-mel) @ W + b``: 40 outputs of its own."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((128, N_MEL_LABELS)) * 0.1).astype(np.float32)
+    b = rng.standard_normal(N_MEL_LABELS).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["mel"], ["m"], axes=[3], keepdims=0),
+         helper.make_node("Flatten", ["m"], ["f"], axis=1),
+         helper.make_node("MatMul", ["f", "W"], ["fw"]),
+         helper.make_node("Add", ["fw", "B"], ["scores"])],
+        "melnet",
+        [helper.make_tensor_value_info("mel", TensorProto.FLOAT, ["N", 1, 128, 501])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", N_MEL_LABELS])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+    )
+    _save(graph, path)
+    return w, b
+
+
+EXTRA_MEMBERS = """
+[members.probe]
+kind = "onnx"
+input = "perch.embedding"
+file = "probe.onnx"
+output_tensor = "logits"
+weight = 0.1
+
+[members.melnet]
+kind = "onnx"
+input = "logmel"
+file = "melnet.onnx"
+output_tensor = "scores"
+labels = "melnet_labels.csv"
+match = "primary_label"
+unmapped = -6.0
+weight = 0.05
+"""
+
+
+@pytest.fixture(scope="module")
+def five_members(kit, tmp_path_factory):
+    """A recipe folder: the model-card recipe plus the two members, their graphs and labels."""
+    folder = tmp_path_factory.mktemp("recipe")
+    probe = make_probe(folder / "probe.onnx")
+    melnet = make_melnet(folder / "melnet.onnx")
+    classes = list(pd.read_csv(kit.data_dir / "sample_submission.csv", nrows=0).columns[1:])
+    rng = np.random.default_rng(3)
+    known = [classes[i] for i in rng.choice(len(classes), N_MEL_LABELS - 5, replace=False)]
+    names = known + [f"not_a_class_{i}" for i in range(5)]  # its own label space: 35 of ours, 5 others
+    pd.DataFrame({"primary_label": names}).to_csv(folder / "melnet_labels.csv", index=False)
+    recipe = folder / "five.toml"
+    recipe.write_text(packaged_text().replace('name = "model-card"', 'name = "five-members"') + EXTRA_MEMBERS)
+    return recipe, probe, melnet, names
+
+
+def _members_in_numpy(classes, probe, melnet, names):
+    w1, b1 = probe
+    w2, b2 = melnet
+    where = {n: i for i, n in enumerate(names)}
+
+    def probe_logits(windows, emb, mel):
+        return emb @ w1 + b1
+
+    def melnet_logits(windows, emb, mel):
+        scores = mel.mean(axis=3).reshape(len(mel), -1) @ w2 + b2
+        return np.stack([scores[:, where[c]] if c in where else np.full(len(mel), -6.0, np.float32) for c in classes], axis=1)
+
+    return [(0.1, probe_logits), (0.05, melnet_logits)]
+
+
+@pytest.mark.parametrize("engine", ["sequential", "pipeline"])
+def test_members_added_by_a_recipe_alone(kit, five_members, tmp_path, engine):
+    recipe, probe, melnet, names = five_members
+    out = tmp_path / "sub.csv"
+    assert cli.main(infer_args(kit, out, "--recipe", str(recipe), "--engine", engine, "--report-json", str(tmp_path / "r.json"))) == 0
+    got = pd.read_csv(out)
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert {"probe", "melnet"} <= set(report["models"])
+    for path in sorted((kit.data_dir / "test_soundscapes").glob("*.ogg"))[:2]:
+        classes = list(got.columns[1:])
+        expected, classes = _reference_file(kit, path, extra=_members_in_numpy(classes, probe, melnet, names))
+        rows = got[got["row_id"].str.startswith(path.name[:-4] + "_")][classes].to_numpy()
+        np.testing.assert_allclose(rows, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_without_the_new_members_is_the_model_card(kit, five_members, tmp_path):
+    recipe = five_members[0]
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    assert cli.main(infer_args(kit, a, "--recipe", str(recipe), "--without", "probe", "--without", "melnet", "--engine", "sequential")) == 0
+    assert cli.main(infer_args(kit, b, "--engine", "sequential")) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(a), pd.read_csv(b))
+
+
+def test_a_recipe_mistake_stops_before_any_process(kit, five_members, tmp_path, capsys):
+    recipe = five_members[0]
+    bad = tmp_path / "bad.toml"
+    bad.write_text(recipe.read_text().replace('output_tensor = "scores"', 'output_tensor = "score"')
+                   .replace('file = "probe.onnx"', f'file = "{recipe.parent / "probe.onnx"}"')
+                   .replace('labels = "melnet_labels.csv"', f'labels = "{recipe.parent / "melnet_labels.csv"}"')
+                   .replace('file = "melnet.onnx"', f'file = "{recipe.parent / "melnet.onnx"}"')
+                   .replace('weight = 0.1\n', 'weight = 0.1\ninput_tensor = "emb"\n'))
+    out = tmp_path / "sub.csv"
+    assert cli.main(infer_args(kit, out, "--recipe", str(bad))) == 2
+    err = capsys.readouterr().err
+    assert "members.melnet.output_tensor = 'score': melnet.onnx has no such output (outputs: scores)" in err
+    assert "members.probe.input_tensor = 'emb': probe.onnx has no such input (inputs: embedding)" in err
+    assert not out.exists()
+
+
+def test_a_graph_that_does_not_take_its_front_end_is_refused(kit, five_members, tmp_path, capsys):
+    recipe = five_members[0]
+    bad = recipe.parent / "wrong-input.toml"
+    bad.write_text(recipe.read_text().replace('input = "logmel"\nfile = "melnet.onnx"', 'input = "perch.embedding"\nfile = "melnet.onnx"'))
+    assert cli.main(["recipe", "check", str(bad), "--data-dir", str(kit.data_dir), "--perch", str(kit.perch_onnx),
+                     "--moe-dir", str(kit.moe_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "members.melnet.input = 'perch.embedding': melnet.onnx's input 'mel' has shape ['N', 1, 128, 501], the front-end gives ['N', 1536]" in err
