@@ -47,14 +47,16 @@ def test_the_same_settings_resume(kit, scored, src, capsys):
     assert cli.main(_args(kit, scored, src)) == 0
     assert "0 scored, 2 already finished" in capsys.readouterr().out
     doc = json.loads((scored / fingerprint.FINGERPRINT_NAME).read_text())
-    assert set(doc["sha256"]) >= {"perch_onnx", "perch_labels", "cnn", "crnn", "fold1", "fold4", "taxonomy", "train_labels"}
+    assert set(doc["sha256"]) >= {"perch_onnx", "perch_labels", "cnn", "crnn", "protossm.fold1", "protossm.fold4", "taxonomy",
+                                "train_labels"}
     assert all(len(v) == 64 for v in doc["sha256"].values())
 
 
 @pytest.mark.parametrize("extra,named", [
-    (("--blend-perch", "0.7"), "blend (perch, cnn, crnn)"),
-    (("--prior-scale", "0.4"), "prior_scale"),
-    (("--smooth-center", "1", "--smooth-side", "0"), "smoothing (center, side)"),
+    (("--blend-perch", "0.7"), "members (weights)"),
+    (("--prior-scale", "0.4"), 'step 1: prior: {"scale": 0.2} → {"scale": 0.4}'),
+    (("--smooth-center", "1", "--smooth-side", "0"), 'step 3: smooth: {"kernel": [0.1, 0.8, 0.1]} → {"kernel": [0.0, 1.0, 0.0]}'),
+    (("--set", "topk-multiplier.k=3"), 'step 4: topk-multiplier: {"k": 2} → {"k": 3}'),
     (("--no-crnn",), "file crrn"),
     (("--format", "csv"), "format"),
     (("--top-k", "3"), "top_k"),
@@ -82,7 +84,7 @@ def test_a_changed_model_file_stops_before_scoring(kit_copy, tmp_path, src, capl
     shutil.copy(sorted(kit_copy.moe_dir.glob("*_fold1.pt"))[0], fold)  # same layout, other weights
     with caplog.at_level("ERROR"):
         assert cli.main(_args(kit_copy, out, src)) == 2
-    assert "file fold2: sha256" in caplog.text
+    assert "file protossm.fold2: sha256" in caplog.text
 
 
 def test_overwrite_rescores_everything_under_the_new_settings(kit, scored, src, tmp_path):
@@ -130,7 +132,7 @@ def test_status_reads_the_folder(kit, scored, src, capsys):
     capsys.readouterr()
     assert cli.main(["archive", "--status", "--out", str(scored)]) == 0
     text = capsys.readouterr().out
-    assert "2 input(s) done (0.01 h of audio), 0 failed" in text and "prior_scale 0.2" in text
+    assert "2 input(s) done (0.01 h of audio), 0 failed" in text and 'step 1: prior {"scale": 0.2}' in text
     (src / "rec2.flac").write_bytes((src / "rec0.flac").read_bytes())
     assert cli.main(["archive", str(src), "--status", "--out", str(scored)]) == 0
     assert "of the 3 input(s) given: 2 finished or failed, 1 to do" in capsys.readouterr().out
@@ -157,3 +159,36 @@ def test_a_fingerprint_from_before_the_precision_was_recorded_resumes(kit, score
     capsys.readouterr()
     assert cli.main(_args(kit, scored, src)) == 0
     assert "0 scored, 2 already finished" in capsys.readouterr().out
+
+
+def test_a_fingerprint_from_before_recipes_resumes(kit, scored, src, capsys):
+    """A folder scored when the ensemble was code (the model-card recipe's numbers under their
+    old keys) resumes under the same settings now."""
+    import hashlib
+
+    path = scored / fingerprint.FINGERPRINT_NAME
+    doc = json.loads(path.read_text())
+    settings = doc["settings"]
+    assert settings["members (weights)"] == {"perch": 0.8, "cnn": 0.13, "crnn": 0.07}
+    for key in ("recipe", "members (weights)", "heads", "head params", "blend space", "prior (shrinkage, clip)",
+                "classes (count, sha256 of code, common and scientific names)"):
+        del settings[key]
+    for key in [k for k in settings if k.startswith("step ")]:
+        del settings[key]
+    from streamer.metadata import load_competition
+
+    labels = load_competition(kit.data_dir).class_labels
+    classes = [list(t) for t in zip(labels.codes, labels.common, labels.scientific)]
+    settings.update({"blend (perch, cnn, crnn)": [0.8, 0.13, 0.07], "prior_scale": 0.2, "smoothing (center, side)": [0.8, 0.1],
+                     "proto_d_model": None, "classes (code, common, scientific)": classes})
+    doc["sha256"] = {(k.split(".", 1)[1] if k.startswith("protossm.") else k): v for k, v in doc["sha256"].items()}
+    path.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert cli.main(_args(kit, scored, src)) == 0
+    assert "0 scored, 2 already finished" in capsys.readouterr().out
+    rows = ["\t".join(c) for c in classes]
+    assert json.loads(path.read_text())["settings"]["classes (count, sha256 of code, common and scientific names)"] == [
+        len(rows), hashlib.sha256("\n".join(rows).encode()).hexdigest()]
+    doc["settings"]["prior_scale"] = 0.4  # an old folder of other settings is still refused
+    path.write_text(json.dumps(doc))
+    assert cli.main(_args(kit, scored, src)) == 2

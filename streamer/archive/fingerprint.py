@@ -78,7 +78,8 @@ def recipe_settings(plan: RunPlan) -> dict:
         "head params": {name: dict(params) for name, _, params in reducer.heads if params},
         "blend space": reducer.space,
         "prior (shrinkage, clip)": [recipe.prior.shrinkage_windows, recipe.prior.clip],
-        "steps": [[step.name, {k: list(v) if isinstance(v, tuple) else v for k, v in step.params}] for step in reducer.steps],
+        **{f"step {i + 1}: {step.name}": {k: list(v) if isinstance(v, tuple) else v for k, v in step.params}
+           for i, step in enumerate(reducer.steps)},
     }
 
 
@@ -166,8 +167,11 @@ def _upgrade(doc: dict) -> dict:
         "head params": {"protossm": {"d_model": d_model}} if d_model is not None else {},
         "blend space": "logit",
         "prior (shrinkage, clip)": [8.0, 1e-4],
-        "steps": [["prior", {"scale": scale}], ["head", {"member": "protossm"}], ["smooth", {"kernel": [side, center, side]}],
-                  ["topk-multiplier", {"k": 2}], ["clip", {"max": 1.0, "min": 0.0}]],
+        "step 1: prior": {"scale": scale},
+        "step 2: head": {"member": "protossm"},
+        "step 3: smooth": {"kernel": [side, center, side]},
+        "step 4: topk-multiplier": {"k": 2},
+        "step 5: clip": {"max": 1.0, "min": 0.0},
         "classes (count, sha256 of code, common and scientific names)": [len(rows), hashlib.sha256("\n".join(rows).encode()).hexdigest()],
     })
     doc["sha256"] = {(f"protossm.{k}" if k.startswith("fold") else k): v for k, v in hashes.items()}
