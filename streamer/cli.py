@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_archive)
 
     p = _command(sub, "recipe", "show, list or check recipes (an ensemble as a TOML file)", 'examples:\n  streamer recipe show > my.toml                 # the default (model-card) recipe, to edit\n  streamer recipe list\n  streamer recipe check my.toml                  # the recipe alone\n  streamer recipe check my.toml --data-dir competition --perch perch --moe-dir moe   # and the files it names')
-    p.add_argument("action", choices=("show", "list", "check"), help="show: print a packaged recipe (default: model-card) as a file to save and edit; list: the packaged recipes; check: validate a recipe (and, given the artifact flags, every file it names) without reading audio")
+    p.add_argument("action", choices=("show", "list", "check", "calibrate"), help="show: print a packaged recipe (default: model-card) as a file to save and edit; list: the packaged recipes; check: validate a recipe (and, given the artifact flags, every file it names) without reading audio; calibrate: a rank blend's reference from a cache (--cache, --out)")
     p.add_argument("recipe", nargs="?", default=None, metavar="FILE|NAME", help="the recipe (show: a packaged name; check: a file or a packaged name)")
     g = p.add_argument_group("files to check the recipe against (check)")
     g.add_argument("--data-dir", type=Path, default=None, help="competition folder (the submission's columns and class groups)")
@@ -268,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--perch-labels", type=Path, default=None, help="Perch label list CSV (default: beside the ONNX file)")
     g.add_argument("--moe-dir", type=Path, default=None, help="folder that {moe_dir} stands for in the recipe")
     g.add_argument("--weights-prefix", default=None, help="what {weights_prefix} stands for (default: discovered)")
+    c = p.add_argument_group("calibrate")
+    c.add_argument("--cache", type=Path, default=None, metavar="FILE", help="a cache from 'streamer cache --recipe ...' (every member's scores on the cached soundscapes)")
+    c.add_argument("--out", type=Path, default=None, metavar="FILE", help="the reference to write (.npz), what the recipe's [blend] reference names")
+    c.add_argument("--quantiles", type=_positive_int, default=1001, metavar="Q", help="quantiles kept per member and class (default: %(default)s)")
     p.set_defaults(func=cmd_recipe)
 
     p = _command(sub, "score", "the competition metric (macro ROC-AUC) of a submission against train_soundscapes_labels.csv", 'examples:\n  streamer score train-submission.csv --data-dir competition')
@@ -613,6 +617,19 @@ def cmd_recipe(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.action == "show":
         sys.stdout.write(packaged_text(args.recipe or DEFAULT_RECIPE))
+        return EXIT_OK
+    if args.action == "calibrate":
+        from streamer.validate.cache import load_cache
+        from streamer.validate.calibrate import calibrate
+
+        if args.cache is None or args.out is None:
+            raise ConfigError("streamer recipe calibrate needs --cache FILE and --out FILE")
+        from streamer.files import check_writable_file
+
+        check_writable_file(args.out, "--out")
+        info = calibrate(load_cache(args.cache), args.out, n_quantiles=args.quantiles, source=str(args.cache))
+        print(f"wrote {args.out}: {info['n_quantiles']} quantiles per class of {', '.join(info['members'])} "
+              f"over {info['n_windows']} windows of {args.cache}")
         return EXIT_OK
     if args.recipe is None:
         raise ConfigError("streamer recipe check: name the recipe file (or a packaged recipe)")

@@ -34,6 +34,7 @@ class ReduceSpec:
         steps: the recipe's steps (:class:`streamer.postprocess.StepSpec`).
         heads: ``(name, fold paths, params)`` of each head member the steps run.
         temperatures: ``(step index, temperature per class)``.
+        ranks: with a rank blend, ``(member, percentile tables per class)``.
         n_classes: the submission's columns.
         prior: the site/hour prior tables.
         site_index: ProtoSSM's site ids.
@@ -47,6 +48,7 @@ class ReduceSpec:
     n_classes: int
     prior: object
     site_index: dict
+    ranks: tuple = ()
 
     @property
     def member_names(self) -> tuple[str, ...]:
@@ -58,19 +60,26 @@ class ReduceSpec:
         return {name: float(w[0]) for name, w in self.members}
 
 
-def blend(logits: dict[str, np.ndarray], members: tuple, space: str = "logit") -> np.ndarray:
+def blend(logits: dict[str, np.ndarray], members: tuple, space: str = "logit", ranks: dict | None = None) -> np.ndarray:
     """Weighted mean over the members present in ``logits`` (float32 ``[T, C]`` each).
 
     Weights are float64 vectors ``[C]`` (a weight per class), multiplied in float32; the
     denominators are summed in float64 over the members present, so a dropped member's weight leaves them. A class whose
     present members all weigh 0 gets their plain mean. A single member present passes through
-    unchanged (in logit space), as the original script does with no student loaded."""
+    unchanged (in logit space), as the original script does with no student loaded. In rank
+    space each member's logits become their percentiles per class against ``ranks[name]``
+    (:func:`streamer.postprocess.rank_percentile`) before the mean."""
     present = [(name, w) for name, w in members if name in logits]
     if not present:
         raise ValueError("no blend member present")
     if len(present) == 1 and space == "logit":
         return np.asarray(logits[present[0][0]], dtype=np.float32)
-    values = [logits[name] if space == "logit" else postprocess.sigmoid(logits[name]).astype(np.float32) for name, _ in present]
+    if space == "logit":
+        values = [logits[name] for name, _ in present]
+    elif space == "rank":
+        values = [postprocess.rank_percentile(logits[name], ranks[name]) for name, _ in present]
+    else:
+        values = [postprocess.sigmoid(logits[name]).astype(np.float32) for name, _ in present]
     total = None
     denom = np.zeros(present[0][1].shape, dtype=np.float64)
     for (name, w), x in zip(present, values):
@@ -100,6 +109,7 @@ class RecipeReducer:
                 log.warning("the labels name %d sites but the %s checkpoints have %d site slots; sites numbered %d and "
                             "above are treated as unknown (0)", n_needed - 1, name, folds.n_site_slots, folds.n_site_slots)
         self.temperatures = dict(spec.temperatures)
+        self.ranks = dict(spec.ranks)
         self.seconds = {"protossm": 0.0, "postprocess": 0.0}
 
     def site_id(self, site: str, head: str | None = None) -> int:
@@ -125,7 +135,7 @@ class RecipeReducer:
         """:meth:`reduce_at` of several ``(outputs, site, hour)`` at once, in order."""
         t0 = time.perf_counter()
         head_s = 0.0
-        xs = [blend(outputs.logits, self.spec.members, self.spec.space) for outputs, _, _ in items]
+        xs = [blend(outputs.logits, self.spec.members, self.spec.space, self.ranks) for outputs, _, _ in items]
         for index, step in enumerate(self.spec.steps):
             if step.name == "head":
                 t1 = time.perf_counter()

@@ -147,6 +147,37 @@ def to_logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return (np.log(q) - np.log1p(-q)).astype(np.float32)
 
 
+def percentile_table(quantiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, percentiles)`` of one class from its reference quantiles (``Q`` sorted values
+    at the percentiles ``0, 1/(Q−1), …, 1``): tied values are merged at the mean of their
+    percentiles (their mid-rank), so ``values`` increases strictly."""
+    q = np.asarray(quantiles, dtype=np.float64)
+    grid = np.linspace(0.0, 1.0, q.size)
+    values, start = np.unique(q, return_index=True)
+    counts = np.diff(np.append(start, q.size))
+    percentiles = np.array([grid[s : s + c].mean() for s, c in zip(start, counts)])
+    return values, percentiles
+
+
+def rank_percentile(x: np.ndarray, tables) -> np.ndarray:
+    """Each score's percentile among its class's reference scores, float32 ``[..., C]``.
+
+    ``tables``: one :func:`percentile_table` per class. Between reference values the
+    percentile is interpolated linearly; beyond them it approaches 0 (or 1) exponentially, so
+    the transform is strictly increasing everywhere: a member's order of windows within a
+    class is kept exactly (its ROC-AUC alone is unchanged), only the scale changes."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.empty(x.shape, dtype=np.float64)
+    for c, (values, percentiles) in enumerate(tables):
+        col = x[..., c]
+        p = np.interp(col, values, percentiles)
+        low, high = col < values[0], col > values[-1]
+        p[low] = percentiles[0] * np.exp(col[low] - values[0])
+        p[high] = 1.0 - (1.0 - percentiles[-1]) * np.exp(values[-1] - col[high])
+        out[..., c] = p
+    return out.astype(np.float32)
+
+
 def clip_scores(p: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip(np.asarray(p, dtype=np.float32), np.float32(low), np.float32(high))
 
@@ -257,8 +288,8 @@ STEPS: dict[str, StepDef] = {
 
 def chain_spaces(start: str, steps: Sequence[StepSpec]) -> str:
     """Why ``steps`` cannot run from a blend in ``start`` space to probabilities ("" when they
-    can)."""
-    space = start
+    can). A rank blend gives values in [0, 1], as probabilities."""
+    space = PROBABILITY if start == "rank" else start
     for i, step in enumerate(steps):
         definition = STEPS[step.name]
         if definition.space_in != ANY and definition.space_in != space:

@@ -420,7 +420,8 @@ def choose_engine(execution) -> EngineChoice:
     return resolve_engine(backend, precision, profile_backend=tuned_backend)
 
 
-def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: SubmissionFrame | None = None) -> RunPlan:
+def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: SubmissionFrame | None = None,
+            need_reference: bool = True) -> RunPlan:
     """Check every artifact and metadata file and build the plan; reads no audio.
 
     Args:
@@ -436,7 +437,7 @@ def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: Subm
     failpoints.hit("parent.checks")
     engine = choose_engine(config.execution)  # before any model loads: bf16 on the wrong CPU stops here
     competition = frame.competition
-    bound, perch = bind_config(config, competition)
+    bound, perch = bind_config(config, competition, need_reference=need_reference)
     notes = list(bound.notes)
     perch_member = next((m for m in bound.members if m.kind == "perch-logits"), None)
     n_matched = int((perch_member.class_map >= 0).sum()) if perch_member is not None else competition.n_classes
@@ -454,6 +455,7 @@ def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: Subm
         n_classes=competition.n_classes,
         prior=frame.prior,
         site_index=competition.site_index(),
+        ranks=bound.ranks,
     )
     model = ModelSpec(
         onnx_path=perch.onnx_path if perch is not None else None,
@@ -477,7 +479,7 @@ def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: Subm
     )
 
 
-def bind_config(config: InferConfig, competition: Competition):
+def bind_config(config: InferConfig, competition: Competition, *, need_reference: bool = True):
     """The run's recipe (with the command line's changes) bound to its files, and Perch's
     artifacts when the recipe reads a Perch output. Reads no audio.
 
@@ -501,5 +503,6 @@ def bind_config(config: InferConfig, competition: Competition):
         without=tuple(dict.fromkeys(config.ensemble.without)),
     )
     bound = bind_recipe(recipe, roots, columns=competition.classes, columns_scientific=competition.class_names,
-                        class_groups=competition.class_groups, perch_labels=perch.labels if perch is not None else None)
+                        class_groups=competition.class_groups, perch_labels=perch.labels if perch is not None else None,
+                        need_reference=need_reference)
     return bound, perch

@@ -12,6 +12,9 @@ Kit layout (``make_standins(out_dir)``)::
       perch/labels.csv               header ``inat2024_fsd50k``, 14,795 names in logit order
       moe/moe_p0.60_c0.25_r0.15_post_p0.45_fold{1..4}.pt   ProtoSSM state dicts
       moe/student_cnn_…_seed42.pt, moe/student_crnn_…_seed42.pt
+      multi/multi-model.toml         a second recipe: three ONNX members (sed.onnx on the log-mel,
+                                     wave.onnx on the waveform, probe.onnx on Perch's embedding)
+                                     with label files of their own, a rank blend
       competition/taxonomy.csv, sample_submission.csv, train_soundscapes_labels.csv
       competition/train_soundscapes/*.ogg    synthetic one-minute files
       competition/test_soundscapes/*.ogg     the four shipped real recordings + synthetic files
@@ -117,6 +120,12 @@ class StandinKit:
     perch_labels: Path
     moe_dir: Path
     data_dir: Path
+
+    @property
+    def multi_recipe(self) -> Path:
+        """``root/multi/multi-model.toml``: the second recipe (ONNX members with label spaces
+        of their own, a rank blend), see :func:`write_multi_model_example`."""
+        return self.root / "multi" / "multi-model.toml"
 
 
 # --------------------------------------------------------------------------------------------
@@ -761,6 +770,7 @@ def make_standins(
 
     # MoE bundle with one site slot per labelled site plus the unknown-site slot 0.
     write_moe_bundle(kit.moe_dir, n_site_slots=len(labelled_sites) + 1, seed=int(ss_moe.generate_state(1)[0]))
+    write_multi_model_example(kit.multi_recipe.parent, taxonomy, seed=int(ss_moe.generate_state(2)[1]))
 
     log.info(
         "stand-in kit in %s: %d train files (%d labelled, sites %s), %d test files, %d label rows; %.1f s",
@@ -768,3 +778,187 @@ def make_standins(
         len(label_rows) * 2, time.perf_counter() - t_start,
     )
     return kit
+
+
+# --------------------------------------------------------------------------------------------
+# A second recipe: a multi-model ensemble of ONNX members, as published solutions build them
+# --------------------------------------------------------------------------------------------
+
+#: The example recipe written beside the kit's models (``kit/multi/multi-model.toml``).
+MULTI_RECIPE = """\
+# An ensemble shaped like the published multi-model BirdCLEF solutions: several ONNX networks
+# with label spaces of their own, blended by rank per class with weights per taxon, then
+# temperatures per taxon and a 0.2/0.6/0.2 smoothing kernel; no ProtoSSM, no prior.
+# Its members are stand-ins with random weights (streamer make-standins); the shape is the point.
+#
+# The rank blend needs each member's score quantiles on reference audio:
+#   streamer cache --recipe multi-model.toml --data-dir ../competition --perch ../perch --moe-dir ../moe --out multi.npz
+#   streamer recipe calibrate --cache multi.npz --out ranks.npz
+
+[recipe]
+name = "multi-model"
+format = 1
+description = "Perch + three ONNX members with their own labels, rank blend with per-taxon weights and temperatures"
+
+[framing]
+sample_rate_hz = 32000
+resampler = "soxr-hq"
+window_s = 5.0
+hop_s = 5.0
+windows_per_file = 12
+mono = "mean"
+file_names = "birdclef"
+
+[frontends.perch]
+kind = "perch"
+file = "{perch}"
+labels = "{perch_labels}"
+
+[frontends.logmel]
+kind = "logmel"
+sample_rate_hz = 32000
+n_fft = 1024
+win_length = 1024
+hop_length = 320
+f_min = 20.0
+f_max = 14000.0
+n_mels = 128
+power = 2.0
+log_offset = 1e-6
+window = "hann-periodic"
+center = true
+pad_mode = "reflect"
+mel_scale = "htk"
+norm = "none"
+
+[members.perch]
+kind = "perch-logits"
+input = "perch.label"
+weight = 0.35
+group_weights = { Insecta = 0.1 }
+
+# A network on the log-mel trained on another year's classes: matched by scientific name; a
+# class it does not know is scored by the classes of its genus that it knows.
+[members.sed]
+kind = "onnx"
+input = "logmel"
+file = "sed.onnx"
+output_tensor = "logits"
+labels = "sed_labels.csv"
+match = "scientific_name"
+unmapped = "genus"
+unmapped_fill = -6.0
+weight = 0.30
+group_weights = { Amphibia = 0.5, Insecta = 0.4 }
+
+# A network on the raw waveform, its classes by code in an order of its own.
+[members.wave]
+kind = "onnx"
+input = "waveform"
+file = "wave.onnx"
+output_tensor = "scores"
+labels = "wave_labels.csv"
+match = "primary_label"
+weight = 0.15
+
+# A linear probe on Perch's embedding, in the submission's columns.
+[members.probe]
+kind = "onnx"
+input = "perch.embedding"
+file = "probe.onnx"
+output_tensor = "logits"
+weight = 0.20
+
+[blend]
+space = "rank"
+reference = "ranks.npz"
+
+[[steps]]
+step = "logit"
+
+[[steps]]
+step = "temperature"
+default = 1.0
+groups = { Amphibia = 1.3, Insecta = 0.8, Mammalia = 1.1 }
+
+[[steps]]
+step = "sigmoid"
+
+[[steps]]
+step = "smooth"
+kernel = [0.2, 0.6, 0.2]
+
+[[steps]]
+step = "clip"
+min = 0.0
+max = 1.0
+
+[budget]
+drop_order = ["wave", "sed"]
+"""
+
+
+def _save_onnx(graph, path: Path) -> None:
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def write_multi_model_example(folder: Path, taxonomy: Sequence[dict], seed: int) -> Path:
+    """The second recipe's folder: three ONNX members (random weights, outputs that depend on
+    their input) with label files of their own, and the recipe. Returns the recipe's path."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    codes = [r["primary_label"] for r in taxonomy]
+    names = [r["scientific_name"] for r in taxonomy]
+
+    # sed: 200 of our species by scientific name, plus 20 species of the same genera we lack.
+    known = [names[i] for i in rng.choice(len(names), 200, replace=False)]
+    missing = [n for n in names if n not in set(known)]
+    others = [f"{n.split(' ')[0]} alterus{i}" for i, n in enumerate(missing[:20])]
+    sed_labels = known + others
+    _write_csv(folder / "sed_labels.csv", ["scientific_name"], [[n] for n in sed_labels])
+    w = (rng.standard_normal((128, len(sed_labels))) * 0.3).astype(np.float32)
+    b = rng.standard_normal(len(sed_labels)).astype(np.float32)
+    _save_onnx(helper.make_graph(
+        [helper.make_node("ReduceMean", ["mel"], ["m"], axes=[3], keepdims=0),
+         helper.make_node("Flatten", ["m"], ["f"], axis=1),
+         helper.make_node("MatMul", ["f", "W"], ["fw"]),
+         helper.make_node("Add", ["fw", "B"], ["logits"])],
+        "sed", [helper.make_tensor_value_info("mel", TensorProto.FLOAT, ["N", 1, 128, 501])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(sed_labels)])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]), folder / "sed.onnx")
+
+    # wave: every class by code, in a shuffled order; energy of 500 frames of the waveform.
+    order = [codes[i] for i in rng.permutation(len(codes))]
+    _write_csv(folder / "wave_labels.csv", ["primary_label"], [[c] for c in order])
+    w = (rng.standard_normal((500, len(order))) * 2.0).astype(np.float32)
+    b = rng.standard_normal(len(order)).astype(np.float32)
+    shape = numpy_helper.from_array(np.array([-1, 500, 320], dtype=np.int64), "shape")
+    _save_onnx(helper.make_graph(
+        [helper.make_node("Abs", ["waveform"], ["a"]),
+         helper.make_node("Reshape", ["a", "shape"], ["r"]),
+         helper.make_node("ReduceMean", ["r"], ["e"], axes=[2], keepdims=0),
+         helper.make_node("MatMul", ["e", "W"], ["ew"]),
+         helper.make_node("Add", ["ew", "B"], ["scores"])],
+        "wave", [helper.make_tensor_value_info("waveform", TensorProto.FLOAT, ["N", 160000])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", len(order)])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B"), shape]), folder / "wave.onnx")
+
+    # probe: the submission's columns in their order (sample_submission sorts the codes).
+    w = (rng.standard_normal((1536, len(codes))) * 0.05).astype(np.float32)
+    b = rng.standard_normal(len(codes)).astype(np.float32)
+    _save_onnx(helper.make_graph(
+        [helper.make_node("MatMul", ["embedding", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["logits"])],
+        "probe", [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 1536])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(codes)])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]), folder / "probe.onnx")
+
+    path = folder / "multi-model.toml"
+    path.write_text(MULTI_RECIPE, encoding="utf-8")
+    return path

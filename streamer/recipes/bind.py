@@ -108,6 +108,7 @@ class BoundRecipe:
     dropped: tuple[tuple[str, str], ...] = ()
     temperatures: tuple[tuple[int, np.ndarray], ...] = ()  # (step index, per-class temperature)
     notes: tuple[str, ...] = field(default=())
+    ranks: tuple = ()  # a rank blend's (member, percentile tables per class)
 
     @property
     def blend(self) -> tuple[BoundMember, ...]:
@@ -314,8 +315,65 @@ def _check_onnx(member: Member, path: Path, key: str, errors: list[str]) -> tupl
     return chosen.name, width if isinstance(width, int) and width > 0 else None
 
 
+#: The format of a rank blend's reference file (``streamer recipe calibrate``).
+REFERENCE_FORMAT = 1
+QUANTILES = "quantiles."
+
+
+def write_reference(path: Path, quantiles: dict[str, np.ndarray], columns: tuple[str, ...], info: dict) -> Path:
+    """Save each member's score quantiles per class (float64 ``[C, Q]``) atomically."""
+    import json
+
+    from streamer.files import atomic_open
+
+    header = dict(info, format=REFERENCE_FORMAT, classes=list(columns), members=sorted(quantiles))
+    arrays = {"meta": np.array(json.dumps(header))}
+    arrays.update({QUANTILES + name: np.asarray(q, dtype=np.float64) for name, q in quantiles.items()})
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+    return Path(path)
+
+
+def read_reference(path: Path, names: list[str], columns: tuple[str, ...], key: str, errors: list[str]) -> tuple:
+    """``((member, percentile tables), …)`` of a rank blend's reference file, for ``names``."""
+    import json
+
+    from streamer.postprocess import percentile_table
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            header = json.loads(str(npz["meta"]))
+            arrays = {n[len(QUANTILES):]: npz[n] for n in npz.files if n.startswith(QUANTILES)}
+    except FileNotFoundError:
+        errors.append(f"{key}: {path} not found; make it with 'streamer recipe calibrate --cache CACHE --out {path}'")
+        return ()
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same mistake to the user
+        errors.append(f"{key}: {path} is not a reference file of 'streamer recipe calibrate' ({type(exc).__name__}: {exc})")
+        return ()
+    if header.get("format") != REFERENCE_FORMAT:
+        errors.append(f"{key}: {path} has format {header.get('format')!r}, this streamer reads {REFERENCE_FORMAT}")
+        return ()
+    if tuple(header.get("classes", ())) != tuple(columns):
+        errors.append(f"{key}: {path} was made for other submission columns; calibrate again with this competition folder")
+        return ()
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        errors.append(f"{key}: {path} has no quantiles of {', '.join(missing)} (it has {', '.join(sorted(arrays)) or 'none'}); "
+                      "calibrate again from a cache made with this recipe")
+        return ()
+    out = []
+    for name in names:
+        q = arrays[name]
+        if q.ndim != 2 or q.shape[0] != len(columns) or q.shape[1] < 2 or not np.all(np.isfinite(q)) or np.any(np.diff(q, axis=1) < 0):
+            errors.append(f"{key}: {path}: the quantiles of {name} are not sorted finite [classes, Q] values")
+            continue
+        out.append((name, tuple(percentile_table(row) for row in q)))
+    return tuple(out)
+
+
 def bind_recipe(recipe: Recipe, roots: Roots, *, columns: tuple[str, ...], columns_scientific: tuple[str, ...],
-                class_groups: tuple[str, ...], perch_labels: tuple[str, ...] | None = None) -> BoundRecipe:
+                class_groups: tuple[str, ...], perch_labels: tuple[str, ...] | None = None,
+                need_reference: bool = True) -> BoundRecipe:
     """Resolve and check every member of ``recipe`` against the files and the submission's
     columns (module notes).
 
@@ -324,6 +382,8 @@ def bind_recipe(recipe: Recipe, roots: Roots, *, columns: tuple[str, ...], colum
         columns, columns_scientific, class_groups: the submission's class codes, their
             scientific names and taxonomic classes, in column order.
         perch_labels: Perch's label list (for ``perch-logits`` members).
+        need_reference: read a rank blend's reference (``streamer cache``, which makes what
+            the reference is calibrated from, does not need it).
 
     Raises:
         RecipeError: every mistake, one line each.
@@ -430,9 +490,18 @@ def bind_recipe(recipe: Recipe, roots: Roots, *, columns: tuple[str, ...], colum
                 if g not in groups:
                     errors.append(f"steps[{i}].groups.{g}: no class group {g!r} in taxonomy.csv (groups: {', '.join(groups)})")
             temperatures.append((i, step_temperatures(step, class_groups)))
+    ranks: tuple = ()
+    if recipe.blend.space == "rank" and need_reference:
+        path = placeholders.expand(recipe.blend.reference or "", "blend.reference", errors)
+        if path is not None:
+            if recipe.blend.reference_sha256 is not None and Path(path).is_file():
+                got = sha256_file(Path(path))
+                if got != recipe.blend.reference_sha256:
+                    errors.append(f"blend.reference_sha256: {path} has SHA-256 {got}, the recipe expects {recipe.blend.reference_sha256}")
+            ranks = read_reference(Path(path), [m.name for m in bound if m.weight is not None], columns, "blend.reference", errors)
     blended = [m for m in bound if m.weight is not None]
     if not errors and (not blended or not any(float(m.weight.sum()) > 0 for m in blended)):
         errors.append("no blend member with a weight > 0 is left" + (f" (dropped: {', '.join(n for n, _ in dropped)})" if dropped else ""))
     if errors:
         raise RecipeError(recipe.source, errors)
-    return BoundRecipe(recipe, tuple(bound), tuple(dropped), tuple(temperatures), tuple(notes))
+    return BoundRecipe(recipe, tuple(bound), tuple(dropped), tuple(temperatures), tuple(notes), ranks)

@@ -86,7 +86,9 @@ KIND_INPUTS = {
     "student-crnn": ("logmel",),
     "protossm": ("perch.embedding",),
 }
-BLEND_SPACES = ("logit", "probability")
+#: ``rank``: each member's score per class as its percentile among the member's own scores of
+#: that class on reference audio (``[blend] reference``, made by ``streamer recipe calibrate``).
+BLEND_SPACES = ("logit", "probability", "rank")
 PRIOR_KINDS = ("site-hour",)
 #: Names a member may not take: they would be read as something else on the command line.
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -192,11 +194,20 @@ class Member:
 @dataclass(frozen=True)
 class Blend:
     """How the blend members' outputs are combined: a weighted mean in ``space`` (``logit``:
-    pre-sigmoid logits; ``probability``: each member's sigmoid first), the weights renormalised
-    over the members present (a dropped member's weight leaves the denominator)."""
+    pre-sigmoid logits; ``probability``: each member's sigmoid first; ``rank``: each member's
+    percentile per class against ``reference``), the weights renormalised over the members
+    present (a dropped member's weight leaves the denominator).
+
+    Attributes:
+        reference: with ``rank``: the file of each member's score quantiles per class
+            (placeholders as a member's ``file``).
+        reference_sha256: its expected SHA-256 (checked before any audio is read).
+    """
 
     space: str = "logit"
     renormalise: bool = True
+    reference: str | None = None
+    reference_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -502,10 +513,19 @@ def _blend(errors: list[str], table) -> Blend:
     r = _Reader(errors, table, "blend")
     space = r.choice("space", BLEND_SPACES, "logit")
     renormalise = r.get("renormalise", (bool,), True)
+    reference = r.get("reference", (str,), None, what="a path")
+    sha = r.get("reference_sha256", (str,), None, what="a SHA-256 (64 hex digits)")
     r.unknown()
     if renormalise is False:
         errors.append("blend.renormalise = false: a dropped member's weight always leaves the denominator (true)")
-    return Blend(space=space or "logit", renormalise=True)
+    if space == "rank" and reference is None:
+        errors.append("blend.reference: missing; a rank blend needs each member's score quantiles (make them with "
+                      "'streamer recipe calibrate')")
+    if space != "rank" and (reference is not None or sha is not None):
+        errors.append(f"blend.reference: only a rank blend reads one (space is {space!r})")
+    if sha is not None and not _SHA256_RE.match(sha):
+        errors.append(f"blend.reference_sha256 = {_show(sha)}: expected 64 lower-case hex digits")
+    return Blend(space=space or "logit", renormalise=True, reference=reference, reference_sha256=sha)
 
 
 def _prior(errors: list[str], table) -> Prior:

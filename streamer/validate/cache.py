@@ -231,7 +231,8 @@ def build_cache(
 
     out = Path(out)
     files, selection = cache_files(config, all_files)
-    plan = prepare(replace(config, execution=replace(config.execution, engine="sequential")), files=files)
+    # The networks' outputs do not depend on a rank blend's reference (it is made from them).
+    plan = prepare(replace(config, execution=replace(config.execution, engine="sequential")), files=files, need_reference=False)
     current = hash_dependencies(dependency_paths(plan))
     stems = [job.stem for job in plan.jobs]
     engine = plan.model.engine.describe()

@@ -313,6 +313,7 @@ class SweepData:
         labels: ``[F*12, C]`` solution rows.
         class_groups: the taxonomic class of each column (per-group weights, temperatures).
         recipe: the recipe the points change.
+        ranks: a rank blend's percentile tables per member.
     """
 
     stems: tuple[str, ...]
@@ -323,6 +324,7 @@ class SweepData:
     labels: np.ndarray
     class_groups: tuple[str, ...]
     recipe: object
+    ranks: dict = None
 
     def probabilities(self, point: SweepPoint) -> np.ndarray:
         """Final probabilities ``[F,12,C]`` of a point (what ``infer`` writes for these files)."""
@@ -331,7 +333,7 @@ class SweepData:
 
         recipe = point.recipe(self.recipe)
         members = tuple((m.name, member_weights(m, self.class_groups)) for m in recipe.blend_members if m.name in self.logits)
-        x = blend(self.logits, members, recipe.blend.space)
+        x = blend(self.logits, members, recipe.blend.space, self.ranks)
         for step in recipe.steps:
             name = step.name
             if name == "prior":
@@ -412,6 +414,7 @@ def prepare_sweep(plan, cache, cache_path: Path, *, prior_fit: str = "oof", fold
         labels=competition.labels.reshape(-1, competition.n_classes),
         class_groups=competition.class_groups,
         recipe=plan.recipe.recipe,
+        ranks=dict(plan.recipe.ranks),
     )
 
 
