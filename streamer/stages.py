@@ -357,7 +357,7 @@ def check_members(spec: ModelSpec) -> None:
 
     for member in spec.state_dict_members:
         try:
-            load_student(member.paths[0], STUDENT_KINDS[member.kind], n_classes=spec.n_classes)
+            load_student(member.paths[0], STUDENT_KINDS[member.kind], n_classes=member.n_outputs or spec.n_classes)
         except ArtifactError as exc:
             raise ArtifactError(f"member {member.name!r}: {exc}") from exc
 

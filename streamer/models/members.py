@@ -89,7 +89,7 @@ class MemberSet:
         self.uses_torch = False
         for m in self.members:
             if m.kind in STUDENT_KINDS and m.name not in exported:
-                self.runners[m.name] = _TorchStudent(m, n_classes)
+                self.runners[m.name] = _TorchStudent(m, m.n_outputs or n_classes)
                 self.uses_torch = True
             elif m.kind in STUDENT_KINDS:
                 from streamer.models.moe import STUDENT_ONNX_INPUT, STUDENT_ONNX_OUTPUT
@@ -100,6 +100,9 @@ class MemberSet:
                 tail = _declared_tail(runner.graph, m.input_tensor)
                 runner.input_shape = tail if m.input == "waveform" and tail is not None and len(tail) > 1 else None
                 self.runners[m.name] = runner
+        # Members whose outputs are already the submission's columns in order skip the mapping.
+        self.mapped = {m.name for m in self.members
+                       if m.proxies or m.class_map is None or not np.array_equal(m.class_map, np.arange(n_classes))}
         self.needs_logmel = any(m.input != "waveform" and "." not in m.input for m in self.members)
         self.logmel = None
         if self.needs_logmel:
@@ -159,7 +162,7 @@ class MemberSet:
                 t0 = time.perf_counter()
                 x = chunk if m.input == "waveform" else embedding[start : start + step] if "." in m.input else mel
                 raw = self.runners[m.name](x)
-                parts[m.name].append(raw if m.kind in STUDENT_KINDS else apply_map(raw, m))
+                parts[m.name].append(apply_map(raw, m) if m.name in self.mapped else np.asarray(raw, dtype=np.float32))
                 self.seconds[m.name] += time.perf_counter() - t0
         out.update({name: np.concatenate(p) for name, p in parts.items()})
         return out
@@ -186,10 +189,9 @@ class MemberSet:
             for m in active:
                 t0 = time.perf_counter()
                 runner = self.runners[m.name]
-                if isinstance(runner, _TorchStudent):
-                    out[m.name] = runner(mel)
-                else:
-                    x = windows if m.input == "waveform" else embedding if "." in m.input else mel.numpy()
-                    out[m.name] = apply_map(runner(x), m)
+                x = mel if isinstance(runner, _TorchStudent) else windows if m.input == "waveform" else \
+                    embedding if "." in m.input else mel.numpy()
+                raw = runner(x)
+                out[m.name] = apply_map(raw, m) if m.name in self.mapped else np.asarray(raw, dtype=np.float32)
                 self.seconds[m.name] += time.perf_counter() - t0
         return out

@@ -151,7 +151,8 @@ def cached_exports(members, *, n_classes: int, tmp: Path, cache_dir: Path) -> tu
     out = []
     for member in members:
         if member.kind in STUDENT_KINDS:
-            path = cached_export(STUDENT_KINDS[member.kind], member.paths[0], n_classes=n_classes, tmp=tmp, cache_dir=cache_dir)
+            path = cached_export(STUDENT_KINDS[member.kind], member.paths[0], n_classes=member.n_outputs or n_classes,
+                                 tmp=tmp, cache_dir=cache_dir)
             if path is not None:
                 out.append((member.name, path))
     return tuple(out)
