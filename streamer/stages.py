@@ -25,7 +25,7 @@ from streamer.audio import WINDOW_SAMPLES, read_span
 from streamer.config import SCORE_KINDS, InferConfig
 from streamer.errors import ArtifactError, AudioDecodeError
 from streamer.metadata import N_WINDOWS_PER_FILE, ClassLabels, Competition, file_stem, load_competition, parse_hour, parse_site
-from streamer.models.graphs import EngineChoice, ThreadSettings, windows_per_call
+from streamer.models.graphs import BackendChoice, ThreadSettings, windows_per_call
 from streamer.prior import PriorTables, fit_prior
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class ModelSpec:
     n_classes: int
     threads: ThreadSettings = ThreadSettings()
     students_onnx: tuple[Path | None, Path | None] | None = None
-    engine: EngineChoice = EngineChoice()
+    backend: BackendChoice = BackendChoice()
 
 
 @dataclass(frozen=True)
@@ -184,10 +184,10 @@ class ModelStage:
         from streamer.models.perch import PerchModel
 
         self.spec = spec
-        self.perch = PerchModel(spec.onnx_path, spec.threads, spec.engine)
+        self.perch = PerchModel(spec.onnx_path, spec.threads, spec.backend)
         self.students = Students(
             spec.cnn_path, spec.crnn_path, n_classes=spec.n_classes, onnx_paths=spec.students_onnx,
-            threads=spec.threads, engine=spec.engine,
+            threads=spec.threads, backend=spec.backend,
         )
         if self.students.uses_torch:  # else torch is never imported here (see Students)
             set_torch_threads(spec.threads.intra_op_threads)
@@ -196,7 +196,7 @@ class ModelStage:
 
     def check(self) -> None:
         """Run one silent window and check the output sizes against the label list; then warm
-        up the call size a whole file uses (an engine's first call of a shape costs extra:
+        up the call size a whole file uses (a backend's first call of a shape costs extra:
         OpenVINO compiles its kernels for it), so the first file is not slower than the rest."""
         emb, logits = self.perch.run(np.zeros((1, WINDOW_SAMPLES), dtype=np.float32))
         if logits.shape[1] != self.spec.n_perch_labels:
@@ -385,7 +385,7 @@ def prepare_perch_only(config: InferConfig, *, scores: str = "probability", spec
 
     if scores not in SCORE_KINDS:
         raise ConfigError(f"--scores must be one of {', '.join(SCORE_KINDS)}, got {scores!r}")
-    engine = choose_engine(config.execution)
+    backend = choose_backend(config.execution)
     perch = resolve_perch(config.artifacts.perch, config.artifacts.perch_labels)
     chosen = read_species_list(species_list, perch.labels) if species_list is not None else tuple(range(len(perch.labels)))
     names = tuple(perch.labels[i] for i in chosen)
@@ -397,7 +397,7 @@ def prepare_perch_only(config: InferConfig, *, scores: str = "probability", spec
         crnn_path=None,
         n_classes=len(chosen),
         threads=ThreadSettings(intra_op_threads=None, allow_spinning=config.execution.allow_spinning),
-        engine=engine,
+        backend=backend,
     )
     return RunPlan(config=config, competition=None, jobs=(), source="", model=model, reducer=PerchScoresSpec(scores),
                    n_matched_classes=len(chosen), notes=(f"{len(chosen)} of Perch's {len(perch.labels)} labels",),
@@ -457,17 +457,17 @@ def read_frame(config: InferConfig, files: list[Path] | None = None) -> Submissi
     return SubmissionFrame(config, competition, list_jobs(found), source, fit_prior(competition.labels, competition.label_files))
 
 
-def choose_engine(execution) -> EngineChoice:
-    """The engine and precision of the run's ONNX graphs, from ``--backend``, ``--precision``
-    and a tuned profile (:func:`streamer.models.graphs.resolve_engine`)."""
-    from streamer.models.graphs import resolve_engine
-    from streamer.profile import profile_engine
+def choose_backend(execution) -> BackendChoice:
+    """The backend and precision of the run's ONNX graphs, from ``--backend``, ``--precision``
+    and a tuned profile (:func:`streamer.models.graphs.resolve_backend`)."""
+    from streamer.models.graphs import resolve_backend
+    from streamer.profile import profile_backend
 
     backend, precision = execution.backend, execution.precision
-    tuned_backend, tuned_precision = profile_engine(execution) if backend == "auto" or precision is None else (None, None)
+    tuned_backend, tuned_precision = profile_backend(execution) if backend == "auto" or precision is None else (None, None)
     if precision is None:
         precision = tuned_precision if tuned_precision == "bf16" and backend in ("auto", "openvino") else "fp32"
-    return resolve_engine(backend, precision, profile_backend=tuned_backend)
+    return resolve_backend(backend, precision, profile_backend=tuned_backend)
 
 
 def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: SubmissionFrame | None = None) -> RunPlan:
@@ -484,7 +484,7 @@ def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: Subm
     if frame is None:
         frame = read_frame(config, files)
     failpoints.hit("parent.checks")
-    engine = choose_engine(config.execution)  # before any model loads: bf16 on the wrong CPU stops here
+    backend = choose_backend(config.execution)  # before any model loads: bf16 on the wrong CPU stops here
     competition = frame.competition
     perch = resolve_perch(config.artifacts.perch, config.artifacts.perch_labels)
     moe = resolve_moe(
@@ -529,7 +529,7 @@ def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: Subm
         n_classes=competition.n_classes,
         # The engines set the thread count from their layout (see streamer.pipeline.layout).
         threads=ThreadSettings(intra_op_threads=None, allow_spinning=config.execution.allow_spinning),
-        engine=engine,
+        backend=backend,
     )
     return RunPlan(
         config=config,

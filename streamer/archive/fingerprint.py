@@ -63,7 +63,7 @@ def compute(plan: RunPlan, settings: ArchiveSettings) -> dict:
             "prior_scale": reducer.prior_scale,
             "smoothing (center, side)": list(reducer.smooth),
             "proto_d_model": reducer.proto_d_model,
-            "precision": plan.model.engine.precision,
+            "precision": plan.model.backend.precision,
             "embeddings": settings.embeddings,
             **_output_settings(settings),
             "classes (code, common, scientific)": [list(t) for t in zip(*_labels(plan))],
@@ -101,7 +101,7 @@ def _compute_perch_only(plan: RunPlan, settings: ArchiveSettings) -> dict:
         "settings": {
             "labels": settings.labels,
             "scores": plan.reducer.scores,
-            "precision": plan.model.engine.precision,
+            "precision": plan.model.backend.precision,
             "embeddings": settings.embeddings,
             **_output_settings(settings),
             "classes (count, sha256 of the names)": [len(names), hashlib.sha256("\n".join(names).encode()).hexdigest()],

@@ -1,10 +1,10 @@
 """Running an ONNX graph (Perch, or a student as ``streamer`` exports it) in onnxruntime or
 OpenVINO, in fp32 or bf16.
 
-Both engines are behind one small interface, :class:`Graph`: declared inputs and outputs
+Both backends are behind one small interface, :class:`Graph`: declared inputs and outputs
 (name and shape, ``None`` for a dynamic dimension) and ``run(output_names, feeds)``.
 
-The rules, checked in the parent before any model loads (:func:`resolve_engine`):
+The rules, checked in the parent before any model loads (:func:`resolve_backend`):
 
 * **fp32** (the default) runs in onnxruntime, or in OpenVINO when asked for (``--backend
   openvino``, or ``auto`` with a tuned profile that measured it faster). OpenVINO's CPU plugin
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 class ThreadSettings:
     """Threading of one process's models.
 
-    ``intra_op_threads=None`` leaves the engines' and torch's own defaults untouched (the way
+    ``intra_op_threads=None`` leaves the backends' and torch's own defaults untouched (the way
     the original script ran; the benchmark baseline needs it).
     """
 
@@ -49,8 +49,8 @@ class ThreadSettings:
 
 
 @dataclass(frozen=True)
-class EngineChoice:
-    """Which engine runs the ONNX graphs of a run, in which precision (picklable)."""
+class BackendChoice:
+    """Which backend runs the ONNX graphs of a run, in which precision (picklable)."""
 
     backend: str = "onnxruntime"
     precision: str = "fp32"
@@ -114,8 +114,8 @@ def hardware_bf16() -> str | None:
     return None
 
 
-def resolve_engine(backend: str, precision: str, *, profile_backend: str | None = None) -> EngineChoice:
-    """The engine a run uses, from ``--backend`` and ``--precision`` (see the module notes).
+def resolve_backend(backend: str, precision: str, *, profile_backend: str | None = None) -> BackendChoice:
+    """The backend a run uses, from ``--backend`` and ``--precision`` (see the module notes).
 
     ``profile_backend`` is a tuned profile's measured choice, used by ``auto`` in fp32.
 
@@ -139,7 +139,7 @@ def resolve_engine(backend: str, precision: str, *, profile_backend: str | None 
                 "use --backend openvino or auto"
             )
         import_openvino()
-        return EngineChoice("openvino", "bf16")
+        return BackendChoice("openvino", "bf16")
     if backend == "auto":
         backend = profile_backend if profile_backend in BACKENDS else "onnxruntime"
         if backend == "openvino" and not openvino_available():
@@ -147,7 +147,7 @@ def resolve_engine(backend: str, precision: str, *, profile_backend: str | None 
             backend = "onnxruntime"
     if backend == "openvino":
         import_openvino()
-    return EngineChoice(backend, "fp32")
+    return BackendChoice(backend, "fp32")
 
 
 class Graph:
@@ -160,7 +160,7 @@ class Graph:
     outputs: list[Port]
 
     def keep_outputs(self, names: list[str]) -> None:
-        """Only these outputs will be asked for (an engine may then skip the others)."""
+        """Only these outputs will be asked for (a backend may then skip the others)."""
 
     def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -313,10 +313,10 @@ class OpenVinoGraph(Graph):
         return [np.asarray(result[self._ports[name]]) for name in names]
 
 
-def load_graph(path: str | Path, threads: ThreadSettings, engine: EngineChoice = EngineChoice()) -> Graph:
-    """The graph at ``path`` in the chosen engine and precision."""
-    if engine.backend == "openvino":
-        return OpenVinoGraph(Path(path), threads, engine.precision)
-    if engine.precision != "fp32":
-        raise ConfigError(f"onnxruntime runs fp32 only, not {engine.precision}")
+def load_graph(path: str | Path, threads: ThreadSettings, backend: BackendChoice = BackendChoice()) -> Graph:
+    """The graph at ``path`` in the chosen backend and precision."""
+    if backend.backend == "openvino":
+        return OpenVinoGraph(Path(path), threads, backend.precision)
+    if backend.precision != "fp32":
+        raise ConfigError(f"onnxruntime runs fp32 only, not {backend.precision}")
     return OrtGraph(Path(path), threads)

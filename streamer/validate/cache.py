@@ -93,6 +93,12 @@ class ModelCache:
     dependencies: dict[str, dict]
     info: dict = field(default_factory=dict)
 
+    @property
+    def backend(self) -> str:
+        """What ran the ONNX graphs when the cache was made (a header of format 1 without the
+        ``backend`` key names it ``engine``; one with neither was made in onnxruntime fp32)."""
+        return self.info.get("backend", self.info.get("engine", "onnxruntime fp32"))
+
     def index(self, stems) -> np.ndarray:
         """Positions of ``stems`` in the cache.
 
@@ -237,14 +243,14 @@ def build_cache(
     plan = prepare(replace(config, execution=replace(config.execution, engine="sequential")), files=files)
     current = hash_dependencies(dependency_paths(plan))
     stems = [job.stem for job in plan.jobs]
-    engine = plan.model.engine.describe()
+    backend = plan.model.backend.describe()
     if out.exists() and not force:
         try:
             existing = load_cache(out)
             existing.check_dependencies(current, out)
             existing.index(stems)
-            if existing.info.get("engine", "onnxruntime fp32") != engine:
-                raise ArtifactError(f"it was made in {existing.info.get('engine', 'onnxruntime fp32')}, this run asks for {engine}")
+            if existing.backend != backend:
+                raise ArtifactError(f"it was made in {existing.backend}, this run asks for {backend}")
         except ArtifactError as exc:
             log.info("rebuilding the cache: %s", exc)
         else:
@@ -282,9 +288,9 @@ def build_cache(
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "selection": selection,
             "students_backend": "onnxruntime" if plan.model.students_onnx else "torch",
-            "engine": engine,
+            "backend": backend,
             "models": describe_models(plan.model),
-            "engine_check": check.to_dict() if check is not None else None,
+            "backend_check": check.to_dict() if check is not None else None,
             "n_matched_classes": plan.n_matched_classes,
             "seconds": round(time.perf_counter() - t0, 3),
         },
