@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from streamer import failpoints, postprocess
-from streamer.artifacts import class_mapping, map_perch_logits, resolve_moe, resolve_perch
+from streamer.artifacts import class_mapping, map_perch_logits, resolve_moe, resolve_perch, resolve_perch_labels
 from streamer.audio import WINDOW_SAMPLES, read_span
 from streamer.config import SCORE_KINDS, InferConfig
 from streamer.errors import ArtifactError, AudioDecodeError
@@ -162,6 +162,23 @@ class RunPlan:
     @property
     def frame(self) -> "SubmissionFrame":
         return SubmissionFrame(self.config, self.competition, self.jobs, self.source, self.reducer.prior)
+
+
+def dependency_paths(plan: RunPlan) -> dict[str, Path]:
+    """The files a plan's numbers depend on, by role (students only when loaded): what the
+    validation cache and an archive folder's fingerprint hash."""
+    config = plan.config
+    paths = {
+        "perch_onnx": plan.model.onnx_path,
+        "perch_labels": resolve_perch_labels(plan.model.onnx_path, config.artifacts.perch_labels),
+        "taxonomy": Path(config.artifacts.data_dir) / "taxonomy.csv",
+        "sample_submission": Path(config.artifacts.data_dir) / "sample_submission.csv",
+    }
+    if plan.model.cnn_path is not None:
+        paths["cnn"] = plan.model.cnn_path
+    if plan.model.crnn_path is not None:
+        paths["crnn"] = plan.model.crnn_path
+    return paths
 
 
 def decode_job(job: FileJob, n_windows: int = N_WINDOWS_PER_FILE, out: np.ndarray | None = None) -> DecodedFile:

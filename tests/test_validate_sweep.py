@@ -11,8 +11,8 @@ from streamer.config import InferConfig
 from streamer.errors import ArtifactError, ConfigError
 from streamer.metadata import load_competition, parse_site
 from streamer.prior import fit_prior
-from streamer.stages import ModelStage, Reducer, decode_job, prepare
-from streamer.validate.cache import build_cache, dependency_paths, hash_dependencies, load_cache
+from streamer.stages import ModelStage, Reducer, decode_job, dependency_paths, prepare
+from streamer.validate.cache import build_cache, hash_dependencies, load_cache
 from streamer.validate.sweep import (
     SweepPoint,
     assign_prior_folds,

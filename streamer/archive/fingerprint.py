@@ -44,7 +44,7 @@ def compute(plan: RunPlan, settings: ArchiveSettings) -> dict:
 
     if isinstance(plan.reducer, PerchScoresSpec):
         return _compute_perch_only(plan, settings)
-    from streamer.validate.cache import dependency_paths
+    from streamer.stages import dependency_paths
 
     files = {role: str(path) for role, path in dependency_paths(plan).items()}
     files.update({f"fold{i + 1}": str(p) for i, p in enumerate(plan.reducer.fold_paths)})

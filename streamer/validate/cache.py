@@ -36,32 +36,15 @@ import numpy as np
 from streamer.files import atomic_open, sha256_file
 from streamer import __version__
 from streamer.audio import find_audio
-from streamer.artifacts import resolve_perch_labels
 from streamer.config import InferConfig
 from streamer.errors import ArtifactError, AudioDecodeError
 from streamer.metadata import N_WINDOWS_PER_FILE, file_stem, load_competition
-from streamer.stages import ModelStage, RunPlan, decode_job, prepare
+from streamer.stages import ModelStage, decode_job, dependency_paths, prepare
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 _ARRAYS = ("embedding", "perch_logits", "cnn_logits", "crnn_logits")
-
-
-def dependency_paths(plan: RunPlan) -> dict[str, Path]:
-    """The files the cached numbers depend on, by role (students only when loaded)."""
-    config = plan.config
-    paths = {
-        "perch_onnx": plan.model.onnx_path,
-        "perch_labels": resolve_perch_labels(plan.model.onnx_path, config.artifacts.perch_labels),
-        "taxonomy": Path(config.artifacts.data_dir) / "taxonomy.csv",
-        "sample_submission": Path(config.artifacts.data_dir) / "sample_submission.csv",
-    }
-    if plan.model.cnn_path is not None:
-        paths["cnn"] = plan.model.cnn_path
-    if plan.model.crnn_path is not None:
-        paths["crnn"] = plan.model.crnn_path
-    return paths
 
 
 def hash_dependencies(paths: dict[str, Path]) -> dict[str, dict]:
