@@ -1,4 +1,5 @@
-"""Choosing what runs the models of a run, in the parent, before any worker starts.
+"""Choosing what runs the models of a run (the backend), in the parent, before any worker
+starts; ``infer``, ``archive`` and ``streamer cache`` all choose the same way.
 
 1. The students are exported to ONNX (or reused from the cache), unless they stay in torch.
 2. When OpenVINO is chosen, a **parity check** runs the check windows (:func:`check_windows`)

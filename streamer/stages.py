@@ -1,13 +1,17 @@
 """The three reusable stages of a run, and the plan that feeds them.
 
 * **decode** (:func:`decode_job`): a file → its 12 windows, or an error record;
-* **models** (:class:`ModelStage`): windows → Perch embedding, mapped Perch logits, student logits;
-* **reduce** (:class:`Reducer`): one file's model outputs → blend, prior, ProtoSSM folds,
-  post-processing → probabilities ``[12, C]``; or the prior-only fallback.
+* **models** (:class:`ModelStage`): windows → Perch embedding, mapped Perch logits, student
+  logits; :func:`check_finite` is the one non-finite check of those outputs;
+* **reduce** (:class:`Reducer`, or :class:`PerchScores` for Perch's own scores): one file's or
+  one chunk's model outputs → blend, prior, ProtoSSM folds, post-processing → probabilities.
 
-:func:`prepare` checks every artifact and metadata file and builds the picklable
-:class:`RunPlan` *before any audio is read*. The sequential engine calls the stages in a loop;
-the multiprocess engine runs the same stages in its workers.
+:func:`prepare` (and :func:`prepare_perch_only`) checks every artifact and metadata file and
+builds the picklable :class:`RunPlan` *before any audio is read*. The module is shared, not
+``infer``'s: ``infer``'s engines, the archive's scorer and fingerprint, ``streamer cache`` and
+the benchmarks all build from the same plan and run the same stages, which is what makes their
+numbers equal. What only ``infer`` does with them (fallback rows, the submission) lives in
+:mod:`streamer.infer`.
 """
 
 from __future__ import annotations

@@ -22,15 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streamer.config import BACKEND_CHOICES, BACKENDS, PRECISIONS  # noqa: F401 - the choices, named here too
+from streamer.config import BACKEND_CHOICES, BACKENDS, PRECISIONS
 from streamer.errors import ArtifactError, ConfigError, DependencyError
 
 log = logging.getLogger(__name__)
 
 #: /proc/cpuinfo flags that mean bf16 arithmetic in hardware.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-# numpy is imported where it is used: the CLI reads this module's choices for --help and
-# --version, which must work before the dependencies are installed.
+# numpy is imported where it is used: ThreadSettings and BackendChoice, which the settings and
+# the plans carry, need none of it.
 if TYPE_CHECKING:
     import numpy as np
 
