@@ -1,16 +1,17 @@
-"""Choosing what runs the models of a run, in the parent, before any worker starts.
+"""Choosing what runs the models of a run (the backend), in the parent, before any worker
+starts; ``infer``, ``archive`` and ``streamer cache`` all choose the same way.
 
 1. The students are exported to ONNX (or reused from the cache), unless they stay in torch.
 2. When OpenVINO is chosen, a **parity check** runs the check windows (:func:`check_windows`)
    through the whole ensemble twice, with every ONNX graph in onnxruntime fp32 and in the chosen
-   engine, and compares the final probabilities. In fp32 OpenVINO is used only when they agree
+   backend, and compares the final probabilities. In fp32 OpenVINO is used only when they agree
    within :data:`PARITY_TOLERANCE`; otherwise the run warns and uses onnxruntime. In bf16 (a
    precision the user chose) the difference is measured and reported, never a reason to switch.
 
 The choice and the measured difference go into the run's report (``models`` and
-``engine_check`` in ``--report-json``). A verdict is kept in the cache folder, keyed by the
-graphs, the engine, the libraries' versions and the CPU, so the check (a few seconds and, for a
-moment, both engines' copies of the models in the parent) runs once per machine and models.
+``backend_check`` in ``--report-json``). A verdict is kept in the cache folder, keyed by the
+graphs, the backend, the libraries' versions and the CPU, so the check (a few seconds and, for a
+moment, both backends' copies of the models in the parent) runs once per machine and models.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from streamer import failpoints
 from streamer.config import default_cache_dir
-from streamer.models.graphs import EngineChoice
+from streamer.models.graphs import BackendChoice
 
 if TYPE_CHECKING:
     from streamer.stages import RunPlan
@@ -42,22 +43,22 @@ CHECK_RECORDING = Path(__file__).resolve().parent / "data" / "audio" / "birds_10
 
 
 @dataclass(frozen=True)
-class EngineCheck:
+class BackendCheck:
     """The parity check's outcome.
 
     Attributes:
-        candidate: the engine checked.
+        candidate: the backend checked.
         max_prob_diff: largest |candidate − onnxruntime fp32| over the final probabilities.
         max_logit_diff: the same over Perch's mapped logits and the students' logits.
         passed: within :data:`PARITY_TOLERANCE`.
-        used: the engine the run then used.
+        used: the backend the run then used.
     """
 
-    candidate: EngineChoice
+    candidate: BackendChoice
     max_prob_diff: float
     max_logit_diff: float
     passed: bool
-    used: EngineChoice
+    used: BackendChoice
 
     def to_dict(self) -> dict:
         return {
@@ -103,23 +104,23 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if not np.all(np.isfinite(diff)) else float(diff.max())
 
 
-def check_engine(model_spec, reducer, *, site: str = "", hour: int = 0) -> EngineCheck:
-    """Compare ``model_spec.engine`` with onnxruntime fp32 on the check windows (module notes)."""
+def check_backend(model_spec, reducer, *, site: str = "", hour: int = 0) -> BackendCheck:
+    """Compare ``model_spec.backend`` with onnxruntime fp32 on the check windows (module notes)."""
     from streamer.models.graphs import ThreadSettings
     from streamer.pipeline.layout import available_cpus
 
-    candidate = model_spec.engine
-    reference = EngineChoice("onnxruntime", "fp32")
+    candidate = model_spec.backend
+    reference = BackendChoice("onnxruntime", "fp32")
     # The parent is alone at this point: every CPU it may use.
     threads = ThreadSettings(intra_op_threads=len(available_cpus()), allow_spinning=False)
     windows = check_windows()
-    want, want_logits = _final_probabilities(replace(model_spec, engine=reference, threads=threads), reducer, windows, site, hour)
-    nan = failpoints.hit("parent.engine_check") == "nan"
+    want, want_logits = _final_probabilities(replace(model_spec, backend=reference, threads=threads), reducer, windows, site, hour)
+    nan = failpoints.hit("parent.backend_check") == "nan"
     got, got_logits = _final_probabilities(replace(model_spec, threads=threads), reducer, windows, site, hour, nan=nan)
     prob_diff = _max_diff(got, want)
     logit_diff = max(_max_diff(g, w) for g, w in zip(got_logits, want_logits))
     passed = prob_diff <= PARITY_TOLERANCE
-    used = engine_to_use(candidate, passed)
+    used = backend_to_use(candidate, passed)
     if candidate.precision == "bf16":
         log.info("bf16 moved the check windows' final probabilities by up to %.2g (logits by up to %.2g) "
                  "against onnxruntime fp32", prob_diff, logit_diff)
@@ -129,23 +130,23 @@ def check_engine(model_spec, reducer, *, site: str = "", hour: int = 0) -> Engin
     else:
         log.warning("%s disagrees with onnxruntime on the check windows (final probabilities differ by up to %.3g, "
                     "tolerance %.1g): running in onnxruntime", candidate.describe(), prob_diff, PARITY_TOLERANCE)
-    return EngineCheck(candidate=candidate, max_prob_diff=prob_diff, max_logit_diff=logit_diff, passed=passed, used=used)
+    return BackendCheck(candidate=candidate, max_prob_diff=prob_diff, max_logit_diff=logit_diff, passed=passed, used=used)
 
 
-def engine_to_use(candidate: EngineChoice, passed: bool) -> EngineChoice:
-    """The engine a run uses after the check: the candidate if it passed or is bf16 (the user's
+def backend_to_use(candidate: BackendChoice, passed: bool) -> BackendChoice:
+    """The backend a run uses after the check: the candidate if it passed or is bf16 (the user's
     choice of changed numbers), else onnxruntime fp32."""
-    return candidate if passed or candidate.precision == "bf16" else EngineChoice("onnxruntime", "fp32")
+    return candidate if passed or candidate.precision == "bf16" else BackendChoice("onnxruntime", "fp32")
 
 
 #: Bumped when the check changes, so older verdicts are not reused.
 CHECK_FORMAT = 1
-CHECK_FOLDER = "engine-checks"
+CHECK_FOLDER = "backend-checks"
 
 
 def check_key(model_spec, site: str, hour: int) -> str:
     """What a verdict depends on: the graphs (path, size, modification time), the students'
-    exports, the class mapping, the engine and precision, the libraries' versions and the CPU."""
+    exports, the class mapping, the backend and precision, the libraries' versions and the CPU."""
     import hashlib
 
     from streamer.models.graphs import cpu_flags
@@ -165,28 +166,28 @@ def check_key(model_spec, site: str, hour: int) -> str:
             versions.append(__import__(name).__version__)
         except ImportError:
             versions.append("-")
-    digest.update(f"{model_spec.engine.describe()}|{versions}|{machine_fingerprint()['cpu_model']}|"
+    digest.update(f"{model_spec.backend.describe()}|{versions}|{machine_fingerprint()['cpu_model']}|"
                   f"{sorted(cpu_flags())}|{site}|{hour}|{PARITY_TOLERANCE}|{CHECK_FORMAT}".encode())
     return digest.hexdigest()[:32]
 
 
-def _cached_check(folder: Path, key: str, candidate: EngineChoice) -> EngineCheck | None:
+def _cached_check(folder: Path, key: str, candidate: BackendChoice) -> BackendCheck | None:
     import json
 
     path = folder / f"{key}.json"
     try:
         doc = json.loads(path.read_text())
-        return EngineCheck(candidate=candidate, max_prob_diff=float(doc["max_prob_diff"]),
+        return BackendCheck(candidate=candidate, max_prob_diff=float(doc["max_prob_diff"]),
                            max_logit_diff=float(doc["max_logit_diff"]), passed=bool(doc["passed"]),
-                           used=engine_to_use(candidate, bool(doc["passed"])))
+                           used=backend_to_use(candidate, bool(doc["passed"])))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.info("ignoring an unreadable engine check %s (%s)", path, exc)
+        log.info("ignoring an unreadable backend check %s (%s)", path, exc)
         return None
 
 
-def _store_check(folder: Path, key: str, check: EngineCheck) -> None:
+def _store_check(folder: Path, key: str, check: BackendCheck) -> None:
     import json
 
     from streamer.files import atomic_write_text
@@ -195,7 +196,7 @@ def _store_check(folder: Path, key: str, check: EngineCheck) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(folder / f"{key}.json", json.dumps(check.to_dict(), indent=2) + "\n")
     except OSError as exc:
-        log.info("the engine check is not kept for later runs (%s)", exc)
+        log.info("the backend check is not kept for later runs (%s)", exc)
 
 
 def with_student_backend(plan: RunPlan, tmp: Path, *, sequential: bool | None = None) -> RunPlan:
@@ -222,31 +223,31 @@ def with_student_backend(plan: RunPlan, tmp: Path, *, sequential: bool | None = 
 
 def with_backends(plan, tmp: Path, *, sequential: bool | None = None, reducer=None):
     """The plan with its students exported (see :func:`with_student_backend`) and
-    its ONNX graphs' engine checked (module notes). Returns ``(plan, check)``; ``check`` is
+    its ONNX graphs' backend checked (module notes). Returns ``(plan, check)``; ``check`` is
     ``None`` when onnxruntime fp32 runs the graphs (nothing to compare)."""
     from streamer.metadata import parse_hour, parse_site
     from streamer.stages import make_reducer
 
     plan = with_student_backend(plan, tmp, sequential=sequential)
-    if plan.model.engine.backend == "onnxruntime":
+    if plan.model.backend.backend == "onnxruntime":
         return plan, None
     stem = plan.jobs[0].stem if plan.jobs else ""
     site, hour = parse_site(stem), parse_hour(stem)
     folder = default_cache_dir() / CHECK_FOLDER
     key = check_key(plan.model, site, hour)
-    faulted = failpoints.armed("parent.engine_check")  # a faulted check is neither reused nor kept
-    check = None if faulted else _cached_check(folder, key, plan.model.engine)
+    faulted = failpoints.armed("parent.backend_check")  # a faulted check is neither reused nor kept
+    check = None if faulted else _cached_check(folder, key, plan.model.backend)
     if check is not None:
         log.info("%s: the parity check of these models on this machine is reused from %s (largest difference %.2g; %s)",
-                 plan.model.engine.describe(), folder, check.max_prob_diff, "passed" if check.passed else "failed")
+                 plan.model.backend.describe(), folder, check.max_prob_diff, "passed" if check.passed else "failed")
         if not check.passed and check.candidate.precision == "fp32":
             log.warning("%s disagreed with onnxruntime on these models before: running in onnxruntime", check.candidate.describe())
     else:
         reducer = reducer if reducer is not None else make_reducer(plan.reducer)
-        check = check_engine(plan.model, reducer, site=site, hour=hour)
+        check = check_backend(plan.model, reducer, site=site, hour=hour)
         if not faulted:
             _store_check(folder, key, check)
-    return replace(plan, model=replace(plan.model, engine=check.used)), check
+    return replace(plan, model=replace(plan.model, backend=check.used)), check
 
 
 def describe_models(model_spec, reducer_spec=None) -> dict[str, str]:
@@ -255,7 +256,7 @@ def describe_models(model_spec, reducer_spec=None) -> dict[str, str]:
     scores have none)."""
     from streamer.models.members import STUDENT_KINDS
 
-    engine = model_spec.engine.describe()
+    engine = model_spec.backend.describe()
     exported = dict(model_spec.exported)
     out = {}
     if model_spec.onnx_path is not None:

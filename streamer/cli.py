@@ -114,9 +114,9 @@ def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--proto-d-model", type=int, default=None, help="ProtoSSM width; checked against the checkpoints (default: read from them, 320 in the released bundle)")
 
 
-def add_engine_arguments(group) -> None:
+def add_backend_arguments(group) -> None:
     """``--backend`` and ``--precision``: what runs the ONNX graphs (see streamer.models.graphs)."""
-    group.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="engine of the ONNX graphs (Perch and the exported students): onnxruntime, or OpenVINO (%s; in fp32 used only if it passes a parity check against onnxruntime at start-up); auto: a tuned profile's measured choice, else onnxruntime, OpenVINO for bf16 (default: %%(default)s)" % install_hint("openvino"))
+    group.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="backend of the ONNX graphs (Perch and the exported students): onnxruntime, or OpenVINO (%s; in fp32 used only if it passes a parity check against onnxruntime at start-up); auto: a tuned profile's measured choice, else onnxruntime, OpenVINO for bf16 (default: %%(default)s)" % install_hint("openvino"))
     group.add_argument("--precision", choices=PRECISIONS, default=None, help="fp32, or bf16 on CPUs with AVX512-BF16 or AMX (about 2x faster models, changed numbers: measure the metric first, see the README); bf16 runs in OpenVINO (default: fp32, or bf16 if 'streamer tune --allow-bf16' saved it)")
 
 
@@ -134,7 +134,7 @@ def add_execution_arguments(parser: argparse.ArgumentParser, command: str) -> No
     r.add_argument("--no-pin", action="store_true", help="do not pin model processes to CPUs")
     r.add_argument("--allow-spinning", action="store_true", help="let onnxruntime's idle threads spin (off by default)")
     r.add_argument("--students-backend", choices=STUDENT_BACKENDS, default="auto", help="run the students in torch or in onnxruntime (exported at start-up; same numbers, ~4x faster); auto: onnxruntime except in the sequential engine (default: %(default)s)")
-    add_engine_arguments(r)
+    add_backend_arguments(r)
     r.add_argument("--task-timeout", type=float, default=DEFAULT_TASK_TIMEOUT_S, metavar="S", help="a model or decoder process that does not answer a task for S seconds (or 20 times a file's measured cost, if longer; an archive worker: no 60-s chunk done) is declared hung, killed and replaced; its work is retried (default: %(default)s)")
     r.add_argument("--startup-timeout", type=float, default=DEFAULT_STARTUP_TIMEOUT_S, metavar="S", help="a process not ready S seconds after it started is declared hung, killed and replaced (default: %(default)s)")
     r.add_argument("--report-json", type=Path, default=None, metavar="FILE", help="also write the run report as JSON")
@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
     c.add_argument("--threads", type=_threads, default="auto", metavar="T|auto|default", help="intra-op threads of onnxruntime and torch; 'auto' uses every available CPU (default: %(default)s)")
     c.add_argument("--students-backend", choices=STUDENT_BACKENDS, default="auto", help="students in torch (auto: as infer's sequential engine) or exported to onnxruntime (default: %(default)s)")
-    add_engine_arguments(c)
+    add_backend_arguments(c)
     p.set_defaults(func=cmd_cache)
 
     p = _command(sub, "sweep", "score a grid of blend weights, prior scales and smoothing kernels from a cache, with an out-of-fold prior", 'examples:\n  streamer sweep --data-dir competition --perch perch --moe-dir moe --cache cache.npz \\\n      --grid perch=0.6,0.7,0.8 prior=0:0.6:0.2 --out sweep.csv')
@@ -359,8 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="fewer files, repeats and layouts (a few minutes on 2 cores)")
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="measure onnxruntime fp32 and this engine only (default: every engine available here: onnxruntime, OpenVINO if installed, OpenVINO bf16 if the CPU has bf16)")
-    p.add_argument("--precision", choices=PRECISIONS, default=None, help="with --backend: the precision of that engine (default: fp32)")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="measure onnxruntime fp32 and this backend only (default: every backend available here: onnxruntime, OpenVINO if installed, OpenVINO bf16 if the CPU has bf16)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help="with --backend: the precision of that backend (default: fp32)")
     p.add_argument("--files", type=_positive_int, default=None, help="files to score per run (default: 24, quick 12)")
     p.add_argument("--repeats", type=_positive_int, default=None, help="interleaved repeats of every contender (default: 3, quick 2)")
     p.add_argument("--audio", type=Path, default=None, metavar="DIR", help="recordings to cycle through (default: the real recordings shipped with streamer)")
@@ -389,12 +389,12 @@ def _bench_models(args: argparse.Namespace):
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from streamer.bench.runner import engine_variants, run_bench
+    from streamer.bench.runner import backend_variants, run_bench
 
     result = run_bench(
         out_dir=args.out_dir, quick=args.quick, n_files=args.files, repeats=args.repeats, audio_dir=args.audio,
         models=_bench_models(args), cache_dir=args.cache_dir, json_path=args.json, chart_path=args.chart,
-        engines=engine_variants(args.backend, args.precision),
+        backends=backend_variants(args.backend, args.precision),
     )
     print(result["markdown"])
     print(f"\nresults: {args.json or args.out_dir / 'bench.json'}; chart: {result.get('chart')}")
@@ -423,14 +423,14 @@ def cmd_bench_archive(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from streamer.bench.runner import engine_variants
+    from streamer.bench.runner import backend_variants
     from streamer.bench.tune import run_tune
     from streamer.profile import default_profile_path
 
     path = args.profile or default_profile_path()
     layout, measurements = run_tune(
         profile_path=path, models=_bench_models(args), quick=args.quick, n_files=args.files, repeats=args.repeats, audio_dir=args.audio,
-        engines=engine_variants(args.backend, args.precision), allow_bf16=args.allow_bf16,
+        backends=backend_variants(args.backend, args.precision), allow_bf16=args.allow_bf16,
     )
     for m in measurements:
         note = "" if m["eligible"] else f"  (not saved: {m['why_not']})"
@@ -582,8 +582,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         other = prepare_sweep(plan, load_cache(args.compare), args.compare, prior_fit=args.prior_fit, folds=folds)
         c = compare_at(data, other, best)
-        print(f"at the best point: macro ROC-AUC {c['macro_auc_a']:.4f} ({args.cache}, {cache.info.get('engine', 'onnxruntime fp32')}) vs "
-              f"{c['macro_auc_b']:.4f} ({args.compare}, {load_cache(args.compare).info.get('engine', 'onnxruntime fp32')}): "
+        print(f"at the best point: macro ROC-AUC {c['macro_auc_a']:.4f} ({args.cache}, {cache.backend}) vs "
+              f"{c['macro_auc_b']:.4f} ({args.compare}, {load_cache(args.compare).backend}): "
               f"difference {c['auc_difference']:+.4f}; probabilities differ by up to {c['max_prob_difference']:.4f} "
               f"(mean {c['mean_prob_difference']:.5f})")
     command = ["streamer", "infer", "--data-dir", str(args.data_dir), "--perch", str(args.perch), "--moe-dir", str(args.moe_dir)]

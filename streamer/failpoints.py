@@ -60,7 +60,7 @@ POINTS = {
     "parent.row_write": "the parent, before it writes a file's rows to the submission",
     "parent.before_rename": "the parent, before the finished submission is renamed into place",
     "students.export": "the parent, while it exports the students to onnxruntime",
-    "parent.engine_check": "the parent, checking OpenVINO against onnxruntime (nan: OpenVINO's Perch logits)",
+    "parent.backend_check": "the parent, checking OpenVINO against onnxruntime (nan: OpenVINO's Perch logits)",
     "archive.worker_setup": "an archive worker, while it loads its models",
     "archive.worker_chunk": "an archive worker, after the models ran on a 60-s chunk (nan: its outputs)",
     "archive.journal_append": "the archive driver, before it appends an outcome to the journal",

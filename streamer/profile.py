@@ -66,7 +66,7 @@ def default_profile_path() -> Path:
     return default_cache_dir() / PROFILE_NAME
 
 
-def profile_engine(execution) -> tuple[str | None, str | None]:
+def profile_backend(execution) -> tuple[str | None, str | None]:
     """The (backend, precision) a tuned profile measured, for ``--backend auto`` and an unset
     ``--precision``; ``(None, None)`` without a profile for this machine."""
     if not execution.use_profile:

@@ -7,9 +7,12 @@
   (prior, heads such as the ProtoSSM folds, smoothing, …) → probabilities ``[12, C]``; or the
   prior-only fallback.
 
-:func:`prepare` checks every artifact and metadata file and builds the picklable
-:class:`RunPlan` *before any audio is read*. The sequential engine calls the stages in a loop;
-the multiprocess engine runs the same stages in its workers.
+:func:`prepare` (and :func:`prepare_perch_only`) checks every artifact and metadata file and
+builds the picklable :class:`RunPlan` *before any audio is read*. The module is shared, not
+``infer``'s: ``infer``'s engines, the archive's scorer and fingerprint, ``streamer cache`` and
+the benchmarks all build from the same plan and run the same stages, which is what makes their
+numbers equal. What only ``infer`` does with them (fallback rows, the submission) lives in
+:mod:`streamer.infer`.
 """
 
 from __future__ import annotations
@@ -22,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from streamer import failpoints, postprocess
-from streamer.artifacts import UNMATCHED_LOGIT, resolve_perch
+from streamer.artifacts import UNMATCHED_LOGIT, resolve_perch, resolve_perch_labels
 from streamer.audio import WINDOW_SAMPLES, read_span
 from streamer.config import SCORE_KINDS, InferConfig
 from streamer.errors import ArtifactError, AudioDecodeError
 from streamer.metadata import N_WINDOWS_PER_FILE, ClassLabels, Competition, file_stem, load_competition, parse_hour, parse_site
-from streamer.models.graphs import EngineChoice, ThreadSettings, windows_per_call
+from streamer.models.graphs import BackendChoice, ThreadSettings, windows_per_call
 from streamer.ensemble import RecipeReducer, ReduceSpec
 from streamer.prior import PriorTables, fit_prior
 from streamer.recipes.bind import BoundMember
@@ -101,7 +104,7 @@ class ModelSpec:
     n_classes: int
     threads: ThreadSettings = ThreadSettings()
     exported: tuple = ()
-    engine: EngineChoice = EngineChoice()
+    backend: BackendChoice = BackendChoice()
 
     @property
     def member_names(self) -> tuple[str, ...]:
@@ -144,6 +147,25 @@ class RunPlan:
         return SubmissionFrame(self.config, self.competition, self.jobs, self.source, self.reducer.prior)
 
 
+def dependency_paths(plan: RunPlan, *, heads: bool = False) -> dict[str, Path]:
+    """The files a plan's numbers depend on, by role: Perch's, the competition's column files,
+    and each blend member's that runs (``NAME``, or ``NAME.foldK`` for a member of several
+    files); with ``heads``, the heads' files too (``NAME.foldK``). What the validation cache
+    (blend members) and an archive folder's fingerprint (heads too) hash."""
+    config = plan.config
+    paths = {}
+    if plan.model.onnx_path is not None:
+        paths["perch_onnx"] = plan.model.onnx_path
+        paths["perch_labels"] = resolve_perch_labels(plan.model.onnx_path, config.artifacts.perch_labels)
+    paths["taxonomy"] = Path(config.artifacts.data_dir) / "taxonomy.csv"
+    paths["sample_submission"] = Path(config.artifacts.data_dir) / "sample_submission.csv"
+    members = list(plan.model.members) + (list(plan.recipe.heads.values()) if heads and plan.recipe is not None else [])
+    for m in members:
+        for k, path in enumerate(m.paths):
+            paths[m.name if len(m.paths) == 1 and m.weight is not None else f"{m.name}.fold{k + 1}"] = path
+    return paths
+
+
 def decode_job(job: FileJob, n_windows: int = N_WINDOWS_PER_FILE, out: np.ndarray | None = None) -> DecodedFile:
     """Decode a file's first ``n_windows`` windows (padded or cut); errors become a record.
 
@@ -165,8 +187,8 @@ class ModelStage:
         from streamer.models.perch import PerchModel
 
         self.spec = spec
-        self.perch = PerchModel(spec.onnx_path, spec.threads, spec.engine) if spec.onnx_path is not None else None
-        self.members = MemberSet(spec.members, exported=dict(spec.exported), threads=spec.threads, backend=spec.engine,
+        self.perch = PerchModel(spec.onnx_path, spec.threads, spec.backend) if spec.onnx_path is not None else None
+        self.members = MemberSet(spec.members, exported=dict(spec.exported), threads=spec.threads, backend=spec.backend,
                                  n_classes=spec.n_classes)
         if self.members.uses_torch:  # else torch is never imported here (see MemberSet)
             set_torch_threads(spec.threads.intra_op_threads)
@@ -176,7 +198,7 @@ class ModelStage:
 
     def check(self) -> None:
         """Run one silent window and check the output sizes against the label list; then warm
-        up the call size a whole file uses (an engine's first call of a shape costs extra:
+        up the call size a whole file uses (a backend's first call of a shape costs extra:
         OpenVINO compiles its kernels for it), so the first file is not slower than the rest."""
         silent = np.zeros((1, WINDOW_SAMPLES), dtype=np.float32)
         if self.perch is not None:
@@ -330,7 +352,7 @@ def prepare_perch_only(config: InferConfig, *, scores: str = "probability", spec
 
     if scores not in SCORE_KINDS:
         raise ConfigError(f"--scores must be one of {', '.join(SCORE_KINDS)}, got {scores!r}")
-    engine = choose_engine(config.execution)
+    backend = choose_backend(config.execution)
     perch = resolve_perch(config.artifacts.perch, config.artifacts.perch_labels)
     chosen = read_species_list(species_list, perch.labels) if species_list is not None else tuple(range(len(perch.labels)))
     names = tuple(perch.labels[i] for i in chosen)
@@ -342,7 +364,7 @@ def prepare_perch_only(config: InferConfig, *, scores: str = "probability", spec
         members=(member,),
         n_classes=len(chosen),
         threads=ThreadSettings(intra_op_threads=None, allow_spinning=config.execution.allow_spinning),
-        engine=engine,
+        backend=backend,
     )
     return RunPlan(config=config, competition=None, jobs=(), source="", model=model, reducer=PerchScoresSpec(scores),
                    n_matched_classes=len(chosen), notes=(f"{len(chosen)} of Perch's {len(perch.labels)} labels",),
@@ -407,17 +429,17 @@ def read_frame(config: InferConfig, files: list[Path] | None = None) -> Submissi
     return SubmissionFrame(config, competition, list_jobs(found), source, tables)
 
 
-def choose_engine(execution) -> EngineChoice:
-    """The engine and precision of the run's ONNX graphs, from ``--backend``, ``--precision``
-    and a tuned profile (:func:`streamer.models.graphs.resolve_engine`)."""
-    from streamer.models.graphs import resolve_engine
-    from streamer.profile import profile_engine
+def choose_backend(execution) -> BackendChoice:
+    """The backend and precision of the run's ONNX graphs, from ``--backend``, ``--precision``
+    and a tuned profile (:func:`streamer.models.graphs.resolve_backend`)."""
+    from streamer.models.graphs import resolve_backend
+    from streamer.profile import profile_backend
 
     backend, precision = execution.backend, execution.precision
-    tuned_backend, tuned_precision = profile_engine(execution) if backend == "auto" or precision is None else (None, None)
+    tuned_backend, tuned_precision = profile_backend(execution) if backend == "auto" or precision is None else (None, None)
     if precision is None:
         precision = tuned_precision if tuned_precision == "bf16" and backend in ("auto", "openvino") else "fp32"
-    return resolve_engine(backend, precision, profile_backend=tuned_backend)
+    return resolve_backend(backend, precision, profile_backend=tuned_backend)
 
 
 def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: SubmissionFrame | None = None,
@@ -435,7 +457,7 @@ def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: Subm
     if frame is None:
         frame = read_frame(config, files)
     failpoints.hit("parent.checks")
-    engine = choose_engine(config.execution)  # before any model loads: bf16 on the wrong CPU stops here
+    backend = choose_backend(config.execution)  # before any model loads: bf16 on the wrong CPU stops here
     competition = frame.competition
     bound, perch = bind_config(config, competition, need_reference=need_reference)
     notes = list(bound.notes)
@@ -464,7 +486,7 @@ def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: Subm
         n_classes=competition.n_classes,
         # The engines set the thread count from their layout (see streamer.pipeline.layout).
         threads=ThreadSettings(intra_op_threads=None, allow_spinning=config.execution.allow_spinning),
-        engine=engine,
+        backend=backend,
     )
     return RunPlan(
         config=config,

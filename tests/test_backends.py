@@ -13,7 +13,7 @@ from streamer.config import ExecutionSettings
 from streamer.errors import ConfigError, DependencyError
 from streamer.install import install_hint
 from streamer.models import graphs
-from streamer.models.graphs import EngineChoice, ThreadSettings
+from streamer.models.graphs import BackendChoice, ThreadSettings
 
 from conftest import infer_args
 
@@ -43,8 +43,8 @@ def test_bf16_refused_without_hardware_bf16(kit, tmp_path, monkeypatch, capsys, 
 def test_bf16_accepted_with_either_cpu_feature(monkeypatch, flag):
     monkeypatch.setattr(graphs, "cpu_flags", lambda: frozenset({"avx512f", flag}))
     monkeypatch.setattr(graphs, "import_openvino", lambda: None)
-    assert graphs.resolve_engine("auto", "bf16") == EngineChoice("openvino", "bf16")
-    assert graphs.resolve_engine("openvino", "bf16") == EngineChoice("openvino", "bf16")
+    assert graphs.resolve_backend("auto", "bf16") == BackendChoice("openvino", "bf16")
+    assert graphs.resolve_backend("openvino", "bf16") == BackendChoice("openvino", "bf16")
 
 
 def test_bf16_with_onnxruntime_refused(kit, tmp_path, monkeypatch, capsys, no_models_load):
@@ -65,10 +65,10 @@ def test_openvino_missing_is_a_clear_error(kit, tmp_path, monkeypatch, capsys, n
 def test_auto_follows_the_profile_and_defaults_to_onnxruntime(monkeypatch):
     monkeypatch.setattr(graphs, "openvino_available", lambda: True)
     monkeypatch.setattr(graphs, "import_openvino", lambda: None)
-    assert graphs.resolve_engine("auto", "fp32") == EngineChoice("onnxruntime", "fp32")
-    assert graphs.resolve_engine("auto", "fp32", profile_backend="openvino") == EngineChoice("openvino", "fp32")
+    assert graphs.resolve_backend("auto", "fp32") == BackendChoice("onnxruntime", "fp32")
+    assert graphs.resolve_backend("auto", "fp32", profile_backend="openvino") == BackendChoice("openvino", "fp32")
     monkeypatch.setattr(graphs, "openvino_available", lambda: False)
-    assert graphs.resolve_engine("auto", "fp32", profile_backend="openvino") == EngineChoice("onnxruntime", "fp32")
+    assert graphs.resolve_backend("auto", "fp32", profile_backend="openvino") == BackendChoice("onnxruntime", "fp32")
     with pytest.raises(ConfigError, match="--precision"):
         ExecutionSettings(precision="fp16")
 
@@ -76,18 +76,18 @@ def test_auto_follows_the_profile_and_defaults_to_onnxruntime(monkeypatch):
 def test_tuned_bf16_applies_only_when_precision_is_not_given(monkeypatch):
     from streamer import profile
 
-    monkeypatch.setattr(profile, "profile_engine", lambda execution: ("openvino", "bf16"))
+    monkeypatch.setattr(profile, "profile_backend", lambda execution: ("openvino", "bf16"))
     monkeypatch.setattr(graphs, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
     monkeypatch.setattr(graphs, "import_openvino", lambda: None)
-    assert stages.choose_engine(ExecutionSettings()) == EngineChoice("openvino", "bf16")
-    assert stages.choose_engine(ExecutionSettings(precision="fp32")) == EngineChoice("openvino", "fp32")
-    assert stages.choose_engine(ExecutionSettings(precision="fp32", backend="onnxruntime")) == EngineChoice("onnxruntime", "fp32")
+    assert stages.choose_backend(ExecutionSettings()) == BackendChoice("openvino", "bf16")
+    assert stages.choose_backend(ExecutionSettings(precision="fp32")) == BackendChoice("openvino", "fp32")
+    assert stages.choose_backend(ExecutionSettings(precision="fp32", backend="onnxruntime")) == BackendChoice("onnxruntime", "fp32")
 
 
 @needs_openvino
 def test_openvino_graph_equals_onnxruntime_and_declares_the_same_ports(kit):
     ort = graphs.load_graph(kit.perch_onnx, ThreadSettings(1))
-    ov = graphs.load_graph(kit.perch_onnx, ThreadSettings(1), EngineChoice("openvino", "fp32"))
+    ov = graphs.load_graph(kit.perch_onnx, ThreadSettings(1), BackendChoice("openvino", "fp32"))
     assert [p.name for p in ov.inputs] == [p.name for p in ort.inputs]
     assert [(p.name, p.shape) for p in ov.outputs] == [(p.name, p.shape) for p in ort.outputs]
     ov.keep_outputs(["embedding", "label"])
@@ -123,7 +123,7 @@ def test_openvino_passes_the_check_and_the_report_names_it(kit, tmp_path):
     assert cli.main(infer_args(kit, out, "--backend", "openvino", "--workers", "1", "--threads", "1", "--report-json", str(report))) == 0
     doc = json.loads(report.read_text())
     assert doc["models"]["perch"] == doc["models"]["cnn"] == doc["models"]["crnn"] == "openvino fp32"
-    check = doc["engine_check"]
+    check = doc["backend_check"]
     assert check["passed"] and check["used"] == "openvino fp32"
     assert 0 <= check["max_prob_diff"] <= backend.PARITY_TOLERANCE
     np.testing.assert_allclose(_probs(out), _probs(ref), atol=backend.PARITY_TOLERANCE, rtol=0)
@@ -133,11 +133,11 @@ def test_openvino_passes_the_check_and_the_report_names_it(kit, tmp_path):
 def test_a_disagreeing_openvino_falls_back_to_onnxruntime(kit, tmp_path, monkeypatch, caplog):
     ref, out = tmp_path / "ort.csv", tmp_path / "ov.csv"
     assert cli.main(infer_args(kit, ref, "--backend", "onnxruntime", "--workers", "1", "--threads", "1")) == 0
-    monkeypatch.setenv("STREAMER_FAILPOINTS", "parent.engine_check=nan")
+    monkeypatch.setenv("STREAMER_FAILPOINTS", "parent.backend_check=nan")
     report = tmp_path / "ov.json"
     assert cli.main(infer_args(kit, out, "--backend", "openvino", "--workers", "1", "--threads", "1", "--report-json", str(report))) == 0
     doc = json.loads(report.read_text())
-    assert doc["engine_check"]["passed"] is False and doc["engine_check"]["used"] == "onnxruntime fp32"
+    assert doc["backend_check"]["passed"] is False and doc["backend_check"]["used"] == "onnxruntime fp32"
     assert doc["models"]["perch"] == "onnxruntime fp32"
     assert "disagrees with onnxruntime" in caplog.text
     # onnxruntime in both; the parent's batched reduction groups files by their arrival, which
@@ -154,7 +154,7 @@ def test_bf16_runs_in_openvino_and_reports_its_difference(kit, tmp_path):
     assert cli.main(infer_args(kit, out, "--precision", "bf16", "--workers", "1", "--threads", "1", "--report-json", str(report))) == 0
     doc = json.loads(report.read_text())
     assert doc["models"]["perch"] == "openvino bf16"
-    check = doc["engine_check"]
+    check = doc["backend_check"]
     assert check["used"] == "openvino bf16" and check["max_prob_diff"] > 0
     diff = np.abs(_probs(out) - _probs(ref)).max()
     assert 0 < diff < 0.2, diff  # changed numbers, not different models
@@ -178,18 +178,18 @@ def test_the_parity_check_runs_once_per_machine_and_models(kit, tmp_path, monkey
 
     monkeypatch.setenv("STREAMER_CACHE", str(tmp_path / "cache"))
     calls = []
-    real = backend.check_engine
+    real = backend.check_backend
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(backend, "check_engine", counting)
+    monkeypatch.setattr(backend, "check_backend", counting)
     plan = stages.prepare(InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir,
                                              backend="openvino", without=("cnn", "crnn")))
     first_plan, first = backend.with_backends(plan, tmp_path / "s1")
     again_plan, again = backend.with_backends(plan, tmp_path / "s2")
-    assert len(calls) == 1 and again == first and again_plan.model.engine == first_plan.model.engine
+    assert len(calls) == 1 and again == first and again_plan.model.backend == first_plan.model.backend
     other = replace(plan, model=replace(plan.model, class_map=plan.model.class_map[::-1].copy()))
     backend.with_backends(other, tmp_path / "s3")
     assert len(calls) == 2

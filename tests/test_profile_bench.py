@@ -63,23 +63,23 @@ def test_layout_grid_and_contenders():
     assert baseline.args == ("--engine", "sequential", "--threads", "default", "--backend", "onnxruntime", "--precision", "fp32")
 
 
-def test_engine_contenders_and_what_tune_may_save():
-    from streamer.bench.runner import REFERENCE_ENGINE, Contender
+def test_backend_contenders_and_what_tune_may_save():
+    from streamer.bench.runner import REFERENCE_BACKEND, Contender
     from streamer.bench.tune import _eligible
-    from streamer.models.graphs import EngineChoice
+    from streamer.models.graphs import BackendChoice
 
-    ov, bf16 = EngineChoice("openvino", "fp32"), EngineChoice("openvino", "bf16")
-    contenders = build_contenders(2, quick=True, engines=[REFERENCE_ENGINE, ov, bf16])
+    ov, bf16 = BackendChoice("openvino", "fp32"), BackendChoice("openvino", "bf16")
+    contenders = build_contenders(2, quick=True, backends=[REFERENCE_BACKEND, ov, bf16])
     by_name = {c.name: c for c in contenders}
     assert by_name["engine (automatic layout), openvino bf16"].args[-4:] == ("--backend", "openvino", "--precision", "bf16")
-    assert {c.engine for c in contenders if c.kind == "ceiling"} == {REFERENCE_ENGINE, ov, bf16}
-    grid = build_contenders(2, quick=True, engines=[REFERENCE_ENGINE, ov], grid_engines=[REFERENCE_ENGINE, ov])
-    assert sum(c.engine == ov and c.kind == "infer" for c in grid) == len(layout_grid(2, full=False))
-    assert _eligible(Contender("a", "infer", engine=bf16), allow_bf16=False) == "bf16 is saved only with --allow-bf16"
-    assert _eligible(Contender("a", "infer", engine=bf16), allow_bf16=True) is None
-    failed = Contender("b", "infer", engine=ov, runs=[{"engine_check_passed": False}])
+    assert {c.backend for c in contenders if c.kind == "ceiling"} == {REFERENCE_BACKEND, ov, bf16}
+    grid = build_contenders(2, quick=True, backends=[REFERENCE_BACKEND, ov], grid_backends=[REFERENCE_BACKEND, ov])
+    assert sum(c.backend == ov and c.kind == "infer" for c in grid) == len(layout_grid(2, full=False))
+    assert _eligible(Contender("a", "infer", backend=bf16), allow_bf16=False) == "bf16 is saved only with --allow-bf16"
+    assert _eligible(Contender("a", "infer", backend=bf16), allow_bf16=True) is None
+    failed = Contender("b", "infer", backend=ov, runs=[{"backend_check_passed": False}])
     assert "parity check" in _eligible(failed, allow_bf16=True)
-    assert _eligible(Contender("c", "infer", engine=ov, runs=[{"engine_check_passed": True}]), allow_bf16=False) is None
+    assert _eligible(Contender("c", "infer", backend=ov, runs=[{"backend_check_passed": True}]), allow_bf16=False) is None
 
 
 def test_b3_standin_has_perchs_interface():
@@ -100,12 +100,12 @@ def test_b3_standin_has_perchs_interface():
 def test_small_bench_and_tune_run(kit, tmp_path):
     """The whole bench loop on the small stand-ins, kept tiny: every output and key is there."""
     models = BenchModels(perch=kit.perch_onnx, moe_dir=kit.moe_dir, data_dir=kit.data_dir, description="small stand-ins")
-    from streamer.bench.runner import REFERENCE_ENGINE
-    from streamer.models.graphs import EngineChoice, openvino_available
+    from streamer.bench.runner import REFERENCE_BACKEND
+    from streamer.models.graphs import BackendChoice, openvino_available
 
-    engines = [REFERENCE_ENGINE] + ([EngineChoice("openvino", "fp32")] if openvino_available() else [])
+    backends = [REFERENCE_BACKEND] + ([BackendChoice("openvino", "fp32")] if openvino_available() else [])
     result = run_bench(out_dir=tmp_path / "out", quick=True, n_files=2, repeats=1, models=models, cache_dir=tmp_path / "cache",
-                       engines=engines)
+                       backends=backends)
     for key in ("baseline_windows_per_s", "engine_windows_per_s", "ceiling_windows_per_s", "speedup_vs_baseline",
                 "efficiency_vs_ceiling", "projected_minutes_600_files"):
         assert np.isfinite(result[key]) and result[key] > 0, key
@@ -123,12 +123,12 @@ def test_small_bench_and_tune_run(kit, tmp_path):
     assert engine_run["fixed_s"] == pytest.approx(engine_run["wall_s"] - seconds["scoring"])
     assert 0 < seconds["decode_cpu"]  # the decoders' CPU time is measured (it backs the stage table)
     assert "decode CPU" in table
-    assert [e["engine"] for e in result["engines"]] == [e.describe() for e in engines]
+    assert [e["backend"] for e in result["backends"]] == [e.describe() for e in backends]
     by_name = {c["name"]: c for c in result["contenders"]}
-    for e, engine in zip(result["engines"], engines):
+    for e, backend in zip(result["backends"], backends):
         assert e["windows_per_s"] > 0 and e["ceiling_windows_per_s"] > 0 and e["consumer_rss_mb"] > 0
-        own = by_name["engine (automatic layout)" + ("" if engine == REFERENCE_ENGINE else f", {engine.describe()}")]["runs"][0]
-        assert 0 < e["first_file_s"] == own["first_file_s"] <= own["wall_s"]  # inside that engine's own run
+        own = by_name["engine (automatic layout)" + ("" if backend == REFERENCE_BACKEND else f", {backend.describe()}")]["runs"][0]
+        assert 0 < e["first_file_s"] == own["first_file_s"] <= own["wall_s"]  # inside that backend's own run
     assert 0 < engine_run["first_file_s"] <= engine_run["wall_s"]
     baseline_run = result["contenders"][0]["runs"][0]
     assert result["whole_process_speedup"] == pytest.approx(baseline_run["wall_s"] / engine_run["wall_s"])

@@ -11,8 +11,8 @@ from streamer.config import InferConfig
 from streamer.errors import ArtifactError, ConfigError
 from streamer.metadata import load_competition, parse_site
 from streamer.prior import fit_prior
-from streamer.stages import ModelStage, Reducer, decode_job, prepare
-from streamer.validate.cache import build_cache, dependency_paths, hash_dependencies, load_cache
+from streamer.stages import ModelStage, Reducer, decode_job, dependency_paths, prepare
+from streamer.validate.cache import build_cache, hash_dependencies, load_cache
 from streamer.validate.sweep import (
     SweepPoint,
     assign_prior_folds,
@@ -359,14 +359,14 @@ def test_compare_two_caches_at_the_best_point(kit, cache_path, tmp_path, capsys)
     assert c["macro_auc_a"] == pytest.approx(a.score(BASE).macro_auc)
 
 
-def test_a_cache_made_in_another_engine_is_rebuilt(kit, cache_path, tmp_path):
+def test_a_cache_made_in_another_backend_is_rebuilt(kit, cache_path, tmp_path):
     import shutil
 
     copy = tmp_path / "cache.npz"
     shutil.copy(cache_path, copy)
     cache = load_cache(copy)
-    cache.info["engine"] = "openvino bf16"
+    cache.info["backend"] = "openvino bf16"
     cache.save(copy)
     config = InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir)
     _, built = build_cache(config, copy)
-    assert built and load_cache(copy).info["engine"] == "onnxruntime fp32"
+    assert built and load_cache(copy).info["backend"] == "onnxruntime fp32"

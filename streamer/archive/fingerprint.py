@@ -44,7 +44,7 @@ def compute(plan: RunPlan, settings: ArchiveSettings) -> dict:
 
     if isinstance(plan.reducer, PerchScoresSpec):
         return _compute_perch_only(plan, settings)
-    from streamer.validate.cache import dependency_paths
+    from streamer.stages import dependency_paths
 
     files = {role: str(path) for role, path in dependency_paths(plan, heads=True).items()}
     files["train_labels"] = str(Path(plan.config.artifacts.data_dir) / "train_soundscapes_labels.csv")
@@ -56,7 +56,7 @@ def compute(plan: RunPlan, settings: ArchiveSettings) -> dict:
         "settings": {
             "labels": settings.labels,
             **recipe_settings(plan),
-            "precision": plan.model.engine.precision,
+            "precision": plan.model.backend.precision,
             "embeddings": settings.embeddings,
             **_output_settings(settings),
             "classes (count, sha256 of code, common and scientific names)": _classes_digest(plan),
@@ -120,7 +120,7 @@ def _compute_perch_only(plan: RunPlan, settings: ArchiveSettings) -> dict:
         "settings": {
             "labels": settings.labels,
             "scores": plan.reducer.scores,
-            "precision": plan.model.engine.precision,
+            "precision": plan.model.backend.precision,
             "embeddings": settings.embeddings,
             **_output_settings(settings),
             "classes (count, sha256 of the names)": [len(names), hashlib.sha256("\n".join(names).encode()).hexdigest()],

@@ -58,7 +58,7 @@ class ArchiveReport:
     peak_worker_rss_mb: float = 0.0
     peak_parent_rss_mb: float = 0.0
     models: dict[str, str] = field(default_factory=dict)
-    engine_check: dict | None = None
+    backend_check: dict | None = None
     ranges: dict[str, int] = field(default_factory=dict)  # inputs split across workers: how many ranges each
 
     @property
@@ -101,7 +101,7 @@ class ArchiveReport:
             "peak_worker_rss_mb": self.peak_worker_rss_mb,
             "peak_parent_rss_mb": self.peak_parent_rss_mb,
             "models": dict(self.models),
-            "engine_check": self.engine_check,
+            "backend_check": self.backend_check,
             "ranges": dict(self.ranges),
         }
 
@@ -349,7 +349,7 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
     with tempfile.TemporaryDirectory(prefix="streamer-archive-") as tmp:
         plan, check = with_backends(plan, Path(tmp), sequential=engine == "sequential")
         report.models = describe_models(plan.model, plan.reducer)
-        report.engine_check = check.to_dict() if check is not None else None
+        report.backend_check = check.to_dict() if check is not None else None
         work = WorkQueue(tasks, on_result, bar.advance, plan.class_labels, out_dir=out_dir, split=settings.split)
         try:
             if engine == "sequential":

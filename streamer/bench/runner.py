@@ -29,7 +29,7 @@ from pathlib import Path
 
 from streamer.files import atomic_write_text, save_figure
 from streamer.metadata import N_WINDOWS_PER_FILE, WINDOW_S
-from streamer.models.graphs import EngineChoice
+from streamer.models.graphs import BackendChoice
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ CONTENDER_TIMEOUT_S = 1800
 
 @dataclass
 class Contender:
-    """One thing to measure. ``kind`` is ``infer`` (a subprocess) or ``ceiling``; ``engine``:
+    """One thing to measure. ``kind`` is ``infer`` (a subprocess) or ``ceiling``; ``backend``:
     what runs the ONNX graphs."""
 
     name: str
@@ -55,7 +55,7 @@ class Contender:
     args: tuple[str, ...] = ()
     layout: dict = field(default_factory=dict)
     runs: list[dict] = field(default_factory=list)
-    engine: EngineChoice = EngineChoice()
+    backend: BackendChoice = BackendChoice()
 
     def median(self, key: str) -> float:
         values = [r[key] for r in self.runs if key in r]
@@ -157,13 +157,13 @@ def run_infer_subprocess(models: BenchModels, data: Path, args: tuple[str, ...],
     )
     seconds = report["seconds"]
     steady = seconds.get("scoring", seconds.get("total", 0.0) - seconds.get("setup", 0.0))
-    check = report.get("engine_check")
+    check = report.get("backend_check")
     return {
         "wall_s": wall,
         "fixed_s": wall - steady,
         "first_file_s": seconds.get("first_file", float("nan")),
         "models": report.get("models", {}),
-        "engine_check_passed": None if check is None else bool(check["passed"]),
+        "backend_check_passed": None if check is None else bool(check["passed"]),
         "windows": report["n_modelled_windows"],
         "windows_per_s": report["n_modelled_windows"] / steady if steady > 0 else 0.0,
         "end_to_end_windows_per_s": report["n_modelled_windows"] / wall,
@@ -173,54 +173,54 @@ def run_infer_subprocess(models: BenchModels, data: Path, args: tuple[str, ...],
     }
 
 
-REFERENCE_ENGINE = EngineChoice("onnxruntime", "fp32")
+REFERENCE_BACKEND = BackendChoice("onnxruntime", "fp32")
 
 
-def engine_variants(backend: str = "auto", precision: str | None = None) -> list[EngineChoice]:
-    """The engines to measure: onnxruntime fp32 (always, the reference), OpenVINO fp32 where
+def backend_variants(backend: str = "auto", precision: str | None = None) -> list[BackendChoice]:
+    """The backends to measure: onnxruntime fp32 (always, the reference), OpenVINO fp32 where
     it is installed, OpenVINO bf16 where the CPU has bf16 too; ``--backend`` and ``--precision``
     narrow the list (onnxruntime fp32 stays)."""
-    from streamer.models.graphs import hardware_bf16, openvino_available, resolve_engine
+    from streamer.models.graphs import hardware_bf16, openvino_available, resolve_backend
 
     if backend != "auto" or precision is not None:
-        chosen = resolve_engine(backend, precision or "fp32")  # refuses bf16 without the hardware
-        return [REFERENCE_ENGINE] + ([chosen] if chosen != REFERENCE_ENGINE else [])
-    out = [REFERENCE_ENGINE]
+        chosen = resolve_backend(backend, precision or "fp32")  # refuses bf16 without the hardware
+        return [REFERENCE_BACKEND] + ([chosen] if chosen != REFERENCE_BACKEND else [])
+    out = [REFERENCE_BACKEND]
     if openvino_available():
-        out.append(EngineChoice("openvino", "fp32"))
+        out.append(BackendChoice("openvino", "fp32"))
         if hardware_bf16() is not None:
-            out.append(EngineChoice("openvino", "bf16"))
+            out.append(BackendChoice("openvino", "bf16"))
     return out
 
 
-def engine_args(engine: EngineChoice) -> tuple[str, ...]:
-    return ("--backend", engine.backend, "--precision", engine.precision)
+def backend_args(backend: BackendChoice) -> tuple[str, ...]:
+    return ("--backend", backend.backend, "--precision", backend.precision)
 
 
-def _suffix(engine: EngineChoice) -> str:
-    return "" if engine == REFERENCE_ENGINE else f", {engine.describe()}"
+def _suffix(backend: BackendChoice) -> str:
+    return "" if backend == REFERENCE_BACKEND else f", {backend.describe()}"
 
 
-def build_contenders(n_cpus: int, quick: bool, engines: list[EngineChoice] | None = None, *,
-                     grid_engines: list[EngineChoice] | None = None) -> list[Contender]:
-    """Baseline, engine (automatic layout) in each engine, the layout grid (in
-    ``grid_engines``, default onnxruntime fp32) and the ceilings of every engine."""
+def build_contenders(n_cpus: int, quick: bool, backends: list[BackendChoice] | None = None, *,
+                     grid_backends: list[BackendChoice] | None = None) -> list[Contender]:
+    """Baseline, engine (automatic layout) in each backend, the layout grid (in
+    ``grid_backends``, default onnxruntime fp32) and the ceilings of every backend."""
     from streamer.pipeline.layout import plan_layout
 
-    engines = engines or [REFERENCE_ENGINE]
-    grid_engines = grid_engines or [REFERENCE_ENGINE]
+    backends = backends or [REFERENCE_BACKEND]
+    grid_backends = grid_backends or [REFERENCE_BACKEND]
     auto = plan_layout(cpus=tuple(range(n_cpus)))
     auto_layout = {"workers": auto.n_workers, "threads": auto.threads, "decoders": auto.n_decoders}
-    ref = engine_args(REFERENCE_ENGINE)
+    ref = backend_args(REFERENCE_BACKEND)
     contenders = [
         Contender("baseline (sequential, library threads)", "infer", ("--engine", "sequential", "--threads", "default") + ref,
                   {"engine": "sequential", "threads": "default"}),
         Contender("engine (automatic layout)", "infer", ref, auto_layout),
     ]
-    for engine in engines:
-        if engine != REFERENCE_ENGINE and engine not in grid_engines:
-            contenders.append(Contender(f"engine (automatic layout){_suffix(engine)}", "infer", engine_args(engine),
-                                        dict(auto_layout), engine=engine))
+    for backend in backends:
+        if backend != REFERENCE_BACKEND and backend not in grid_backends:
+            contenders.append(Contender(f"engine (automatic layout){_suffix(backend)}", "infer", backend_args(backend),
+                                        dict(auto_layout), backend=backend))
     if not quick:
         contenders.append(
             Contender("sequential, library threads, students in onnxruntime", "infer",
@@ -228,24 +228,24 @@ def build_contenders(n_cpus: int, quick: bool, engines: list[EngineChoice] | Non
                       {"engine": "sequential", "threads": "default", "students": "onnxruntime"})
         )
     grid = layout_grid(n_cpus, full=not quick)
-    for engine in grid_engines:
+    for backend in grid_backends:
         for w, t in grid:
             for decoders in ((1,) if quick else (1, 2)):
-                for spin in ((False,) if quick or engine.backend != "onnxruntime" else (False, True)):
+                for spin in ((False,) if quick or backend.backend != "onnxruntime" else (False, True)):
                     is_auto = (w, t, decoders, spin) == (auto.n_workers, auto.threads, auto.n_decoders, False)
-                    if is_auto and engine == REFERENCE_ENGINE:
+                    if is_auto and backend == REFERENCE_BACKEND:
                         continue  # that is the engine contender
                     if (decoders == 2 or spin) and (w, t) != (auto.n_workers, auto.threads):
                         continue  # decoders and spinning are varied on the automatic layout only
                     args = ("--workers", str(w), "--threads", str(t), "--decoders", str(decoders)) + (("--allow-spinning",) if spin else ())
-                    name = f"pipeline {w}x{t}, {decoders} decoder(s)" + (", spinning" if spin else "") + _suffix(engine)
-                    contenders.append(Contender(name, "infer", args + engine_args(engine),
-                                                {"workers": w, "threads": t, "decoders": decoders, "allow_spinning": spin}, engine=engine))
-    for engine in engines:
+                    name = f"pipeline {w}x{t}, {decoders} decoder(s)" + (", spinning" if spin else "") + _suffix(backend)
+                    contenders.append(Contender(name, "infer", args + backend_args(backend),
+                                                {"workers": w, "threads": t, "decoders": decoders, "allow_spinning": spin}, backend=backend))
+    for backend in backends:
         for w, t in grid:
             if w * t <= n_cpus:
-                contenders.append(Contender(f"ceiling {w}x{t}{_suffix(engine)} (models only, pre-decoded)", "ceiling", (),
-                                            {"workers": w, "threads": t}, engine=engine))
+                contenders.append(Contender(f"ceiling {w}x{t}{_suffix(backend)} (models only, pre-decoded)", "ceiling", (),
+                                            {"workers": w, "threads": t}, backend=backend))
     return contenders
 
 
@@ -260,12 +260,12 @@ def run_bench(
     cache_dir: Path | None = None,
     json_path: Path | None = None,
     chart_path: Path | None = None,
-    engines: list[EngineChoice] | None = None,
+    backends: list[BackendChoice] | None = None,
 ) -> dict:
     """Measure everything, write the Markdown table, the JSON and the chart; return the JSON.
 
-    ``engines``: what runs the graphs, each measured at the automatic layout and as a ceiling
-    (default: :func:`engine_variants`)."""
+    ``backends``: what runs the graphs, each measured at the automatic layout and as a ceiling
+    (default: :func:`backend_variants`)."""
     from streamer.config import default_cache_dir
     from streamer.config import InferConfig
     from streamer.pipeline.layout import available_cpus
@@ -280,18 +280,18 @@ def run_bench(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n_cpus = len(available_cpus())
-    engines = engines or engine_variants()
-    contenders = build_contenders(n_cpus, quick, engines)
+    backends = backends or backend_variants()
+    contenders = build_contenders(n_cpus, quick, backends)
     t_bench = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="streamer-bench-") as tmp:
         work = Path(tmp)
         data = make_inputs(models, audio_dir, n_files, work)
         ceiling_plans = {}
-        for engine in engines:
+        for backend in backends:
             config = InferConfig.create(data_dir=data, perch=models.perch, moe_dir=models.moe_dir, out=work / "unused.csv",
                                         students_backend="onnxruntime", progress=False, use_profile=False,
-                                        backend=engine.backend, precision=engine.precision)
-            ceiling_plans[engine] = with_student_backend(prepare(config), work / "students")
+                                        backend=backend.backend, precision=backend.precision)
+            ceiling_plans[backend] = with_student_backend(prepare(config), work / "students")
         for r in range(repeats):
             order = repeat_order(contenders, r)
             for c in order:
@@ -301,8 +301,8 @@ def run_bench(
                 else:
                     from streamer.bench.ceiling import measure_ceiling
 
-                    c.runs.append(measure_ceiling(ceiling_plans[c.engine], workers=c.layout["workers"], threads=c.layout["threads"]))
-    result = summarise(contenders, models, n_files, repeats, n_cpus, time.perf_counter() - t_bench, quick, engines)
+                    c.runs.append(measure_ceiling(ceiling_plans[c.backend], workers=c.layout["workers"], threads=c.layout["threads"]))
+    result = summarise(contenders, models, n_files, repeats, n_cpus, time.perf_counter() - t_bench, quick, backends)
     json_path = Path(json_path) if json_path else out_dir / "bench.json"
     chart_path = Path(chart_path) if chart_path else out_dir / "bench.png"
     atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
@@ -313,12 +313,12 @@ def run_bench(
 
 
 def summarise(contenders: list[Contender], models: BenchModels, n_files: int, repeats: int, n_cpus: int, bench_s: float,
-              quick: bool, engines: list[EngineChoice] | None = None) -> dict:
-    engines = engines or [REFERENCE_ENGINE]
+              quick: bool, backends: list[BackendChoice] | None = None) -> dict:
+    backends = backends or [REFERENCE_BACKEND]
     by_name = {c.name: c for c in contenders}
     baseline = by_name["baseline (sequential, library threads)"]
     engine = by_name["engine (automatic layout)"]
-    ceilings = [c for c in contenders if c.kind == "ceiling" and c.engine == REFERENCE_ENGINE]
+    ceilings = [c for c in contenders if c.kind == "ceiling" and c.backend == REFERENCE_BACKEND]
     best_ceiling = max(ceilings, key=lambda c: c.median("windows_per_s"))
     base_rate = baseline.median("windows_per_s")
     engine_rate = engine.median("windows_per_s")
@@ -334,7 +334,7 @@ def summarise(contenders: list[Contender], models: BenchModels, n_files: int, re
             "name": c.name,
             "kind": c.kind,
             "layout": c.layout,
-            "engine": c.engine.describe(),
+            "backend": c.backend.describe(),
             "windows_per_s": rate,
             "real_time_factor": rate * WINDOW_S,
             "vs_baseline": rate / base_rate if base_rate > 0 else float("nan"),
@@ -347,21 +347,21 @@ def summarise(contenders: list[Contender], models: BenchModels, n_files: int, re
             row["end_to_end_windows_per_s"] = c.median("end_to_end_windows_per_s")
             row["peak_rss_mb"] = c.runs[-1]["peak_rss_mb"]
             row["consumer_rss_mb"] = _consumer_rss(c.runs[-1]["peak_rss_mb"])
-            row["engine_check_passed"] = c.runs[-1].get("engine_check_passed")
+            row["backend_check_passed"] = c.runs[-1].get("backend_check_passed")
         rows.append(row)
     stages = {name: per_window_ms(by_name[name].runs[-1]) for name in (baseline.name, engine.name)}
-    per_engine = []
-    for variant in engines:
-        pipe = next((c for c in contenders if c.kind == "infer" and c.engine == variant
+    per_backend = []
+    for variant in backends:
+        pipe = next((c for c in contenders if c.kind == "infer" and c.backend == variant
                      and c.layout == engine.layout), None)
-        ceils = [c for c in contenders if c.kind == "ceiling" and c.engine == variant]
+        ceils = [c for c in contenders if c.kind == "ceiling" and c.backend == variant]
         if pipe is None or not ceils:
             continue
         best = max(ceils, key=lambda c: c.median("windows_per_s"))
         at_own = [c for c in ceils if (c.layout["workers"], c.layout["threads"]) == (pipe.layout.get("workers"), pipe.layout.get("threads"))]
         rate = pipe.median("windows_per_s")
-        per_engine.append({
-            "engine": variant.describe(),
+        per_backend.append({
+            "backend": variant.describe(),
             "windows_per_s": rate,
             "vs_baseline": rate / base_rate if base_rate > 0 else float("nan"),
             "vs_onnxruntime_fp32": rate / engine_rate if engine_rate > 0 else float("nan"),
@@ -371,7 +371,7 @@ def summarise(contenders: list[Contender], models: BenchModels, n_files: int, re
             "fixed_s": pipe.median("fixed_s"),
             "first_file_s": pipe.median("first_file_s"),
             "consumer_rss_mb": _consumer_rss(pipe.runs[-1]["peak_rss_mb"]),
-            "engine_check_passed": pipe.runs[-1].get("engine_check_passed"),
+            "backend_check_passed": pipe.runs[-1].get("backend_check_passed"),
         })
     result = {
         "baseline_windows_per_s": base_rate,
@@ -387,7 +387,7 @@ def summarise(contenders: list[Contender], models: BenchModels, n_files: int, re
         "whole_process_speedup": baseline.median("wall_s") / engine.median("wall_s") if engine.median("wall_s") > 0 else float("nan"),
         "baseline_wall_s": baseline.median("wall_s"),
         "engine_wall_s": engine.median("wall_s"),
-        "engines": per_engine,
+        "backends": per_backend,
         "machine": _machine(),
         "thread_environment": environment_note(),
         "n_cpus": n_cpus,
@@ -444,7 +444,7 @@ def markdown(result: dict) -> str:
         rss = row.get("peak_rss_mb") or {}
         consumer = f"{row['consumer_rss_mb']:.0f}" if "consumer_rss_mb" in row else ""
         parent = f"{rss['parent']:.0f}" if "parent" in rss else ""
-        fell_back = " (failed the parity check: ran in onnxruntime)" if row.get("engine_check_passed") is False and "fp32" in row["engine"] else ""
+        fell_back = " (failed the parity check: ran in onnxruntime)" if row.get("backend_check_passed") is False and "fp32" in row["backend"] else ""
         lines.append(
             f"| {row['name']}{fell_back} | {row['windows_per_s']:.1f} | {row['real_time_factor']:.0f}x | "
             f"{row['vs_baseline']:.2f}x | {row['vs_ceiling']:.2f} | {fixed} | {first} | {consumer} | {parent} |"
@@ -466,15 +466,15 @@ def markdown(result: dict) -> str:
         f"Projected time for {KAGGLE_FILES} one-minute files on this machine: "
         f"{result['projected_minutes_600_files']:.1f} min (fixed cost {result['engine_fixed_s']:.1f} s included).",
         "",
-        "Engines (pipeline at the automatic layout; ceiling: the best layout of that engine, models only):",
+        "Backends (pipeline at the automatic layout; ceiling: the best layout of that backend, models only):",
         "",
-        "| engine | windows/s | vs baseline | vs onnxruntime fp32 | ceiling windows/s (layout) | fixed s | first file s | consumer MB |",
+        "| backend | windows/s | vs baseline | vs onnxruntime fp32 | ceiling windows/s (layout) | fixed s | first file s | consumer MB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for e in result.get("engines", []):
+    for e in result.get("backends", []):
         cl = e["ceiling_layout"]
         lines.append(
-            f"| {e['engine']} | {e['windows_per_s']:.1f} | {e['vs_baseline']:.2f}x | {e['vs_onnxruntime_fp32']:.2f}x | "
+            f"| {e['backend']} | {e['windows_per_s']:.1f} | {e['vs_baseline']:.2f}x | {e['vs_onnxruntime_fp32']:.2f}x | "
             f"{e['ceiling_windows_per_s']:.1f} ({cl['workers']}x{cl['threads']}) | {e['fixed_s']:.1f} | "
             f"{e['first_file_s']:.1f} | {e['consumer_rss_mb']:.0f} |"
         )

@@ -1,4 +1,4 @@
-"""``streamer tune``: measure pipeline layouts and engines on this machine and save the fastest
+"""``streamer tune``: measure pipeline layouts and backends on this machine and save the fastest
 as a profile."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from streamer.bench.runner import (
-    REFERENCE_ENGINE,
+    REFERENCE_BACKEND,
     BenchModels,
     Contender,
     build_contenders,
@@ -17,7 +17,7 @@ from streamer.bench.runner import (
     repeat_order,
     run_infer_subprocess,
 )
-from streamer.models.graphs import EngineChoice
+from streamer.models.graphs import BackendChoice
 from streamer.profile import TunedLayout, save_profile
 
 log = logging.getLogger(__name__)
@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 
 def _eligible(c: Contender, allow_bf16: bool) -> str | None:
     """Why a measured candidate may not be saved (``None``: it may)."""
-    if c.engine.precision == "bf16" and not allow_bf16:
+    if c.backend.precision == "bf16" and not allow_bf16:
         return "bf16 is saved only with --allow-bf16"
-    if c.engine.backend == "openvino" and c.engine.precision == "fp32" and any(r.get("engine_check_passed") is False for r in c.runs):
+    if c.backend.backend == "openvino" and c.backend.precision == "fp32" and any(r.get("backend_check_passed") is False for r in c.runs):
         return "OpenVINO failed the parity check against onnxruntime"
     return None
 
@@ -40,18 +40,18 @@ def run_tune(
     n_files: int | None = None,
     repeats: int | None = None,
     audio_dir: Path | None = None,
-    engines: list[EngineChoice] | None = None,
+    backends: list[BackendChoice] | None = None,
     allow_bf16: bool = False,
 ) -> tuple[TunedLayout, list[dict]]:
-    """Measure the pipeline layouts in every engine (interleaved, repeated; medians) and save
+    """Measure the pipeline layouts in every backend (interleaved, repeated; medians) and save
     the fastest eligible one: OpenVINO fp32 only where it passed the parity check, bf16 only
     with ``allow_bf16``."""
     from streamer.pipeline.layout import available_cpus
 
     n_files = n_files or (12 if quick else 24)
     repeats = repeats or (2 if quick else 3)
-    engines = engines or [REFERENCE_ENGINE]
-    candidates = [c for c in build_contenders(len(available_cpus()), quick, engines, grid_engines=engines)
+    backends = backends or [REFERENCE_BACKEND]
+    candidates = [c for c in build_contenders(len(available_cpus()), quick, backends, grid_backends=backends)
                   if c.kind == "infer" and "engine" not in c.layout]
     with tempfile.TemporaryDirectory(prefix="streamer-tune-") as tmp:
         work = Path(tmp)
@@ -68,11 +68,11 @@ def run_tune(
         threads=best.layout["threads"],
         decoders=best.layout["decoders"],
         allow_spinning=bool(best.layout.get("allow_spinning", False)),
-        backend=best.engine.backend,
-        precision=best.engine.precision,
+        backend=best.backend.backend,
+        precision=best.backend.precision,
     )
     measurements = [
-        {"name": c.name, "layout": c.layout, "engine": c.engine.describe(), "windows_per_s": c.median("windows_per_s"),
+        {"name": c.name, "layout": c.layout, "backend": c.backend.describe(), "windows_per_s": c.median("windows_per_s"),
          "n_runs": len(c.runs), "eligible": _eligible(c, allow_bf16) is None, "why_not": _eligible(c, allow_bf16)}
         for c in sorted(candidates, key=lambda c: -c.median("windows_per_s"))
     ]

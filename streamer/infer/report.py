@@ -36,7 +36,7 @@ class RunReport:
         n_files_in_parts: files the pipeline cut into parts at the end of the run, to keep
             every consumer busy.
         models: what ran each model, ``{"perch": "openvino bf16", ...}``.
-        engine_check: the OpenVINO parity check (:class:`streamer.backend.EngineCheck`), when
+        backend_check: the OpenVINO parity check (:class:`streamer.backend.BackendCheck`), when
             one ran.
         interrupted: the run was stopped by Ctrl-C.
         error: a fatal error that ended the run early (the CSV was still written).
@@ -53,7 +53,7 @@ class RunReport:
     budget_notes: list[str] = field(default_factory=list)
     n_files_in_parts: int = 0
     models: dict[str, str] = field(default_factory=dict)
-    engine_check: dict | None = None
+    backend_check: dict | None = None
     interrupted: bool = False
     error: str | None = None
 
@@ -77,7 +77,7 @@ class RunReport:
             "budget_notes": list(self.budget_notes),
             "n_files_in_parts": self.n_files_in_parts,
             "models": dict(self.models),
-            "engine_check": self.engine_check,
+            "backend_check": self.backend_check,
             "interrupted": self.interrupted,
             "error": self.error,
         }
@@ -121,9 +121,9 @@ class RunReport:
         ]
         if self.models:
             lines.append("models: " + ", ".join(f"{k.replace('_', '-')} in {v}" for k, v in self.models.items()))
-        if self.engine_check:
-            check = self.engine_check
-            lines.append(f"engine check: {check['candidate']} vs onnxruntime fp32, final probabilities differ by up to "
+        if self.backend_check:
+            check = self.backend_check
+            lines.append(f"backend check: {check['candidate']} vs onnxruntime fp32, final probabilities differ by up to "
                          f"{check['max_prob_diff']:.2g} (tolerance {check['tolerance']:.0e}, fp32 only); used {check['used']}")
         if self.peak_rss_mb:
             lines.append("peak memory (RSS): " + ", ".join(f"{k} {v:.0f} MB" for k, v in self.peak_rss_mb.items()))

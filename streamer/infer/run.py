@@ -1,4 +1,4 @@
-"""Running ``infer``: the row sink first, then the students' export and the engine check, then
+"""Running ``infer``: the row sink first, then the students' export and the backend check, then
 the engine.
 
 The submission's temporary file is opened before anything slow starts (so an ``--out`` that
@@ -21,7 +21,7 @@ from streamer.errors import OutputWriteError
 from streamer.infer.budget import Budget
 from streamer.infer.report import RunReport
 from streamer.infer.rows import RowSink, sigint_deferred
-from streamer.models.graphs import EngineChoice
+from streamer.models.graphs import BackendChoice
 from streamer.stages import Reducer, RunPlan, check_members
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,11 @@ def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
         with tempfile.TemporaryDirectory(prefix="streamer-students-") as tmp:
             if plan.jobs and budget.time_left() >= MIN_SECONDS_FOR_EXPORT:
                 plan, check = with_backends(plan, Path(tmp), reducer=reducer)
-                report.engine_check = check.to_dict() if check is not None else None
+                report.backend_check = check.to_dict() if check is not None else None
             elif plan.jobs:
-                log.info("budget: too little time to export the students and check the engine; students in torch, "
+                log.info("budget: too little time to export the students and check the backend; students in torch, "
                          "Perch in onnxruntime fp32")
-                plan = replace(plan, model=replace(plan.model, engine=EngineChoice()))
+                plan = replace(plan, model=replace(plan.model, backend=BackendChoice()))
             report.models = describe_models(plan.model, plan.reducer)
             _run(plan, budget, sink, report)
     except KeyboardInterrupt:

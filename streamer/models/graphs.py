@@ -1,10 +1,10 @@
 """Running an ONNX graph (Perch, or a student as ``streamer`` exports it) in onnxruntime or
 OpenVINO, in fp32 or bf16.
 
-Both engines are behind one small interface, :class:`Graph`: declared inputs and outputs
+Both backends are behind one small interface, :class:`Graph`: declared inputs and outputs
 (name and shape, ``None`` for a dynamic dimension) and ``run(output_names, feeds)``.
 
-The rules, checked in the parent before any model loads (:func:`resolve_engine`):
+The rules, checked in the parent before any model loads (:func:`resolve_backend`):
 
 * **fp32** (the default) runs in onnxruntime, or in OpenVINO when asked for (``--backend
   openvino``, or ``auto`` with a tuned profile that measured it faster). OpenVINO's CPU plugin
@@ -22,15 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streamer.config import BACKEND_CHOICES, BACKENDS, PRECISIONS  # noqa: F401 - the choices, named here too
+from streamer.config import BACKEND_CHOICES, BACKENDS, PRECISIONS
 from streamer.errors import ArtifactError, ConfigError, DependencyError
 
 log = logging.getLogger(__name__)
 
 #: /proc/cpuinfo flags that mean bf16 arithmetic in hardware.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-# numpy is imported where it is used: the CLI reads this module's choices for --help and
-# --version, which must work before the dependencies are installed.
+# numpy is imported where it is used: ThreadSettings and BackendChoice, which the settings and
+# the plans carry, need none of it.
 if TYPE_CHECKING:
     import numpy as np
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 class ThreadSettings:
     """Threading of one process's models.
 
-    ``intra_op_threads=None`` leaves the engines' and torch's own defaults untouched (the way
+    ``intra_op_threads=None`` leaves the backends' and torch's own defaults untouched (the way
     the original script ran; the benchmark baseline needs it).
     """
 
@@ -49,8 +49,8 @@ class ThreadSettings:
 
 
 @dataclass(frozen=True)
-class EngineChoice:
-    """Which engine runs the ONNX graphs of a run, in which precision (picklable)."""
+class BackendChoice:
+    """Which backend runs the ONNX graphs of a run, in which precision (picklable)."""
 
     backend: str = "onnxruntime"
     precision: str = "fp32"
@@ -115,8 +115,8 @@ def hardware_bf16() -> str | None:
     return None
 
 
-def resolve_engine(backend: str, precision: str, *, profile_backend: str | None = None) -> EngineChoice:
-    """The engine a run uses, from ``--backend`` and ``--precision`` (see the module notes).
+def resolve_backend(backend: str, precision: str, *, profile_backend: str | None = None) -> BackendChoice:
+    """The backend a run uses, from ``--backend`` and ``--precision`` (see the module notes).
 
     ``profile_backend`` is a tuned profile's measured choice, used by ``auto`` in fp32.
 
@@ -140,7 +140,7 @@ def resolve_engine(backend: str, precision: str, *, profile_backend: str | None 
                 "use --backend openvino or auto"
             )
         import_openvino()
-        return EngineChoice("openvino", "bf16")
+        return BackendChoice("openvino", "bf16")
     if backend == "auto":
         backend = profile_backend if profile_backend in BACKENDS else "onnxruntime"
         if backend == "openvino" and not openvino_available():
@@ -148,7 +148,7 @@ def resolve_engine(backend: str, precision: str, *, profile_backend: str | None 
             backend = "onnxruntime"
     if backend == "openvino":
         import_openvino()
-    return EngineChoice(backend, "fp32")
+    return BackendChoice(backend, "fp32")
 
 
 class Graph:
@@ -161,7 +161,7 @@ class Graph:
     outputs: list[Port]
 
     def keep_outputs(self, names: list[str]) -> None:
-        """Only these outputs will be asked for (an engine may then skip the others)."""
+        """Only these outputs will be asked for (a backend may then skip the others)."""
 
     def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -314,10 +314,10 @@ class OpenVinoGraph(Graph):
         return [np.asarray(result[self._ports[name]]) for name in names]
 
 
-def load_graph(path: str | Path, threads: ThreadSettings, engine: EngineChoice = EngineChoice()) -> Graph:
-    """The graph at ``path`` in the chosen engine and precision."""
-    if engine.backend == "openvino":
-        return OpenVinoGraph(Path(path), threads, engine.precision)
-    if engine.precision != "fp32":
-        raise ConfigError(f"onnxruntime runs fp32 only, not {engine.precision}")
+def load_graph(path: str | Path, threads: ThreadSettings, backend: BackendChoice = BackendChoice()) -> Graph:
+    """The graph at ``path`` in the chosen backend and precision."""
+    if backend.backend == "openvino":
+        return OpenVinoGraph(Path(path), threads, backend.precision)
+    if backend.precision != "fp32":
+        raise ConfigError(f"onnxruntime runs fp32 only, not {backend.precision}")
     return OrtGraph(Path(path), threads)

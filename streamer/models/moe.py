@@ -109,10 +109,10 @@ def load_student(path: Path, kind: str, *, n_classes: int):
 class _OnnxStudent:
     """A student exported to ONNX (log-mel in, logits out), run by onnxruntime or OpenVINO."""
 
-    def __init__(self, onnx_path: Path, threads, engine) -> None:
+    def __init__(self, onnx_path: Path, threads, backend) -> None:
         from streamer.models.graphs import load_graph
 
-        self.graph = load_graph(onnx_path, threads, engine)
+        self.graph = load_graph(onnx_path, threads, backend)
 
     def __call__(self, mel):
         return self.graph.run([STUDENT_ONNX_OUTPUT], {STUDENT_ONNX_INPUT: np.asarray(mel)})[0]
@@ -137,20 +137,20 @@ class Students:
         n_classes: int,
         onnx_paths: tuple[Path | None, Path | None] | None = None,
         threads=None,
-        engine=None,
+        backend=None,
     ) -> None:
-        from streamer.models.graphs import EngineChoice, ThreadSettings, windows_per_call
+        from streamer.models.graphs import BackendChoice, ThreadSettings, windows_per_call
 
-        engine = engine or EngineChoice()
+        backend = backend or BackendChoice()
         threads = threads or ThreadSettings()
-        self.backend = engine.backend if onnx_paths is not None else "torch"
+        self.backend = backend.backend if onnx_paths is not None else "torch"
         nets = []
         uses_torch = False
         for kind, path, exported in zip(("cnn", "crnn"), (cnn_path, crnn_path), onnx_paths or (None, None)):
             if path is None:
                 nets.append(None)
             elif exported is not None:
-                nets.append(_OnnxStudent(exported, threads, engine))
+                nets.append(_OnnxStudent(exported, threads, backend))
             else:
                 uses_torch = True
                 net = load_student(path, kind, n_classes=n_classes)

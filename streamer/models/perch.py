@@ -1,7 +1,7 @@
 """The Perch 2.0 ONNX graph.
 
 Outputs are resolved by name (``embedding``, ``label``) with a fallback to positions 0 and 3,
-and only those two are requested from the engine, so the large unused outputs
+and only those two are requested from the backend, so the large unused outputs
 (``spatial_embedding``, ``spectrogram``) are never copied out. Exports that declare a rank-4
 input get the waveform reshaped to the declared layout.
 """
@@ -15,7 +15,7 @@ import numpy as np
 
 from streamer.errors import ArtifactError
 from streamer.models.graphs import (
-    EngineChoice,
+    BackendChoice,
     ThreadSettings,
     import_onnxruntime,
     load_graph,
@@ -44,13 +44,13 @@ class PerchModel:
     Args:
         onnx_path: the ``.onnx`` file.
         threads: thread settings; see :class:`ThreadSettings`.
-        engine: the engine and precision.
+        backend: the backend and precision.
     """
 
     def __init__(self, onnx_path: str | Path, threads: ThreadSettings = ThreadSettings(),
-                 engine: EngineChoice = EngineChoice()) -> None:
+                 backend: BackendChoice = BackendChoice()) -> None:
         self.onnx_path = Path(onnx_path)
-        self.graph = load_graph(self.onnx_path, threads, engine)
+        self.graph = load_graph(self.onnx_path, threads, backend)
         self._per_call = windows_per_call(threads)
         inputs = self.graph.inputs
         if not inputs:

@@ -37,34 +37,15 @@ import numpy as np
 from streamer.files import atomic_open, sha256_file
 from streamer import __version__
 from streamer.audio import find_audio
-from streamer.artifacts import resolve_perch_labels
 from streamer.config import InferConfig
 from streamer.errors import ArtifactError, AudioDecodeError
 from streamer.metadata import N_WINDOWS_PER_FILE, file_stem, load_competition
-from streamer.stages import ModelStage, RunPlan, decode_job, prepare
+from streamer.stages import ModelStage, decode_job, dependency_paths, prepare
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2
 _LOGITS = "logits."
-
-
-def dependency_paths(plan: RunPlan, *, heads: bool = False) -> dict[str, Path]:
-    """The files the models' outputs depend on, by role: Perch's, the competition's column
-    files, and each blend member's (``NAME``, or ``NAME.foldK`` for a member of several
-    files) that runs; with ``heads``, the heads' files too (``NAME.foldK``)."""
-    config = plan.config
-    paths = {}
-    if plan.model.onnx_path is not None:
-        paths["perch_onnx"] = plan.model.onnx_path
-        paths["perch_labels"] = resolve_perch_labels(plan.model.onnx_path, config.artifacts.perch_labels)
-    paths["taxonomy"] = Path(config.artifacts.data_dir) / "taxonomy.csv"
-    paths["sample_submission"] = Path(config.artifacts.data_dir) / "sample_submission.csv"
-    members = list(plan.model.members) + (list(plan.recipe.heads.values()) if heads and plan.recipe is not None else [])
-    for m in members:
-        for k, path in enumerate(m.paths):
-            paths[m.name if len(m.paths) == 1 and m.weight is not None else f"{m.name}.fold{k + 1}"] = path
-    return paths
 
 
 def hash_dependencies(paths: dict[str, Path]) -> dict[str, dict]:
@@ -93,6 +74,12 @@ class ModelCache:
     logits: dict
     dependencies: dict[str, dict]
     info: dict = field(default_factory=dict)
+
+    @property
+    def backend(self) -> str:
+        """What ran the ONNX graphs when the cache was made (a header of format 1 without the
+        ``backend`` key names it ``engine``; one with neither was made in onnxruntime fp32)."""
+        return self.info.get("backend", self.info.get("engine", "onnxruntime fp32"))
 
     def index(self, stems) -> np.ndarray:
         """Positions of ``stems`` in the cache.
@@ -235,14 +222,14 @@ def build_cache(
     plan = prepare(replace(config, execution=replace(config.execution, engine="sequential")), files=files, need_reference=False)
     current = hash_dependencies(dependency_paths(plan))
     stems = [job.stem for job in plan.jobs]
-    engine = plan.model.engine.describe()
+    backend = plan.model.backend.describe()
     if out.exists() and not force:
         try:
             existing = load_cache(out)
             existing.check_dependencies(current, out)
             existing.index(stems)
-            if existing.info.get("engine", "onnxruntime fp32") != engine:
-                raise ArtifactError(f"it was made in {existing.info.get('engine', 'onnxruntime fp32')}, this run asks for {engine}")
+            if existing.backend != backend:
+                raise ArtifactError(f"it was made in {existing.backend}, this run asks for {backend}")
         except ArtifactError as exc:
             log.info("rebuilding the cache: %s", exc)
         else:
@@ -276,9 +263,9 @@ def build_cache(
             "recipe": plan.recipe.recipe.name,
             "members": list(plan.model.member_names),
             "exported_to_onnx": [name for name, _ in plan.model.exported],
-            "engine": engine,
+            "backend": backend,
             "models": describe_models(plan.model, plan.reducer),
-            "engine_check": check.to_dict() if check is not None else None,
+            "backend_check": check.to_dict() if check is not None else None,
             "n_matched_classes": plan.n_matched_classes,
             "seconds": round(time.perf_counter() - t0, 3),
         },

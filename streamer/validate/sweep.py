@@ -375,7 +375,8 @@ def prepare_sweep(plan, cache, cache_path: Path, *, prior_fit: str = "oof", fold
         ArtifactError: the cache does not match the artifacts, or lacks labelled files.
     """
     from streamer.stages import Reducer
-    from streamer.validate.cache import dependency_paths, hash_dependencies
+    from streamer.stages import dependency_paths
+    from streamer.validate.cache import hash_dependencies
 
     competition = plan.competition
     cache.check_dependencies(hash_dependencies(dependency_paths(plan)), cache_path)
