@@ -293,7 +293,8 @@ def chain_spaces(start: str, steps: Sequence[StepSpec]) -> str:
     for i, step in enumerate(steps):
         definition = STEPS[step.name]
         if definition.space_in != ANY and definition.space_in != space:
-            return (f"step {i} ({step.name}) takes {definition.space_in}s but gets {space}s here"
+            plural = {LOGIT: "logits", PROBABILITY: "probabilities"}
+            return (f"step {i} ({step.name}) takes {plural[definition.space_in]} but gets {plural[space]} here"
                     + ("; add a 'sigmoid' step before it" if space == LOGIT else "; add a 'logit' step before it"))
         if definition.space_out != ANY:
             space = definition.space_out

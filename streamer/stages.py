@@ -509,13 +509,15 @@ def bind_config(config: InferConfig, competition: Competition, *, need_reference
         RecipeError: any mistake of the recipe or of the files it names (one line each).
         ArtifactError: the Perch files missing or malformed.
     """
-    from streamer.recipes.bind import Roots, bind_recipe
+    from streamer.recipes.bind import Roots, bind_recipe, check_perch_sha, perch_files
 
     recipe = config.ensemble.load_recipe()
     art = config.artifacts
     perch = None
-    if any(f.kind == "perch" for f in recipe.frontends):
-        perch = resolve_perch(art.perch, art.perch_labels)
+    where = perch_files(recipe, art.perch, art.perch_labels)
+    if where is not None:
+        perch = resolve_perch(*where)
+        check_perch_sha(recipe, perch.onnx_path)
     roots = Roots(
         perch=perch.onnx_path if perch is not None else None,
         perch_labels=perch.labels_path if perch is not None else None,

@@ -165,3 +165,40 @@ def test_a_graph_that_does_not_take_its_front_end_is_refused(kit, five_members, 
                      "--moe-dir", str(kit.moe_dir)]) == 2
     err = capsys.readouterr().err
     assert "members.melnet.input = 'perch.embedding': melnet.onnx's input 'mel' has shape ['N', 1, 128, 501], the front-end gives ['N', 1536]" in err
+
+
+def test_an_onnx_member_of_several_folds_is_their_mean(kit, tmp_path):
+    """``folds = 2`` with ``{fold}`` in the file: the member's logits are the mean of the two
+    graphs' outputs (through MemberSet, as a consumer runs it)."""
+    from streamer.models.graphs import BackendChoice, ThreadSettings
+    from streamer.models.members import MemberSet
+    from streamer.recipes.schema import parse_recipe
+    import tomllib
+
+    folds = [make_probe(tmp_path / f"probe_fold{k}.onnx", seed=10 + k) for k in (1, 2)]
+    text = packaged_text() + EXTRA_MEMBERS.split("[members.melnet]")[0].replace('file = "probe.onnx"', 'file = "probe_fold{fold}.onnx"\nfolds = 2')
+    recipe = parse_recipe(tomllib.loads(text), "r.toml", folder=tmp_path)
+    from test_recipes import _bind
+
+    bound = _bind(kit, recipe)
+    probe = bound.member("probe")
+    assert len(probe.paths) == 2
+    members = MemberSet((probe,), exported={}, threads=ThreadSettings(1), backend=BackendChoice(), n_classes=234)
+    emb = np.random.default_rng(0).standard_normal((12, 1536)).astype(np.float32)
+    got = members.run(np.zeros((12, 160000), np.float32), emb, None)["probe"]
+    want = np.mean([emb @ w + b for w, b in folds], axis=0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_perch_front_end_can_name_its_files_and_hash(kit, tmp_path, capsys):
+    from streamer.files import sha256_file
+
+    text = packaged_text().replace('file = "{perch}"', f'file = "{kit.perch_onnx}"\nsha256 = "{"0" * 64}"')
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    args = ["recipe", "check", str(bad), "--data-dir", str(kit.data_dir), "--moe-dir", str(kit.moe_dir), "--perch", str(kit.perch_onnx)]
+    assert cli.main(args) == 2
+    assert f"frontends.perch.sha256: {kit.perch_onnx} has SHA-256 {sha256_file(kit.perch_onnx)}, the recipe expects {'0' * 64}" in capsys.readouterr().err
+    good = tmp_path / "good.toml"
+    good.write_text(text.replace("0" * 64, sha256_file(kit.perch_onnx)))
+    assert cli.main(args[:2] + [str(good)] + args[3:]) == 0

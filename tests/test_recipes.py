@@ -95,7 +95,7 @@ def test_whole_recipe_checks():
     cases = [
         (lambda d: [_edit(d, f"members.{m}.weight", 0.0) for m in ("perch", "cnn", "crnn")][-1], "members: every blend weight is 0"),
         (lambda d: _edit(d, "steps", [s for s in d["steps"] if s["step"] != "head"]), "members.protossm: a protossm head that no 'head' step runs"),
-        (lambda d: _edit(d, "steps", [d["steps"][0], d["steps"][3], d["steps"][1]]), "step 1 (topk-multiplier) takes probabilitys but gets logits here; add a 'sigmoid' step before it"),
+        (lambda d: _edit(d, "steps", [d["steps"][0], d["steps"][3], d["steps"][1]]), "step 1 (topk-multiplier) takes probabilities but gets logits here; add a 'sigmoid' step before it"),
         (lambda d: _edit(d, "steps", [d["steps"][0], d["steps"][1], d["steps"][2]]), "the output must lie in [0, 1]: end with a 'clip' step"),
         (lambda d: _edit(_edit(d, "members.protossm", _DELETE), "steps", [d["steps"][0], {"step": "temperature", "default": 2.0}]), "the last step leaves logits"),
     ]

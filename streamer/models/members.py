@@ -58,6 +58,16 @@ class _TorchStudent:
         return self.net(mel)[1].numpy()
 
 
+class _FoldMean:
+    """An ``onnx`` member of several files (folds): the mean of their outputs."""
+
+    def __init__(self, folds: list) -> None:
+        self.folds = folds
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.mean([fold(x) for fold in self.folds], axis=0).astype(np.float32, copy=False)
+
+
 def _declared_tail(graph, name: str) -> tuple | None:
     """The non-batch dims of a graph input, for a front-end whose layout differs only by
     reshaping (a waveform fed as ``[N, 1, 160000]``)."""
@@ -96,10 +106,13 @@ class MemberSet:
 
                 self.runners[m.name] = _GraphMember(m, exported[m.name], STUDENT_ONNX_INPUT, STUDENT_ONNX_OUTPUT, threads, backend)
             else:
-                runner = _GraphMember(m, m.paths[0], m.input_tensor, m.output_tensor, threads, backend)
-                tail = _declared_tail(runner.graph, m.input_tensor)
-                runner.input_shape = tail if m.input == "waveform" and tail is not None and len(tail) > 1 else None
-                self.runners[m.name] = runner
+                folds = []
+                for path in m.paths:
+                    runner = _GraphMember(m, path, m.input_tensor, m.output_tensor, threads, backend)
+                    tail = _declared_tail(runner.graph, m.input_tensor)
+                    runner.input_shape = tail if m.input == "waveform" and tail is not None and len(tail) > 1 else None
+                    folds.append(runner)
+                self.runners[m.name] = folds[0] if len(folds) == 1 else _FoldMean(folds)
         # Members whose outputs are already the submission's columns in order skip the mapping.
         self.mapped = {m.name for m in self.members
                        if m.proxies or m.class_map is None or not np.array_equal(m.class_map, np.arange(n_classes))}

@@ -73,7 +73,7 @@ def load_protossm(path: Path, *, n_classes: int, d_model: int | None = None):
     if d_model is not None and d_model != width:
         raise ArtifactError(f"{path}: checkpoint has d_model={width} but --proto-d-model is {d_model}")
     if ckpt_classes != n_classes:
-        raise ArtifactError(f"{path}: checkpoint predicts {ckpt_classes} classes, the competition has {n_classes}")
+        raise ArtifactError(f"{path}: checkpoint predicts {ckpt_classes} classes, expected {n_classes} (the submission's columns)")
     model = ProtoSSM(
         d_input=d_input,
         d_model=width,
@@ -96,7 +96,8 @@ def load_student(path: Path, kind: str, *, n_classes: int):
     ckpt_classes = _shape(state, "logit_head.weight", path, what)[0]
     emb_dim = _shape(state, "emb_head.weight", path, what)[0]
     if ckpt_classes != n_classes:
-        raise ArtifactError(f"{path}: checkpoint predicts {ckpt_classes} classes, the competition has {n_classes}")
+        raise ArtifactError(f"{path}: checkpoint predicts {ckpt_classes} classes, expected {n_classes} (the member's "
+                            "label space: the submission's columns, or its label file's rows)")
     if kind == "cnn":
         model = StudentCNN(n_classes=n_classes, emb_dim=emb_dim, hidden=_shape(state, "fc.1.weight", path, what)[0])
     elif kind == "crnn":

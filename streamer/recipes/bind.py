@@ -155,6 +155,45 @@ class _Placeholders:
         return out
 
 
+def perch_files(recipe: Recipe, perch_flag, labels_flag):
+    """Where the recipe's Perch front-end is: ``(ONNX path or folder, label list or None)``,
+    from its ``file`` and ``labels`` (``{perch}`` and ``{perch_labels}`` are the command
+    line's --perch and --perch-labels; a label list left to be found is ``None``); ``None``
+    when the recipe has no Perch front-end.
+
+    Raises:
+        RecipeError: a placeholder without its flag, an unknown placeholder.
+    """
+    frontend = next((f for f in recipe.frontends if f.kind == "perch"), None)
+    if frontend is None:
+        return None
+    errors: list[str] = []
+    placeholders = _Placeholders(recipe, Roots(perch=perch_flag, perch_labels=labels_flag))
+    key = f"frontends.{frontend.name}"
+    file = placeholders.expand(frontend.params.get("file", "{perch}"), f"{key}.file", errors)
+    labels_pattern = frontend.params.get("labels", "{perch_labels}")
+    labels = None
+    if labels_pattern != "{perch_labels}" or labels_flag is not None:
+        labels = placeholders.expand(labels_pattern, f"{key}.labels", errors)
+    if errors:
+        raise RecipeError(recipe.source, errors)
+    return Path(file), (Path(labels) if labels is not None else None)
+
+
+def check_perch_sha(recipe: Recipe, onnx_path: Path) -> None:
+    """The Perch front-end's declared SHA-256 against its ONNX file.
+
+    Raises:
+        RecipeError: they differ.
+    """
+    frontend = next((f for f in recipe.frontends if f.kind == "perch"), None)
+    want = frontend.params.get("sha256") if frontend is not None else None
+    if want:
+        got = sha256_file(onnx_path)
+        if got != want:
+            raise RecipeError(recipe.source, [f"frontends.{frontend.name}.sha256: {onnx_path} has SHA-256 {got}, the recipe expects {want}"])
+
+
 def _fold_paths(pattern: str, n_folds: int, prefix: str | None, key: str, errors: list[str]) -> tuple[Path, ...] | None:
     """The fold files of a pattern with ``{fold}`` (and maybe ``{weights_prefix}`` and ``*``):
     the prefix is the one present when not given (several: an error naming them)."""
@@ -441,9 +480,10 @@ def bind_recipe(recipe: Recipe, roots: Roots, *, columns: tuple[str, ...], colum
             if "{fold}" in pattern:
                 paths = _fold_paths(pattern, n_folds, roots.weights_prefix, f"{key}.file", errors)
             else:
+                n_errors = len(errors)
                 one = _one_file(pattern, f"{key}.file", errors, optional=member.optional)
                 paths = (one,) if one is not None else None
-                if one is None and member.optional:
+                if one is None and member.optional and len(errors) == n_errors:  # absent, not ambiguous
                     log.warning("%s: no file for member %r (%s); the blend renormalises without it", recipe.source, member.name, pattern)
                     dropped.append((member.name, f"no file ({pattern})"))
                     continue
@@ -452,7 +492,11 @@ def bind_recipe(recipe: Recipe, roots: Roots, *, columns: tuple[str, ...], colum
         _check_sha(member, paths, key, errors)
         input_tensor, width = member.input_tensor, None
         if member.kind == "onnx":
-            input_tensor, width = _check_onnx(member, paths[0], key, errors)
+            checked = [_check_onnx(member, path, key, errors) for path in paths]
+            input_tensor, width = checked[0]
+            if len({c for c in checked}) > 1:
+                errors.append(f"{key}.file: its {len(paths)} folds differ in their input tensor or output width; "
+                              "folds are averaged, so they must agree")
         class_map, proxies, fill = None, (), 0.0
         if not member.is_head:
             if member.labels == "competition":

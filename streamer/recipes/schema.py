@@ -152,16 +152,18 @@ class Member:
         group_weights: a weight per class group (taxonomic class of ``taxonomy.csv``), replacing
             ``weight`` for that group's classes.
         optional: a missing file drops the member (logged) instead of stopping the run.
-        folds: how many files ``{fold}`` runs over (1..folds); their outputs are averaged (a
-            head's: as the head's own rule says).
+        folds: how many files ``{fold}`` runs over (1..folds): an ``onnx`` member's outputs
+            are averaged over them (logits), a head's as the head's own rule says (ProtoSSM:
+            the mean of the folds' sigmoids); a state-dict member has one file.
         input_tensor, output_tensor: the ONNX graph's tensor names (``onnx`` members).
         labels: the member's label space: ``competition`` (the submission's columns, in order)
             or a CSV file of its class names in output order.
         match: the label file's column matched to the submission: ``primary_label`` or
             ``scientific_name``.
-        unmapped: what a submission column the member does not predict gets: a number (in the
-            blend's space) or ``genus`` (the mean of the member's classes of the same genus,
-            else ``unmapped_fill``).
+        unmapped: what a submission column the member does not predict gets: a number (a
+            logit: the member's own output scale, before a probability or rank blend's
+            transform) or ``genus`` (the mean of the member's logits for its classes of the
+            same genus, else ``unmapped_fill``).
         unmapped_fill: the number behind ``genus`` when no class of the genus is predicted.
         params: the remaining kind-specific parameters (``d_model`` of ProtoSSM, …).
     """
@@ -333,6 +335,8 @@ def _names(kinds: tuple) -> str:
 
 
 def _show(value) -> str:
+    if isinstance(value, tuple):
+        value = list(value)  # as the recipe file (or --set) wrote it
     text = repr(value) if not isinstance(value, bool) else str(value).lower()
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -355,6 +359,7 @@ def parse_recipe(doc: dict, source: str, *, folder: Path | None = None, text: st
 
     framing = _framing(errors, top.get("framing", (dict,), {}, required=True, what="a [framing] table"))
     frontends = _frontends(errors, top.get("frontends", (dict,), {}))
+    _one_perch(errors, frontends)
     members = _members(errors, top.get("members", (dict,), {}, required=True, what="a [members] table"), frontends)
     blend = _blend(errors, top.get("blend", (dict,), {}))
     prior = _prior(errors, top.get("prior", (dict,), {}))
@@ -416,10 +421,15 @@ def _frontends(errors: list[str], table) -> tuple[Frontend, ...]:
             if sha is not None and not _SHA256_RE.match(sha):
                 errors.append(f"{where}.sha256 = {_show(sha)}: expected 64 lower-case hex digits")
             params["sha256"] = sha
-            params["unmatched_logit"] = r.number("unmatched_logit", -8.0)
         r.unknown()
         out.append(Frontend(name=name, kind=kind or "", params=params))
     return tuple(out)
+
+
+def _one_perch(errors: list[str], frontends: tuple[Frontend, ...]) -> None:
+    perch = [f.name for f in frontends if f.kind == "perch"]
+    if len(perch) > 1:
+        errors.append(f"frontends: {len(perch)} perch front-ends ({', '.join(perch)}); a recipe runs one Perch")
 
 
 def _member_inputs(frontends: tuple[Frontend, ...]) -> dict[str, str]:
@@ -453,11 +463,14 @@ def _members(errors: list[str], table, frontends: tuple[Frontend, ...]) -> tuple
             if got is None:
                 errors.append(f"{where}.input = {_show(inp)}: no such front-end output; the recipe has {', '.join(sorted(inputs))}")
             elif got not in accepted:
-                errors.append(f"{where}.input = {_show(inp)}: a {kind} member takes {' or '.join(accepted)}, not {got}")
+                article = "an" if kind[0] in "aeio" else "a"
+                errors.append(f"{where}.input = {_show(inp)}: {article} {kind} member takes {' or '.join(accepted)}, not {got}")
         file = r.get("file", (str,), None, required=kind not in (None, "perch-logits"), what="a path")
         if kind == "perch-logits" and file is not None:
             errors.append(f"{where}.file: a perch-logits member reads its front-end's file; give the file in [frontends.{(inp or 'perch').split('.')[0]}]")
         folds = r.number("folds", 1, integer=True, positive=True)
+        if kind in ("student-cnn", "student-crnn") and folds is not None and folds > 1:
+            errors.append(f"{where}.folds = {folds}: a {kind} member is one checkpoint; make one member per checkpoint")
         if file is not None and folds is not None and folds > 1 and "{fold}" not in file:
             errors.append(f"{where}.file = {_show(file)}: with folds = {folds} the path needs a {{fold}} placeholder")
         sha = r.get("sha256", (str, list), None, what="a SHA-256 (64 hex digits), or one per fold")
