@@ -202,3 +202,29 @@ def test_the_perch_front_end_can_name_its_files_and_hash(kit, tmp_path, capsys):
     good = tmp_path / "good.toml"
     good.write_text(text.replace("0" * 64, sha256_file(kit.perch_onnx)))
     assert cli.main(args[:2] + [str(good)] + args[3:]) == 0
+
+
+def test_a_member_that_fails_to_load_names_itself(kit, tmp_path):
+    """A graph whose declarations are fine (the parent's check passes) but that onnxruntime
+    cannot load: the process building it raises an error naming the member."""
+    import tomllib
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from streamer.errors import ArtifactError
+    from streamer.models.graphs import BackendChoice, ThreadSettings
+    from streamer.models.members import MemberSet
+    from streamer.recipes.schema import parse_recipe
+    from test_recipes import _bind
+
+    graph = helper.make_graph([helper.make_node("NoSuchOperator", ["embedding"], ["logits"])], "broken",
+                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 1536])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 234])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "probe.onnx"))
+    text = packaged_text() + EXTRA_MEMBERS.split("[members.melnet]")[0]
+    bound = _bind(kit, parse_recipe(tomllib.loads(text), "r.toml", folder=tmp_path))  # declarations pass
+    with pytest.raises(ArtifactError, match=r"^member 'probe': .*probe\.onnx: onnxruntime cannot load this model"):
+        MemberSet((bound.member("probe"),), exported={}, threads=ThreadSettings(1), backend=BackendChoice(), n_classes=234)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamer.errors import ArtifactError
 from streamer.recipes.bind import BoundMember, apply_map
 
 STUDENT_KINDS = {"student-cnn": "cnn", "student-crnn": "crnn"}
@@ -82,7 +83,6 @@ class MemberSet:
 
     Args:
         members: the bound blend members (heads are the reducer's).
-        perch: the Perch model (``None`` when no member or head reads a Perch output).
         exported: ONNX exports of state-dict members, by name (``None``: run in torch).
         threads, backend: how the graphs run.
         n_classes: the submission's column count (a torch student's output width).
@@ -98,21 +98,10 @@ class MemberSet:
         self.runners: dict[str, object] = {}
         self.uses_torch = False
         for m in self.members:
-            if m.kind in STUDENT_KINDS and m.name not in exported:
-                self.runners[m.name] = _TorchStudent(m, m.n_outputs or n_classes)
-                self.uses_torch = True
-            elif m.kind in STUDENT_KINDS:
-                from streamer.models.moe import STUDENT_ONNX_INPUT, STUDENT_ONNX_OUTPUT
-
-                self.runners[m.name] = _GraphMember(m, exported[m.name], STUDENT_ONNX_INPUT, STUDENT_ONNX_OUTPUT, threads, backend)
-            else:
-                folds = []
-                for path in m.paths:
-                    runner = _GraphMember(m, path, m.input_tensor, m.output_tensor, threads, backend)
-                    tail = _declared_tail(runner.graph, m.input_tensor)
-                    runner.input_shape = tail if m.input == "waveform" and tail is not None and len(tail) > 1 else None
-                    folds.append(runner)
-                self.runners[m.name] = folds[0] if len(folds) == 1 else _FoldMean(folds)
+            try:
+                self._build(m, exported, threads, backend, n_classes)
+            except ArtifactError as exc:  # the run's error names the member, not only its file
+                raise ArtifactError(f"member {m.name!r}: {exc}") from exc
         # Members whose outputs are already the submission's columns in order skip the mapping.
         self.mapped = {m.name for m in self.members
                        if m.proxies or m.class_map is None or not np.array_equal(m.class_map, np.arange(n_classes))}
@@ -132,6 +121,24 @@ class MemberSet:
         self.per_call = None if self.uses_torch else windows_per_call(threads)
         self.seconds = {m.name: 0.0 for m in members}
         self.seconds["logmel"] = 0.0
+
+    def _build(self, m: BoundMember, exported: dict, threads, backend, n_classes: int) -> None:
+        """The runner of member ``m`` (its graph loaded, or its state dict in torch)."""
+        if m.kind in STUDENT_KINDS and m.name not in exported:
+            self.runners[m.name] = _TorchStudent(m, m.n_outputs or n_classes)
+            self.uses_torch = True
+        elif m.kind in STUDENT_KINDS:
+            from streamer.models.moe import STUDENT_ONNX_INPUT, STUDENT_ONNX_OUTPUT
+
+            self.runners[m.name] = _GraphMember(m, exported[m.name], STUDENT_ONNX_INPUT, STUDENT_ONNX_OUTPUT, threads, backend)
+        else:
+            folds = []
+            for path in m.paths:
+                runner = _GraphMember(m, path, m.input_tensor, m.output_tensor, threads, backend)
+                tail = _declared_tail(runner.graph, m.input_tensor)
+                runner.input_shape = tail if m.input == "waveform" and tail is not None and len(tail) > 1 else None
+                folds.append(runner)
+            self.runners[m.name] = folds[0] if len(folds) == 1 else _FoldMean(folds)
 
     @property
     def any(self) -> bool:
