@@ -122,13 +122,17 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """A matplotlib figure as a PNG at ``path``, atomically; the figure is closed."""
+    """A matplotlib figure as a PNG at ``path``, atomically; the figure is closed whatever
+    happens. A figure made with a layout engine (``layout="constrained"``) keeps it."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=dpi)
-    plt.close(fig)
+    try:
+        if fig.get_layout_engine() is None:
+            fig.tight_layout()
+        with atomic_open(path, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
     return Path(path)
 
 

@@ -131,6 +131,11 @@ def test_status_reads_the_folder(kit, scored, src, capsys):
     assert cli.main(["archive", "--status", "--out", str(scored)]) == 0
     text = capsys.readouterr().out
     assert "2 input(s) done (0.01 h of audio), 0 failed" in text and "prior_scale 0.2" in text
+    # The 234 classes as their count and hash, not 234 [code, common, scientific] triples on one line.
+    triples = json.loads((scored / fingerprint.FINGERPRINT_NAME).read_text())["settings"]["classes (code, common, scientific)"]
+    assert len(triples) == 234 and 'classes (count, sha256 of the codes and names) [234, "' in text
+    assert not [name for _, common, _ in triples for name in [common] if f'"{common}"' in text]
+    assert max(len(line) for line in text.splitlines()) < 1000
     (src / "rec2.flac").write_bytes((src / "rec0.flac").read_bytes())
     assert cli.main(["archive", str(src), "--status", "--out", str(scored)]) == 0
     assert "of the 3 input(s) given: 2 finished or failed, 1 to do" in capsys.readouterr().out

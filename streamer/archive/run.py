@@ -284,13 +284,13 @@ def _remove_outputs(out_dir: Path, entries: list[ArchiveInput], journal: Journal
     anything is scored, so the folder never holds a mix. Other files are left alone."""
     old = run_fingerprint.read(out_dir) or {}
     formats = {settings.fmt, old.get("settings", {}).get("format") or settings.fmt}
-    from streamer.archive.summary import SUMMARY_CSV, SUMMARY_PNG
+    from streamer.archive.summary import SUMMARY_FILES
 
     doomed = {out_dir / e.output for e in journal.entries.values()}
     doomed |= {output_path(out_dir, entry, fmt) for entry in entries for fmt in formats}
     doomed |= {embeddings_path(out_dir, e.extra["recording"]) for e in journal.entries.values() if (e.extra or {}).get("recording")}
     doomed |= {embeddings_path(out_dir, str(entry.rel)) for entry in entries}
-    doomed |= {out_dir / name for name in (SUMMARY_CSV, SUMMARY_PNG, ARCHIVE_RAVEN_TABLE)}
+    doomed |= {out_dir / name for name in (*SUMMARY_FILES, ARCHIVE_RAVEN_TABLE)}
     n = 0
     for path in doomed:
         if path.is_file():
@@ -333,7 +333,7 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
             report.notes[task.rel] = list(result.notes)
         if result.ok:
             journal.record(task.path, DONE, output, key=task.key, audio_s=result.audio_s,
-                           extra={"counts": result.counts, "recording": task.rel})
+                           extra={"counts": result.counts, "effort": result.effort, "recording": task.rel})
             report.done.append(task.rel)
             report.audio_s += result.audio_s
             for k, v in result.stage_s.items():
@@ -392,7 +392,7 @@ def write_folder_tables(out_dir: Path, settings: ArchiveSettings | None = None) 
     from streamer.archive.summary import write_summary
     from streamer.archive.tables import write_archive_raven
 
-    written = [p for p in write_summary(out_dir) if p is not None]
+    written = write_summary(out_dir)
     if settings is not None and settings.archive_table:
         journal = Journal(out_dir)
         done = sorted((e for e in journal.entries.values() if e.status == DONE), key=lambda e: e.output)
@@ -420,7 +420,7 @@ def folder_status(out_dir: Path, entries: list[ArchiveInput] | None = None) -> s
     if stored is None:
         lines.append("  run fingerprint: none" + (" (outputs of an earlier streamer or another program)" if journal.entries else ""))
     else:
-        settings = ", ".join(f"{k} {json.dumps(v)}" for k, v in stored.get("settings", {}).items())
+        settings = ", ".join(f"{k} {json.dumps(v)}" for k, v in run_fingerprint.shown_settings(stored.get("settings", {})).items())
         lines.append(f"  settings: {settings}")
         lines.append("  files (sha256): " + ", ".join(f"{k} {v[:12]}" for k, v in stored.get("sha256", {}).items() if v))
         lines.append(f"  output format version {stored.get('output_format_version')}")
