@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamer import failpoints
 from streamer.archive import fingerprint as run_fingerprint
 from streamer.archive.journal import DONE, Journal
 from streamer.files import atomic_write_text, save_figure
@@ -240,6 +241,7 @@ def write_summary(out_dir: Path) -> list[Path]:
     summary = read_summary(out_dir)
     written = [atomic_write_text(out_dir / SUMMARY_CSV, _csv_text(SUMMARY_COLUMNS, _rows(summary))),
                atomic_write_text(out_dir / EFFORT_CSV, _csv_text(EFFORT_COLUMNS, _effort_rows(summary)))]
+    failpoints.hit("archive.summary")
     png = draw_summary(summary_grids(summary), out_dir / SUMMARY_PNG) if summary.windows else None
     return written + ([png] if png is not None else [])
 

@@ -81,8 +81,10 @@ def import_openvino():
     try:
         import openvino
     except ImportError as exc:
+        from streamer.install import install_extra_command
+
         raise DependencyError(
-            "OpenVINO is not installed: pip install 'streamer[openvino]' (or run with --backend onnxruntime)"
+            f"OpenVINO is not installed: {install_extra_command('openvino')} (or run with --backend onnxruntime)"
         ) from exc
     return openvino
 
@@ -140,7 +142,15 @@ def resolve_engine(backend: str, precision: str, *, profile_backend: str | None 
                 "--precision bf16 runs in OpenVINO: onnxruntime has no bf16 kernels for x86 CPUs; "
                 "use --backend openvino or auto"
             )
-        import_openvino()
+        try:
+            import_openvino()
+        except DependencyError as exc:  # onnxruntime cannot run bf16: the hint is OpenVINO, or fp32
+            from streamer.install import install_extra_command
+
+            raise DependencyError(
+                f"--precision bf16 runs in OpenVINO, which is not installed: {install_extra_command('openvino')}, "
+                "or drop --precision bf16 (fp32 runs in onnxruntime)"
+            ) from exc
         return EngineChoice("openvino", "bf16")
     if backend == "auto":
         backend = profile_backend if profile_backend in BACKENDS else "onnxruntime"
