@@ -217,7 +217,7 @@ def test_a_file_shorter_than_its_header_says(kit, tmp_path, monkeypatch):
     wav = src / "cut.wav"
     tone = 0.05 * np.sin(2 * np.pi * 900 * np.arange(32000 * 150) / 32000) + 0.01
     audio.write_audio(wav, tone.astype(np.float32), 32000, subtype="FLOAT")
-    monkeypatch.setattr(archive_run, "header_duration", lambda path: 600.0)  # what the plan believes
+    monkeypatch.setattr(archive_run, "probe_input", lambda path: (600.0, None))  # what the plan believes
     runs = {}
     for workers in ("2", "1"):
         out = tmp_path / f"out{workers}"

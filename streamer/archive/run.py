@@ -157,11 +157,6 @@ def check_out_dir(out_dir: Path) -> Path:
     return check_output_folder(out_dir, "--out", is_ours=is_archive_folder)
 
 
-def header_duration(path: Path) -> float | None:
-    """Seconds of audio according to the file's header, or ``None`` when it cannot be read."""
-    return probe_input(path)[0]
-
-
 def probe_input(path: Path) -> tuple[float | None, str | None]:
     """``(duration from the header or None, why it cannot be scored or None)``, from the file's
     size and header alone, so that an empty or unreadable input fails before any model loads.
