@@ -70,6 +70,12 @@ AUDIO_EXTENSIONS = frozenset(
 )
 
 
+def _decode_error(exc: Exception, path) -> str:
+    """``exc`` in words, without the path libsndfile repeats ("Error opening '<path>': ..."):
+    the message names the file once, at its start."""
+    return f"{type(exc).__name__}: {str(exc).replace(f'Error opening {os.fspath(path)!r}: ', '')}"
+
+
 def is_audio(path: str | os.PathLike) -> bool:
     """True for a file with an audio extension (any case), or one soundfile can open."""
     from pathlib import Path
@@ -158,7 +164,7 @@ def read_span(
     except AudioDecodeError:
         raise
     except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError, TypeError)
-        raise AudioDecodeError(f"{path}: cannot decode audio ({type(exc).__name__}: {exc})") from exc
+        raise AudioDecodeError(f"{path}: cannot decode audio ({_decode_error(exc, path)})") from exc
 
     if not blocks:
         if offset_samples == 0:
@@ -266,7 +272,7 @@ def iter_chunks(path: str | os.PathLike, chunk_samples: int, first_chunk: int = 
     try:
         handle = sf.SoundFile(path)
     except Exception as exc:
-        raise AudioDecodeError(f"{path}: cannot decode audio ({type(exc).__name__}: {exc})") from exc
+        raise AudioDecodeError(f"{path}: cannot decode audio ({_decode_error(exc, path)})") from exc
     with handle:
         rate, channels = int(handle.samplerate), int(handle.channels)
         start_out = first_chunk * chunk_samples  # the range's first sample at 32 kHz

@@ -199,7 +199,7 @@ def config_from_args(args: argparse.Namespace) -> InferConfig:
 def _global_options(with_defaults: bool) -> argparse.ArgumentParser:
     """--log-level and -q/--quiet, accepted before the command and after it. The command's copy
     has no defaults, so a flag given before the command is not reset by the command's parser."""
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     g = parser.add_argument_group("global options")
     g.add_argument("--log-level", default="INFO" if with_defaults else argparse.SUPPRESS,
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default: INFO)")
@@ -212,12 +212,13 @@ def _command(sub, name: str, help_text: str, examples: str) -> argparse.Argument
     """A subcommand with the global options and its examples in the help's epilog."""
     return sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
                           epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter,
-                          parents=[_global_options(with_defaults=False)])
+                          parents=[_global_options(with_defaults=False)], allow_abbrev=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # No abbreviations anywhere (--min-scor is not --min-score): a typo is an error, not a guess.
     parser = argparse.ArgumentParser(prog="streamer", description="Streaming CPU inference for BirdCLEF+ 2026 style ensembles.",
-                                     parents=[_global_options(with_defaults=True)])
+                                     parents=[_global_options(with_defaults=True)], allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"streamer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -442,11 +443,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_archive(args: argparse.Namespace) -> int:
     from streamer.archive.engines import ArchiveEngineError
     from streamer.archive.inputs import expand_inputs
-    from streamer.archive.run import ArchiveInterrupted, run_archive
+    from streamer.archive.run import ArchiveInterrupted, check_out_dir, report_before_scoring, run_archive
     from streamer.archive.timing import parse_utc
     from streamer.files import check_writable_file
     from streamer.stages import prepare
 
+    if (args.status or args.summary) and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out}: {'is not a folder' if args.out.exists() else 'no such folder'}")
     if args.status:
         from streamer.archive.run import folder_status
 
@@ -455,8 +458,6 @@ def cmd_archive(args: argparse.Namespace) -> int:
     if args.summary:
         from streamer.archive.run import write_folder_tables
 
-        if not args.out.is_dir():
-            raise ConfigError(f"{args.out}: no such folder")
         for path in write_folder_tables(args.out):
             print(f"wrote {path}")
         return EXIT_OK
@@ -476,15 +477,22 @@ def cmd_archive(args: argparse.Namespace) -> int:
         embeddings=args.embeddings_dtype or ("float32" if args.embeddings else None),
         labels=args.labels, scores=args.scores, species_list=args.species_list, split=args.split,
     )
+    # Outputs that could not be written are refused before any model loads.
+    check_out_dir(args.out)
     if args.report_json is not None:
         check_writable_file(args.report_json, "--report-json")
     entries = expand_inputs(args.inputs)
-    if args.labels == "competition":
-        plan = prepare(config_from_args(args), files=[])
-    else:
-        from streamer.stages import prepare_perch_only
+    try:
+        if args.labels == "competition":
+            plan = prepare(config_from_args(args), files=[])
+        else:
+            from streamer.stages import prepare_perch_only
 
-        plan = prepare_perch_only(config_from_args(args), scores=args.scores, species_list=args.species_list)
+            plan = prepare_perch_only(config_from_args(args), scores=args.scores, species_list=args.species_list)
+    except KeyboardInterrupt:  # while the model files are checked: nothing scored, a report all the same
+        log.error("interrupted before scoring; rerun the same command to score")
+        _report_out(report_before_scoring(entries, settings, time.monotonic() - args.start_time), args.report_json)
+        return EXIT_INTERRUPTED
     try:
         report = run_archive(plan, entries, settings)
     except ArchiveEngineError as exc:
@@ -758,7 +766,10 @@ def setup_logging(level: str, quiet: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     start_time = time.monotonic()  # the budget counts from here
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported with the usage of the command they were given to, not the top level's
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+        commands.get(getattr(args, "command", None), parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     args.start_time = start_time
     setup_logging(args.log_level, args.quiet)
     try:

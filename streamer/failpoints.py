@@ -65,6 +65,7 @@ POINTS = {
     "archive.worker_chunk": "an archive worker, after the models ran on a 60-s chunk (nan: its outputs)",
     "archive.journal_append": "the archive driver, before it appends an outcome to the journal",
     "archive.join_ranges": "the archive driver, before it joins the ranges of a split input into its files",
+    "archive.summary": "the archive driver, after writing the summary's CSVs, before it draws _summary.png",
     "ceiling.setup": "a ceiling-benchmark process, while it loads its models",
 }
 ACTIONS = ("kill", "raise", "sigint", "hang", "nan", "enospc")

@@ -127,13 +127,17 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """A matplotlib figure as a PNG at ``path``, atomically; the figure is closed."""
+    """A matplotlib figure as a PNG at ``path``, atomically; the figure is closed whatever
+    happens. A figure made with a layout engine (``layout="constrained"``) keeps it."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=dpi)
-    plt.close(fig)
+    try:
+        if fig.get_layout_engine() is None:
+            fig.tight_layout()
+        with atomic_open(path, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
     return Path(path)
 
 
@@ -206,3 +210,35 @@ def sha256_file(path: str | Path) -> str:
     except OSError as exc:
         raise ArtifactError(f"{path}: cannot read to hash it ({exc})") from exc
     return digest.hexdigest()
+
+
+#: Endings of a single file's name: an output folder named like this was most likely meant as
+#: one file (``--out scores.csv``), while the archive writes a folder of them.
+FILE_LIKE_SUFFIXES = frozenset({".csv", ".tsv", ".txt", ".parquet", ".pq", ".json", ".png", ".xlsx"})
+
+
+def check_output_folder(path: str | Path, what: str, *, is_ours=None) -> Path:
+    """Refuse, before any work, an output folder that could not be made or written: an existing
+    file, a path below a file, a folder without write permission, or a name that looks like a
+    file's (``scores.csv``) unless ``is_ours(path)`` says it is already an output folder of ours.
+    Nothing is created.
+
+    Raises:
+        ConfigError: one line naming ``what`` (e.g. ``--out``) and the path.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path}: is a file; give a folder (one output file per input goes there)")
+    existing = path
+    while not existing.exists():  # the deepest part of the path that exists
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing != path and not existing.is_dir():
+        raise ConfigError(f"{what} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: {existing} is not writable")
+    if path.suffix.lower() in FILE_LIKE_SUFFIXES and not (path.is_dir() and is_ours is not None and is_ours(path)):
+        raise ConfigError(f"{what} {path}: names a folder of outputs (one file per input, plus the summary), not one "
+                          f"{path.suffix} file; give a folder name such as {path.with_suffix('')}/")
+    return path

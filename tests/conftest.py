@@ -122,6 +122,15 @@ def reference(marked, tmp_path_factory):
     return refs
 
 
+def printed_tolerance(decimals: int) -> float:
+    """How far apart two values printed with ``decimals`` decimals may be when the numbers behind
+    them agree to round-off: one unit of the last printed digit (two runs whose scores differ by
+    4e-7 can round 0.68455 to 0.6845 and 0.6846), plus the binary representation's slack
+    (0.6846 - 0.6845 is 1.0000000000000009e-4 in floating point). Compare the unrounded values
+    (Parquet, the library) strictly; text at this tolerance."""
+    return 10.0 ** -decimals * (1 + 1e-6)
+
+
 def assert_same_csv(frame, ref, rtol=1e-5, atol=1e-6):
     import numpy as np
 

@@ -133,6 +133,13 @@ def test_status_reads_the_folder(kit, scored, src, capsys):
     assert cli.main(["archive", "--status", "--out", str(scored)]) == 0
     text = capsys.readouterr().out
     assert "2 input(s) done (0.01 h of audio), 0 failed" in text and 'step 1: prior {"scale": 0.2}' in text
+    # The 234 classes as their count and hash, not 234 [code, common, scientific] triples on one line.
+    from streamer.metadata import load_competition
+
+    commons = load_competition(kit.data_dir).class_labels.common
+    assert 'classes (count, sha256 of code, common and scientific names) [234, "' in text
+    assert not [name for name in commons if f'"{name}"' in text]
+    assert max(len(line) for line in text.splitlines()) < 1000
     (src / "rec2.flac").write_bytes((src / "rec0.flac").read_bytes())
     assert cli.main(["archive", str(src), "--status", "--out", str(scored)]) == 0
     assert "of the 3 input(s) given: 2 finished or failed, 1 to do" in capsys.readouterr().out

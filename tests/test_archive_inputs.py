@@ -50,6 +50,24 @@ def test_clashing_names_and_missing_paths(tmp_path):
         expand_inputs([lst])
 
 
+def test_a_list_resolves_its_paths_against_its_own_folder_and_says_so(tmp_path, monkeypatch):
+    """A list travels with its recordings: its relative paths mean the same from any working
+    directory, and a missing one is named as resolved, with where that came from."""
+    rec = _touch(tmp_path / "survey" / "night" / "a.flac")
+    lst = tmp_path / "survey" / "todo.txt"
+    lst.write_text("night/a.flac\nnight/b.flac\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(ConfigError) as error:
+        expand_inputs([lst])
+    message = str(error.value)
+    assert message == (f"{tmp_path / 'survey' / 'night' / 'b.flac'}: no such file; listed in {lst} (line 2), "
+                       f"resolved against its folder {(tmp_path / 'survey').resolve()}")
+    lst.write_text("night/a.flac\n")
+    assert [e.path.resolve() for e in expand_inputs([lst])] == [rec.resolve()]
+
+
 def test_list_entries_cannot_escape_the_output_folder(tmp_path):
     f = _touch(tmp_path / "a" / "rec.ogg")
     lst = tmp_path / "a" / "sub" / "l.txt"

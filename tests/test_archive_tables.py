@@ -3,6 +3,7 @@ the bioacoustics ecosystem), the archive summary, and the per-input Parquet file
 table."""
 
 import csv
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,8 @@ from streamer.archive.journal import Journal
 from streamer.archive.tables import RAVEN_COLUMNS, EventBuilder, TableWriter
 from streamer.audio import write_audio
 from streamer.metadata import WINDOW_S
+
+from conftest import printed_tolerance
 
 CLASSES = ("a1", "b2", "c3")
 COMMON = ("Alpha bird", "Beta frog", "Gamma insect")
@@ -94,6 +97,70 @@ def test_audacity_labels_read_in_crowsetta(tmp_path):
     assert list(seq.labels) == [f"{COMMON[c]} ({s:.2f})" for c, _, _, s in EXPECTED_MERGED]
 
 
+def _long_and_short_events() -> np.ndarray:
+    """b2 in windows 3-4 (closes in the first 12-window chunk) while a1 runs from window 0 to 30
+    (closes in the third): the events end in the other order than they begin."""
+    p = np.full((36, 3), 0.1, np.float32)
+    p[0:31, 0] = 0.9
+    p[3:5, 1] = 0.8
+    p[14, 2] = 0.7  # c3 begins after a1 and ends before it
+    return p
+
+
+@pytest.mark.parametrize("fmt", ["raven", "audacity", "csv"])
+def test_tables_are_in_order_of_begin_time_not_end_time(tmp_path, fmt):
+    """Selection 1 is the event that begins first (a1, 0-155 s), even though b2 (15-25 s) and c3
+    (70-75 s) ended long before it; Raven Pro and people read a table top-down in time."""
+    name = {"raven": "rec.selections.txt", "audacity": "rec.txt", "csv": "rec.csv"}[fmt]
+    writer = TableWriter(tmp_path / name, "rec.flac", CLASSES, COMMON, SCIENTIFIC, fmt=fmt,
+                         builder=EventBuilder(3, min_score=0.5, merge=True))
+    p = _long_and_short_events()
+    for start in range(0, len(p), 12):
+        writer.write_chunk(start, p[start:start + 12])
+    path = writer.close()
+    if fmt == "raven":
+        rows = list(csv.DictReader(path.open(encoding="utf-8"), delimiter="\t"))
+        got = [(float(r["Begin Time (s)"]), float(r["End Time (s)"]), r["Class"]) for r in rows]
+        assert [r["Selection"] for r in rows] == ["1", "2", "3"]
+    elif fmt == "audacity":
+        got = [(float(a), float(b), label.split(" (")[0]) for a, b, label in
+               (line.split("\t") for line in path.read_text(encoding="utf-8").splitlines())]
+        got = [(a, b, CLASSES[COMMON.index(label)]) for a, b, label in got]
+    else:
+        frame = pd.read_csv(path)
+        got = list(zip(frame["start_s"], frame["end_s"], frame["class"]))
+    assert got == [(0.0, 155.0, "a1"), (15.0, 25.0, "b2"), (70.0, 75.0, "c3")]
+
+
+def test_an_event_ends_where_the_recording_ends(tmp_path):
+    """A 19.5-s recording: 4 windows, the last one 4.5 s of audio. Its last selection ends at
+    19.5 s, not 20.0 (Raven would show a selection past the end of the file); merged or not, in
+    every format."""
+    crowsetta = pytest.importorskip("crowsetta")
+    p = np.full((4, 3), 0.1, np.float32)
+    p[1:4, 0] = 0.9  # a1 in windows 1-3: 5.0 to the end
+    p[3, 1] = 0.6  # b2 in the last window alone
+    for merge in (True, False):
+        for fmt, name in (("raven", "r.selections.txt"), ("audacity", "r.txt"), ("parquet", "r.parquet")):
+            writer = TableWriter(tmp_path / f"{merge}" / name, "r.flac", CLASSES, COMMON, SCIENTIFIC, fmt=fmt,
+                                 builder=EventBuilder(3, min_score=0.5, merge=merge))
+            writer.write_chunk(0, p, audio_end_s=19.5)
+            path = writer.close()
+            if fmt == "raven":
+                boxes = crowsetta.formats.bbox.Raven.from_file(path, annot_col="Class").to_bbox()
+                got = [(b.onset, b.offset, b.label) for b in boxes]
+            elif fmt == "audacity":
+                seq = crowsetta.formats.seq.AudSeq.from_file(path).to_seq()
+                got = [(a, b, CLASSES[COMMON.index(lab.split(" (")[0])]) for a, b, lab in zip(seq.onsets_s, seq.offsets_s, seq.labels)]
+            else:
+                frame = pd.read_parquet(path)
+                got = list(zip(frame["start_s"], frame["end_s"], frame["class"]))
+            if merge:
+                assert got == [(5.0, 19.5, "a1"), (15.0, 19.5, "b2")], (fmt, got)
+            else:
+                assert got == [(5.0, 10.0, "a1"), (10.0, 15.0, "a1"), (15.0, 19.5, "a1"), (15.0, 19.5, "b2")], (fmt, got)
+
+
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
 def test_detections_in_parquet_and_csv(tmp_path, fmt):
     path = _write(tmp_path, fmt, f"rec.{fmt}")
@@ -166,7 +233,8 @@ def test_summary_counts_by_hour_and_rebuilds_from_the_folder(kit, recordings, wi
     summary = wide / "_summary.csv"
     assert summary.is_file() and (wide / "_summary.png").is_file()
     frame = pd.read_csv(summary, keep_default_na=False)
-    assert list(frame.columns) == ["class", "common_name", "scientific_name", "date", "hour_utc", "recording", "n_windows"]
+    assert list(frame.columns) == ["class", "common_name", "scientific_name", "date", "hour_utc", "recording", "n_windows",
+                                   "recorded_min", "per_recorded_hour"]
     # Counted from the scores: windows at >= 0.5 (the default), by the UTC hour of each window.
     expected = {}
     for parquet in sorted(wide.rglob("*.parquet")):
@@ -180,10 +248,44 @@ def test_summary_counts_by_hour_and_rebuilds_from_the_folder(kit, recordings, wi
     got = {(r["class"], int(r["hour_utc"])): int(r["n_windows"]) for _, r in frame.iterrows()}
     assert got == expected and got
     assert set(frame["date"]) == {"2025-03-01"}
+    # The effort: the 75-s recording starts at 05:59:00 (60 s in hour 5, 15 s in hour 6), the 40-s
+    # one at 06:59:00 (40 s in hour 6); each row says how much was recorded in its hour.
+    effort = pd.read_csv(wide / "_effort.csv", keep_default_na=False)
+    assert [(r.date, r.hour_utc, r.recording, r.recorded_min) for r in effort.itertuples()] == [
+        ("2025-03-01", 5, "", 1.0), ("2025-03-01", 6, "", pytest.approx(55 / 60, abs=printed_tolerance(3)))]
+    minutes = {5: 1.0, 6: 55 / 60}
+    for r in frame.itertuples():
+        assert r.recorded_min == pytest.approx(minutes[r.hour_utc], abs=printed_tolerance(3))
+        assert r.per_recorded_hour == pytest.approx(r.n_windows / (minutes[r.hour_utc] / 60), abs=printed_tolerance(2))
     before = summary.read_bytes()
     summary.unlink()
     assert cli.main(["archive", "--summary", "--out", str(wide)]) == 0  # from the folder alone
     assert summary.read_bytes() == before
+
+
+def test_untimed_and_timed_recordings_in_one_archive(kit, recordings, tmp_path):
+    """A 19.5-s 44.1-kHz recording without a start time beside the timed ones: its last Raven
+    selection ends at 19.5 s, and the summary gives it its own column and effort instead of
+    dropping it."""
+    crowsetta = pytest.importorskip("crowsetta")
+    from streamer.archive.summary import read_summary, summary_grids
+
+    folder = tmp_path / "in"
+    shutil.copytree(recordings, folder)
+    rng = np.random.default_rng(5)
+    t = np.arange(int(44100 * 19.5)) / 44100
+    write_audio(folder / "field" / "untimed.flac", 0.1 * np.sin(2 * np.pi * 700 * t) + 0.02 * rng.standard_normal(t.size), 44100)
+    out = tmp_path / "out"
+    # A threshold that every window of the short file reaches, so its last window holds events.
+    assert cli.main(_args(kit, out, folder, "--format", "raven", "--min-score", "0", "--top-k", "1")) == 0
+    boxes = crowsetta.formats.bbox.Raven.from_file(out / "in" / "field" / "untimed.flac.selections.txt", annot_col="Class").to_bbox()
+    assert boxes and max(b.offset for b in boxes) == 19.5 and min(b.onset for b in boxes) == 0.0
+    assert [b.onset for b in boxes] == sorted(b.onset for b in boxes)
+    grids = summary_grids(read_summary(out))
+    assert grids.recordings == ["in/field/untimed.flac"] and grids.dates == ["2025-03-01"]
+    np.testing.assert_allclose(grids.untimed_minutes, [19.5 / 60])
+    np.testing.assert_allclose(grids.timed_minutes[[5, 6]], [1.0, 55 / 60])
+    assert grids.untimed_windows.sum() == 4  # every window of it, top-1 at score >= 0
 
 
 def test_parquet_outputs_read_as_one_table(wide):

@@ -13,6 +13,7 @@ from streamer.config import ExecutionSettings
 from streamer.errors import ConfigError, DependencyError
 from streamer.install import install_hint
 from streamer.models import graphs
+from streamer.audio import write_audio
 from streamer.models.graphs import BackendChoice, ThreadSettings
 
 from conftest import infer_args
@@ -60,6 +61,29 @@ def test_openvino_missing_is_a_clear_error(kit, tmp_path, monkeypatch, capsys, n
     monkeypatch.setattr(graphs, "import_openvino", missing)
     assert cli.main(infer_args(kit, tmp_path / "sub.csv", "--backend", "openvino")) == 2
     assert install_hint("openvino") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["infer", "archive"])
+def test_bf16_without_openvino_gives_one_hint_that_works(kit, tmp_path, monkeypatch, capsys, no_models_load, command):
+    """bf16 runs only in OpenVINO: the hint is to install it (an editable install from this
+    checkout) or to drop bf16, never --backend onnxruntime, which refuses bf16."""
+    import sys
+
+    from streamer.install import install_hint
+
+    monkeypatch.setattr(graphs, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino fails, as when it is not installed
+    if command == "infer":
+        argv = infer_args(kit, tmp_path / "sub.csv", "--precision", "bf16")
+    else:
+        argv = ["archive", str(tmp_path), "--out", str(tmp_path / "out"), "--data-dir", str(kit.data_dir), "--perch",
+                str(kit.perch_onnx), "--moe-dir", str(kit.moe_dir), "--precision", "bf16"]
+        write_audio(tmp_path / "rec.flac", np.zeros(32000, np.float32), 32000)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--precision bf16 runs in OpenVINO, which is not installed" in err
+    assert install_hint("openvino") in err and "pip install -e " in err and "drop --precision bf16" in err
+    assert "--backend onnxruntime" not in err
 
 
 def test_auto_follows_the_profile_and_defaults_to_onnxruntime(monkeypatch):

@@ -124,8 +124,10 @@ def test_one_input_fails_alone(kit, inputs, reference, tmp_path, spec, reason):
 
 
 @pytest.mark.parametrize("spec,expected", [
+    ("parent.checks=sigint", 130),  # while the model files are checked, before anything is scored
     ("archive.worker_chunk=sigint@3", 130),
     ("archive.journal_append=sigint@2", 130),
+    ("archive.summary=sigint", 130),  # the last moment of a run: the summary's figure is being drawn
     ("archive.journal_append=kill@2", -9),
     ("archive.journal_append=enospc@2", 1),
 ])
@@ -134,7 +136,21 @@ def test_interrupted_runs_resume_to_the_same_outputs(kit, inputs, reference, tmp
     code, doc, text = archive(kit, inputs, out, spec)
     assert code == expected, text[-3000:]
     if expected == 130:  # Ctrl-C: the report of what was done is written before the exit
-        assert doc is not None and len(doc["done"]) + len(doc["unfinished"]) == len(LENGTHS_S)
+        assert doc is not None and len(doc["done"]) + len(doc["unfinished"]) == len(LENGTHS_S), text[-3000:]
+        assert "Traceback" not in text
+    if spec.startswith("parent.checks"):
+        assert not doc["done"] and not out.exists()
+    if spec.startswith("archive.summary"):  # everything was scored; the summary is whole, not half-written
+        assert sorted(doc["done"]) == sorted(f"in/rec{i}.flac" for i in range(len(LENGTHS_S))) and not doc["unfinished"]
+        summary = pd.read_csv(out / "_summary.csv")
+        assert list(summary.columns)[-2:] == ["recorded_min", "per_recorded_hour"]
+        effort = pd.read_csv(out / "_effort.csv", keep_default_na=False)
+        assert effort["recorded_min"].sum() == pytest.approx(sum(LENGTHS_S) / 60, abs=len(effort) * 1e-3)
+        png = out / "_summary.png"
+        if png.exists():  # drawn when something was detected: whole
+            data = png.read_bytes()
+            assert data.startswith(b"\x89PNG\r\n\x1a\n") and data.endswith(b"IEND\xaeB`\x82")
+        assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     if spec.endswith("enospc@2"):
         assert "could not append to the journal" in text
     assert_resumed(kit, inputs, out, reference)

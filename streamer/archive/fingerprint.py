@@ -27,8 +27,10 @@ from streamer.stages import RunPlan
 log = logging.getLogger(__name__)
 
 FINGERPRINT_NAME = ".streamer-run.json"
-#: Bumped whenever a file's columns or their meaning change.
-OUTPUT_FORMAT_VERSION = 1
+#: Bumped whenever a file's columns or their meaning change. 2: detection tables in order of
+#: begin time with events ending at the recording's end; the journal carries the recording
+#: effort the summary divides by.
+OUTPUT_FORMAT_VERSION = 2
 
 
 def _hash(path: Path | None) -> str | None:
@@ -126,6 +128,20 @@ def _compute_perch_only(plan: RunPlan, settings: ArchiveSettings) -> dict:
             "classes (count, sha256 of the names)": [len(names), hashlib.sha256("\n".join(names).encode()).hexdigest()],
         },
     }
+
+
+def shown_settings(settings: dict) -> dict:
+    """The settings as ``--status`` prints them: the competition's class list (234 triples,
+    kept whole in the fingerprint for the summary's names) as its count and a hash, as Perch's
+    labels are kept."""
+    import hashlib
+
+    shown = dict(settings)
+    triples = shown.pop("classes (code, common, scientific)", None)
+    if triples is not None:
+        text = "\n".join("\t".join(map(str, t)) for t in triples)
+        shown["classes (count, sha256 of the codes and names)"] = [len(triples), hashlib.sha256(text.encode()).hexdigest()]
+    return shown
 
 
 def _labels(plan: RunPlan):

@@ -38,14 +38,22 @@ def _clean_rel(text: str) -> PurePosixPath:
 
 
 def _from_list(list_file: Path) -> list[ArchiveInput]:
+    """The recordings a list names. A relative path is taken from the list's own folder, not from
+    the working directory: a list travels with its recordings, and means the same wherever the
+    command runs."""
     found = []
+    folder = list_file.parent
     for line_no, line in enumerate(list_file.read_text().splitlines(), start=1):
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
-        path = Path(entry) if Path(entry).is_absolute() else list_file.parent / entry
+        relative = not Path(entry).is_absolute()
+        path = folder / entry if relative else Path(entry)
         if not path.is_file():
-            raise ConfigError(f"{list_file}, line {line_no}: {entry} is not a file")
+            where = f"listed in {list_file} (line {line_no})"
+            if relative:
+                where += f", resolved against its folder {folder.resolve()}"
+            raise ConfigError(f"{path}: {'is not a file' if path.exists() else 'no such file'}; {where}")
         found.append(ArchiveInput(path, _clean_rel(entry)))
     return found
 
@@ -55,8 +63,8 @@ def expand_inputs(inputs: list[str | Path]) -> list[ArchiveInput]:
 
     * a folder: every audio file below it, named ``<folder name>/<path below it>``;
     * an audio file: named by its file name;
-    * a list file (``.txt``, ``.lst``, ``.list``): the paths it lists (relative ones are relative
-      to the list's folder), named as written.
+    * a list file (``.txt``, ``.lst``, ``.list``): the paths it lists (relative ones are resolved
+      against the list's folder, not the working directory), named as written.
 
     Raises:
         ConfigError: a path does not exist, no audio file was found at all, or two inputs would

@@ -9,12 +9,16 @@ killed run are removed at the start of the next.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,16 +141,48 @@ class OutputLock:
         os.close(self._fd)
 
 
-def header_duration(path: Path) -> float | None:
-    """Seconds of audio according to the file's header, or ``None`` when it cannot be read."""
+def is_archive_folder(path: Path) -> bool:
+    """Whether ``path`` is an output folder of ``streamer archive`` (it holds a fingerprint or
+    a journal)."""
+    from streamer.archive.fingerprint import FINGERPRINT_NAME
+
+    return (Path(path) / FINGERPRINT_NAME).is_file() or (Path(path) / JOURNAL_NAME).is_file()
+
+
+def check_out_dir(out_dir: Path) -> Path:
+    """``--out`` of a scoring run, checked before any model loads (see
+    :func:`streamer.files.check_output_folder`)."""
+    from streamer.files import check_output_folder
+
+    return check_output_folder(out_dir, "--out", is_ours=is_archive_folder)
+
+
+def probe_input(path: Path) -> tuple[float | None, str | None]:
+    """``(duration from the header or None, why it cannot be scored or None)``, from the file's
+    size and header alone, so that an empty or unreadable input fails before any model loads.
+    A header without a frame count (some streams) is not a problem: decoding tells."""
     import soundfile as sf
 
     try:
+        size = Path(path).stat().st_size
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    if size == 0:
+        return None, "empty file (0 bytes)"
+    try:
         info = sf.info(str(path))
-    except Exception as exc:  # unreadable inputs fail properly when scored; here only progress needs it
-        log.debug("%s: no duration from the header (%s)", path, exc)
-        return None
-    return float(info.frames) / float(info.samplerate) if info.samplerate > 0 and info.frames > 0 else None
+    except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError, TypeError)
+        return None, f"not audio soundfile can read ({without_path(str(exc), path)})"
+    if info.samplerate <= 0:
+        return None, f"invalid sample rate {info.samplerate} in its header"
+    return (float(info.frames) / float(info.samplerate) if info.frames > 0 else None), None
+
+
+def without_path(message: str, path: Path) -> str:
+    """``message`` without the path it names (the caller names the input once)."""
+    for form in {str(path), str(Path(path).resolve())}:
+        message = message.replace(f"Error opening {form!r}: ", "").removeprefix(f"{form}: ")
+    return message
 
 
 class _Progress:
@@ -182,6 +218,8 @@ class _Progress:
         elapsed = time.perf_counter() - self.t0
         rtf = (self.scored_s + sum(self.partial.values())) / elapsed if elapsed > 0 else 0.0
         remaining_s = max(0.0, self.total_s - self.done_s)
+        if remaining_s == 0:
+            return rtf, 0.0, 0.0
         return rtf, remaining_s, (remaining_s / rtf if rtf > 0 else float("nan"))
 
     def _refresh(self) -> None:
@@ -205,8 +243,9 @@ class _Progress:
             self.scored_s += audio_s
         self._refresh()
         rtf, remaining_s, eta = self.rates()
-        message = (f"[{self.n_done}/{self.n_inputs}] {rel}: {audio_s / 3600:.2f} h; {self.done_s / 3600:.2f} h done, "
-                   f"{remaining_s / 3600:.2f} h to go, real-time factor {rtf:.0f}x, ETA {eta:.0f} s")
+        eta_text = f"ETA {eta:.0f} s" if math.isfinite(eta) else "ETA unknown until audio is scored"
+        message = (f"[{self.n_done}/{self.n_inputs}] {rel}: {audio_s / 3600:.2f} h{'' if ok else ' (failed)'}; "
+                   f"{self.done_s / 3600:.2f} h done, {remaining_s / 3600:.2f} h to go, real-time factor {rtf:.0f}x, {eta_text}")
         if self.bar is not None:
             log.debug(message)
         else:
@@ -239,12 +278,63 @@ def run_archive(plan: RunPlan, entries: list[ArchiveInput], settings: ArchiveSet
         raise ConfigError(f"labels={settings.labels!r} needs the plan of "
                           f"{'streamer.stages.prepare' if settings.labels == 'competition' else 'streamer.stages.prepare_perch_only'}")
     t0 = time.perf_counter()
-    out_dir = Path(settings.out_dir)
-    lock = OutputLock(out_dir)
+    out_dir = check_out_dir(Path(settings.out_dir))
+    report = ArchiveReport(engine=settings.engine, n_inputs=len(entries))
     try:
-        return _run_locked(plan, entries, settings, t0)
+        lock = OutputLock(out_dir)
+        try:
+            return _run_locked(plan, entries, settings, t0, report)
+        finally:
+            lock.release()
+    except ArchiveInterrupted:
+        raise
+    except KeyboardInterrupt as exc:  # at any other moment (planning, the students' export): the report so far
+        report.seconds = time.perf_counter() - t0
+        report.unfinished = sorted(set(map(str, (e.rel for e in entries))) - set(report.done) - set(report.skipped) - set(report.failed))
+        raise ArchiveInterrupted(report) from exc
+
+
+def report_before_scoring(entries: list[ArchiveInput], settings: ArchiveSettings, seconds: float) -> ArchiveReport:
+    """The report of a run stopped before it began scoring: the inputs the folder's journal has
+    as done (unchanged since) are finished, the others unfinished."""
+    journal = Journal(Path(settings.out_dir)) if Path(settings.out_dir).is_dir() else None
+    report = ArchiveReport(engine=settings.engine, n_inputs=len(entries), seconds=seconds)
+    for entry in entries:
+        known = journal.entries.get(str(entry.path.resolve())) if journal is not None else None
+        done = known is not None and known.status == DONE and known.key == FileKey.of(entry.path)
+        (report.skipped if done else report.unfinished).append(str(entry.rel))
+    return report
+
+
+@contextlib.contextmanager
+def _sigint_held():
+    """While the folder's tables are written, Ctrl-C is held back instead of raised (inside
+    matplotlib's import it could surface as another error; each file is atomic anyway); the
+    flag it yields says whether one came, and the caller then ends the run as interrupted."""
+    seen = {"sigint": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+
+    def hold(signum, frame):
+        seen["sigint"] = True
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield seen
     finally:
-        lock.release()
+        signal.signal(signal.SIGINT, previous)
+
+
+def _finish_tables(out_dir: Path, settings: ArchiveSettings, report: ArchiveReport, t0: float, interrupted: BaseException | None) -> ArchiveReport:
+    """The folder's summary (and archive table) after the scoring, a Ctrl-C during it included;
+    a Ctrl-C before or while they are written ends the run as interrupted once they are."""
+    with _sigint_held() as held:
+        write_folder_tables(out_dir, settings)
+    report.seconds = time.perf_counter() - t0
+    if interrupted is not None or held["sigint"]:
+        raise ArchiveInterrupted(report) from interrupted
+    return report
 
 
 def _plan_tasks(entries, settings: ArchiveSettings, journal, report) -> list[ArchiveTask]:
@@ -264,10 +354,16 @@ def _plan_tasks(entries, settings: ArchiveSettings, journal, report) -> list[Arc
         elif key in previously_failed and not settings.retry_failed and journal.entries[key].key.mtime_ns == entry.path.stat().st_mtime_ns:
             report.failed[str(entry.rel)] = f"failed before ({journal.entries[key].reason}); not retried without --retry-failed"
         else:
-            when = recording_time(entry.path, metadata=metadata, site=settings.site, start_utc=settings.start_utc)
             key = FileKey.of(entry.path)  # before scoring: a change while it is scored shows next time
+            duration, problem = probe_input(entry.path)
+            if problem is not None:  # failed here, before any model loads for it
+                journal.record(entry.path, FAILED, str(out.relative_to(out_dir)), problem, key=key)
+                report.failed[str(entry.rel)] = problem
+                log.warning("%s: %s", entry.path, problem)
+                continue
+            when = recording_time(entry.path, metadata=metadata, site=settings.site, start_utc=settings.start_utc)
             tasks.append(ArchiveTask(entry.path.resolve(), str(entry.rel), out.resolve(), when, fmt, top_k,
-                                     header_duration(entry.path), key, min_score, merge, settings.summary_min_score,
+                                     duration, key, min_score, merge, settings.summary_min_score,
                                      emb.resolve() if emb is not None else None, settings.embeddings or "float32",
                                      write_scores=settings.labels != "none"))
     return tasks
@@ -284,13 +380,13 @@ def _remove_outputs(out_dir: Path, entries: list[ArchiveInput], journal: Journal
     anything is scored, so the folder never holds a mix. Other files are left alone."""
     old = run_fingerprint.read(out_dir) or {}
     formats = {settings.fmt, old.get("settings", {}).get("format") or settings.fmt}
-    from streamer.archive.summary import SUMMARY_CSV, SUMMARY_PNG
+    from streamer.archive.summary import SUMMARY_FILES
 
     doomed = {out_dir / e.output for e in journal.entries.values()}
     doomed |= {output_path(out_dir, entry, fmt) for entry in entries for fmt in formats}
     doomed |= {embeddings_path(out_dir, e.extra["recording"]) for e in journal.entries.values() if (e.extra or {}).get("recording")}
     doomed |= {embeddings_path(out_dir, str(entry.rel)) for entry in entries}
-    doomed |= {out_dir / name for name in (SUMMARY_CSV, SUMMARY_PNG, ARCHIVE_RAVEN_TABLE)}
+    doomed |= {out_dir / name for name in (*SUMMARY_FILES, ARCHIVE_RAVEN_TABLE)}
     n = 0
     for path in doomed:
         if path.is_file():
@@ -300,7 +396,7 @@ def _remove_outputs(out_dir: Path, entries: list[ArchiveInput], journal: Journal
     log.warning("--overwrite: removed %d output file(s) and the journal of the earlier settings", n)
 
 
-def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveReport:
+def _run_locked(plan, entries, settings: ArchiveSettings, t0: float, report: ArchiveReport) -> ArchiveReport:
     from streamer.pipeline.layout import plan_layout, sequential_threads
     from streamer.pipeline.layout import with_threads
 
@@ -314,12 +410,9 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
                              overwrite=settings.overwrite):
         _remove_outputs(out_dir, entries, journal, settings)
     run_fingerprint.write(out_dir, fingerprint)
-    report = ArchiveReport(engine=engine, n_inputs=len(entries))
     tasks = _plan_tasks(entries, settings, journal, report)
     if not tasks:
-        write_folder_tables(out_dir, settings)
-        report.seconds = time.perf_counter() - t0
-        return report
+        return _finish_tables(out_dir, settings, report, t0, None)
     total_s = sum(t.audio_s or 0.0 for t in tasks)
     log.info("archive: %d input(s) to score (%.2f h of audio), %d already finished", len(tasks), total_s / 3600, len(report.skipped))
     bar = _Progress(total_s, len(tasks), execution.progress and sys.stderr.isatty())
@@ -333,15 +426,16 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
             report.notes[task.rel] = list(result.notes)
         if result.ok:
             journal.record(task.path, DONE, output, key=task.key, audio_s=result.audio_s,
-                           extra={"counts": result.counts, "recording": task.rel})
+                           extra={"counts": result.counts, "effort": result.effort, "recording": task.rel})
             report.done.append(task.rel)
             report.audio_s += result.audio_s
             for k, v in result.stage_s.items():
                 report.stage_s[k] = report.stage_s.get(k, 0.0) + v
         else:
-            journal.record(task.path, FAILED, output, result.reason, key=task.key)
-            report.failed[task.rel] = result.reason
-            log.warning("%s: %s", task.path, result.reason)
+            reason = without_path(result.reason, task.path)
+            journal.record(task.path, FAILED, output, reason, key=task.key)
+            report.failed[task.rel] = reason
+            log.warning("%s: %s", task.path, reason)
         outstanding.discard(task.rel)  # only once journaled: an input whose record was cut short is unfinished
         report.peak_worker_rss_mb = max(report.peak_worker_rss_mb, result.peak_rss_kb / 1024)
         bar.file_done(task.rel, result.ok, result.audio_s, task.audio_s)
@@ -351,6 +445,7 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
         report.models = describe_models(plan.model, plan.reducer)
         report.backend_check = check.to_dict() if check is not None else None
         work = WorkQueue(tasks, on_result, bar.advance, plan.class_labels, out_dir=out_dir, split=settings.split)
+        interrupted = None
         try:
             if engine == "sequential":
                 n_threads = sequential_threads(threads)
@@ -373,7 +468,7 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
                 report.layout = f"address {settings.address or 'local'}"
                 ray_engine.run(work)
         except KeyboardInterrupt as exc:
-            raise ArchiveInterrupted(report) from exc  # the report is completed below, on the way out
+            interrupted = exc  # the summary and the report are still written, then exit 130
         finally:
             bar.close()
             report.ranges = {rel: len(split.spans) for rel, split in work.splits.items()}
@@ -381,8 +476,7 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float) -> ArchiveR
             report.unfinished = sorted(outstanding)
             report.seconds = time.perf_counter() - t0
             report.peak_parent_rss_mb = maxrss_kb() / 1024  # not ru_maxrss: see maxrss_kb
-    write_folder_tables(out_dir, settings)
-    return report
+    return _finish_tables(out_dir, settings, report, t0, interrupted)
 
 
 def write_folder_tables(out_dir: Path, settings: ArchiveSettings | None = None) -> list[Path]:
@@ -392,7 +486,7 @@ def write_folder_tables(out_dir: Path, settings: ArchiveSettings | None = None) 
     from streamer.archive.summary import write_summary
     from streamer.archive.tables import write_archive_raven
 
-    written = [p for p in write_summary(out_dir) if p is not None]
+    written = write_summary(out_dir)
     if settings is not None and settings.archive_table:
         journal = Journal(out_dir)
         done = sorted((e for e in journal.entries.values() if e.status == DONE), key=lambda e: e.output)
@@ -420,7 +514,7 @@ def folder_status(out_dir: Path, entries: list[ArchiveInput] | None = None) -> s
     if stored is None:
         lines.append("  run fingerprint: none" + (" (outputs of an earlier streamer or another program)" if journal.entries else ""))
     else:
-        settings = ", ".join(f"{k} {json.dumps(v)}" for k, v in stored.get("settings", {}).items())
+        settings = ", ".join(f"{k} {json.dumps(v)}" for k, v in run_fingerprint.shown_settings(stored.get("settings", {})).items())
         lines.append(f"  settings: {settings}")
         lines.append("  files (sha256): " + ", ".join(f"{k} {v[:12]}" for k, v in stored.get("sha256", {}).items() if v))
         lines.append(f"  output format version {stored.get('output_format_version')}")

@@ -140,6 +140,7 @@ class TaskResult:
     peak_rss_kb: int = 0  # of the process that scored it, when it finished
     notes: list[str] = field(default_factory=list)  # chunks scored without the students, and why
     counts: list = field(default_factory=list)  # [class, UTC date, UTC hour, detection windows] for the summary
+    effort: list = field(default_factory=list)  # [UTC date, UTC hour, seconds of audio] for the summary
 
 
 class UnscorableInput(StreamerError):
@@ -221,6 +222,7 @@ class InputSink:
                 self.writer.abort()  # no temporary file outlives a sink that could not start
                 raise
         self.counts: collections.Counter = collections.Counter()
+        self.effort: collections.Counter = collections.Counter()  # (date, hour) → samples of audio
         self.counter = EventBuilder(n_classes, min_score=task.summary_min_score, top_k=task.top_k)
 
     @staticmethod
@@ -235,38 +237,58 @@ class InputSink:
         builder = EventBuilder(len(labels.codes), min_score=task.min_score, top_k=task.top_k, merge=task.merge)
         return TableWriter(task.out, task.rel, labels.codes, labels.common, labels.scientific, fmt=task.fmt, builder=builder)
 
-    def write(self, first_window: int, probs: np.ndarray | None, embedding: np.ndarray) -> None:
-        """The scores and embeddings of windows ``first_window …`` (one chunk's worth)."""
+    def write(self, first_window: int, probs: np.ndarray | None, embedding: np.ndarray, end_sample: int) -> None:
+        """The scores and embeddings of windows ``first_window …`` (one chunk's worth), whose
+        real audio ends ``end_sample`` samples (32 kHz) from the recording's start."""
         task = self.task
-        self.writer.write_chunk(first_window, probs if task.write_scores else embedding)
+        if isinstance(self.writer, TableWriter):
+            self.writer.write_chunk(first_window, probs, audio_end_s=end_sample / TARGET_SAMPLE_RATE_HZ)
+        else:
+            self.writer.write_chunk(first_window, probs if task.write_scores else embedding)
         if len(self.writers) > 1:
             self.writers[1].write_chunk(first_window, embedding)
         if task.write_scores:
             _count(self.counts, self.counter, task.when, first_window, probs)
+            _count_effort(self.effort, task.when, first_window, len(probs), end_sample)
 
-    def close(self) -> list:
-        """Finish the files; returns the summary's counts ``[class, UTC date, UTC hour, windows]``."""
+    def close(self) -> tuple[list, list]:
+        """Finish the files; returns the summary's counts ``[class, UTC date, UTC hour, windows]``
+        and the effort ``[UTC date, UTC hour, seconds of audio]``."""
         for w in self.writers[1:]:
             w.close()  # the embeddings first: the score file is what marks the input done
         self.writer.close()
-        return [[self.classes[c], date, hour, n] for (c, date, hour), n in sorted(self.counts.items())]
+        counts = [[self.classes[c], date, hour, n] for (c, date, hour), n in sorted(self.counts.items())]
+        return counts, [[date, hour, n / TARGET_SAMPLE_RATE_HZ] for (date, hour), n in sorted(self.effort.items())]
 
     def abort(self) -> None:
         for w in self.writers:
             w.abort()  # a partial file never looks finished
 
 
+def _window_cell(when: RecordingTime, window: int) -> tuple[str, int]:
+    """The summary's cell of a window: the UTC date and hour of its start; date ``""`` and hour
+    -1 where the recording's start is unknown."""
+    if when.start_utc is None:
+        return "", -1
+    moment = when.start_utc + timedelta(seconds=window * WINDOW_S)
+    return moment.date().isoformat(), moment.hour
+
+
 def _count(counts: collections.Counter, counter: EventBuilder, when: RecordingTime, first_window: int, probs) -> None:
-    """Detection windows per (class, UTC date, UTC hour) for the archive summary; date ``""``
-    and hour -1 where the recording's start is unknown."""
+    """Detection windows per (class, UTC date, UTC hour) for the archive summary."""
     for offset, kept in enumerate(counter.detections(probs)):
-        if when.start_utc is None:
-            date, hour = "", -1
-        else:
-            moment = when.start_utc + timedelta(seconds=(first_window + offset) * WINDOW_S)
-            date, hour = moment.date().isoformat(), moment.hour
+        date, hour = _window_cell(when, first_window + offset)
         for cls, _ in kept:
             counts[(cls, date, hour)] += 1
+
+
+def _count_effort(effort: collections.Counter, when: RecordingTime, first_window: int, n_windows: int, end_sample: int) -> None:
+    """Samples of audio recorded per (UTC date, UTC hour), each window in the cell of its start
+    (as its detections are), the last window only as far as the audio goes."""
+    for window in range(first_window, first_window + n_windows):
+        real = min(WINDOW_SAMPLES, end_sample - window * WINDOW_SAMPLES)
+        if real > 0:
+            effort[_window_cell(when, window)] += real
 
 
 class _RawRows:
@@ -306,7 +328,7 @@ class RangeSink:
             self.abort()
             raise
 
-    def write(self, first_window: int, probs: np.ndarray | None, embedding: np.ndarray) -> None:
+    def write(self, first_window: int, probs: np.ndarray | None, embedding: np.ndarray, end_sample: int) -> None:
         expected = self.span.first * N_WINDOWS_PER_FILE + self.n_windows
         if first_window != expected:  # chunks come in order, one after the other
             raise RuntimeError(f"{self.task.label}: window {first_window} came where {expected} was due")
@@ -316,11 +338,11 @@ class RangeSink:
             self.embeddings.write(embedding)
         self.n_windows += embedding.shape[0]
 
-    def close(self) -> list:
+    def close(self) -> tuple[list, list]:
         for rows in (self.embeddings, self.scores):
             if rows is not None:
                 rows.close()
-        return []  # the summary's counts are made when the ranges are joined
+        return [], []  # the summary's counts and effort are made when the ranges are joined
 
     def abort(self) -> None:
         for rows in (self.scores, self.embeddings):
@@ -390,7 +412,7 @@ class ArchiveScorer:
         try:
             for chunk in chunks:
                 probs, embedding = self.score_chunk(chunk, task.when, key=task.rel, notes=notes)
-                sink.write(chunk.index * N_WINDOWS_PER_FILE, probs, embedding)
+                sink.write(chunk.index * N_WINDOWS_PER_FILE, probs, embedding, chunk.index * CHUNK_SAMPLES + chunk.n_real)
                 n_samples += chunk.n_real
                 if on_chunk is not None:
                     on_chunk(chunk.n_real / TARGET_SAMPLE_RATE_HZ)
@@ -403,7 +425,7 @@ class ArchiveScorer:
         finally:
             if fetcher is not None:
                 fetcher.close()
-        counts = sink.close()
+        counts, effort = sink.close()
         after = {**self.models.seconds, **self.reducer.seconds}
         return TaskResult(
             task.rel,
@@ -413,6 +435,7 @@ class ArchiveScorer:
             peak_rss_kb=maxrss_kb(),
             notes=notes,
             counts=counts,
+            effort=effort,
         )
 
 
@@ -438,6 +461,8 @@ def join_ranges(task: ArchiveTask, spans: list[ChunkSpan], results: list[TaskRes
         OSError: writing failed (the partial files are removed).
     """
     failpoints.hit("archive.join_ranges", task.rel)
+    # The ranges' audio, in samples (each range counted whole samples), ends the last chunk.
+    total_samples = int(round(sum(r.audio_s for r in results) * TARGET_SAMPLE_RATE_HZ))
     try:
         sink = InputSink(task, labels)
         try:
@@ -454,11 +479,13 @@ def join_ranges(task: ArchiveTask, spans: list[ChunkSpan], results: list[TaskRes
                     raise ValueError(f"{task.rel}: {span.describe()} starts at window {first}, the ranges before end at {next_window}")
                 for offset in range(0, n, N_WINDOWS_PER_FILE):
                     rows = slice(offset, offset + N_WINDOWS_PER_FILE)
+                    n_rows = min(N_WINDOWS_PER_FILE, n - offset)
+                    end_sample = min((first + offset + n_rows) * WINDOW_SAMPLES, total_samples)
                     sink.write(first + offset, None if scores is None else np.asarray(scores[rows]),
-                               None if embeddings is None else np.asarray(embeddings[rows]))
+                               None if embeddings is None else np.asarray(embeddings[rows]), end_sample)
                 next_window = first + n if n else next_window
                 del scores, embeddings
-            counts = sink.close()
+            counts, effort = sink.close()
         except BaseException:
             sink.abort()
             raise
@@ -477,4 +504,5 @@ def join_ranges(task: ArchiveTask, spans: list[ChunkSpan], results: list[TaskRes
         peak_rss_kb=max((r.peak_rss_kb for r in results), default=0),
         notes=[note for r in results for note in r.notes],
         counts=counts,
+        effort=effort,
     )

@@ -4,8 +4,9 @@ and detection lists in Parquet/CSV.
 A *detection* is a class in a 5-s window whose score is at least ``min_score`` (at most
 ``top_k`` classes per window, the best first). With ``merge``, detections of one class in
 consecutive windows become one *event* spanning them, with the highest score among them; merging
-carries across the 60-s chunks a recording is scored in. Events are written in order of start,
-then class order.
+carries across the 60-s chunks a recording is scored in. Events are written in order of begin
+time, then class order (an event is held back until no event still open began before it), and
+an event's end is clipped to the recording's end (its last window is a partial one).
 
 Formats (one file per input, written to a temporary sibling and renamed into place):
 
@@ -24,6 +25,7 @@ Formats (one file per input, written to a temporary sibling and renamed into pla
 from __future__ import annotations
 
 import csv
+import heapq
 import io
 import os
 from dataclasses import dataclass
@@ -111,6 +113,10 @@ class EventBuilder:
         self.open.clear()
         return closed
 
+    def earliest_open(self) -> tuple[int, int] | None:
+        """``(first window, class)`` of the earliest event still open (merge only), else None."""
+        return min(((e.first, e.cls) for e in self.open.values()), default=None)
+
 
 def _num(value: float) -> str:
     return f"{value:.3f}".rstrip("0").rstrip(".") if value != int(value) else f"{value:.1f}"
@@ -139,33 +145,56 @@ class TableWriter:
         os.close(fd)
         self.n_rows = 0
         self._text = None
-        self._rows: list[Event] = []  # parquet/csv: one table written at close (events are few)
+        self._rows: list[tuple[Event, float]] = []  # parquet/csv: one table written at close (events are few)
+        self._held: list[tuple[int, int, int, Event, float]] = []  # closed, waiting for events open before them
+        self._audio_end_s: float | None = None
         if fmt in ("raven", "audacity"):
             self._text = open(self._tmp, "w", encoding="utf-8", newline="")
             if fmt == "raven":
                 self._text.write("\t".join(RAVEN_COLUMNS) + "\n")
 
-    def write_chunk(self, first_window: int, probs: np.ndarray) -> None:
-        self._emit(self.builder.add(first_window, probs))
+    def write_chunk(self, first_window: int, probs: np.ndarray, audio_end_s: float | None = None) -> None:
+        """The scores ``[n, C]`` of windows ``first_window …``; ``audio_end_s``: where the
+        recording's real audio ends, if within these windows (seconds from its start; an event
+        ending in the last, partial window ends there). Without it the windows are whole."""
+        if audio_end_s is not None:
+            self._audio_end_s = float(audio_end_s)
+        self._hold(self.builder.add(first_window, probs))
+        self._emit(self._release(self.builder.earliest_open()))
 
-    def _emit(self, events: list[Event]) -> None:
+    def _hold(self, events: list[Event]) -> None:
+        for e in events:
+            end_s = e.end_s if self._audio_end_s is None else min(e.end_s, self._audio_end_s)
+            heapq.heappush(self._held, (e.first, e.cls, e.last, e, end_s))
+
+    def _release(self, before: tuple[int, int] | None) -> list[tuple[Event, float]]:
+        """The held events that begin before ``(first window, class)`` (all of them for None):
+        an event closes when it ends, so one that began earlier may still be open."""
+        out = []
+        while self._held and (before is None or self._held[0][:2] < before):
+            *_, e, end_s = heapq.heappop(self._held)
+            out.append((e, end_s))
+        return out
+
+    def _emit(self, events: list[tuple[Event, float]]) -> None:
         if self._text is None:
             self._rows += events
             return
         begin_file = Path(self.file_label).name
-        for e in events:
+        for e, end_s in events:
             self.n_rows += 1
             if self.fmt == "raven":
-                fields = [str(self.n_rows), "Spectrogram 1", "1", _num(e.start_s), _num(e.end_s), _num(LOW_FREQ_HZ),
+                fields = [str(self.n_rows), "Spectrogram 1", "1", _num(e.start_s), _num(end_s), _num(LOW_FREQ_HZ),
                           _num(HIGH_FREQ_HZ), begin_file, _num(e.start_s), self.classes[e.cls], self.common[e.cls],
                           self.scientific[e.cls], f"{e.score:.4f}"]
                 self._text.write("\t".join(f.replace("\t", " ") for f in fields) + "\n")
             else:
                 label = f"{self.common[e.cls]} ({e.score:.2f})".replace("\t", " ")
-                self._text.write(f"{e.start_s:.6f}\t{e.end_s:.6f}\t{label}\n")
+                self._text.write(f"{e.start_s:.6f}\t{end_s:.6f}\t{label}\n")
 
     def close(self) -> Path:
-        self._emit(self.builder.close())
+        self._hold(self.builder.close())
+        self._emit(self._release(None))
         if self._text is not None:
             self._text.close()
         else:
@@ -175,12 +204,13 @@ class TableWriter:
     def _write_table(self) -> None:
         import pyarrow as pa
 
-        events = sorted(self._rows, key=lambda e: (e.first, e.cls))
+        rows = self._rows  # released in order of begin, then class
+        events = [e for e, _ in rows]
         self.n_rows = len(events)
         table = pa.table({
             "file": pa.array([self.file_label] * len(events), pa.string()),
             "start_s": pa.array([e.start_s for e in events], pa.float64()),
-            "end_s": pa.array([e.end_s for e in events], pa.float64()),
+            "end_s": pa.array([end_s for _, end_s in rows], pa.float64()),
             "class": pa.array([self.classes[e.cls] for e in events], pa.string()),
             "common_name": pa.array([self.common[e.cls] for e in events], pa.string()),
             "scientific_name": pa.array([self.scientific[e.cls] for e in events], pa.string()),
@@ -212,21 +242,23 @@ def read_raven(path: Path) -> list[dict]:
 def write_archive_raven(tables: list[tuple[Path, float]], out: Path) -> int:
     """One Raven selection table for many inputs: their rows in order, ``Selection`` renumbered,
     ``Begin Time (s)`` / ``End Time (s)`` on one timeline (each input starts where the one before
-    ended, as Raven shows a file sequence), ``Begin File`` and ``File Offset (s)`` kept. Returns
-    the number of rows."""
+    ended, as Raven shows a file sequence), ``Begin File`` and ``File Offset (s)`` kept; rows in
+    order of begin time, then of the inputs' order. Returns the number of rows."""
     from streamer.files import atomic_write_text
 
+    rows = []
+    offset = 0.0
+    for order, (path, duration_s) in enumerate(tables):
+        for row in read_raven(path):
+            begin = offset + float(row["Begin Time (s)"])
+            rows.append((begin, order, len(rows), dict(row, **{"End Time (s)": _num(offset + float(row["End Time (s)"]))})))
+        offset += duration_s
     buf = io.StringIO()
     buf.write("\t".join(RAVEN_COLUMNS) + "\n")
-    n, offset = 0, 0.0
-    for path, duration_s in tables:
-        for row in read_raven(path):
-            n += 1
-            row = dict(row)
-            row["Selection"] = str(n)
-            row["Begin Time (s)"] = _num(offset + float(row["Begin Time (s)"]))
-            row["End Time (s)"] = _num(offset + float(row["End Time (s)"]))
-            buf.write("\t".join(row[c] for c in RAVEN_COLUMNS) + "\n")
-        offset += duration_s
+    for n, (begin, _, _, row) in enumerate(sorted(rows, key=lambda r: r[:3]), start=1):
+        row["Selection"] = str(n)
+        row["Begin Time (s)"] = _num(begin)
+        buf.write("\t".join(row[c] for c in RAVEN_COLUMNS) + "\n")
+    n = len(rows)
     atomic_write_text(out, buf.getvalue())
     return n

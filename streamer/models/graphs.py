@@ -139,7 +139,15 @@ def resolve_backend(backend: str, precision: str, *, profile_backend: str | None
                 "--precision bf16 runs in OpenVINO: onnxruntime has no bf16 kernels for x86 CPUs; "
                 "use --backend openvino or auto"
             )
-        import_openvino()
+        try:
+            import_openvino()
+        except DependencyError as exc:  # onnxruntime cannot run bf16: the hint is OpenVINO, or fp32
+            from streamer.install import install_hint
+
+            raise DependencyError(
+                f"--precision bf16 runs in OpenVINO, which is not installed: {install_hint('openvino')}, "
+                "or drop --precision bf16 (fp32 runs in onnxruntime)"
+            ) from exc
         return BackendChoice("openvino", "bf16")
     if backend == "auto":
         backend = profile_backend if profile_backend in BACKENDS else "onnxruntime"
