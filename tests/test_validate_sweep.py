@@ -416,3 +416,116 @@ def test_a_cache_made_in_another_engine_is_rebuilt(kit, cache_path, tmp_path):
     config = InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir)
     _, built = build_cache(config, copy)
     assert built and load_cache(copy).info["engine"] == "onnxruntime fp32"
+
+
+# --------------------------------------------------------------------------- a recipe's own member
+
+
+_CRNN_BLOCK = '''[members.crnn]
+kind = "student-crnn"
+input = "logmel"
+file = "{moe_dir}/student_crnn*.pt"
+optional = true
+weight = 0.07
+'''
+
+_PROBE_BLOCK = '''[members.probe]
+kind = "onnx"
+input = "perch.embedding"
+file = "models/probe.onnx"
+output_tensor = "logits"
+weight = 0.1
+'''
+
+
+def _probe_recipe(folder):
+    """The model-card recipe with its member crnn replaced by ``probe``, an ONNX graph on
+    Perch's embedding (``embedding @ W + b``) that only the recipe names. Returns the recipe's
+    path and (W, b)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from streamer.recipes import packaged_text
+
+    rng = np.random.default_rng(7)
+    weight = (rng.standard_normal((1536, 234)) / np.sqrt(1536)).astype(np.float32)
+    bias = rng.normal(-2.0, 0.5, 234).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["embedding", "W"], ["projected"]), helper.make_node("Add", ["projected", "b"], ["logits"])],
+        "probe",
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 1536])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 234])],
+        initializer=[numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    (folder / "models").mkdir(parents=True)
+    onnx.save(model, str(folder / "models" / "probe.onnx"))
+    text = packaged_text()
+    assert _CRNN_BLOCK in text and 'drop_order = ["crnn", "cnn"]' in text and 'name = "model-card"' in text
+    text = (text.replace(_CRNN_BLOCK, _PROBE_BLOCK).replace('drop_order = ["crnn", "cnn"]', 'drop_order = ["probe", "cnn"]')
+            .replace('name = "model-card"', 'name = "with-probe"'))
+    path = folder / "with-probe.toml"
+    path.write_text(text)
+    return path, weight, bias
+
+
+def test_cache_and_sweep_over_a_member_only_the_recipe_names(kit_copy, tmp_path, capsys):
+    """A third blend member added by the recipe alone (an ONNX graph on Perch's embedding, its
+    file relative to the recipe) is cached by name, swept as an axis beside a step's parameter,
+    printed in the best command as --blend/--set, and each point's probabilities are infer's
+    reducer's (RecipeReducer) on the cached outputs."""
+    from streamer.ensemble import RecipeReducer
+    from streamer.validate.sweep import prepare_sweep
+
+    _keep_labels_of(kit_copy.data_dir, 3)  # a small cache: three files
+    recipe_path, weight, bias = _probe_recipe(tmp_path / "recipe")
+    recipe = load_recipe(recipe_path)
+    assert [m.name for m in recipe.blend_members] == ["perch", "cnn", "probe"]
+    flags = [*_kit_flags(kit_copy), "--recipe", str(recipe_path)]
+
+    cache_path = tmp_path / "cache.npz"
+    assert cli.main(["-q", "cache", *flags, "--out", str(cache_path), "--threads", "2"]) == 0
+    cache = load_cache(cache_path)
+    assert set(cache.logits) == {"perch", "cnn", "probe"} and cache.info["recipe"] == "with-probe"
+    assert {"perch_onnx", "perch_labels", "taxonomy", "sample_submission", "cnn", "probe"} == set(cache.dependencies)
+    assert cache.dependencies["probe"]["path"] == str((recipe_path.parent / "models" / "probe.onnx").resolve())
+    # The probe ran on Perch's embedding of each window.
+    np.testing.assert_allclose(cache.logits["probe"], cache.embedding @ weight + bias, rtol=1e-5, atol=1e-4)
+
+    grid = ["probe=0,0.1,0.3", "topk-multiplier.k=1,2"]
+    out = tmp_path / "sweep.csv"
+    capsys.readouterr()
+    assert cli.main(["sweep", *flags, "--cache", str(cache_path), "--out", str(out), "--grid", *grid]) == 0
+    printed = capsys.readouterr().out
+    table = pd.read_csv(out)
+    assert len(table) == 6 and {"perch", "cnn", "probe", "topk-multiplier.k"} <= set(table.columns)
+    assert sorted(zip(table.probe, table["topk-multiplier.k"])) == [(w, k) for w in (0.0, 0.1, 0.3) for k in (1, 2)]
+    assert out.with_suffix(".png").stat().st_size > 0  # two axes vary: a heatmap
+    line = next(l for l in printed.splitlines() if l.startswith("best: "))
+    assert "--blend probe=" in line and "--set topk-multiplier.k=" in line
+    best = cli.build_parser().parse_args(shlex.split(line)[2:])
+    assert best.command == "infer" and best.recipe == str(recipe_path)
+    top = table.iloc[0]
+    assert dict(best.blend)["probe"] == pytest.approx(top.probe) and dict(best.steps)["topk-multiplier.k"] == top["topk-multiplier.k"]
+
+    # Each point against infer's reducer, the point given as infer's own flags.
+    points, _ = parse_grid(grid, recipe)
+    assert len(points) == 6
+    base = prepare(InferConfig.create(data_dir=kit_copy.data_dir, perch=kit_copy.perch_onnx, moe_dir=kit_copy.moe_dir,
+                                      recipe=str(recipe_path)), files=[])
+    data = prepare_sweep(base, cache, cache_path, prior_fit="all")
+    assert set(data.logits) == {"perch", "cnn", "probe"}
+    by_value = {(p.value("probe"), p.value("topk-multiplier.k")): p for p in points}
+    assert not np.allclose(data.probabilities(by_value[0.0, 2]), data.probabilities(by_value[0.3, 2]), rtol=0, atol=1e-4)
+    for point in points:
+        args = cli.build_parser().parse_args(["infer", *flags, *point.infer_flags()])
+        plan = prepare(cli.config_from_args(args), files=[])
+        assert plan.reducer.member_names == ("perch", "cnn", "probe")
+        assert plan.reducer.weights["probe"] == point.value("probe")
+        reducer = RecipeReducer(plan.reducer)
+        probs = data.probabilities(point)
+        for i, stem in enumerate(cache.stems):
+            outputs = ModelOutputs(cache.embedding[i], {name: cache.logits[name][i] for name in cache.logits})
+            np.testing.assert_allclose(probs[i], reducer.reduce(stem, outputs), rtol=0, atol=4 * np.finfo(np.float32).eps)
