@@ -85,6 +85,25 @@ def test_grid_over_step_parameters():
     assert recipe.steps[3].get("k") == 3 and recipe.steps[4].get("max") == 1.0 and recipe.steps[0].get("scale") == 0.1
 
 
+def test_a_whole_number_in_the_recipe_does_not_make_an_axis_integer():
+    """``scale = 1`` or ``max = 1`` in a recipe file are numbers like 1.0: the sweep takes 0.5
+    for them; only a parameter the step declares integer (``k``) takes whole numbers alone."""
+    import tomllib
+
+    from streamer.recipes import packaged_text
+    from streamer.recipes.schema import parse_recipe
+
+    text = packaged_text()
+    assert "scale = 0.20" in text and "max = 1.0" in text
+    recipe = parse_recipe(tomllib.loads(text.replace("scale = 0.20", "scale = 1").replace("max = 1.0", "max = 1")), "ints.toml")
+    assert recipe.steps[0].get("scale") == 1 and recipe.steps[4].get("max") == 1
+    points, values = parse_grid(["prior=0.5,1", "clip.max=0.9,1"], recipe)
+    assert values["prior"] == [0.5, 1.0] and values["clip.max"] == [0.9, 1.0] and len(points) == 4
+    assert points[0].recipe(recipe).steps[0].get("scale") == 0.5 and points[0].recipe(recipe).steps[4].get("max") == 0.9
+    with pytest.raises(ConfigError, match="whole numbers"):
+        parse_grid(["topk-multiplier.k=1.5"], recipe)
+
+
 @pytest.mark.parametrize(
     "spec, message",
     [

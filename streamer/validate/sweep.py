@@ -158,6 +158,16 @@ def recipe_axes(recipe) -> dict:
     return axes
 
 
+def _integer_axis(axis: str) -> bool:
+    """Whether an axis takes whole numbers only: a step parameter the step declares integer
+    (``topk-multiplier.k``). Not the recipe's value's type: ``scale = 1`` is still a real number."""
+    from streamer.postprocess import STEPS
+
+    step, dot, param = axis.partition(".")
+    spec = STEPS[step].params.get(param) if dot and step in STEPS else None
+    return spec is not None and tuple(spec.kinds) == (int,)
+
+
 def parse_grid(specs: list[str] | tuple[str, ...], recipe) -> tuple[list[SweepPoint], dict[str, list]]:
     """Grid points from ``AXIS=VALUES`` items over ``recipe``; axes not given keep its value.
 
@@ -201,7 +211,7 @@ def parse_grid(specs: list[str] | tuple[str, ...], recipe) -> tuple[list[SweepPo
                 parsed.extend(_parse_range(axis, t) if ":" in t else [_parse_number(axis, t)])
             if axis in members and any(v < 0 for v in parsed):
                 raise ConfigError(f"--grid {axis}: blend weights must be >= 0")
-            if isinstance(known[axis], int) and not isinstance(known[axis], bool):
+            if _integer_axis(axis):
                 if any(v != int(v) for v in parsed):
                     raise ConfigError(f"--grid {axis}: expects whole numbers")
                 parsed = [int(v) for v in parsed]
