@@ -104,6 +104,26 @@ def test_a_whole_number_in_the_recipe_does_not_make_an_axis_integer():
         parse_grid(["topk-multiplier.k=1.5"], recipe)
 
 
+def test_an_asymmetric_kernel_is_not_a_smooth_axis():
+    """``smooth`` is ``(center, side)``, a symmetric 3-window kernel: a recipe whose 3-window
+    kernel is asymmetric has no such axis, and its points keep its kernel as it is."""
+    import tomllib
+
+    from streamer.recipes import packaged_text
+    from streamer.recipes.schema import parse_recipe
+
+    text = packaged_text()
+    assert "kernel = [0.1, 0.8, 0.1]" in text
+    recipe = parse_recipe(tomllib.loads(text.replace("kernel = [0.1, 0.8, 0.1]", "kernel = [0.1, 0.7, 0.2]")), "asym.toml")
+    assert "smooth" not in recipe_axes(recipe)
+    points, values = parse_grid(["prior=0.2,0.4"], recipe)
+    assert "smooth" not in values and points[0].recipe(recipe) == recipe  # the recipe's own point is the recipe
+    assert points[1].recipe(recipe).steps[2].get("kernel") == (0.1, 0.7, 0.2)
+    assert not any(flag.startswith("--smooth") for flag in points[1].infer_flags())
+    with pytest.raises(ConfigError, match="unknown axis 'smooth'"):
+        parse_grid(["smooth=0.8/0.1"], recipe)
+
+
 @pytest.mark.parametrize(
     "spec, message",
     [
@@ -308,6 +328,24 @@ def test_sweep_cli_ranks_writes_csv_heatmap_and_infer_command(kit, cache_path, t
                      "--grid", "perch=0.6,0.8", "prior=0,0.2,0.4"]) == 0
     assert "grouped by site" in capsys.readouterr().out
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("kernel, grid", [("[0.2, 0.6, 0.2]", ["smooth=0.8/0.1,off"]), ("[0.1, 0.7, 0.2]", ["prior=0,0.4"])])
+def test_best_command_with_a_set_kernel_runs_the_best_point(kit, cache_path, tmp_path, capsys, kernel, grid):
+    """A kernel given to sweep with --set: when the grid varies ``smooth``, the printed command
+    carries the best point's smoothing and not the --set that would replace it; an asymmetric
+    kernel (no ``smooth`` axis) is carried as it is."""
+    out = tmp_path / "sweep.csv"
+    assert cli.main(["sweep", *_kit_flags(kit), "--cache", str(cache_path), "--out", str(out),
+                     "--set", f"smooth.kernel={kernel}", "--grid", *grid]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("best: "))
+    parsed = cli.build_parser().parse_args(shlex.split(line)[2:])
+    top = pd.read_csv(out).iloc[0]
+    base = InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir,
+                              steps=(("smooth.kernel", tuple(float(w) for w in kernel.strip("[]").split(","))),))
+    smooth = (("smooth", (top.smooth_center, top.smooth_side)),) if "smooth_center" in top else ()
+    best = SweepPoint((("perch", 0.8), ("cnn", 0.13), ("crnn", 0.07), ("prior", top.prior), *smooth))
+    assert cli.config_from_args(parsed).ensemble.load_recipe() == best.recipe(base.ensemble.load_recipe())
 
 
 def test_prior_scale_zero_is_the_same_in_and_out_of_fold(kit, cache_path, tmp_path):

@@ -139,7 +139,8 @@ def _parse_smooth(text: str) -> tuple[float, float]:
 
 def recipe_axes(recipe) -> dict:
     """Every axis of ``recipe`` and its value there: the blend members' weights, ``prior``
-    and ``smooth`` (when the recipe has one such step; the kernel of 3 windows), and
+    and ``smooth`` (when the recipe has one such step; a symmetric kernel of 3 windows, which
+    ``(center, side)`` describes: an asymmetric one is kept as it is), and
     ``STEP.PARAM`` for each numeric parameter of a step that appears once."""
     axes: dict = {m.name: m.weight for m in recipe.blend_members}
     names = [s.name for s in recipe.steps]
@@ -149,7 +150,7 @@ def recipe_axes(recipe) -> dict:
         if step.name == "prior":
             axes[PRIOR_AXIS] = step.get("scale")
             continue
-        if step.name == "smooth" and len(step.get("kernel")) == 3:
+        if step.name == "smooth" and len(step.get("kernel")) == 3 and step.get("kernel")[0] == step.get("kernel")[2]:
             kernel = step.get("kernel")
             axes[SMOOTH_AXIS] = (kernel[1], kernel[0])
         for key, value in step.params:
