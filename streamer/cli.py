@@ -603,7 +603,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         command += ["--without", name]
     varied = set(values)
     for key, value in config.ensemble.steps:
-        if key not in varied and not (key == "prior.scale" and "prior" in varied):
+        if key not in varied and not (key == "prior.scale" and "prior" in varied) and not (key == "smooth.kernel" and "smooth" in varied):
             command += ["--set", f"{key}={list(value) if isinstance(value, tuple) else value}"]
     command += best.infer_flags()
     print(f"best: {shlex.join(command)}")

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from streamer import cli, stages
-from streamer.artifacts import class_mapping, map_perch_logits, resolve_moe, resolve_perch
+from streamer.artifacts import class_mapping, map_perch_logits, resolve_perch
 from streamer.config import InferConfig
 from streamer.errors import ArtifactError
+from streamer.metadata import load_competition
 from streamer.models.perch import PerchModel
+from streamer.recipes import RecipeError
 
 from conftest import infer_args
 
@@ -116,22 +118,43 @@ def test_broken_artifacts_stop_before_audio(kit_copy, tmp_path, no_audio, caplog
     assert not (tmp_path / "sub.csv").exists()
 
 
+def _bind(kit, **settings):
+    """The run's recipe bound to the kit's files, as ``infer`` binds it (no audio read)."""
+    config = InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir, **settings)
+    bound, _ = stages.bind_config(config, load_competition(kit.data_dir))
+    return bound
+
+
 def test_fold_prefix_discovery_and_override(kit_copy):
-    moe = resolve_moe(kit_copy.moe_dir)
-    assert moe.prefix == "moe_p0.60_c0.25_r0.15_post_p0.45" and len(moe.fold_paths) == 4
-    for p in moe.fold_paths:
+    folds = _bind(kit_copy).member("protossm").paths
+    assert [p.name for p in folds] == [f"moe_p0.60_c0.25_r0.15_post_p0.45_fold{k}.pt" for k in range(1, 5)]
+    assert all(p.parent == kit_copy.moe_dir and p.is_file() for p in folds)
+    for p in folds:
         shutil.copy(p, p.with_name(p.name.replace("moe_p0.60", "other")))
-    with pytest.raises(ArtifactError, match="several fold prefixes"):
-        resolve_moe(kit_copy.moe_dir)
-    assert resolve_moe(kit_copy.moe_dir, weights_prefix="other_c0.25_r0.15_post_p0.45").prefix.startswith("other")
-    with pytest.raises(ArtifactError, match="nope_fold1.pt"):
-        resolve_moe(kit_copy.moe_dir, weights_prefix="nope")
+    with pytest.raises(RecipeError, match=r"several fold prefixes .*choose one with --weights-prefix"):
+        _bind(kit_copy)
+    chosen = _bind(kit_copy, weights_prefix="other_c0.25_r0.15_post_p0.45").member("protossm").paths
+    assert [p.name for p in chosen] == [f"other_c0.25_r0.15_post_p0.45_fold{k}.pt" for k in range(1, 5)]
+    with pytest.raises(RecipeError, match="nope_fold1.pt"):
+        _bind(kit_copy, weights_prefix="nope")
 
 
-def test_missing_students_allowed(kit_copy):
+def test_missing_students_allowed(kit_copy, caplog):
+    from streamer.ensemble import blend
+
     next(kit_copy.moe_dir.glob("student_crnn*.pt")).unlink()
-    moe = resolve_moe(kit_copy.moe_dir)
-    assert moe.cnn_path is not None and moe.crnn_path is None
+    with caplog.at_level("WARNING"):
+        bound = _bind(kit_copy)
+    assert "the blend renormalises without it" in caplog.text
+    assert [m.name for m in bound.blend] == ["perch", "cnn"] and bound.member("cnn").paths[0].is_file()
+    assert [name for name, _ in bound.dropped] == ["crnn"]
+    # The blend renormalises over the members left: (0.80 perch + 0.13 cnn) / 0.93.
+    plan = stages.prepare(InferConfig.create(data_dir=kit_copy.data_dir, perch=kit_copy.perch_onnx, moe_dir=kit_copy.moe_dir), files=[])
+    assert plan.reducer.member_names == ("perch", "cnn") and plan.model.member_names == ("perch", "cnn")
+    rng = np.random.default_rng(0)
+    perch, cnn = (rng.normal(size=(12, 234)).astype(np.float32) for _ in range(2))
+    np.testing.assert_allclose(blend({"perch": perch, "cnn": cnn}, plan.reducer.members),
+                               (0.80 * perch + 0.13 * cnn) / 0.93, rtol=1e-5, atol=1e-6)
 
 
 def test_site_slots_read_from_checkpoint(kit_copy):
@@ -139,7 +162,7 @@ def test_site_slots_read_from_checkpoint(kit_copy):
     from streamer.standins import write_moe_bundle
 
     write_moe_bundle(kit_copy.moe_dir, n_site_slots=11, with_cnn=False, with_crnn=False)
-    folds = ProtoSSMFolds(resolve_moe(kit_copy.moe_dir).fold_paths, n_classes=234)
+    folds = ProtoSSMFolds(_bind(kit_copy).member("protossm").paths, n_classes=234)
     assert folds.n_site_slots == 11
 
 
@@ -218,10 +241,9 @@ def test_models_are_called_in_chunks_of_windows_per_call(kit):
     """Memory: the engine calls Perch and the students on a few windows at a time (onnxruntime's
     arenas grow to the largest call and never shrink); the baseline's library defaults keep
     whole batches, as the original script ran."""
-    from streamer.models.graphs import ThreadSettings, windows_per_call
-    from streamer.models.moe import Students
-    from streamer.models.student_onnx import export_students
-    from streamer.artifacts import resolve_moe
+    from streamer.models.graphs import BackendChoice, ThreadSettings, windows_per_call
+    from streamer.models.members import MemberSet
+    from streamer.models.student_onnx import cached_exports
 
     windows = np.full((12, 160000), 1e-3, np.float32)
     for threads, want in ((ThreadSettings(1), [3, 3, 3, 3]), (ThreadSettings(2), [6, 6]), (ThreadSettings(None), [12])):
@@ -233,20 +255,26 @@ def test_models_are_called_in_chunks_of_windows_per_call(kit):
         assert sizes == want and emb.shape == (12, 1536)
     assert windows_per_call(ThreadSettings(4)) == 12
 
-    moe = resolve_moe(kit.moe_dir)
     import tempfile
     from pathlib import Path
 
+    students = tuple(m for m in _bind(kit).blend if m.kind in ("student-cnn", "student-crnn"))
+    assert [m.name for m in students] == ["cnn", "crnn"]
     with tempfile.TemporaryDirectory() as tmp:
-        paths = export_students(moe.cnn_path, moe.crnn_path, n_classes=234, out_dir=Path(tmp))
-        whole = Students(moe.cnn_path, moe.crnn_path, n_classes=234, onnx_paths=paths, threads=ThreadSettings(None))
-        chunked = Students(moe.cnn_path, moe.crnn_path, n_classes=234, onnx_paths=paths, threads=ThreadSettings(1))
+        exported = dict(cached_exports(students, n_classes=234, tmp=Path(tmp) / "t", cache_dir=Path(tmp) / "cache"))
+        assert set(exported) == {"cnn", "crnn"}
+        whole = MemberSet(students, exported=exported, threads=ThreadSettings(None), backend=BackendChoice(), n_classes=234)
+        chunked = MemberSet(students, exported=exported, threads=ThreadSettings(1), backend=BackendChoice(), n_classes=234)
+        assert not whole.uses_torch and not chunked.uses_torch
         seen = []
-        real = chunked.cnn.graph.session.run
-        chunked.cnn.graph.session.run = lambda names, feeds: seen.append(len(feeds["mel"])) or real(names, feeds)
+        real = chunked.runners["cnn"].graph.session.run
+        chunked.runners["cnn"].graph.session.run = lambda names, feeds: seen.append(len(feeds["mel"])) or real(names, feeds)
         rng = np.random.default_rng(0)
         audio = (0.05 * rng.standard_normal((12, 160000))).astype(np.float32)
-        a, b = whole.run(audio), chunked.run(audio)
+        no_embedding = np.zeros((12, 0), np.float32)
+        a, b = whole.run(audio, no_embedding, None), chunked.run(audio, no_embedding, None)
         assert seen == [3, 3, 3, 3]
-        for x, y in zip(a, b):
-            np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5)
+        assert set(a) == set(b) == {"cnn", "crnn"}
+        for name in ("cnn", "crnn"):
+            assert a[name].shape == (12, 234)
+            np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-5)

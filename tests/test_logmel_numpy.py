@@ -114,15 +114,18 @@ def test_chunking_and_batch_do_not_change_the_result(real_windows):
 
 
 def test_student_logits_from_numpy_logmel_match(kit, real_windows):
-    from streamer.artifacts import resolve_moe
+    from streamer.config import InferConfig
+    from streamer.metadata import load_competition
     from streamer.models.moe import load_student
+    from streamer.stages import bind_config
     from streamer.standins import N_CLASSES
 
-    moe = resolve_moe(kit.moe_dir)
+    bound, _ = bind_config(InferConfig.create(data_dir=kit.data_dir, perch=kit.perch_onnx, moe_dir=kit.moe_dir),
+                           load_competition(kit.data_dir))
     wave = real_windows[:2]
     mel_torch = torch.from_numpy(_torch_logmel(wave))
     mel_numpy = torch.from_numpy(LogMelNumpy()(wave))
-    for kind, path in (("cnn", moe.cnn_path), ("crnn", moe.crnn_path)):
+    for kind, path in (("cnn", bound.member("cnn").paths[0]), ("crnn", bound.member("crnn").paths[0])):
         net = load_student(path, kind, n_classes=N_CLASSES).eval()
         with torch.inference_mode():
             a, b = net(mel_torch)[1].numpy(), net(mel_numpy)[1].numpy()

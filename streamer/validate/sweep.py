@@ -139,7 +139,8 @@ def _parse_smooth(text: str) -> tuple[float, float]:
 
 def recipe_axes(recipe) -> dict:
     """Every axis of ``recipe`` and its value there: the blend members' weights, ``prior``
-    and ``smooth`` (when the recipe has one such step; the kernel of 3 windows), and
+    and ``smooth`` (when the recipe has one such step; a symmetric kernel of 3 windows, which
+    ``(center, side)`` describes: an asymmetric one is kept as it is), and
     ``STEP.PARAM`` for each numeric parameter of a step that appears once."""
     axes: dict = {m.name: m.weight for m in recipe.blend_members}
     names = [s.name for s in recipe.steps]
@@ -149,13 +150,23 @@ def recipe_axes(recipe) -> dict:
         if step.name == "prior":
             axes[PRIOR_AXIS] = step.get("scale")
             continue
-        if step.name == "smooth" and len(step.get("kernel")) == 3:
+        if step.name == "smooth" and len(step.get("kernel")) == 3 and step.get("kernel")[0] == step.get("kernel")[2]:
             kernel = step.get("kernel")
             axes[SMOOTH_AXIS] = (kernel[1], kernel[0])
         for key, value in step.params:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 axes[f"{step.name}.{key}"] = value
     return axes
+
+
+def _integer_axis(axis: str) -> bool:
+    """Whether an axis takes whole numbers only: a step parameter the step declares integer
+    (``topk-multiplier.k``). Not the recipe's value's type: ``scale = 1`` is still a real number."""
+    from streamer.postprocess import STEPS
+
+    step, dot, param = axis.partition(".")
+    spec = STEPS[step].params.get(param) if dot and step in STEPS else None
+    return spec is not None and tuple(spec.kinds) == (int,)
 
 
 def parse_grid(specs: list[str] | tuple[str, ...], recipe) -> tuple[list[SweepPoint], dict[str, list]]:
@@ -201,7 +212,7 @@ def parse_grid(specs: list[str] | tuple[str, ...], recipe) -> tuple[list[SweepPo
                 parsed.extend(_parse_range(axis, t) if ":" in t else [_parse_number(axis, t)])
             if axis in members and any(v < 0 for v in parsed):
                 raise ConfigError(f"--grid {axis}: blend weights must be >= 0")
-            if isinstance(known[axis], int) and not isinstance(known[axis], bool):
+            if _integer_axis(axis):
                 if any(v != int(v) for v in parsed):
                     raise ConfigError(f"--grid {axis}: expects whole numbers")
                 parsed = [int(v) for v in parsed]
