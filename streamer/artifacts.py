@@ -8,11 +8,9 @@ expected. Loading the networks themselves is :mod:`streamer.models`.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from streamer.errors import ArtifactError
 
@@ -27,8 +25,6 @@ PERCH_LABEL_HEADERS = ("inat2024_fsd50k", "scientific_name")
 #: The 234 classes that have no Perch label get this constant logit.
 UNMATCHED_LOGIT = -8.0
 
-_FOLD_RE = re.compile(r"^(?P<prefix>.+)_fold(?P<fold>\d+)\.pt$")
-STUDENT_GLOBS = {"cnn": "student_cnn*.pt", "crnn": "student_crnn*.pt"}
 
 
 @dataclass(frozen=True)
@@ -36,16 +32,6 @@ class PerchArtifacts:
     onnx_path: Path
     labels_path: Path
     labels: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class MoEArtifacts:
-    """Resolved MoE bundle. Student paths are ``None`` when absent (the blend renormalises)."""
-
-    prefix: str
-    fold_paths: tuple[Path, ...]
-    cnn_path: Path | None
-    crnn_path: Path | None
 
 
 def resolve_perch_onnx(path: str | Path) -> Path:
@@ -129,81 +115,3 @@ def check_perch_outputs(perch: PerchArtifacts) -> None:
             f"{perch.onnx_path}: the model gives {width} logits but the label list has {len(perch.labels)} rows "
             f"({perch.labels_path})"
         )
-
-
-def class_mapping(class_names: tuple[str, ...] | list[str], perch_labels: tuple[str, ...] | list[str]) -> np.ndarray:
-    """Index of each class's scientific name in the Perch label list, −1 where absent.
-
-    Exact string equality; a name listed twice maps to its first row.
-    """
-    first: dict[str, int] = {}
-    for i, name in enumerate(perch_labels):
-        first.setdefault(name, i)
-    return np.array([first.get(name, -1) for name in class_names], dtype=np.int64)
-
-
-def map_perch_logits(logits: np.ndarray, mapping: np.ndarray, fill: float = UNMATCHED_LOGIT) -> np.ndarray:
-    """``[N, n_perch_labels]`` → ``[N, n_classes]`` float32, unmatched classes set to ``fill``."""
-    out = logits[:, np.maximum(mapping, 0)].astype(np.float32, copy=True)
-    out[:, mapping < 0] = np.float32(fill)
-    return out
-
-
-def _discover_prefix(moe_dir: Path) -> str:
-    prefixes = sorted({m.group("prefix") for p in moe_dir.glob("*_fold*.pt") if (m := _FOLD_RE.match(p.name))})
-    if not prefixes:
-        raise ArtifactError(f"{moe_dir}: no ProtoSSM fold files (expected '<prefix>_fold1.pt' … '<prefix>_fold4.pt')")
-    if len(prefixes) > 1:
-        raise ArtifactError(f"{moe_dir}: several fold prefixes {prefixes}; choose one with --weights-prefix")
-    return prefixes[0]
-
-
-def _resolve_student(moe_dir: Path, kind: str, explicit: str | Path | None, enabled: bool) -> Path | None:
-    if not enabled:
-        return None
-    if explicit is not None:
-        explicit = Path(explicit)
-        if not explicit.is_file():
-            raise ArtifactError(f"{explicit}: student {kind.upper()} checkpoint not found")
-        return explicit
-    found = sorted(moe_dir.glob(STUDENT_GLOBS[kind]))
-    if len(found) > 1:
-        raise ArtifactError(
-            f"{moe_dir}: several student {kind.upper()} checkpoints {[p.name for p in found]}; choose one with --{kind}"
-        )
-    if not found:
-        log.warning("%s: no student %s checkpoint (%s); the blend renormalises without it", moe_dir, kind.upper(), STUDENT_GLOBS[kind])
-        return None
-    return found[0]
-
-
-def resolve_moe(
-    moe_dir: str | Path,
-    *,
-    weights_prefix: str | None = None,
-    n_folds: int = 4,
-    cnn: str | Path | None = None,
-    crnn: str | Path | None = None,
-    use_cnn: bool = True,
-    use_crnn: bool = True,
-) -> MoEArtifacts:
-    """Resolve the fold files and the students of the MoE bundle.
-
-    The fold prefix is discovered from the files (the original script's default prefix did not
-    match the released bundle) unless ``weights_prefix`` is given. All ``n_folds`` folds must be
-    there; students may be missing.
-    """
-    moe_dir = Path(moe_dir)
-    if not moe_dir.is_dir():
-        raise ArtifactError(f"{moe_dir}: MoE folder not found")
-    prefix = weights_prefix if weights_prefix else _discover_prefix(moe_dir)
-    fold_paths = tuple(moe_dir / f"{prefix}_fold{k}.pt" for k in range(1, n_folds + 1))
-    missing = [str(p) for p in fold_paths if not p.is_file()]
-    if missing:
-        raise ArtifactError(f"missing ProtoSSM fold file(s): {', '.join(missing)} (all {n_folds} folds are required)")
-    return MoEArtifacts(
-        prefix=prefix,
-        fold_paths=fold_paths,
-        cnn_path=_resolve_student(moe_dir, "cnn", cnn, use_cnn),
-        crnn_path=_resolve_student(moe_dir, "crnn", crnn, use_crnn),
-    )

@@ -10,42 +10,6 @@ from typing import Sequence
 
 import numpy as np
 
-#: Temporal smoothing kernel of the model-card run: centre, each neighbour.
-SMOOTH_CENTER = 0.8
-SMOOTH_SIDE = 0.1
-
-
-def blend_logits(
-    perch: np.ndarray,
-    cnn: np.ndarray | None,
-    crnn: np.ndarray | None,
-    weights: Sequence[float],
-) -> np.ndarray:
-    """Weighted mean of pre-sigmoid logits over the models that are present.
-
-    The weights of absent students drop out of the denominator, so the result stays a weighted
-    mean; with no student, Perch's logits pass through unchanged.
-
-    Args:
-        perch, cnn, crnn: float32 ``[T, C]``; a student may be ``None``.
-        weights: (perch, cnn, crnn) weights.
-    """
-    w_p, w_c, w_r = (float(w) for w in weights)
-    if cnn is None and crnn is None:
-        return np.asarray(perch, dtype=np.float32)
-    total = w_p * perch
-    denom = w_p
-    if cnn is not None:
-        total = total + w_c * cnn
-        denom += w_c
-    if crnn is not None:
-        total = total + w_r * crnn
-        denom += w_r
-    if denom <= 0:
-        raise ValueError(f"blend weights {tuple(weights)} sum to {denom} over the loaded models")
-    return (total / denom).astype(np.float32, copy=False)
-
-
 def add_prior(logits: np.ndarray, prior_logit: np.ndarray, prior_scale: float) -> np.ndarray:
     """``logits + prior_scale · prior_logit``, the file's prior broadcast over its windows."""
     return (logits + np.float32(prior_scale) * np.asarray(prior_logit, dtype=np.float32)[None, :]).astype(
@@ -70,14 +34,6 @@ def fold_mean_probability(fold_logits: np.ndarray | Sequence[np.ndarray]) -> np.
     return sigmoid(stacked).mean(axis=0).astype(np.float32, copy=False)
 
 
-def smooth_time(p: np.ndarray, center: float = SMOOTH_CENTER, side: float = SMOOTH_SIDE) -> np.ndarray:
-    """``center·x[t] + side·x[t−1] + side·x[t+1]`` with the edge windows replicated."""
-    p = np.asarray(p, dtype=np.float32)
-    prev = np.concatenate([p[:1], p[:-1]], axis=0)
-    nxt = np.concatenate([p[1:], p[-1:]], axis=0)
-    return (np.float32(center) * p + np.float32(side) * prev + np.float32(side) * nxt).astype(np.float32, copy=False)
-
-
 def top2_multiplier(p: np.ndarray) -> np.ndarray:
     """Scale each class's column by the mean of its two highest windows in the file.
 
@@ -89,11 +45,6 @@ def top2_multiplier(p: np.ndarray) -> np.ndarray:
     else:
         top2 = np.concatenate([p, p], axis=0)
     return (p * top2.mean(axis=0, keepdims=True)).astype(np.float32, copy=False)
-
-
-def finalize(prob: np.ndarray, *, center: float = SMOOTH_CENTER, side: float = SMOOTH_SIDE) -> np.ndarray:
-    """Smoothing, then the top-2 multiplier, then a clip to [0, 1]."""
-    return np.clip(top2_multiplier(smooth_time(prob, center, side)), 0.0, 1.0)
 
 
 # --- the steps a recipe lists -------------------------------------------------------------
@@ -112,7 +63,7 @@ def smooth_kernel(p: np.ndarray, kernel: Sequence[float]) -> np.ndarray:
     ``out[t] = Σ_d kernel[h + d] · x[clip(t + d)]`` for ``d = −h..h``.
 
     Summed centre first, then the pairs at distance 1, 2, … (earlier window first), so that
-    ``[0.1, 0.8, 0.1]`` gives exactly :func:`smooth_time`'s float32 numbers."""
+    ``[0.1, 0.8, 0.1]`` gives exactly the original script's float32 numbers."""
     p = np.asarray(p, dtype=np.float32)
     weights = [np.float32(w) for w in kernel]
     half = len(weights) // 2

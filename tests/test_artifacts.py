@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from streamer import cli, stages
-from streamer.artifacts import class_mapping, map_perch_logits, resolve_perch
+from streamer.artifacts import resolve_perch
 from streamer.config import InferConfig
 from streamer.errors import ArtifactError
 from streamer.metadata import load_competition
@@ -61,10 +61,17 @@ def test_label_header_variants(kit, tmp_path):
 
 
 def test_class_mapping_and_fill():
-    mapping = class_mapping(("B b", "X x", "A a"), ("A a", "B b", "A a"))
-    assert mapping.tolist() == [1, -1, 0]
+    """Perch's labels onto the submission's columns by exact scientific name, the first of a
+    repeated name, the fill where a name is absent (the perch-logits member of a recipe)."""
+    from streamer.recipes.bind import BoundMember, apply_map, map_labels
+    from streamer.recipes.schema import Member
+
+    member = Member(name="perch", kind="perch-logits", input="perch.label", match="scientific_name", unmapped=-8.0)
+    mapping, proxies = map_labels(("A a", "B b", "A a"), ("c1", "c2", "c3"), ("B b", "X x", "A a"), member)
+    assert mapping.tolist() == [1, -1, 0] and proxies == ()
     logits = np.array([[1.0, 2.0, 3.0]], np.float32)
-    np.testing.assert_array_equal(map_perch_logits(logits, mapping), [[2.0, -8.0, 1.0]])
+    bound = BoundMember("perch", "perch-logits", "perch.label", (), mapping, -8.0)
+    np.testing.assert_array_equal(apply_map(logits, bound), [[2.0, -8.0, 1.0]])
 
 
 @pytest.mark.parametrize(

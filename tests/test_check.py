@@ -27,7 +27,7 @@ def test_the_stand_in_kit_passes_and_what_was_found_is_printed(kit, capsys, no_a
     assert f"perch_v2.onnx  {kit.perch_onnx.stat().st_size / 1e6:.1f} MB  sha256 {digest[:12]}" in out
     assert "234 classes" in out and "203 of 234 classes matched" in out
     assert "label output 14795 wide, as the label list has 14795 rows" in out
-    assert "4 ProtoSSM folds (d_model 320, 234 classes" in out and "students: CNN and CRNN load" in out
+    assert "4 ProtoSSM folds (d_model 320, 234 classes" in out and "members perch (weight 0.8), cnn (weight 0.13), crnn (weight 0.07); heads protossm" in out
     assert out.count("_fold") == 4 and "student_cnn" in out and "student_crnn" in out
     assert out.strip().splitlines()[-1].startswith("ok: ")
 

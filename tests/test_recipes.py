@@ -117,12 +117,16 @@ def test_bad_files_are_one_line(tmp_path):
 # ------------------------------------------------------------------------------- the steps
 
 
-def test_smooth_kernel_reproduces_the_model_card_smoothing_exactly():
+def test_smooth_kernel_reproduces_the_original_smoothing_exactly():
     rng = np.random.default_rng(0)
     p = rng.random((12, 234), dtype=np.float32)
-    assert np.array_equal(postprocess.smooth_kernel(p, (0.1, 0.8, 0.1)), postprocess.smooth_time(p, 0.8, 0.1))
+    def model_card(x):  # the original script's arithmetic: centre, then the earlier, then the later window
+        prev, nxt = np.concatenate([x[:1], x[:-1]]), np.concatenate([x[1:], x[-1:]])
+        return np.float32(0.8) * x + np.float32(0.1) * prev + np.float32(0.1) * nxt
+
+    assert np.array_equal(postprocess.smooth_kernel(p, (0.1, 0.8, 0.1)), model_card(p))
     one = p[:1]
-    assert np.array_equal(postprocess.smooth_kernel(one, (0.1, 0.8, 0.1)), postprocess.smooth_time(one, 0.8, 0.1))
+    assert np.array_equal(postprocess.smooth_kernel(one, (0.1, 0.8, 0.1)), model_card(one))
 
 
 def test_a_five_tap_kernel_is_the_edge_replicated_convolution():

@@ -1,4 +1,4 @@
-"""Students exported to onnxruntime give the torch numbers; a failed export falls back to torch."""
+"""State-dict members exported to onnxruntime give the torch numbers; a failed export falls back to torch."""
 
 from dataclasses import replace
 
