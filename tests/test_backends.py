@@ -214,7 +214,8 @@ def test_the_parity_check_runs_once_per_machine_and_models(kit, tmp_path, monkey
     first_plan, first = backend.with_backends(plan, tmp_path / "s1")
     again_plan, again = backend.with_backends(plan, tmp_path / "s2")
     assert len(calls) == 1 and again == first and again_plan.model.backend == first_plan.model.backend
-    other = replace(plan, model=replace(plan.model, class_map=plan.model.class_map[::-1].copy()))
+    (perch,) = plan.model.members  # the member perch alone: its columns reversed are other models
+    other = replace(plan, model=replace(plan.model, members=(replace(perch, class_map=perch.class_map[::-1].copy()),)))
     backend.with_backends(other, tmp_path / "s3")
     assert len(calls) == 2
     assert len(list((tmp_path / "cache" / backend.CHECK_FOLDER).glob("*.json"))) == 2
