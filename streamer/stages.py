@@ -216,6 +216,10 @@ class ModelStage:
             warm = np.full((size, WINDOW_SAMPLES), 1e-3, dtype=np.float32)
             self._run_members(warm)
 
+    def member_seconds(self) -> dict[str, float]:
+        """Each member's seconds so far, the log-mel's shared among the members that read it."""
+        return self.members.share_logmel({}, list(self.members.members))
+
     def _perch(self, windows: np.ndarray):
         if self.perch is None:
             return np.zeros((windows.shape[0], 0), dtype=np.float32), None

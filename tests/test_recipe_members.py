@@ -126,6 +126,7 @@ def test_members_added_by_a_recipe_alone(kit, five_members, tmp_path, engine):
 
     report = json.loads((tmp_path / "r.json").read_text())
     assert {"probe", "melnet"} <= set(report["models"])
+    assert {"member:probe", "member:melnet", "member:cnn", "member:crnn"} <= set(report["seconds"])  # each member's own time
     for path in sorted((kit.data_dir / "test_soundscapes").glob("*.ogg"))[:2]:
         classes = list(got.columns[1:])
         expected, classes = _reference_file(kit, path, extra=_members_in_numpy(classes, probe, melnet, names))

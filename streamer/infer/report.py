@@ -12,6 +12,9 @@ from streamer.metadata import N_WINDOWS_PER_FILE, WINDOW_S
 #: The stages the summary names, in plain words (the report's JSON has every timer).
 _WORK = (("decode", "decoding"), ("perch", "Perch"), ("members", "members other than Perch (log-mel + models)"),
          ("protossm", "ProtoSSM"), ("postprocess", "blend, prior and smoothing"), ("write", "writing"))
+#: Prefix of each member's own seconds in ``seconds`` (its model and its share of the front-ends
+#: it reads; the members' sum is ``members``).
+MEMBER_SECONDS = "member:"
 #: How many non-full files the summary lists by name.
 SUMMARY_MAX_LISTED = 25
 
@@ -119,6 +122,9 @@ class RunReport:
             "work in seconds (summed over processes): " + ", ".join(
                 f"{label} {sec[key]:.1f}" for key, label in _WORK if sec.get(key, 0.0) > 0),
         ]
+        members = {k[len(MEMBER_SECONDS):]: v for k, v in sec.items() if k.startswith(MEMBER_SECONDS)}
+        if members:
+            lines.append("members' own seconds: " + ", ".join(f"{name} {s:.1f}" for name, s in members.items()))
         if self.models:
             lines.append("models: " + ", ".join(f"{k.replace('_', '-')} in {v}" for k, v in self.models.items()))
         if self.backend_check:

@@ -31,7 +31,7 @@ from streamer.files import pid_alive
 from streamer.infer import scheduler as sch
 from streamer.infer.budget import Budget
 from streamer.infer.messages import DecodeFailed, Decoded, DecodeTask, ModelDone, ModelTask
-from streamer.infer.report import RunReport
+from streamer.infer.report import MEMBER_SECONDS, RunReport
 from streamer.infer.rows import RowSink, sigint_deferred
 from streamer.infer.workers import DECODER_NICE, ConsumerBody, DecoderBody, SlotBuffer
 from streamer.metadata import N_WINDOWS_PER_FILE
@@ -181,6 +181,8 @@ class PipelineRunner:
             self.seconds["decode"] += msg.seconds
             return self.scheduler.on_decode_failed(child.wid, msg.task_id, msg.error)
         if isinstance(msg, ModelDone):
+            for name, value in msg.member_s:  # each member's own time, for the report and the bench
+                self.seconds[f"{MEMBER_SECONDS}{name}"] += value
             for key, value in (("perch", msg.perch_s), ("members", sum(s for _, s in msg.member_s)), ("protossm", msg.protossm_s),
                                ("postprocess", msg.postprocess_s), ("consumers_busy", msg.busy_s)):
                 self.seconds[key] += value

@@ -15,7 +15,7 @@ import logging
 import time
 
 from streamer.infer.budget import Budget
-from streamer.infer.report import RunReport
+from streamer.infer.report import MEMBER_SECONDS, RunReport
 from streamer.infer.rows import RowSink
 from streamer.pipeline.attempts import GaveUp, try_up_to
 from streamer.pipeline.children import maxrss_kb
@@ -65,6 +65,7 @@ def run_sequential(plan: RunPlan, sink: RowSink, report: RunReport, budget: Budg
             sink.reduce_waiting(force=True)
     seconds["scoring"] = time.perf_counter() - t_start - seconds["setup"]
     seconds.update(models.seconds)
+    seconds.update({f"{MEMBER_SECONDS}{name}": s for name, s in models.member_seconds().items()})
     seconds.update(sink.reducer.seconds)
     report.seconds.update(seconds)
     report.peak_rss_mb = {"process": maxrss_kb() / 1024.0}  # not ru_maxrss: see maxrss_kb
