@@ -71,13 +71,20 @@ def test_bench_without_its_extra_stops_at_once_with_one_line(tmp_path, monkeypat
 
 
 def test_a_summary_without_matplotlib_is_a_warning_naming_the_extra(tmp_path, monkeypatch, caplog):
-    from streamer.archive.summary import draw_heatmap
+    import numpy as np
+
+    from streamer.archive.summary import SummaryGrids, draw_summary
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    row = {"class": "a", "common_name": "A", "scientific_name": "Aa", "date": "", "hour_utc": "", "recording": "r.wav",
-           "n_windows": 3}
+    windows = np.zeros((1, 24))
+    windows[0, 5] = 3
+    minutes = np.zeros(24)
+    minutes[5] = 1.0
+    grids = SummaryGrids(classes=["a"], labels=["A"], dates=["2025-01-01"], timed_windows=windows, timed_minutes=minutes,
+                         timed_rate=windows * 60.0, recordings=[], n_untimed=0, untimed_windows=np.zeros((1, 0)),
+                         untimed_minutes=np.zeros(0), untimed_rate=np.zeros((1, 0)), threshold=0.5)
     with caplog.at_level("INFO", logger="streamer"):
-        assert draw_heatmap([row], tmp_path / "_summary.png", 0.5) is None
+        assert draw_summary(grids, tmp_path / "_summary.png") is None
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and install.install_hint("plots") in warnings[0].getMessage()
     assert not (tmp_path / "_summary.png").exists()
