@@ -116,6 +116,7 @@ def _members_in_numpy(classes, probe, melnet, names):
     return [(0.1, probe_logits), (0.05, melnet_logits)]
 
 
+@pytest.mark.slow  # two whole infer runs and the reference of two files
 @pytest.mark.parametrize("engine", ["sequential", "pipeline"])
 def test_members_added_by_a_recipe_alone(kit, five_members, tmp_path, engine):
     recipe, probe, melnet, names = five_members
@@ -134,6 +135,7 @@ def test_members_added_by_a_recipe_alone(kit, five_members, tmp_path, engine):
         np.testing.assert_allclose(rows, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # two whole infer runs
 def test_without_the_new_members_is_the_model_card(kit, five_members, tmp_path):
     recipe = five_members[0]
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"

@@ -17,6 +17,9 @@ from streamer.models.experts import LogMel
 
 from conftest import infer_args
 
+# cache, calibrate, two infer runs and an archive run of the second recipe: about a minute.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def calibrated(kit, tmp_path_factory):
