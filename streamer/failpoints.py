@@ -51,7 +51,7 @@ POINTS = {
     "consumer.setup": "a consumer process, while it loads its models (before it reports ready)",
     "consumer.task_received": "a consumer process, on receiving a model task",
     "consumer.mid_inference": "a consumer, after Perch ran on a task (nan: every output of the task)",
-    "consumer.students": "a consumer, after the students ran on a task (nan: the students' logits)",
+    "consumer.students": "a consumer, after the members other than Perch ran on a task (nan: their logits)",
     "decoder.setup": "a decoder process, while it starts",
     "decoder.read": "a decoder, before it reads a file",
     "decoder.slot_write": "a decoder, after it wrote a file's windows into the shared slot",
