@@ -263,12 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "recipe", "show, list or check recipes (an ensemble as a TOML file)", 'examples:\n  streamer recipe show > my.toml                 # the default (model-card) recipe, to edit\n  streamer recipe list\n  streamer recipe check my.toml                  # the recipe alone\n  streamer recipe check my.toml --data-dir competition --perch perch --moe-dir moe   # and the files it names')
     p.add_argument("action", choices=("show", "list", "check", "calibrate"), help="show: print a packaged recipe (default: model-card) as a file to save and edit; list: the packaged recipes; check: validate a recipe (and, given the artifact flags, every file it names) without reading audio; calibrate: a rank blend's reference from a cache (--cache, --out)")
     p.add_argument("recipe", nargs="?", default=None, metavar="FILE|NAME", help="the recipe (show: a packaged name; check: a file or a packaged name)")
-    g = p.add_argument_group("files to check the recipe against (check)")
-    g.add_argument("--data-dir", type=Path, default=None, help="competition folder (the submission's columns and class groups)")
-    g.add_argument("--perch", type=Path, default=None, help="Perch 2.0 ONNX file or its folder")
-    g.add_argument("--perch-labels", type=Path, default=None, help="Perch label list CSV (default: beside the ONNX file)")
-    g.add_argument("--moe-dir", type=Path, default=None, help="folder that {moe_dir} stands for in the recipe")
-    g.add_argument("--weights-prefix", default=None, help="what {weights_prefix} stands for (default: discovered)")
+    add_artifact_arguments(p, required=False)  # check: the files to check the recipe against, as infer takes them
     c = p.add_argument_group("calibrate")
     c.add_argument("--cache", type=Path, default=None, metavar="FILE", help="a cache from 'streamer cache --recipe ...' (every member's scores on the cached soundscapes)")
     c.add_argument("--out", type=Path, default=None, metavar="FILE", help="the reference to write (.npz), what the recipe's [blend] reference names")
@@ -651,9 +646,8 @@ def cmd_recipe(args: argparse.Namespace) -> int:
     from streamer.metadata import load_competition
     from streamer.stages import bind_config
 
-    config = InferConfig(ArtifactSettings(data_dir=args.data_dir, perch=args.perch, moe_dir=args.moe_dir,
-                                          perch_labels=args.perch_labels, weights_prefix=args.weights_prefix),
-                         EnsembleSettings(recipe=args.recipe))
+    config = InferConfig(artifacts_from_args(args), EnsembleSettings(recipe=args.recipe, without=tuple(
+        name for name in ("cnn", "crnn") if getattr(args, f"no_{name}"))))
     if args.perch is None and any(f.kind == "perch" for f in recipe.frontends):
         raise ConfigError(f"{recipe.source}: the recipe reads Perch's outputs: add --perch")
     bound, _ = bind_config(config, load_competition(args.data_dir, require_labels=False))

@@ -34,6 +34,12 @@ def kit_copy(kit, tmp_path):
     return StandinKit(root=tmp_path, perch_onnx=kit.perch_onnx, perch_labels=kit.perch_labels, moe_dir=moe, data_dir=data)
 
 
+def archive_args(kit, out, src, *extra):
+    """``streamer archive`` of ``src`` into ``out`` with the kit, one process and one thread."""
+    return ["archive", str(src), "--out", str(out), "--data-dir", str(kit.data_dir), "--perch", str(kit.perch_onnx),
+            "--moe-dir", str(kit.moe_dir), "--engine", "sequential", "--threads", "1", *extra]
+
+
 def infer_args(kit, out, *extra):
     return [
         "infer",

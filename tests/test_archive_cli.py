@@ -16,10 +16,8 @@ from streamer.archive.run import _Progress
 from streamer.audio import write_audio
 from streamer.errors import ConfigError
 
+from conftest import archive_args
 
-def _args(kit, out, src, *extra):
-    return ["archive", str(src), "--out", str(out), "--data-dir", str(kit.data_dir), "--perch", str(kit.perch_onnx),
-            "--moe-dir", str(kit.moe_dir), "--engine", "sequential", "--threads", "1", *extra]
 
 
 @pytest.fixture
@@ -52,7 +50,7 @@ def test_a_bad_out_is_one_line_and_exit_2_before_any_model_loads(kit, src, tmp_p
            "named_like_a_csv": tmp_path / "x.csv", "existing_plain_folder_named_like_a_csv": tmp_path / "y.csv"}[case]
     if case.startswith("existing_plain"):
         out.mkdir()
-    assert cli.main(_args(kit, out, src, "--format", "csv")) == 2
+    assert cli.main(archive_args(kit, out, src, "--format", "csv")) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("ERROR")]
     assert len(errors) == 1 and needle in errors[0] and str(out) in errors[0], err
@@ -122,7 +120,7 @@ def test_empty_and_unreadable_inputs_fail_before_any_model_loads(kit, tmp_path, 
 
     monkeypatch.setattr(scorer.ArchiveScorer, "__init__", boom)
     out = tmp_path / "out"
-    assert cli.main(_args(kit, out, folder, "--report-json", str(tmp_path / "r.json"))) == 1
+    assert cli.main(archive_args(kit, out, folder, "--report-json", str(tmp_path / "r.json"))) == 1
     captured = capsys.readouterr()
     text = captured.out + captured.err
     for name, reason in (("empty.wav", "empty file (0 bytes)"), ("garbage.flac", "not audio soundfile can read")):

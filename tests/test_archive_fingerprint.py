@@ -14,10 +14,8 @@ from streamer.archive import fingerprint
 from streamer.archive.journal import JOURNAL_NAME, Journal
 from streamer.audio import write_audio
 
+from conftest import archive_args
 
-def _args(kit, out, src, *extra):
-    return ["archive", str(src), "--out", str(out), "--data-dir", str(kit.data_dir), "--perch", str(kit.perch_onnx),
-            "--moe-dir", str(kit.moe_dir), "--engine", "sequential", "--threads", "1", *extra]
 
 
 @pytest.fixture
@@ -33,7 +31,7 @@ def src(tmp_path):
 @pytest.fixture
 def scored(kit, tmp_path, src):
     out = tmp_path / "out"
-    assert cli.main(_args(kit, out, src)) == 0
+    assert cli.main(archive_args(kit, out, src)) == 0
     return out
 
 
@@ -44,7 +42,7 @@ def _frames(out, fmt="parquet"):
 
 def test_the_same_settings_resume(kit, scored, src, capsys):
     capsys.readouterr()
-    assert cli.main(_args(kit, scored, src)) == 0
+    assert cli.main(archive_args(kit, scored, src)) == 0
     assert "0 scored, 2 already finished" in capsys.readouterr().out
     doc = json.loads((scored / fingerprint.FINGERPRINT_NAME).read_text())
     assert set(doc["sha256"]) >= {"perch_onnx", "perch_labels", "cnn", "crnn", "protossm.fold1", "protossm.fold4", "taxonomy",
@@ -68,7 +66,7 @@ def test_the_same_settings_resume(kit, scored, src, capsys):
 def test_other_settings_stop_before_scoring(kit, scored, src, caplog, extra, named):
     before = _frames(scored)
     with caplog.at_level("ERROR"):
-        assert cli.main(_args(kit, scored, src, *extra)) == 2
+        assert cli.main(archive_args(kit, scored, src, *extra)) == 2
     named = "file crnn" if named == "file crrn" else named
     assert named in caplog.text and "--overwrite" in caplog.text and "new --out" in caplog.text
     after = _frames(scored)
@@ -79,18 +77,18 @@ def test_other_settings_stop_before_scoring(kit, scored, src, caplog, extra, nam
 
 def test_a_changed_model_file_stops_before_scoring(kit_copy, tmp_path, src, caplog):
     out = tmp_path / "out"
-    assert cli.main(_args(kit_copy, out, src)) == 0
+    assert cli.main(archive_args(kit_copy, out, src)) == 0
     fold = sorted(kit_copy.moe_dir.glob("*_fold2.pt"))[0]
     shutil.copy(sorted(kit_copy.moe_dir.glob("*_fold1.pt"))[0], fold)  # same layout, other weights
     with caplog.at_level("ERROR"):
-        assert cli.main(_args(kit_copy, out, src)) == 2
+        assert cli.main(archive_args(kit_copy, out, src)) == 2
     assert "file protossm.fold2: sha256" in caplog.text
 
 
 def test_overwrite_rescores_everything_under_the_new_settings(kit, scored, src, tmp_path):
     fresh = tmp_path / "fresh"
-    assert cli.main(_args(kit, fresh, src, "--format", "csv", "--prior-scale", "0.4")) == 0
-    assert cli.main(_args(kit, scored, src, "--format", "csv", "--prior-scale", "0.4", "--overwrite")) == 0
+    assert cli.main(archive_args(kit, fresh, src, "--format", "csv", "--prior-scale", "0.4")) == 0
+    assert cli.main(archive_args(kit, scored, src, "--format", "csv", "--prior-scale", "0.4", "--overwrite")) == 0
     assert not list(scored.rglob("*.parquet"))  # no output of the old settings is left
     assert (scored / "_summary.csv").read_bytes() == (fresh / "_summary.csv").read_bytes()
     got, want = _frames(scored, "csv"), _frames(fresh, "csv")
@@ -103,7 +101,7 @@ def test_overwrite_rescores_everything_under_the_new_settings(kit, scored, src, 
 def test_a_folder_without_fingerprint_is_not_mixed_into(kit, scored, src, caplog):
     (scored / fingerprint.FINGERPRINT_NAME).unlink()  # as an earlier streamer left it
     with caplog.at_level("ERROR"):
-        assert cli.main(_args(kit, scored, src)) == 2
+        assert cli.main(archive_args(kit, scored, src)) == 2
     assert "no run fingerprint" in caplog.text
 
 
@@ -121,10 +119,10 @@ def test_an_input_that_changes_while_scored_is_scored_again(kit, tmp_path, src, 
 
     monkeypatch.setattr(scorer.ArchiveScorer, "score", score_and_touch)
     out = tmp_path / "out"
-    assert cli.main(_args(kit, out, src)) == 0
+    assert cli.main(archive_args(kit, out, src)) == 0
     monkeypatch.setattr(scorer.ArchiveScorer, "score", original)
     capsys.readouterr()
-    assert cli.main(_args(kit, out, src)) == 0
+    assert cli.main(archive_args(kit, out, src)) == 0
     assert "1 scored, 1 already finished" in capsys.readouterr().out
 
 
@@ -154,7 +152,7 @@ def test_another_precision_is_another_configuration(kit, scored, src, caplog, mo
     monkeypatch.setattr(graphs, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
     monkeypatch.setattr(graphs, "import_openvino", lambda: None)
     with caplog.at_level("ERROR"):
-        assert cli.main(_args(kit, scored, src, "--precision", "bf16")) == 2
+        assert cli.main(archive_args(kit, scored, src, "--precision", "bf16")) == 2
     assert 'precision: "fp32" → "bf16"' in caplog.text
 
 
@@ -164,7 +162,7 @@ def test_a_fingerprint_from_before_the_precision_was_recorded_resumes(kit, score
     del doc["settings"]["precision"]
     path.write_text(json.dumps(doc))
     capsys.readouterr()
-    assert cli.main(_args(kit, scored, src)) == 0
+    assert cli.main(archive_args(kit, scored, src)) == 0
     assert "0 scored, 2 already finished" in capsys.readouterr().out
 
 
@@ -191,11 +189,11 @@ def test_a_fingerprint_from_before_recipes_resumes(kit, scored, src, capsys):
     doc["sha256"] = {(k.split(".", 1)[1] if k.startswith("protossm.") else k): v for k, v in doc["sha256"].items()}
     path.write_text(json.dumps(doc))
     capsys.readouterr()
-    assert cli.main(_args(kit, scored, src)) == 0
+    assert cli.main(archive_args(kit, scored, src)) == 0
     assert "0 scored, 2 already finished" in capsys.readouterr().out
     rows = ["\t".join(c) for c in classes]
     assert json.loads(path.read_text())["settings"]["classes (count, sha256 of code, common and scientific names)"] == [
         len(rows), hashlib.sha256("\n".join(rows).encode()).hexdigest()]
     doc["settings"]["prior_scale"] = 0.4  # an old folder of other settings is still refused
     path.write_text(json.dumps(doc))
-    assert cli.main(_args(kit, scored, src)) == 2
+    assert cli.main(archive_args(kit, scored, src)) == 2
