@@ -404,13 +404,15 @@ def list_jobs(files: list[Path]) -> tuple[FileJob, ...]:
 @dataclass(frozen=True)
 class SubmissionFrame:
     """What a complete submission needs even when nothing can be scored: the files (rows), the
-    classes (columns) and the site/hour prior (the fallback rows)."""
+    classes (columns) and the site/hour prior (the fallback rows); and the recipe, read once
+    (its prior's parameters fit the tables, :func:`prepare` binds it)."""
 
     config: InferConfig
     competition: Competition
     jobs: tuple[FileJob, ...]
     source: str
     prior: PriorTables
+    recipe: object = None
 
 
 def read_frame(config: InferConfig, files: list[Path] | None = None) -> SubmissionFrame:
@@ -424,13 +426,14 @@ def read_frame(config: InferConfig, files: list[Path] | None = None) -> Submissi
         ArtifactError: a metadata file missing or malformed, or two files with one stem.
     """
     competition = load_competition(config.artifacts.data_dir)
-    prior = config.ensemble.load_recipe().prior
+    recipe = config.ensemble.load_recipe()
+    prior = recipe.prior
     if files is None:
         found, source = competition.audio_files(config.dry_run_files)
     else:
         found, source = [Path(f) for f in files], "explicit file list"
     tables = fit_prior(competition.labels, competition.label_files, shrink_windows=prior.shrinkage_windows, eps=prior.clip)
-    return SubmissionFrame(config, competition, list_jobs(found), source, tables)
+    return SubmissionFrame(config, competition, list_jobs(found), source, tables, recipe)
 
 
 def choose_backend(execution) -> BackendChoice:
@@ -463,7 +466,7 @@ def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: Subm
     failpoints.hit("parent.checks")
     backend = choose_backend(config.execution)  # before any model loads: bf16 on the wrong CPU stops here
     competition = frame.competition
-    bound, perch = bind_config(config, competition, need_reference=need_reference)
+    bound, perch = bind_config(config, competition, need_reference=need_reference, recipe=frame.recipe)
     notes = list(bound.notes)
     perch_member = next((m for m in bound.members if m.kind == "perch-logits"), None)
     n_matched = int((perch_member.class_map >= 0).sum()) if perch_member is not None else competition.n_classes
@@ -505,9 +508,10 @@ def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: Subm
     )
 
 
-def bind_config(config: InferConfig, competition: Competition, *, need_reference: bool = True):
-    """The run's recipe (with the command line's changes) bound to its files, and Perch's
-    artifacts when the recipe reads a Perch output. Reads no audio.
+def bind_config(config: InferConfig, competition: Competition, *, need_reference: bool = True, recipe=None):
+    """The run's recipe (with the command line's changes; ``recipe``: already read, else read
+    from ``config``) bound to its files, and Perch's artifacts when the recipe reads a Perch
+    output. Reads no audio.
 
     Raises:
         RecipeError: any mistake of the recipe or of the files it names (one line each).
@@ -515,7 +519,7 @@ def bind_config(config: InferConfig, competition: Competition, *, need_reference
     """
     from streamer.recipes.bind import Roots, bind_recipe, check_perch_sha, perch_files
 
-    recipe = config.ensemble.load_recipe()
+    recipe = recipe if recipe is not None else config.ensemble.load_recipe()
     art = config.artifacts
     perch = None
     where = perch_files(recipe, art.perch, art.perch_labels)
