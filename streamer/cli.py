@@ -648,8 +648,6 @@ def cmd_recipe(args: argparse.Namespace) -> int:
 
     config = InferConfig(artifacts_from_args(args), EnsembleSettings(recipe=args.recipe, without=tuple(
         name for name in ("cnn", "crnn") if getattr(args, f"no_{name}"))))
-    if args.perch is None and any(f.kind == "perch" for f in recipe.frontends):
-        raise ConfigError(f"{recipe.source}: the recipe reads Perch's outputs: add --perch")
     bound, _ = bind_config(config, load_competition(args.data_dir, require_labels=False))
     for m in bound.members:
         files = ", ".join(str(p) for p in m.paths) or "Perch's outputs"

@@ -205,6 +205,9 @@ def test_the_perch_front_end_can_name_its_files_and_hash(kit, tmp_path, capsys):
     good = tmp_path / "good.toml"
     good.write_text(text.replace("0" * 64, sha256_file(kit.perch_onnx)))
     assert cli.main(args[:2] + [str(good)] + args[3:]) == 0
+    assert cli.main(args[:2] + [str(good)] + args[3:-2]) == 0  # the recipe names its Perch: --perch not needed
+    assert cli.main(["recipe", "check", "model-card", *args[3:-2]]) == 2  # the model-card's {perch} needs it
+    assert "frontends.perch.file = '{perch}': {perch} needs --perch" in capsys.readouterr().err
 
 
 def test_a_member_that_fails_to_load_names_itself(kit, tmp_path):
