@@ -360,7 +360,7 @@ def parse_recipe(doc: dict, source: str, *, folder: Path | None = None, text: st
     framing = _framing(errors, top.get("framing", (dict,), {}, required=True, what="a [framing] table"))
     frontends = _frontends(errors, top.get("frontends", (dict,), {}))
     _one_perch(errors, frontends)
-    members = _members(errors, top.get("members", (dict,), {}, required=True, what="a [members] table"), frontends)
+    members = _members(errors, top.get("members", (dict,), None, required=True, what="a [members] table"), frontends)
     blend = _blend(errors, top.get("blend", (dict,), {}))
     prior = _prior(errors, top.get("prior", (dict,), {}))
     steps = _steps(errors, top.get("steps", (list,), [], required=True, what="an array of [[steps]] tables"), members)
