@@ -164,36 +164,3 @@ def test_a_fingerprint_from_before_the_precision_was_recorded_resumes(kit, score
     capsys.readouterr()
     assert cli.main(archive_args(kit, scored, src)) == 0
     assert "0 scored, 2 already finished" in capsys.readouterr().out
-
-
-def test_a_fingerprint_from_before_recipes_resumes(kit, scored, src, capsys):
-    """A folder scored when the ensemble was code (the model-card recipe's numbers under their
-    old keys) resumes under the same settings now."""
-    import hashlib
-
-    path = scored / fingerprint.FINGERPRINT_NAME
-    doc = json.loads(path.read_text())
-    settings = doc["settings"]
-    assert settings["members (weights)"] == {"perch": 0.8, "cnn": 0.13, "crnn": 0.07}
-    for key in ("recipe", "members (weights)", "heads", "head params", "blend space", "prior (shrinkage, clip)",
-                "classes (count, sha256 of code, common and scientific names)"):
-        del settings[key]
-    for key in [k for k in settings if k.startswith("step ")]:
-        del settings[key]
-    from streamer.metadata import load_competition
-
-    labels = load_competition(kit.data_dir).class_labels
-    classes = [list(t) for t in zip(labels.codes, labels.common, labels.scientific)]
-    settings.update({"blend (perch, cnn, crnn)": [0.8, 0.13, 0.07], "prior_scale": 0.2, "smoothing (center, side)": [0.8, 0.1],
-                     "proto_d_model": None, "classes (code, common, scientific)": classes})
-    doc["sha256"] = {(k.split(".", 1)[1] if k.startswith("protossm.") else k): v for k, v in doc["sha256"].items()}
-    path.write_text(json.dumps(doc))
-    capsys.readouterr()
-    assert cli.main(archive_args(kit, scored, src)) == 0
-    assert "0 scored, 2 already finished" in capsys.readouterr().out
-    rows = ["\t".join(c) for c in classes]
-    assert json.loads(path.read_text())["settings"]["classes (count, sha256 of code, common and scientific names)"] == [
-        len(rows), hashlib.sha256("\n".join(rows).encode()).hexdigest()]
-    doc["settings"]["prior_scale"] = 0.4  # an old folder of other settings is still refused
-    path.write_text(json.dumps(doc))
-    assert cli.main(archive_args(kit, scored, src)) == 2

@@ -154,44 +154,9 @@ def read(out_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return _upgrade(json.loads(path.read_text(encoding="utf-8")))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{path}: unreadable run fingerprint ({exc}); use a new --out, or --overwrite") from exc
-
-
-def _upgrade(doc: dict) -> dict:
-    """A fingerprint written before ensembles were recipes, in today's terms: it was the
-    model-card recipe (ProtoSSM folds ``fold1…`` are the member ``protossm``'s files), so a
-    folder scored then resumes under the same settings now."""
-    settings = doc.get("settings") if isinstance(doc, dict) else None
-    if not isinstance(settings, dict) or "blend (perch, cnn, crnn)" not in settings:
-        return doc
-    import hashlib
-
-    hashes = dict(doc.get("sha256") or {})
-    weights = settings.pop("blend (perch, cnn, crnn)")
-    members = {"perch": weights[0], **{n: w for n, w in zip(("cnn", "crnn"), weights[1:]) if n in hashes}}
-    center, side = settings.pop("smoothing (center, side)")
-    d_model = settings.pop("proto_d_model", None)
-    scale = settings.pop("prior_scale")
-    classes = settings.pop("classes (code, common, scientific)", [])
-    rows = ["\t".join(row) for row in classes]
-    settings.update({
-        "recipe": "model-card",
-        "members (weights)": members,
-        "heads": ["protossm"],
-        "head params": {"protossm": {"d_model": d_model}} if d_model is not None else {},
-        "blend space": "logit",
-        "prior (shrinkage, clip)": [8.0, 1e-4],
-        "step 1: prior": {"scale": scale},
-        "step 2: head": {"member": "protossm"},
-        "step 3: smooth": {"kernel": [side, center, side]},
-        "step 4: topk-multiplier": {"k": 2},
-        "step 5: clip": {"max": 1.0, "min": 0.0},
-        "classes (count, sha256 of code, common and scientific names)": [len(rows), hashlib.sha256("\n".join(rows).encode()).hexdigest()],
-    })
-    doc["sha256"] = {(f"protossm.{k}" if k.startswith("fold") else k): v for k, v in hashes.items()}
-    return doc
 
 
 def write(out_dir: Path, fingerprint: dict) -> None:
