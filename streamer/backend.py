@@ -254,7 +254,7 @@ def describe_models(model_spec, reducer_spec=None) -> dict[str, str]:
     """What runs each model, for the summary and the report: Perch (the front-end), each
     member with a model of its own, the log-mel, each head (``reducer_spec``: Perch's own
     scores have none)."""
-    from streamer.models.members import STUDENT_KINDS
+    from streamer.models.members import STUDENT_KINDS, reads_logmel
 
     engine = model_spec.backend.describe()
     exported = dict(model_spec.exported)
@@ -268,7 +268,7 @@ def describe_models(model_spec, reducer_spec=None) -> dict[str, str]:
         in_torch = m.kind in STUDENT_KINDS and m.name not in exported
         torch_mel = torch_mel or in_torch
         out[m.name] = "torch fp32" if in_torch else engine
-    if any(m.input == "logmel" or (m.kind != "perch-logits" and "." not in m.input and m.input != "waveform") for m in model_spec.members):
+    if any(reads_logmel(m) for m in model_spec.members):
         out["log_mel"] = "torch fp32" if torch_mel else "numpy fp32"
     for name, _, _ in getattr(reducer_spec, "heads", ()):
         out[name] = "torch fp32"

@@ -29,6 +29,11 @@ from streamer.recipes.bind import BoundMember, apply_map
 STUDENT_KINDS = {"student-cnn": "cnn", "student-crnn": "crnn"}
 
 
+def reads_logmel(member) -> bool:
+    """Whether a member's input is a log-mel front-end (not the waveform, not a Perch output)."""
+    return member.kind != "perch-logits" and member.input != "waveform" and "." not in member.input
+
+
 class _GraphMember:
     """An ONNX graph (an exported student, or an ``onnx`` member) fed one front-end output."""
 
@@ -105,7 +110,7 @@ class MemberSet:
         # Members whose outputs are already the submission's columns in order skip the mapping.
         self.mapped = {m.name for m in self.members
                        if m.proxies or m.class_map is None or not np.array_equal(m.class_map, np.arange(n_classes))}
-        self.needs_logmel = any(m.input != "waveform" and "." not in m.input for m in self.members)
+        self.needs_logmel = any(reads_logmel(m) for m in self.members)
         self.logmel = None
         if self.needs_logmel:
             if self.uses_torch:
@@ -171,10 +176,11 @@ class MemberSet:
             return {**out, **self._run_torch(windows, embedding, active)}
         step = self.per_call or max(1, windows.shape[0])
         parts: dict[str, list] = {m.name: [] for m in active}
+        with_mel = any(reads_logmel(m) for m in active)  # not when the budget dropped every reader
         for start in range(0, windows.shape[0], step):  # the log-mel and every member per call
             chunk = windows[start : start + step]
             mel = None
-            if self.needs_logmel and any(m.input not in ("waveform",) and "." not in m.input for m in active):
+            if with_mel:
                 t0 = time.perf_counter()
                 mel = self.logmel(chunk)
                 self.seconds["logmel"] += time.perf_counter() - t0
@@ -191,7 +197,7 @@ class MemberSet:
         """Each active member's seconds since ``before`` (a copy of :attr:`seconds`), the
         log-mel's time shared equally among the members that read it."""
         spent = {m.name: self.seconds[m.name] - before.get(m.name, 0.0) for m in active}
-        readers = [m.name for m in active if m.input != "waveform" and "." not in m.input]
+        readers = [m.name for m in active if reads_logmel(m)]
         mel = self.seconds["logmel"] - before.get("logmel", 0.0)
         for name in readers:
             spent[name] += mel / len(readers)
