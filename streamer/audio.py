@@ -35,6 +35,62 @@ RESAMPLE_MARGIN_S = 0.25
 
 
 @dataclass(frozen=True)
+class WindowFraming:
+    """How a recording becomes model windows: the model's rate, the window, the resampler and
+    what happens to a short last window. A recipe's ``[framing]`` gives one; the archive streams
+    ``windows_per_chunk`` windows at a time.
+
+    Attributes:
+        rate_hz: the model's sample rate.
+        window_samples: samples of one window (windows follow each other, no overlap).
+        windows_per_chunk: windows streamed and reduced together (60 s of audio in both shipped
+            framings: 12 x 5 s for Perch, 20 x 3 s for BirdNET).
+        resampler: ``soxr-hq`` (streaming soxr, Perch's recipes) or ``kaiser_fast`` (resampy's
+            filter as librosa applies it, :mod:`streamer.kaiser`: BirdNET-Analyzer's numbers).
+        piece_s: with ``kaiser_fast``, the input is resampled in independent pieces of this many
+            seconds (BirdNET-Analyzer reads and resamples a file 600 s at a time, and its
+            windows near a piece's edge see the zero padding there); ``None``: the whole file.
+        min_last_window_s: a last window holding less audio than this is dropped
+            (BirdNET-Analyzer: 1 s); 0: every window with any audio is kept.
+    """
+
+    rate_hz: int = 32000
+    window_samples: int = 160000
+    windows_per_chunk: int = 12
+    resampler: str = "soxr-hq"
+    piece_s: int | None = None
+    min_last_window_s: float = 0.0
+
+    @property
+    def window_s(self) -> float:
+        return self.window_samples / self.rate_hz
+
+    @property
+    def chunk_samples(self) -> int:
+        return self.window_samples * self.windows_per_chunk
+
+    @property
+    def chunk_s(self) -> float:
+        return self.chunk_samples / self.rate_hz
+
+    def windows_of(self, n_real: int) -> int:
+        """Windows kept from a stretch of ``n_real`` samples that starts on a window boundary
+        and ends where the audio ends: every window with audio, but a last one shorter than
+        ``min_last_window_s``."""
+        if n_real <= 0:
+            return 0
+        n = -(-n_real // self.window_samples)
+        tail = n_real - (n - 1) * self.window_samples
+        if tail < self.min_last_window_s * self.rate_hz:
+            n -= 1
+        return n
+
+
+#: Perch 2.0's framing: 5-s windows at 32 kHz (soxr HQ), streamed 12 at a time.
+PERCH_FRAMING = WindowFraming()
+
+
+@dataclass(frozen=True)
 class DecodedAudio:
     """Mono samples at :data:`TARGET_SAMPLE_RATE_HZ`.
 
@@ -228,10 +284,11 @@ class AudioChunk:
     index: int
     samples: np.ndarray
     n_real: int
+    rate_hz: int = TARGET_SAMPLE_RATE_HZ
 
     @property
     def start_s(self) -> float:
-        return self.index * self.samples.shape[0] / TARGET_SAMPLE_RATE_HZ
+        return self.index * self.samples.shape[0] / self.rate_hz
 
 
 #: Whole seconds of input a range of chunks (see :func:`iter_chunks`) decodes before its first
@@ -242,7 +299,8 @@ class AudioChunk:
 RANGE_WARMUP_S = 2
 
 
-def iter_chunks(path: str | os.PathLike, chunk_samples: int, first_chunk: int = 0, end_chunk: int | None = None):
+def iter_chunks(path: str | os.PathLike, chunk_samples: int, first_chunk: int = 0, end_chunk: int | None = None,
+                *, framing: WindowFraming | None = None):
     """Stream a recording of any length, rate and channel count as consecutive 32-kHz chunks.
 
     Memory stays bounded by one chunk plus one read block, whatever the file's length. Channels
@@ -258,6 +316,10 @@ def iter_chunks(path: str | os.PathLike, chunk_samples: int, first_chunk: int = 
     file's to float32 round-off (exactly, for 32-kHz input). A range past the end of the file
     yields nothing.
 
+    ``framing`` (default: Perch's) sets the output rate and the resampler; with
+    ``kaiser_fast`` the chunks come from :func:`_iter_chunks_kaiser` (BirdNET-Analyzer's
+    resampling, piece by piece).
+
     Yields:
         :class:`AudioChunk` objects, the last one of the file zero-padded.
 
@@ -269,6 +331,11 @@ def iter_chunks(path: str | os.PathLike, chunk_samples: int, first_chunk: int = 
     path = os.fspath(path)
     if first_chunk < 0 or (end_chunk is not None and end_chunk <= first_chunk):
         raise ValueError(f"bad chunk range {first_chunk}..{end_chunk}")
+    framing = framing or PERCH_FRAMING
+    if framing.resampler == "kaiser_fast":
+        yield from _iter_chunks_kaiser(path, chunk_samples, first_chunk, end_chunk, framing)
+        return
+    target = framing.rate_hz
     try:
         handle = sf.SoundFile(path)
     except Exception as exc:
@@ -276,18 +343,18 @@ def iter_chunks(path: str | os.PathLike, chunk_samples: int, first_chunk: int = 
     with handle:
         rate, channels = int(handle.samplerate), int(handle.channels)
         start_out = first_chunk * chunk_samples  # the range's first sample at 32 kHz
-        if rate == TARGET_SAMPLE_RATE_HZ:
+        if rate == target:
             start_in, drop = start_out, 0
         else:
-            warm_s = max(0, start_out // TARGET_SAMPLE_RATE_HZ - RANGE_WARMUP_S)
-            start_in, drop = warm_s * rate, start_out - warm_s * TARGET_SAMPLE_RATE_HZ
+            warm_s = max(0, start_out // target - RANGE_WARMUP_S)
+            start_in, drop = warm_s * rate, start_out - warm_s * target
         if start_in > 0 and not _skip_to(handle, path, start_in):
             return  # the range starts past the end of the file
         stream = None
-        if rate != TARGET_SAMPLE_RATE_HZ:
+        if rate != target:
             import soxr
 
-            stream = soxr.ResampleStream(rate, TARGET_SAMPLE_RATE_HZ, 1, dtype="float32", quality="HQ")
+            stream = soxr.ResampleStream(rate, target, 1, dtype="float32", quality="HQ")
         pending = np.zeros(0, dtype=np.float32)
         index = first_chunk
         stop = math.inf if end_chunk is None else end_chunk
@@ -297,7 +364,7 @@ def iter_chunks(path: str | os.PathLike, chunk_samples: int, first_chunk: int = 
                 block = handle.read(IO_BLOCK_FRAMES, dtype="float32", always_2d=True)
             except Exception as exc:
                 raise AudioDecodeError(
-                    f"{path}: decoding failed after {(start_out + n_total) / TARGET_SAMPLE_RATE_HZ:.1f} s "
+                    f"{path}: decoding failed after {(start_out + n_total) / target:.1f} s "
                     f"({type(exc).__name__}: {exc})"
                 ) from exc
             last = block.shape[0] == 0
@@ -312,7 +379,7 @@ def iter_chunks(path: str | os.PathLike, chunk_samples: int, first_chunk: int = 
                 pending = np.concatenate([pending, mono])
                 n_total += mono.shape[0]
             while pending.shape[0] >= chunk_samples and index < stop:
-                yield AudioChunk(index, pending[:chunk_samples].copy(), chunk_samples)
+                yield AudioChunk(index, pending[:chunk_samples].copy(), chunk_samples, target)
                 pending = pending[chunk_samples:]
                 index += 1
             if last:
@@ -322,7 +389,103 @@ def iter_chunks(path: str | os.PathLike, chunk_samples: int, first_chunk: int = 
         if pending.shape[0] and index < stop:
             padded = np.zeros(chunk_samples, dtype=np.float32)
             padded[: pending.shape[0]] = pending
-            yield AudioChunk(index, padded, int(pending.shape[0]))
+            yield AudioChunk(index, padded, int(pending.shape[0]), target)
+
+
+def _iter_chunks_kaiser(path: str, chunk_samples: int, first_chunk: int, end_chunk: int | None, framing: WindowFraming):
+    """:func:`iter_chunks` with resampy's ``kaiser_fast`` filter (:class:`streamer.kaiser.KaiserFast`).
+
+    The output is BirdNET-Analyzer's: the input's channels averaged, then each piece of
+    ``framing.piece_s`` seconds of input resampled on its own (zero signal beyond the piece's
+    edges) to librosa's length for it. Each chunk decodes only the input its outputs need
+    (:meth:`KaiserFast.support`), so a range of chunks starting anywhere gives exactly the
+    whole file's samples, with no warm-up. Input already at the model's rate is not resampled
+    (librosa returns it as it is).
+    """
+    sf = _import_soundfile()
+    try:
+        handle = sf.SoundFile(path)
+    except Exception as exc:
+        raise AudioDecodeError(f"{path}: cannot decode audio ({_decode_error(exc, path)})") from exc
+    with handle:
+        rate, channels, n_in = int(handle.samplerate), int(handle.channels), int(handle.frames)
+        if rate <= 0:
+            raise AudioDecodeError(f"{path}: invalid sample rate {rate}")
+        if n_in <= 0:
+            if first_chunk == 0:
+                raise AudioDecodeError(f"{path}: the file holds no audio samples")
+            return
+        out_rate = framing.rate_hz
+        piece_in = framing.piece_s * rate if framing.piece_s else n_in
+        piece_out = framing.piece_s * out_rate if framing.piece_s else None
+        if piece_out is not None and piece_out % chunk_samples:
+            raise ValueError(f"a resampling piece of {framing.piece_s} s is not a whole number of chunks")
+        resampler = None
+        if rate != out_rate:
+            from streamer.kaiser import KaiserFast
+
+            resampler = KaiserFast(rate, out_rate)
+        reader = _MonoReader(handle, path, channels)
+        index = first_chunk
+        while end_chunk is None or index < end_chunk:
+            out0 = index * chunk_samples
+            piece = out0 // piece_out if piece_out else 0
+            in0 = piece * piece_in
+            n_piece = min(piece_in, n_in - in0)
+            if n_piece <= 0:
+                break
+            n_out = n_piece if resampler is None else resampler.n_out(n_piece)
+            o0 = out0 - (piece * piece_out if piece_out else 0)
+            if o0 >= n_out:
+                break
+            o1 = min(o0 + chunk_samples, n_out)
+            s0, s1 = (o0, o1) if resampler is None else resampler.support(o0, o1, n_piece)
+            x = reader.read(in0 + s0, in0 + s1)
+            y = x if resampler is None else resampler.span(x, s0, n_piece, o0, o1)
+            samples = np.zeros(chunk_samples, dtype=np.float32)
+            samples[: o1 - o0] = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+            yield AudioChunk(index, samples, o1 - o0, out_rate)
+            index += 1
+
+
+class _MonoReader:
+    """Mono float32 input frames ``[a, b)`` of an open file, read forward with a small buffer
+    (consecutive chunks' inputs overlap by the filter's reach); a file that ends before its
+    header's length reads as zeros there."""
+
+    def __init__(self, handle, path: str, channels: int) -> None:
+        self.handle, self.path, self.channels = handle, path, channels
+        self.buf = np.zeros(0, dtype=np.float32)
+        self.start = 0  # input frame of buf[0]
+        self.at = None  # the handle's position (None: not positioned yet)
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        if self.at is None or a < self.start or a > self.start + self.buf.shape[0]:
+            if a > 0 and not _skip_to(self.handle, self.path, a):
+                return np.zeros(b - a, dtype=np.float32)
+            self.buf, self.start, self.at = np.zeros(0, dtype=np.float32), a, a
+        else:
+            self.buf, self.start = self.buf[a - self.start:], a
+        parts = [self.buf]
+        have = self.buf.shape[0]
+        while have < b - a:
+            try:
+                block = self.handle.read(min(IO_BLOCK_FRAMES, max(b - a - have, 1 << 14)), dtype="float32", always_2d=True)
+            except Exception as exc:
+                raise AudioDecodeError(
+                    f"{self.path}: decoding failed after {self.at / self.handle.samplerate:.1f} s ({type(exc).__name__}: {exc})"
+                ) from exc
+            if block.shape[0] == 0:
+                break
+            self.at += block.shape[0]
+            mono = block[:, 0] if self.channels == 1 else block.mean(axis=1, dtype=np.float32)
+            parts.append(np.ascontiguousarray(mono, dtype=np.float32))
+            have += block.shape[0]
+        self.buf = np.concatenate(parts) if len(parts) > 1 else self.buf
+        out = self.buf[: b - a]
+        if out.shape[0] < b - a:
+            out = np.concatenate([out, np.zeros(b - a - out.shape[0], dtype=np.float32)])
+        return out
 
 
 def _skip_to(handle, path: str, frame: int) -> bool:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from streamer.recipes.schema import OWN_LOGITS_KINDS
 from streamer import failpoints
 from streamer.config import default_cache_dir
 from streamer.models.graphs import BackendChoice
@@ -263,7 +264,7 @@ def describe_models(model_spec, reducer_spec=None) -> dict[str, str]:
         out["perch"] = engine
     torch_mel = False
     for m in model_spec.members:
-        if m.kind == "perch-logits":
+        if m.kind in OWN_LOGITS_KINDS:
             continue
         in_torch = m.kind in STUDENT_KINDS and m.name not in exported
         torch_mel = torch_mel or in_torch

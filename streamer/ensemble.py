@@ -159,6 +159,8 @@ class RecipeReducer:
             return postprocess.clip_scores(x, step.get("min", 0.0), step.get("max", 1.0))
         if name == "sigmoid":
             return postprocess.sigmoid(x).astype(np.float32, copy=False)
+        if name == "flat-sigmoid":
+            return postprocess.flat_sigmoid(x, step.get("sensitivity", 1.0))
         if name == "logit":
             return postprocess.to_logit(x)
         if name == "temperature":

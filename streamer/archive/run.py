@@ -274,9 +274,13 @@ def run_archive(plan: RunPlan, entries: list[ArchiveInput], settings: ArchiveSet
     """
     from streamer.stages import PerchScoresSpec
 
-    if (settings.labels == "competition") == isinstance(plan.reducer, PerchScoresSpec):
-        raise ConfigError(f"labels={settings.labels!r} needs the plan of "
-                          f"{'streamer.stages.prepare' if settings.labels == 'competition' else 'streamer.stages.prepare_perch_only'}")
+    perch_only = isinstance(plan.reducer, PerchScoresSpec)
+    own = not perch_only and plan.competition is None
+    wanted = {"competition": not perch_only and not own, "recipe": own, "perch": perch_only}.get(settings.labels, True)
+    if not wanted:
+        raise ConfigError(f"labels={settings.labels!r} needs the plan of " + {
+            "competition": "streamer.stages.prepare", "recipe": "streamer.stages.prepare_own_classes",
+            "perch": "streamer.stages.prepare_perch_only"}[settings.labels])
     t0 = time.perf_counter()
     out_dir = check_out_dir(Path(settings.out_dir))
     report = ArchiveReport(engine=settings.engine, n_inputs=len(entries))
@@ -337,11 +341,16 @@ def _finish_tables(out_dir: Path, settings: ArchiveSettings, report: ArchiveRepo
     return report
 
 
-def _plan_tasks(entries, settings: ArchiveSettings, journal, report) -> list[ArchiveTask]:
+def _plan_tasks(entries, settings: ArchiveSettings, journal, report, plan: RunPlan | None = None) -> list[ArchiveTask]:
     out_dir, fmt = Path(settings.out_dir), settings.fmt
     min_score, top_k, merge = settings.detections
     metadata = read_metadata_csv(settings.metadata) if settings.metadata else None
     previously_failed = {e.key.path for e in journal.failed()}
+    model = plan.model if plan is not None else None
+    shape = {} if model is None else {
+        "framing": model.framing, "embedding_dim": model.embedding_dim,
+        # Raven's selection band: what the model hears (BirdNET: up to 15 kHz, as BirdNET-Analyzer draws it)
+        "high_freq_hz": 15000.0 if model.litert is not None else 16000.0}
     tasks = []
     for entry in entries:
         out = output_path(out_dir, entry, fmt)
@@ -365,7 +374,7 @@ def _plan_tasks(entries, settings: ArchiveSettings, journal, report) -> list[Arc
             tasks.append(ArchiveTask(entry.path.resolve(), str(entry.rel), out.resolve(), when, fmt, top_k,
                                      duration, key, min_score, merge, settings.summary_min_score,
                                      emb.resolve() if emb is not None else None, settings.embeddings or "float32",
-                                     write_scores=settings.labels != "none"))
+                                     write_scores=settings.labels != "none", **shape))
     return tasks
 
 
@@ -410,7 +419,15 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float, report: Arc
                              overwrite=settings.overwrite):
         _remove_outputs(out_dir, entries, journal, settings)
     run_fingerprint.write(out_dir, fingerprint)
-    tasks = _plan_tasks(entries, settings, journal, report)
+    from streamer.archive.summary import write_class_names
+
+    write_class_names(out_dir, plan.class_labels)
+    if plan.species is not None:
+        from streamer.archive.species import SPECIES_FILE
+        from streamer.files import atomic_write_text
+
+        atomic_write_text(out_dir / SPECIES_FILE, "".join(line + "\n" for line in plan.species))
+    tasks = _plan_tasks(entries, settings, journal, report, plan)
     if not tasks:
         return _finish_tables(out_dir, settings, report, t0, None)
     total_s = sum(t.audio_s or 0.0 for t in tasks)

@@ -30,23 +30,26 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from streamer.recipes.schema import OWN_LOGITS_KINDS
 from streamer import failpoints
 from streamer.archive.journal import FileKey
 from streamer.archive.output import EMBEDDING_DIM, EmbeddingWriter, ScoreWriter, remove_temporaries_of
 from streamer.archive.tables import EventBuilder, TableWriter
 from streamer.archive.timing import RecordingTime
-from streamer.audio import TARGET_SAMPLE_RATE_HZ, WINDOW_SAMPLES, AudioChunk, iter_chunks
+from streamer.audio import PERCH_FRAMING, AudioChunk, WindowFraming, iter_chunks
 from streamer.errors import AudioDecodeError, StreamerError
 from streamer.files import install, temporary_sibling
-from streamer.metadata import N_WINDOWS_PER_FILE, WINDOW_S, ClassLabels
+from streamer.metadata import ClassLabels
 from streamer.models.moe import set_torch_threads
 from streamer.pipeline.children import maxrss_kb
 from streamer.stages import ModelOutputs, ModelSpec, ModelStage, Reducer, ReducerSpec, make_reducer, screen_outputs
 
 log = logging.getLogger(__name__)
 
-#: Samples of one reduction chunk: 12 windows of 5 s, the Kaggle file length.
-CHUNK_SAMPLES = N_WINDOWS_PER_FILE * WINDOW_SAMPLES
+#: Samples of one reduction chunk of Perch's framing: 12 windows of 5 s, the Kaggle file length
+#: (every framing streams 60 s per chunk: :attr:`WindowFraming.chunk_samples`).
+CHUNK_SAMPLES = PERCH_FRAMING.chunk_samples
+CHUNK_S = 60
 #: torch threads of the reduction (ProtoSSM folds), see ArchiveScorer.
 REDUCER_TORCH_THREADS = 1
 #: Chunks decoded ahead of the models (each is 7.7 MB of float32).
@@ -84,8 +87,8 @@ class ChunkSpan:
             remove_temporaries_of(path)
 
     def describe(self) -> str:
-        last = "the end" if self.end is None else f"{self.end * CHUNK_SAMPLES // TARGET_SAMPLE_RATE_HZ} s"
-        return f"range {self.index + 1}/{self.count}, {self.first * CHUNK_SAMPLES // TARGET_SAMPLE_RATE_HZ} s to {last}"
+        last = "the end" if self.end is None else f"{self.end * CHUNK_S} s"
+        return f"range {self.index + 1}/{self.count}, {self.first * CHUNK_S} s to {last}"
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,9 @@ class ArchiveTask:
     embeddings_dtype: str = "float32"
     write_scores: bool = True  # False: ``out`` is the embeddings file, no scores (--labels none)
     span: ChunkSpan | None = None  # one range of the input's chunks (None: the whole input)
+    framing: WindowFraming = PERCH_FRAMING  # the model's windows (their times in the outputs)
+    embedding_dim: int = EMBEDDING_DIM  # the width of the embedding written
+    high_freq_hz: float = 16000.0  # the top of Raven's selection band: what the model hears
 
     @property
     def label(self) -> str:
@@ -195,10 +201,12 @@ class _Prefetcher:
         self._thread.join()
 
 
-def chunks_of(path: Path, prefetch: int = PREFETCH_CHUNKS, span: ChunkSpan | None = None):
+def chunks_of(path: Path, prefetch: int = PREFETCH_CHUNKS, span: ChunkSpan | None = None,
+              framing: WindowFraming = PERCH_FRAMING):
     """The 60-s chunks of a recording (of one range of it), decoded ``prefetch`` chunks ahead
     (0: in line)."""
-    chunks = iter_chunks(path, CHUNK_SAMPLES) if span is None else iter_chunks(path, CHUNK_SAMPLES, span.first, span.end)
+    size = framing.chunk_samples
+    chunks = iter_chunks(path, size, framing=framing) if span is None else iter_chunks(path, size, span.first, span.end, framing=framing)
     if prefetch <= 0:
         return chunks, None
     fetcher = _Prefetcher(chunks, prefetch)
@@ -217,7 +225,8 @@ class InputSink:
         self.writers = [self.writer]
         if task.embeddings_out is not None:
             try:
-                self.writers.append(EmbeddingWriter(task.embeddings_out, task.rel, dtype=task.embeddings_dtype))
+                self.writers.append(EmbeddingWriter(task.embeddings_out, task.rel, dtype=task.embeddings_dtype,
+                                                    dim=task.embedding_dim, window_s=task.framing.window_s))
             except BaseException:
                 self.writer.abort()  # no temporary file outlives a sink that could not start
                 raise
@@ -230,26 +239,28 @@ class InputSink:
         """The table writer of ``task``'s format: detections (raven, audacity, or Parquet/CSV with
         a threshold or merging), else every score (wide, or the top-k long format); the
         embeddings' writer when they are the only output."""
+        window_s = task.framing.window_s
         if not task.write_scores:
-            return EmbeddingWriter(task.out, task.rel, dtype=task.embeddings_dtype)
+            return EmbeddingWriter(task.out, task.rel, dtype=task.embeddings_dtype, dim=task.embedding_dim, window_s=window_s)
         if task.min_score is None:
-            return ScoreWriter(task.out, task.rel, tuple(labels.codes), fmt=task.fmt, top_k=task.top_k)
+            return ScoreWriter(task.out, task.rel, tuple(labels.codes), fmt=task.fmt, top_k=task.top_k, window_s=window_s)
         builder = EventBuilder(len(labels.codes), min_score=task.min_score, top_k=task.top_k, merge=task.merge)
-        return TableWriter(task.out, task.rel, labels.codes, labels.common, labels.scientific, fmt=task.fmt, builder=builder)
+        return TableWriter(task.out, task.rel, labels.codes, labels.common, labels.scientific, fmt=task.fmt, builder=builder,
+                           window_s=window_s, high_freq_hz=task.high_freq_hz)
 
     def write(self, first_window: int, probs: np.ndarray | None, embedding: np.ndarray, end_sample: int) -> None:
         """The scores and embeddings of windows ``first_window …`` (one chunk's worth), whose
-        real audio ends ``end_sample`` samples (32 kHz) from the recording's start."""
+        real audio ends ``end_sample`` samples (at the model's rate) from the recording's start."""
         task = self.task
         if isinstance(self.writer, TableWriter):
-            self.writer.write_chunk(first_window, probs, audio_end_s=end_sample / TARGET_SAMPLE_RATE_HZ)
+            self.writer.write_chunk(first_window, probs, audio_end_s=end_sample / task.framing.rate_hz)
         else:
             self.writer.write_chunk(first_window, probs if task.write_scores else embedding)
         if len(self.writers) > 1:
             self.writers[1].write_chunk(first_window, embedding)
         if task.write_scores:
-            _count(self.counts, self.counter, task.when, first_window, probs)
-            _count_effort(self.effort, task.when, first_window, len(probs), end_sample)
+            _count(self.counts, self.counter, task.when, first_window, probs, task.framing)
+            _count_effort(self.effort, task.when, first_window, len(probs), end_sample, task.framing)
 
     def close(self) -> tuple[list, list]:
         """Finish the files; returns the summary's counts ``[class, UTC date, UTC hour, windows]``
@@ -258,37 +269,40 @@ class InputSink:
             w.close()  # the embeddings first: the score file is what marks the input done
         self.writer.close()
         counts = [[self.classes[c], date, hour, n] for (c, date, hour), n in sorted(self.counts.items())]
-        return counts, [[date, hour, n / TARGET_SAMPLE_RATE_HZ] for (date, hour), n in sorted(self.effort.items())]
+        return counts, [[date, hour, n / self.task.framing.rate_hz] for (date, hour), n in sorted(self.effort.items())]
 
     def abort(self) -> None:
         for w in self.writers:
             w.abort()  # a partial file never looks finished
 
 
-def _window_cell(when: RecordingTime, window: int) -> tuple[str, int]:
+def _window_cell(when: RecordingTime, window: int, framing: WindowFraming = PERCH_FRAMING) -> tuple[str, int]:
     """The summary's cell of a window: the UTC date and hour of its start; date ``""`` and hour
     -1 where the recording's start is unknown."""
     if when.start_utc is None:
         return "", -1
-    moment = when.start_utc + timedelta(seconds=window * WINDOW_S)
+    moment = when.start_utc + timedelta(seconds=window * framing.window_s)
     return moment.date().isoformat(), moment.hour
 
 
-def _count(counts: collections.Counter, counter: EventBuilder, when: RecordingTime, first_window: int, probs) -> None:
+def _count(counts: collections.Counter, counter: EventBuilder, when: RecordingTime, first_window: int, probs,
+           framing: WindowFraming = PERCH_FRAMING) -> None:
     """Detection windows per (class, UTC date, UTC hour) for the archive summary."""
     for offset, kept in enumerate(counter.detections(probs)):
-        date, hour = _window_cell(when, first_window + offset)
+        date, hour = _window_cell(when, first_window + offset, framing)
         for cls, _ in kept:
             counts[(cls, date, hour)] += 1
 
 
-def _count_effort(effort: collections.Counter, when: RecordingTime, first_window: int, n_windows: int, end_sample: int) -> None:
+def _count_effort(effort: collections.Counter, when: RecordingTime, first_window: int, n_windows: int, end_sample: int,
+                  framing: WindowFraming = PERCH_FRAMING) -> None:
     """Samples of audio recorded per (UTC date, UTC hour), each window in the cell of its start
     (as its detections are), the last window only as far as the audio goes."""
+    size = framing.window_samples
     for window in range(first_window, first_window + n_windows):
-        real = min(WINDOW_SAMPLES, end_sample - window * WINDOW_SAMPLES)
+        real = min(size, end_sample - window * size)
         if real > 0:
-            effort[_window_cell(when, window)] += real
+            effort[_window_cell(when, window, framing)] += real
 
 
 class _RawRows:
@@ -329,7 +343,7 @@ class RangeSink:
             raise
 
     def write(self, first_window: int, probs: np.ndarray | None, embedding: np.ndarray, end_sample: int) -> None:
-        expected = self.span.first * N_WINDOWS_PER_FILE + self.n_windows
+        expected = self.span.first * self.task.framing.windows_per_chunk + self.n_windows
         if first_window != expected:  # chunks come in order, one after the other
             raise RuntimeError(f"{self.task.label}: window {first_window} came where {expected} was due")
         if self.scores is not None:
@@ -359,12 +373,13 @@ class ArchiveScorer:
         self.models.check()
         self.labels = labels
         self.prefetch = prefetch
+        self.framing = model_spec.framing
         # ProtoSSM on 12 windows is a few hundred small operators: one torch thread runs it in
         # ~25 ms, while two threads spin-wait on each other and, when another process holds a
         # core, took 1-2 s per chunk (measured on the 2-vCPU VM). torch runs only ProtoSSM when
         # the students are in onnxruntime (or absent); else its threads go back and forth.
         self._torch_students = self.models.members.uses_torch
-        self._perch_members = frozenset(m.name for m in model_spec.members if m.kind == "perch-logits")
+        self._perch_members = frozenset(m.name for m in model_spec.members if m.kind in OWN_LOGITS_KINDS)
         self._model_threads = model_spec.threads.intra_op_threads
         if isinstance(self.reducer, Reducer) and not self._torch_students:  # Perch alone never imports torch
             set_torch_threads(REDUCER_TORCH_THREADS)
@@ -376,7 +391,8 @@ class ArchiveScorer:
         The model outputs are checked as ``infer``'s are: non-finite Perch outputs make the
         input unscorable (:class:`UnscorableInput`); non-finite student logits make this chunk
         scored without the students (a line in ``notes``)."""
-        windows = chunk.samples.reshape(N_WINDOWS_PER_FILE, WINDOW_SAMPLES)
+        framing = self.framing
+        windows = chunk.samples.reshape(framing.windows_per_chunk, framing.window_samples)
         outputs = self.models.run(windows)
         if failpoints.hit("archive.worker_chunk", key) == "nan":
             outputs = ModelOutputs(np.full_like(outputs.embedding, np.nan), {k: np.full_like(v, np.nan) for k, v in outputs.logits.items()})
@@ -394,7 +410,7 @@ class ArchiveScorer:
         finally:
             if self._torch_students:
                 set_torch_threads(self._model_threads)
-        n_real = math.ceil(chunk.n_real / WINDOW_SAMPLES)
+        n_real = framing.windows_of(chunk.n_real)
         return probs[:n_real], outputs.embedding[:n_real]
 
     def score(self, task: ArchiveTask, on_chunk: Callable[[float], None] | None = None) -> TaskResult:
@@ -408,17 +424,19 @@ class ArchiveScorer:
         sink = InputSink(task, self.labels) if task.span is None else RangeSink(task)
         n_samples = 0
         notes: list[str] = []
-        chunks, fetcher = chunks_of(task.path, self.prefetch, task.span)
+        framing = self.framing
+        chunks, fetcher = chunks_of(task.path, self.prefetch, task.span, framing)
         try:
             for chunk in chunks:
                 probs, embedding = self.score_chunk(chunk, task.when, key=task.rel, notes=notes)
-                sink.write(chunk.index * N_WINDOWS_PER_FILE, probs, embedding, chunk.index * CHUNK_SAMPLES + chunk.n_real)
+                sink.write(chunk.index * framing.windows_per_chunk, probs, embedding,
+                           chunk.index * framing.chunk_samples + chunk.n_real)
                 n_samples += chunk.n_real
                 if on_chunk is not None:
-                    on_chunk(chunk.n_real / TARGET_SAMPLE_RATE_HZ)
+                    on_chunk(chunk.n_real / framing.rate_hz)
         except (AudioDecodeError, UnscorableInput) as exc:
             sink.abort()
-            return TaskResult(task.rel, False, str(exc), n_samples / TARGET_SAMPLE_RATE_HZ, peak_rss_kb=maxrss_kb())
+            return TaskResult(task.rel, False, str(exc), n_samples / framing.rate_hz, peak_rss_kb=maxrss_kb())
         except BaseException:
             sink.abort()
             raise
@@ -430,7 +448,7 @@ class ArchiveScorer:
         return TaskResult(
             task.rel,
             True,
-            audio_s=n_samples / TARGET_SAMPLE_RATE_HZ,
+            audio_s=n_samples / framing.rate_hz,
             stage_s={k: after[k] - before.get(k, 0.0) for k in after},
             peak_rss_kb=maxrss_kb(),
             notes=notes,
@@ -462,7 +480,9 @@ def join_ranges(task: ArchiveTask, spans: list[ChunkSpan], results: list[TaskRes
     """
     failpoints.hit("archive.join_ranges", task.rel)
     # The ranges' audio, in samples (each range counted whole samples), ends the last chunk.
-    total_samples = int(round(sum(r.audio_s for r in results) * TARGET_SAMPLE_RATE_HZ))
+    framing = task.framing
+    total_samples = int(round(sum(r.audio_s for r in results) * framing.rate_hz))
+    per_chunk = framing.windows_per_chunk
     try:
         sink = InputSink(task, labels)
         try:
@@ -470,17 +490,17 @@ def join_ranges(task: ArchiveTask, spans: list[ChunkSpan], results: list[TaskRes
             n_classes = len(labels.codes)
             for span in spans:
                 scores = _read_rows(span.scores_path, n_classes) if task.write_scores else None
-                embeddings = _read_rows(span.embeddings_path, EMBEDDING_DIM) if task.needs_embeddings else None
+                embeddings = _read_rows(span.embeddings_path, task.embedding_dim) if task.needs_embeddings else None
                 n = (scores if scores is not None else embeddings).shape[0]
                 if embeddings is not None and embeddings.shape[0] != n:
                     raise ValueError(f"{task.rel}: {span.describe()} has {n} score rows and {embeddings.shape[0]} embeddings")
-                first = span.first * N_WINDOWS_PER_FILE
+                first = span.first * per_chunk
                 if n and first != next_window:
                     raise ValueError(f"{task.rel}: {span.describe()} starts at window {first}, the ranges before end at {next_window}")
-                for offset in range(0, n, N_WINDOWS_PER_FILE):
-                    rows = slice(offset, offset + N_WINDOWS_PER_FILE)
-                    n_rows = min(N_WINDOWS_PER_FILE, n - offset)
-                    end_sample = min((first + offset + n_rows) * WINDOW_SAMPLES, total_samples)
+                for offset in range(0, n, per_chunk):
+                    rows = slice(offset, offset + per_chunk)
+                    n_rows = min(per_chunk, n - offset)
+                    end_sample = min((first + offset + n_rows) * framing.window_samples, total_samples)
                     sink.write(first + offset, None if scores is None else np.asarray(scores[rows]),
                                None if embeddings is None else np.asarray(embeddings[rows]), end_sample)
                 next_window = first + n if n else next_window

@@ -89,13 +89,37 @@ class FolderSummary:
         return totals
 
 
+#: The folder's class names (code, common and scientific name per line, tab-separated), what the
+#: summary names its classes by; written at every run's start.
+CLASS_NAMES_FILE = ".classes.tsv"
+
+
+def write_class_names(out_dir: Path, labels) -> None:
+    from streamer.files import atomic_write_text
+
+    rows = ("\t".join(x.replace("\t", " ").replace("\n", " ") for x in t) for t in zip(labels.codes, labels.common, labels.scientific))
+    atomic_write_text(Path(out_dir) / CLASS_NAMES_FILE, "".join(r + "\n" for r in rows))
+
+
+def _class_names(out_dir: Path) -> dict:
+    path = Path(out_dir) / CLASS_NAMES_FILE
+    if not path.is_file():
+        return {}
+    names = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3:
+            names[parts[0]] = (parts[1], parts[2])
+    return names
+
+
 def read_summary(out_dir: Path) -> FolderSummary:
     """The counts and effort of every input the journal of ``out_dir`` has as done."""
     stored = run_fingerprint.read(out_dir) or {}
     settings = stored.get("settings", {})
     summary = FolderSummary(threshold=settings.get("summary_min_score"))
-    summary.names = {code: (common, scientific) for code, common, scientific in
-                     settings.get("classes (code, common, scientific)", [])}
+    summary.names = _class_names(out_dir) or {code: (common, scientific) for code, common, scientific in
+                                              settings.get("classes (code, common, scientific)", [])}
     windows: collections.Counter = collections.Counter()
     effort: collections.Counter = collections.Counter()
     for entry in Journal(out_dir).entries.values():

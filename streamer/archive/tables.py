@@ -56,14 +56,6 @@ class Event:
     last: int
     score: float
 
-    @property
-    def start_s(self) -> float:
-        return float(self.first * WINDOW_S)
-
-    @property
-    def end_s(self) -> float:
-        return float((self.last + 1) * WINDOW_S)
-
 
 class EventBuilder:
     """Turns chunks of window scores into events (see the module notes)."""
@@ -135,8 +127,10 @@ class TableWriter:
     """
 
     def __init__(self, path: Path, file_label: str, classes, common_names, scientific_names, *, fmt: str,
-                 builder: EventBuilder) -> None:
+                 builder: EventBuilder, window_s: float = WINDOW_S, high_freq_hz: float = HIGH_FREQ_HZ) -> None:
         self.path = Path(path)
+        self.window_s = float(window_s)
+        self.high_freq_hz = float(high_freq_hz)
         self.file_label = file_label
         self.classes, self.common, self.scientific = tuple(classes), tuple(common_names), tuple(scientific_names)
         self.fmt = fmt
@@ -164,8 +158,14 @@ class TableWriter:
 
     def _hold(self, events: list[Event]) -> None:
         for e in events:
-            end_s = e.end_s if self._audio_end_s is None else min(e.end_s, self._audio_end_s)
+            end_s = self._end(e) if self._audio_end_s is None else min(self._end(e), self._audio_end_s)
             heapq.heappush(self._held, (e.first, e.cls, e.last, e, end_s))
+
+    def _start(self, e: Event) -> float:
+        return float(e.first * self.window_s)
+
+    def _end(self, e: Event) -> float:
+        return float((e.last + 1) * self.window_s)
 
     def _release(self, before: tuple[int, int] | None) -> list[tuple[Event, float]]:
         """The held events that begin before ``(first window, class)`` (all of them for None):
@@ -184,13 +184,13 @@ class TableWriter:
         for e, end_s in events:
             self.n_rows += 1
             if self.fmt == "raven":
-                fields = [str(self.n_rows), "Spectrogram 1", "1", _num(e.start_s), _num(end_s), _num(LOW_FREQ_HZ),
-                          _num(HIGH_FREQ_HZ), begin_file, _num(e.start_s), self.classes[e.cls], self.common[e.cls],
+                fields = [str(self.n_rows), "Spectrogram 1", "1", _num(self._start(e)), _num(end_s), _num(LOW_FREQ_HZ),
+                          _num(self.high_freq_hz), begin_file, _num(self._start(e)), self.classes[e.cls], self.common[e.cls],
                           self.scientific[e.cls], f"{e.score:.4f}"]
                 self._text.write("\t".join(f.replace("\t", " ") for f in fields) + "\n")
             else:
                 label = f"{self.common[e.cls]} ({e.score:.2f})".replace("\t", " ")
-                self._text.write(f"{e.start_s:.6f}\t{end_s:.6f}\t{label}\n")
+                self._text.write(f"{self._start(e):.6f}\t{end_s:.6f}\t{label}\n")
 
     def close(self) -> Path:
         self._hold(self.builder.close())
@@ -209,7 +209,7 @@ class TableWriter:
         self.n_rows = len(events)
         table = pa.table({
             "file": pa.array([self.file_label] * len(events), pa.string()),
-            "start_s": pa.array([e.start_s for e in events], pa.float64()),
+            "start_s": pa.array([self._start(e) for e in events], pa.float64()),
             "end_s": pa.array([end_s for _, end_s in rows], pa.float64()),
             "class": pa.array([self.classes[e.cls] for e in events], pa.string()),
             "common_name": pa.array([self.common[e.cls] for e in events], pa.string()),

@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from streamer.recipes.schema import OWN_LOGITS_KINDS
 from streamer.backend import describe_models, with_backends
 from streamer.errors import OutputWriteError
 from streamer.infer.budget import Budget
@@ -56,7 +57,7 @@ def run_infer(plan: RunPlan, *, start: float | None = None) -> RunReport:
     # What the parent can load, it checks before anything starts (ArtifactError: exit 2, no CSV).
     reducer = Reducer(plan.reducer)
     check_members(plan.model)
-    perch_members = frozenset(m.name for m in plan.model.members if m.kind == "perch-logits")
+    perch_members = frozenset(m.name for m in plan.model.members if m.kind in OWN_LOGITS_KINDS)
     sink = RowSink(plan.frame, report, budget, reducer, progress=config.execution.progress, perch_members=perch_members)
     reason = None
     try:

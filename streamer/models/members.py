@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamer.recipes.schema import OWN_LOGITS_KINDS
 from streamer.errors import ArtifactError
 from streamer.recipes.bind import BoundMember, apply_map
 
@@ -31,7 +32,7 @@ STUDENT_KINDS = {"student-cnn": "cnn", "student-crnn": "crnn"}
 
 def reads_logmel(member) -> bool:
     """Whether a member's input is a log-mel front-end (not the waveform, not a Perch output)."""
-    return member.kind != "perch-logits" and member.input != "waveform" and "." not in member.input
+    return member.kind not in OWN_LOGITS_KINDS and member.input != "waveform" and "." not in member.input
 
 
 class _GraphMember:
@@ -98,8 +99,8 @@ class MemberSet:
         from streamer.models.graphs import windows_per_call
 
         exported = exported or {}
-        self.members = tuple(m for m in members if m.kind != "perch-logits")
-        self.perch_members = tuple(m for m in members if m.kind == "perch-logits")
+        self.members = tuple(m for m in members if m.kind not in OWN_LOGITS_KINDS)
+        self.perch_members = tuple(m for m in members if m.kind in OWN_LOGITS_KINDS)
         self.runners: dict[str, object] = {}
         self.uses_torch = False
         for m in self.members:

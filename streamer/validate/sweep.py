@@ -360,6 +360,8 @@ class SweepData:
                 x = postprocess.clip_scores(x, step.get("min", 0.0), step.get("max", 1.0))
             elif name == "sigmoid":
                 x = postprocess.sigmoid(x).astype(np.float32, copy=False)
+            elif name == "flat-sigmoid":
+                x = postprocess.flat_sigmoid(x, step.get("sensitivity", 1.0))
             elif name == "logit":
                 x = postprocess.to_logit(x)
             elif name == "temperature":

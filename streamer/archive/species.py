@@ -1,0 +1,124 @@
+"""Which species an archive scores: a species list, or BirdNET's range model at a place and week.
+
+BirdNET users ask first for "only the birds that live here": BirdNET-Analyzer's ``--lat --lon
+--week`` runs its range model and keeps the species whose score is at least ``--sf_thresh``
+(0.03); ``--slist`` names them in a file instead. The archive does the same, before any audio
+is read: the kept species become the output's columns (in the label list's order), and the
+kept list is written beside the outputs as ``_species_list.txt`` (the range model's order,
+highest score first; one ``Scientific_Common`` line each, the format ``--slist`` reads).
+
+For Perch's own labels (``--labels perch``) the BirdNET list is carried over by scientific
+name: a Perch class BirdNET kept stays, one BirdNET knows but did not keep goes, and one
+BirdNET does not know (an insect, a frog, another taxonomy's name) passes through.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamer.errors import ConfigError
+
+#: The kept list's file in the output folder (a leading underscore, as the folder's other tables).
+SPECIES_FILE = "_species_list.txt"
+
+
+@dataclass(frozen=True)
+class Location:
+    """A place and week for the range model (``week`` -1: the whole year) and its threshold."""
+
+    lat: float
+    lon: float
+    week: int = -1
+    threshold: float = 0.03
+
+    def describe(self) -> str:
+        when = "the whole year" if self.week == -1 else f"week {self.week}"
+        return f"{self.lat:g}, {self.lon:g}, {when}, range-model score >= {self.threshold:g}"
+
+
+def read_names(path: Path, scientific: tuple[str, ...], common: tuple[str, ...]) -> tuple[int, ...]:
+    """Label positions of the names in a species-list file: ``Scientific_Common`` lines (the
+    label file's own, BirdNET-Analyzer's ``--slist``) or scientific names; blank lines and
+    ``#`` comments skipped; in the file's order, each once.
+
+    Raises:
+        ConfigError: unreadable, empty, or an unknown name (with the closest ones).
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the species list ({exc})") from exc
+    names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not names:
+        raise ConfigError(f"{path}: the species list names no species")
+    index: dict[str, int] = {}
+    for i, (s, c) in enumerate(zip(scientific, common)):
+        index.setdefault(f"{s}_{c}", i)
+        index.setdefault(s, i)
+    unknown = [n for n in names if n not in index]
+    if unknown:
+        hints = []
+        for name in unknown[:10]:
+            close = difflib.get_close_matches(name, list(index), n=3, cutoff=0.6)
+            hints.append(f"{name!r}" + (f" (closest: {', '.join(repr(c) for c in close)})" if close else " (nothing close)"))
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise ConfigError(f"{path}: not in the model's label list: " + "; ".join(hints) + more)
+    return tuple(dict.fromkeys(index[n] for n in names))
+
+
+def range_species(range_model: Path, labels: list[tuple[str, str]], where: Location) -> list[int]:
+    """The range model's kept species at ``where``, highest score first (BirdNET-Analyzer's)."""
+    from streamer.birdnet.range import RangeModel
+
+    model = RangeModel(range_model)
+    model._check_labels(labels)
+    kept = model.species_list(where.lat, where.lon, where.week, where.threshold)
+    if not kept:
+        raise ConfigError(f"the range model keeps no species at {where.describe()}; lower --sf-thresh, or drop --lat/--lon")
+    return kept
+
+
+def own_classes_plan(config, recipe, *, species_list: Path | None = None, location: Location | None = None):
+    """The plan of a recipe of its model's own labels, its columns narrowed by a species list
+    or the range model (:func:`streamer.stages.prepare_own_classes`); with a location, the plan
+    carries the kept list to write beside the outputs."""
+    from dataclasses import replace
+
+    from streamer.recipes.bind import bind_litert
+    from streamer.stages import litert_roots, prepare_own_classes
+
+    if species_list is None and location is None:
+        return prepare_own_classes(config, recipe)
+    front = bind_litert(recipe, litert_roots(recipe, config))
+    if front is None:
+        raise ConfigError(f"recipe {recipe.name!r} has no LiteRT front-end to take a species list for")
+    labels = list(zip(front.scientific, front.common))
+    if species_list is not None:
+        keep = read_names(species_list, front.scientific, front.common)
+        note = f"{len(keep)} of {len(labels)} species, from {species_list}"
+        return prepare_own_classes(config, recipe, keep=tuple(sorted(keep)), keep_note=note)
+    if front.range_model is None:
+        raise ConfigError(f"--lat/--lon: recipe {recipe.name!r} names no range model (frontends.{front.name}.range_model)")
+    ranked = range_species(front.range_model, labels, location)
+    note = f"{len(ranked)} of {len(labels)} species at {location.describe()}"
+    plan = prepare_own_classes(config, recipe, keep=tuple(sorted(ranked)), keep_note=note)
+    return replace(plan, species=tuple(f"{labels[i][0]}_{labels[i][1]}" for i in ranked))
+
+
+def perch_keep(perch_labels: tuple[str, ...], location: Location, birdnet_dir: Path | None) -> tuple[tuple[int, ...], tuple[str, ...], str]:
+    """Perch's label positions kept by the range model at ``location`` (by scientific name;
+    names BirdNET does not know pass through), the BirdNET list to write, and a note."""
+    from streamer.birdnet.files import LABELS_FILE, RANGE_MODEL_FILE, find_model_dir, read_labels
+    from streamer.birdnet.range import by_scientific_name
+
+    folder = find_model_dir(birdnet_dir)
+    labels = read_labels(folder / LABELS_FILE)
+    ranked = range_species(folder / RANGE_MODEL_FILE, labels, location)
+    verdict = by_scientific_name(ranked, labels, list(perch_labels))
+    keep = tuple(i for i, v in enumerate(verdict) if v is not False)
+    passed = sum(v is None for v in verdict)
+    note = (f"{len(keep)} of Perch's {len(perch_labels)} labels at {location.describe()} "
+            f"({len(keep) - passed} kept by BirdNET's range model, {passed} unknown to it passed through)")
+    return keep, tuple(f"{labels[i][0]}_{labels[i][1]}" for i in ranked), note
