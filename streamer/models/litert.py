@@ -4,10 +4,9 @@ an output.
 **Why.** BirdNET-Analyzer runs BirdNET 2.4 in the TFLite interpreter with XNNPACK off
 (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``), so that it can read the 1024-d embedding, an
 intermediate tensor (``model/GLOBAL_AVG_POOL/Mean``, the input of the final classifier). With
-XNNPACK on, the model runs about twice as fast on one thread (~30 against ~55-60 ms a
-window), but the delegate owns the intermediate tensors: reading one fails with "Tensor data
-is null". We want both: XNNPACK's speed, and the
-logits *and* the embedding of every window.
+XNNPACK on, the model runs about twice as fast on one thread (~30 against ~55-60 ms a window),
+but the delegate owns the intermediate tensors: reading one fails with "Tensor data is null".
+We want both: XNNPACK's speed, and the logits *and* the embedding of every window.
 
 **How.** The subgraph's list of output tensors is a small vector of int32 in the model's
 flatbuffer. :func:`with_outputs` appends a new vector to a copy of the file and points the
@@ -27,13 +26,13 @@ threads. With ``xnnpack=False`` and 1 thread this module equals the peer's inter
 exactly (0 difference).
 
 The alternative — the embedding as the only output and the logits as ``embedding @ W + b`` in
-numpy with ``W``, ``b`` read from the model's constants — was measured too and not taken: it
-is only marginally closer to the peer (on 16 windows, 4.4e-5 against 6.1e-5 in a logit, the
-same 1.3e-6 in a sigmoid: the difference is XNNPACK's, upstream of the classifier), no faster
-(the classifier is ~1 ms of ~30 ms per window), and numpy's multithreaded BLAS, spinning between calls, competed
-with the interpreter's threads and nearly doubled the time per window at batch 1 (see
-``benchmarks/litert_birdnet.py`` and its results). The two-output model also keeps the logits
-bit-identical to the file as shipped, and leaves nothing to compute outside LiteRT.
+numpy with ``W``, ``b`` read from the model's constants — was measured too and not taken: it is
+only marginally closer to the peer (on 16 windows, 4.4e-5 against 6.1e-5 in a logit, the same
+1.3e-6 in a sigmoid: the difference is XNNPACK's, upstream of the classifier), no faster (the
+classifier is ~1 ms of ~30 ms per window), and numpy's multithreaded BLAS, spinning between
+calls, competed with the interpreter's threads and nearly doubled the time per window at batch
+1 (see ``benchmarks/litert_birdnet.py`` and its results). The two-output model also keeps the
+logits bit-identical to the file as shipped, and leaves nothing to compute outside LiteRT.
 
 ai_edge_litert is imported only inside this module's functions, so ``import streamer`` does
 not need it.
