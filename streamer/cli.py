@@ -524,6 +524,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
         embeddings=args.embeddings_dtype or ("float32" if args.embeddings else None),
         labels=args.labels, scores=args.scores, species_list=args.species_list, split=args.split,
         location=_location(args),
+        detection_defaults=(recipe.detections.min_score, recipe.detections.top_k, recipe.detections.merge),
     )
     # Outputs that could not be written are refused before any model loads.
     check_out_dir(args.out)
@@ -699,6 +700,16 @@ def cmd_recipe(args: argparse.Namespace) -> int:
     members = ", ".join(f"{m.name} ({m.kind}" + (f", weight {m.weight:g})" if not m.is_head else ", head)") for m in recipe.members)
     print(f"{recipe.source}: recipe {recipe.name!r} is well formed: members {members}; "
           f"steps {' -> '.join(s.name for s in recipe.steps)}")
+    if recipe.classes != "competition":  # its own labels: the files are its front-end's
+        from streamer.stages import prepare_own_classes
+
+        plan = prepare_own_classes(InferConfig(artifacts_from_args(args)), recipe)
+        front = plan.model.litert
+        print(f"  {front.name}: {front.path} ({len(front.scientific)} labels in {front.labels_path}"
+              + (f"; range model {front.range_model}" if front.range_model else "") + ")")
+        print("every file it names is there and matches (hashes, label list); it runs with 'streamer archive' "
+              "(its windows are not the competition's)")
+        return EXIT_OK
     if args.data_dir is None:
         print("its files were not checked: add --data-dir, --perch and --moe-dir (as infer takes them) to check them")
         return EXIT_OK

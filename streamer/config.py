@@ -275,6 +275,8 @@ class ArchiveSettings:
             only) or ``none`` (the embeddings alone).
         scores: with ``labels="perch"``: ``probability`` (sigmoid) or ``logits``.
         species_list: with ``labels="perch"``: a file of Perch labels to keep, one per line.
+        detection_defaults: the recipe's ``(min_score, top_k, merge)`` defaults
+            (:class:`streamer.recipes.schema.Detections`; ``None`` each: streamer's own).
         location: the range model's place, week and threshold
             (:class:`streamer.archive.species.Location`; ``None``: no range filter).
         split: let several workers score one long input, each a range of its chunks, when there
@@ -301,6 +303,7 @@ class ArchiveSettings:
     species_list: Path | None = None
     split: bool = True
     location: object = None
+    detection_defaults: tuple = (None, None, None)
 
     def __post_init__(self) -> None:
         if self.labels not in ARCHIVE_LABELS:
@@ -330,11 +333,17 @@ class ArchiveSettings:
     def detections(self) -> tuple[float | None, int | None, bool]:
         """(min_score, top_k, merge) of the outputs; ``min_score`` is ``None`` when every score
         is written (wide, or the top-k long format)."""
+        d_min, d_top, d_merge = self.detection_defaults
+        table_min = TABLE_MIN_SCORE if d_min is None else d_min
+        table_top = TABLE_TOP_K if d_top is None else (d_top or None)
         if self.fmt in ("raven", "audacity"):
-            return (TABLE_MIN_SCORE if self.min_score is None else self.min_score,
-                    TABLE_TOP_K if self.top_k is None else self.top_k, True if self.merge is None else self.merge)
-        if self.min_score is not None or self.merge:
-            return (TABLE_MIN_SCORE if self.min_score is None else self.min_score, self.top_k, bool(self.merge))
+            return (table_min if self.min_score is None else self.min_score,
+                    table_top if self.top_k is None else self.top_k,
+                    (True if d_merge is None else d_merge) if self.merge is None else self.merge)
+        if self.min_score is not None or self.merge or (d_min is not None and self.top_k is None):
+            return (table_min if self.min_score is None else self.min_score,
+                    self.top_k if self.top_k is not None else (d_top or None),
+                    bool(d_merge) if self.merge is None else self.merge)
         if self.labels in ("perch", "recipe") and self.top_k is None:
             return None, TABLE_TOP_K, False  # never thousands of columns: the long format
         return None, self.top_k, False

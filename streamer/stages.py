@@ -605,6 +605,22 @@ def prepare(config: InferConfig, files: list[Path] | None = None, *, frame: Subm
     )
 
 
+def _check_competition_recipe(recipe) -> None:
+    """``infer``, ``cache`` and ``sweep`` write or score the competition's rows: twelve 5-s
+    windows per file in its classes. A recipe of other windows or of its model's own labels
+    runs in the archive."""
+    from streamer.recipes.schema import RecipeError
+
+    problems = []
+    if recipe.classes != "competition":
+        problems.append(f"recipe.classes = {recipe.classes!r}: the competition's rows need its classes")
+    if not recipe.framing.is_competition:
+        problems.append(f"framing: {recipe.framing.window_s:g}-s windows at {recipe.framing.sample_rate_hz} Hz "
+                        f"({recipe.framing.resampler}); the competition's rows are 5-s windows at 32000 Hz (soxr-hq)")
+    if problems:
+        raise RecipeError(recipe.source, [*problems[:-1], problems[-1] + f"; run it with 'streamer archive --recipe {recipe.name}'"])
+
+
 def bind_config(config: InferConfig, competition: Competition, *, need_reference: bool = True, recipe=None):
     """The run's recipe (with the command line's changes; ``recipe``: already read, else read
     from ``config``) bound to its files, and Perch's artifacts when the recipe reads a Perch
@@ -617,6 +633,7 @@ def bind_config(config: InferConfig, competition: Competition, *, need_reference
     from streamer.recipes.bind import Roots, bind_recipe, check_perch_sha, perch_files
 
     recipe = recipe if recipe is not None else config.ensemble.load_recipe()
+    _check_competition_recipe(recipe)
     art = config.artifacts
     perch = None
     where = perch_files(recipe, art.perch, art.perch_labels)

@@ -64,6 +64,7 @@ class ArchiveReport:
     models: dict[str, str] = field(default_factory=dict)
     backend_check: dict | None = None
     ranges: dict[str, int] = field(default_factory=dict)  # inputs split across workers: how many ranges each
+    licence: str = ""  # the models' terms (a recipe's [recipe] licence), said once per run
 
     @property
     def real_time_factor(self) -> float:
@@ -86,6 +87,8 @@ class ArchiveReport:
             lines.append("failed inputs are retried by running the same command with --retry-failed")
         if self.unfinished:
             lines.append(f"{len(self.unfinished)} input(s) not finished; rerun the same command to resume")
+        if self.licence:
+            lines.append(f"licence: {self.licence}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -107,6 +110,7 @@ class ArchiveReport:
             "models": dict(self.models),
             "backend_check": self.backend_check,
             "ranges": dict(self.ranges),
+            "licence": self.licence,
         }
 
 
@@ -283,7 +287,8 @@ def run_archive(plan: RunPlan, entries: list[ArchiveInput], settings: ArchiveSet
             "perch": "streamer.stages.prepare_perch_only"}[settings.labels])
     t0 = time.perf_counter()
     out_dir = check_out_dir(Path(settings.out_dir))
-    report = ArchiveReport(engine=settings.engine, n_inputs=len(entries))
+    report = ArchiveReport(engine=settings.engine, n_inputs=len(entries),
+                           licence=plan.recipe.recipe.licence if plan.recipe is not None else "")
     try:
         lock = OutputLock(out_dir)
         try:

@@ -261,6 +261,18 @@ class Prior:
 
 
 @dataclass(frozen=True)
+class Detections:
+    """The archive's detection defaults for this recipe's scores (``None``: streamer's own):
+    ``min_score`` (also makes a CSV or Parquet output a detection list, as BirdNET-Analyzer's
+    CSV is), ``top_k`` (0: no limit) and ``merge`` (consecutive windows of a class as one
+    event). The command line's flags override them."""
+
+    min_score: float | None = None
+    top_k: int | None = None
+    merge: bool | None = None
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A whole ensemble. ``source`` names where it came from (a path, or ``packaged:NAME``);
     ``folder`` is what relative member paths are relative to. ``classes``: the output's columns,
@@ -278,6 +290,7 @@ class Recipe:
     drop_order: tuple[str, ...]
     classes: str = "competition"
     licence: str = ""
+    detections: Detections = Detections()
     source: str = ""
     folder: Path | None = None
     text: str = field(default="", repr=False, compare=False)
@@ -410,6 +423,12 @@ def parse_recipe(doc: dict, source: str, *, folder: Path | None = None, text: st
     blend = _blend(errors, top.get("blend", (dict,), {}))
     prior = _prior(errors, top.get("prior", (dict,), {}))
     steps = _steps(errors, top.get("steps", (list,), [], required=True, what="an array of [[steps]] tables"), members)
+    det = _Reader(errors, top.get("detections", (dict,), {}), "detections")
+    detections = Detections(det.number("min_score", None, minimum=0.0), det.number("top_k", None, integer=True, minimum=0),
+                            det.get("merge", (bool,), None))
+    det.unknown()
+    if detections.min_score is not None and detections.min_score > 1:
+        errors.append(f"detections.min_score = {detections.min_score:g}: expected a score in [0, 1]")
     budget = _Reader(errors, top.get("budget", (dict,), {}), "budget")
     drop_order = budget.get("drop_order", (list,), [], what="an array of member names")
     budget.unknown()
@@ -421,7 +440,7 @@ def parse_recipe(doc: dict, source: str, *, folder: Path | None = None, text: st
         raise RecipeError(source, errors)
     return Recipe(name=name, description=description, framing=framing, frontends=frontends, members=members,
                   blend=blend, prior=prior, steps=steps, drop_order=drop_order, classes=classes or "competition",
-                  licence=licence or "", source=source, folder=folder, text=text)
+                  licence=licence or "", detections=detections, source=source, folder=folder, text=text)
 
 
 def _framing_fits(errors: list[str], framing: Framing, frontends: tuple[Frontend, ...]) -> None:
