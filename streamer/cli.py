@@ -525,6 +525,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
         labels=args.labels, scores=args.scores, species_list=args.species_list, split=args.split,
         location=_location(args),
         detection_defaults=(recipe.detections.min_score, recipe.detections.top_k, recipe.detections.merge),
+        table_style=recipe.detections.style,
     )
     # Outputs that could not be written are refused before any model loads.
     check_out_dir(args.out)

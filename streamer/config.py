@@ -275,6 +275,7 @@ class ArchiveSettings:
             only) or ``none`` (the embeddings alone).
         scores: with ``labels="perch"``: ``probability`` (sigmoid) or ``logits``.
         species_list: with ``labels="perch"``: a file of Perch labels to keep, one per line.
+        table_style: the tables' columns, ``streamer``'s or ``birdnet-analyzer``'s (a recipe's).
         detection_defaults: the recipe's ``(min_score, top_k, merge)`` defaults
             (:class:`streamer.recipes.schema.Detections`; ``None`` each: streamer's own).
         location: the range model's place, week and threshold
@@ -304,6 +305,7 @@ class ArchiveSettings:
     split: bool = True
     location: object = None
     detection_defaults: tuple = (None, None, None)
+    table_style: str = "streamer"
 
     def __post_init__(self) -> None:
         if self.labels not in ARCHIVE_LABELS:

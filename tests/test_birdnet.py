@@ -116,11 +116,11 @@ def test_a_species_the_source_names_is_found_where_it_sings(tmp_path):
     windows. BirdNET finds that warbler in exactly those windows at its default threshold."""
     code, out = _archive(tmp_path, [BIRDS], "--format", "csv")
     assert code == 0
-    rows = _rows(out / "birds_10s_32k.ogg.csv")
-    warbler = [(float(r["start_s"]), float(r["end_s"])) for r in rows if r["scientific_name"] == "Mniotilta varia"]
+    rows = _rows(out / "birds_10s_32k.ogg.csv")  # BirdNET-Analyzer's CSV columns
+    warbler = [(float(r["Start (s)"]), float(r["End (s)"])) for r in rows if r["Scientific name"] == "Mniotilta varia"]
     assert warbler == [(0.0, 3.0), (6.0, 9.0)]
-    assert all(float(r["score"]) >= 0.25 for r in rows)
-    assert {r["common_name"] for r in rows} >= {"Black-and-white Warbler"}
+    assert all(float(r["Confidence"]) >= 0.25 for r in rows)
+    assert {r["Common name"] for r in rows} >= {"Black-and-white Warbler"}
     # The last window (9-10.1 s) holds 1.1 s and is scored; a 4th window exists in the scores.
     summary = (out / "_summary.csv").read_text()
     assert "Black-and-white Warbler" in summary
@@ -148,7 +148,7 @@ def test_silence_gives_no_detection_and_noise_none_where_its_ghost_does_not_live
     code, out = _archive(tmp_path, [folder], "--format", "csv")
     assert code == 0
     assert _rows(out / "in" / "silence.wav.csv") == []
-    ghosts = {r["scientific_name"] for r in _rows(out / "in" / "noise.wav.csv")}
+    ghosts = {r["Scientific name"] for r in _rows(out / "in" / "noise.wav.csv")}
     assert "Dryobates minor" in ghosts  # the model's own ghost (module notes)
     code, out = _archive(tmp_path, [folder], "--format", "csv", "--lat", "-16.5", "--lon", "-56.7", "--week", "10", out="pantanal")
     assert code == 0
@@ -167,12 +167,12 @@ def test_the_range_model_narrows_the_columns_and_writes_its_list(tmp_path):
     kept = RangeModel(folder / RANGE_MODEL_FILE).species_list(40.44, -79.99, 20, 0.03)
     lines = (out / "_species_list.txt").read_text().splitlines()
     assert lines == [f"{labels[i][0]}_{labels[i][1]}" for i in kept]
-    names = {r["scientific_name"] for r in _rows(out / "birds_10s_32k.ogg.csv")}
+    names = {r["Scientific name"] for r in _rows(out / "birds_10s_32k.ogg.csv")}
     assert "Mniotilta varia" in names and names <= {labels[i][0] for i in kept}
     # The same clip with the Jura in May: the Pennsylvanian warblers are not expected there.
     code, out = _archive(tmp_path, [BIRDS], "--format", "csv", "--lat", "47.3", "--lon", "7.0", "--week", "21", out="jura")
     assert code == 0
-    assert "Mniotilta varia" not in {r["scientific_name"] for r in _rows(out / "birds_10s_32k.ogg.csv")}
+    assert "Mniotilta varia" not in {r["Scientific name"] for r in _rows(out / "birds_10s_32k.ogg.csv")}
 
 
 @needs_birdnet

@@ -105,6 +105,7 @@ def _output_settings(settings: ArchiveSettings) -> dict:
     where = settings.location
     return {
         **({} if where is None else {"range model (lat, lon, week, threshold)": [where.lat, where.lon, where.week, where.threshold]}),
+        **({} if settings.table_style == "streamer" else {"table style": settings.table_style}),
         "format": settings.fmt,
         "top_k": settings.detections[1],
         "min_score": settings.detections[0],

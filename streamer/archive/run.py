@@ -352,10 +352,8 @@ def _plan_tasks(entries, settings: ArchiveSettings, journal, report, plan: RunPl
     metadata = read_metadata_csv(settings.metadata) if settings.metadata else None
     previously_failed = {e.key.path for e in journal.failed()}
     model = plan.model if plan is not None else None
-    shape = {} if model is None else {
-        "framing": model.framing, "embedding_dim": model.embedding_dim,
-        # Raven's selection band: what the model hears (BirdNET: up to 15 kHz, as BirdNET-Analyzer draws it)
-        "high_freq_hz": 15000.0 if model.litert is not None else 16000.0}
+    shape = {} if model is None else {"framing": model.framing, "embedding_dim": model.embedding_dim,
+                                      "table_style": settings.table_style}
     tasks = []
     for entry in entries:
         out = output_path(out_dir, entry, fmt)
@@ -376,11 +374,24 @@ def _plan_tasks(entries, settings: ArchiveSettings, journal, report, plan: RunPl
                 log.warning("%s: %s", entry.path, problem)
                 continue
             when = recording_time(entry.path, metadata=metadata, site=settings.site, start_utc=settings.start_utc)
+            if model is not None and model.litert is not None:
+                # Raven's band as BirdNET-Analyzer draws it: up to 15 kHz, or the input's Nyquist
+                shape["high_freq_hz"] = min(15000.0, _native_rate(entry.path) / 2)
             tasks.append(ArchiveTask(entry.path.resolve(), str(entry.rel), out.resolve(), when, fmt, top_k,
                                      duration, key, min_score, merge, settings.summary_min_score,
                                      emb.resolve() if emb is not None else None, settings.embeddings or "float32",
                                      write_scores=settings.labels != "none", **shape))
     return tasks
+
+
+def _native_rate(path: Path) -> float:
+    import soundfile as sf
+
+    try:
+        return float(sf.info(str(path)).samplerate)
+    except Exception as exc:  # probe_input already read the header; a failure here is not expected
+        log.debug("%s: no sample rate (%s); the Raven band ends at 15 kHz", path, exc)
+        return 30000.0
 
 
 def _any_output(out_dir: Path) -> bool:

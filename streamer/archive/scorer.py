@@ -116,6 +116,7 @@ class ArchiveTask:
     framing: WindowFraming = PERCH_FRAMING  # the model's windows (their times in the outputs)
     embedding_dim: int = EMBEDDING_DIM  # the width of the embedding written
     high_freq_hz: float = 16000.0  # the top of Raven's selection band: what the model hears
+    table_style: str = "streamer"  # the tables' columns (streamer's, or BirdNET-Analyzer's)
 
     @property
     def label(self) -> str:
@@ -246,7 +247,7 @@ class InputSink:
             return ScoreWriter(task.out, task.rel, tuple(labels.codes), fmt=task.fmt, top_k=task.top_k, window_s=window_s)
         builder = EventBuilder(len(labels.codes), min_score=task.min_score, top_k=task.top_k, merge=task.merge)
         return TableWriter(task.out, task.rel, labels.codes, labels.common, labels.scientific, fmt=task.fmt, builder=builder,
-                           window_s=window_s, high_freq_hz=task.high_freq_hz)
+                           window_s=window_s, high_freq_hz=task.high_freq_hz, style=task.table_style, source_path=str(task.path))
 
     def write(self, first_window: int, probs: np.ndarray | None, embedding: np.ndarray, end_sample: int) -> None:
         """The scores and embeddings of windows ``first_window …`` (one chunk's worth), whose

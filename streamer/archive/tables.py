@@ -45,6 +45,18 @@ DETECTION_COLUMNS = ("file", "start_s", "end_s", "class", "common_name", "scient
                      "first_window", "last_window")
 #: Output file name endings by format.
 SUFFIXES = {"raven": ".selections.txt", "audacity": ".txt"}
+#: Table styles: ``streamer`` (the columns above) or ``birdnet-analyzer`` (BirdNET-Analyzer's
+#: own columns, number formats and row order, so scripts written for its tables read these).
+TABLE_STYLES = ("streamer", "birdnet-analyzer")
+#: BirdNET-Analyzer's columns: its Raven selection table, its CSV, its Audacity labels.
+BNA_RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
+                     "Common Name", "Species Code", "Confidence", "Begin Path", "File Offset (s)")
+BNA_CSV_COLUMNS = ("Start (s)", "End (s)", "Scientific name", "Common name", "Confidence", "File")
+
+
+def _bna_time(seconds: float) -> str:
+    """A time as BirdNET-Analyzer writes it: Python's repr of the value rounded to 0.01 s."""
+    return str(round(float(seconds), 2))
 
 
 @dataclass(frozen=True)
@@ -127,10 +139,15 @@ class TableWriter:
     """
 
     def __init__(self, path: Path, file_label: str, classes, common_names, scientific_names, *, fmt: str,
-                 builder: EventBuilder, window_s: float = WINDOW_S, high_freq_hz: float = HIGH_FREQ_HZ) -> None:
+                 builder: EventBuilder, window_s: float = WINDOW_S, high_freq_hz: float = HIGH_FREQ_HZ,
+                 style: str = "streamer", source_path: str | None = None) -> None:
+        if style not in TABLE_STYLES:
+            raise ValueError(f"style must be one of {TABLE_STYLES}, got {style!r}")
         self.path = Path(path)
         self.window_s = float(window_s)
         self.high_freq_hz = float(high_freq_hz)
+        self.style = style
+        self.source_path = source_path if source_path is not None else file_label
         self.file_label = file_label
         self.classes, self.common, self.scientific = tuple(classes), tuple(common_names), tuple(scientific_names)
         self.fmt = fmt
@@ -142,10 +159,12 @@ class TableWriter:
         self._rows: list[tuple[Event, float]] = []  # parquet/csv: one table written at close (events are few)
         self._held: list[tuple[int, int, int, Event, float]] = []  # closed, waiting for events open before them
         self._audio_end_s: float | None = None
-        if fmt in ("raven", "audacity"):
+        if fmt in ("raven", "audacity") or (fmt == "csv" and style == "birdnet-analyzer"):
             self._text = open(self._tmp, "w", encoding="utf-8", newline="")
-            if fmt == "raven":
-                self._text.write("\t".join(RAVEN_COLUMNS) + "\n")
+            header = {"raven": RAVEN_COLUMNS if style == "streamer" else BNA_RAVEN_COLUMNS,
+                      "csv": BNA_CSV_COLUMNS}.get(fmt)
+            if header is not None:
+                self._text.write(("\t" if fmt == "raven" else ",").join(header) + "\n")
 
     def write_chunk(self, first_window: int, probs: np.ndarray, audio_end_s: float | None = None) -> None:
         """The scores ``[n, C]`` of windows ``first_window …``; ``audio_end_s``: where the
@@ -159,7 +178,9 @@ class TableWriter:
     def _hold(self, events: list[Event]) -> None:
         for e in events:
             end_s = self._end(e) if self._audio_end_s is None else min(self._end(e), self._audio_end_s)
-            heapq.heappush(self._held, (e.first, e.cls, e.last, e, end_s))
+            # BirdNET-Analyzer lists a window's species from the highest confidence down
+            order = -e.score if self.style == "birdnet-analyzer" else e.cls
+            heapq.heappush(self._held, (e.first, order, e.cls, e.last, e, end_s))
 
     def _start(self, e: Event) -> float:
         return float(e.first * self.window_s)
@@ -171,7 +192,8 @@ class TableWriter:
         """The held events that begin before ``(first window, class)`` (all of them for None):
         an event closes when it ends, so one that began earlier may still be open."""
         out = []
-        while self._held and (before is None or self._held[0][:2] < before):
+        while self._held and (before is None or self._held[0][0] < before[0]
+                              or (self.style == "streamer" and self._held[0][:2] < before)):
             *_, e, end_s = heapq.heappop(self._held)
             out.append((e, end_s))
         return out
@@ -179,6 +201,9 @@ class TableWriter:
     def _emit(self, events: list[tuple[Event, float]]) -> None:
         if self._text is None:
             self._rows += events
+            return
+        if self.style == "birdnet-analyzer":
+            self._emit_bna(events)
             return
         begin_file = Path(self.file_label).name
         for e, end_s in events:
@@ -192,9 +217,33 @@ class TableWriter:
                 label = f"{self.common[e.cls]} ({e.score:.2f})".replace("\t", " ")
                 self._text.write(f"{self._start(e):.6f}\t{end_s:.6f}\t{label}\n")
 
+    def _emit_bna(self, events: list[tuple[Event, float]]) -> None:
+        """Rows as BirdNET-Analyzer writes them (its analyze command's table, csv and audacity
+        result types): times rounded to 0.01 s, confidences to 4 decimals, the input's path;
+        Raven's ``Species Code`` is the label itself, as BirdNET-Analyzer writes it for a label
+        its eBird code list lacks (streamer does not ship that list)."""
+        for e, end_s in events:
+            self.n_rows += 1
+            start, end = _bna_time(self._start(e)), _bna_time(end_s)
+            sci, common, score = self.scientific[e.cls], self.common[e.cls], f"{e.score:.4f}"
+            if self.fmt == "raven":
+                fields = [str(self.n_rows), "Spectrogram 1", "1", start, end, "0", str(int(self.high_freq_hz)), common,
+                          self.classes[e.cls], score, self.source_path, start]
+                self._text.write("\t".join(f.replace("\t", " ") for f in fields) + "\n")
+            elif self.fmt == "csv":
+                buf = io.StringIO()
+                csv.writer(buf, lineterminator="\n").writerow([start, end, sci, common, score, self.source_path])
+                self._text.write(buf.getvalue())
+            else:
+                self._text.write(f"{start}\t{end}\t{sci}, {common}\t{score}\n".replace("\r", " "))
+
     def close(self) -> Path:
         self._hold(self.builder.close())
         self._emit(self._release(None))
+        if self.style == "birdnet-analyzer" and self.fmt == "raven" and self.n_rows == 0:
+            # BirdNET-Analyzer's table of a recording without detections: one 'nocall' row
+            self._text.write("\t".join(["1", "Spectrogram 1", "1", "0", "3", "0", str(int(self.high_freq_hz)), "nocall",
+                                         "nocall", "1.0", self.source_path, "0"]) + "\n")
         if self._text is not None:
             self._text.close()
         else:

@@ -265,11 +265,13 @@ class Detections:
     """The archive's detection defaults for this recipe's scores (``None``: streamer's own):
     ``min_score`` (also makes a CSV or Parquet output a detection list, as BirdNET-Analyzer's
     CSV is), ``top_k`` (0: no limit) and ``merge`` (consecutive windows of a class as one
-    event). The command line's flags override them."""
+    event). The command line's flags override them. ``style``: the tables' columns and number
+    formats, ``streamer``'s or ``birdnet-analyzer``'s (its CSV, Raven and Audacity tables)."""
 
     min_score: float | None = None
     top_k: int | None = None
     merge: bool | None = None
+    style: str = "streamer"
 
 
 @dataclass(frozen=True)
@@ -425,7 +427,7 @@ def parse_recipe(doc: dict, source: str, *, folder: Path | None = None, text: st
     steps = _steps(errors, top.get("steps", (list,), [], required=True, what="an array of [[steps]] tables"), members)
     det = _Reader(errors, top.get("detections", (dict,), {}), "detections")
     detections = Detections(det.number("min_score", None, minimum=0.0), det.number("top_k", None, integer=True, minimum=0),
-                            det.get("merge", (bool,), None))
+                            det.get("merge", (bool,), None), det.choice("style", ("streamer", "birdnet-analyzer"), "streamer") or "streamer")
     det.unknown()
     if detections.min_score is not None and detections.min_score > 1:
         errors.append(f"detections.min_score = {detections.min_score:g}: expected a score in [0, 1]")
