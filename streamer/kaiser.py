@@ -207,7 +207,8 @@ class KaiserFast:
         self.precomputed = table_bytes <= max_table_bytes
         if self.precomputed:
             self._groups = [self._group_matrix(g0, g1) for g0, g1 in self._bounds]
-            self._rows = max(16, -(-_BLOCK_OUTPUTS // lr))
+            # at least 64 rows keep the GEMMs efficient when a row is long (large L)
+            self._rows = max(64, -(-_BLOCK_OUTPUTS // lr))
         else:
             # more rows per block spread the rebuilding over more outputs; blocks of at most
             # 64 periods and about 4M outputs bound the memory
