@@ -440,7 +440,8 @@ def _iter_chunks_kaiser(path: str, chunk_samples: int, first_chunk: int, end_chu
                 break
             o1 = min(o0 + chunk_samples, n_out)
             s0, s1 = (o0, o1) if resampler is None else resampler.support(o0, o1, n_piece)
-            x = reader.read(in0 + s0, in0 + s1)
+            # non-finite input samples are silence here (resampy would spread them over the filter's reach)
+            x = np.nan_to_num(reader.read(in0 + s0, in0 + s1), nan=0.0, posinf=0.0, neginf=0.0)
             y = x if resampler is None else resampler.span(x, s0, n_piece, o0, o1)
             samples = np.zeros(chunk_samples, dtype=np.float32)
             samples[: o1 - o0] = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)

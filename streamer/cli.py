@@ -328,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", nargs="+", choices=ARCHIVE_BENCH_SHAPES, default=list(ARCHIVE_BENCH_SHAPES), help="the same audio as: one input (split across the workers), the same input with --no-split, and 4 inputs of a quarter of the length each (default: all three)")
     p.add_argument("--repeats", type=_positive_int, default=None, help="interleaved repeats (default: 2, quick 1)")
     p.add_argument("--source", type=Path, default=None, metavar="FILE", help="recording looped to each length (default: the 16-min 22-kHz field recording shipped with streamer)")
+    p.add_argument("--recipe", default=None, metavar="birdnet", help="birdnet: BirdNET 2.4 in streamer beside BirdNET-Analyzer on the same files (1 x 16 min, 4 x 16 min, 1 x 2 h; quick: 1 x 4, 4 x 4, 1 x 16 min), and the model alone (the ceiling)")
+    p.add_argument("--peer-venv", type=Path, default=None, metavar="DIR", help="with --recipe birdnet: BirdNET-Analyzer 2.4.0's virtualenv (benchmarks/birdnet_peer/setup_peer.sh makes it); without it only streamer and the ceiling are measured")
     _add_bench_model_arguments(p)
     p.add_argument("--out-dir", type=Path, default=Path("bench-results"), help="where bench-archive.md, .json and .png go (default: %(default)s)")
     p.set_defaults(func=cmd_bench_archive)
@@ -411,6 +413,15 @@ def cmd_bench_archive(args: argparse.Namespace) -> int:
     from streamer.bench.archive import archive_markdown, draw_archive_chart, run_archive_bench
     from streamer.files import atomic_write_text
 
+    if args.recipe is not None:
+        if args.recipe != "birdnet":
+            raise ConfigError(f"bench-archive --recipe: only the packaged 'birdnet' recipe is measured beside its peer, not {args.recipe!r}")
+        from streamer.bench.birdnet import run_birdnet_bench, save
+
+        result = run_birdnet_bench(peer_venv=args.peer_venv, quick=args.quick, repeats=args.repeats or 1, source=args.source)
+        print(save(result, args.out_dir))
+        print(f"results: {args.out_dir / 'bench-birdnet.json'}")
+        return EXIT_OK
     result = run_archive_bench(
         _bench_models(args), source=args.source, lengths_min=tuple(args.lengths) if args.lengths else None,
         engines=tuple(args.engines), repeats=args.repeats, quick=args.quick, labels=tuple(args.labels),

@@ -22,7 +22,7 @@ from streamer.postprocess import flat_sigmoid
 from streamer.recipes import load_recipe
 
 DATA = Path(__file__).parent / "data" / "audio"
-BIRDS = DATA / "birds_10s_32k.ogg"
+BIRDS = Path(__file__).parent.parent / "streamer" / "data" / "audio" / "birds_10s_32k.ogg"
 JURA = DATA / "jura_S4A03895_20190522_24h_16min_22k.ogg"
 
 

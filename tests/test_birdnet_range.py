@@ -128,7 +128,7 @@ def _peer_file_for(case) -> list[Path]:
     """The fixture's list files whose names hold the case's latitude, longitude and week in turn
     (any separators; a '-' right after a digit is a separator, not a sign)."""
     found = []
-    for path in sorted(PEER_FIXTURE.glob("*.txt")):
+    for path in sorted(PEER_FIXTURE.glob("**/*species_list*.txt")):
         numbers = [float(n) for n in re.findall(r"(?<![\d.])-?\d+(?:\.\d+)?", path.stem)]
         if any(numbers[i:i + 3] == [float(v) for v in case] for i in range(len(numbers) - 2)):
             found.append(path)

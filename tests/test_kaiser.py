@@ -87,7 +87,7 @@ def test_table_equals_resampy_npz():
 def test_matches_librosa_kaiser_fast(excerpt, rate_in, rate_out):
     x = at_rate(excerpt, rate_in, seconds=2.0)
     ref = librosa_kaiser_fast(x, rate_in, rate_out)
-    k = KaiserFast(rate_in, rate_out)
+    k = KaiserFast(rate_in, rate_out, exact=False)
     y = k.resample(x)
     assert y.dtype == np.float32
     assert y.shape == ref.shape == (k.n_out(x.shape[0]),)
@@ -99,19 +99,43 @@ def test_matches_librosa_kaiser_fast(excerpt, rate_in, rate_out):
 
 
 def test_matches_committed_fixture():
-    """The same check without resampy: its outputs for three rate pairs, made once (README)."""
+    """The same check without resampy: its outputs for three rate pairs, made once (README);
+    the exact path to the bit, the matrix path within TOL."""
     ref = np.load(FIXTURE)
     for rate in (22050, 44100, 96000):
         x, want = ref[f"x_{rate}"], ref[f"y_{rate}"]
         y = KaiserFast(rate, 48000).resample(x)
         assert y.shape == want.shape
-        assert np.max(np.abs(y - want)) <= TOL, rate
+        np.testing.assert_array_equal(y[: want.shape[0]], want, err_msg=str(rate))
+        fast = KaiserFast(rate, 48000, exact=False).resample(x)
+        assert np.max(np.abs(fast - want)) <= TOL, rate
+
+
+@pytest.mark.parametrize("rate_in,rate_out", UP + DOWN + AWKWARD)
+def test_the_exact_path_is_resampy_to_the_bit(excerpt, rate_in, rate_out):
+    """resampy's float times, weights and float32 accumulation order: the same bits, so
+    BirdNET's confidences are BirdNET-Analyzer's."""
+    x = at_rate(excerpt, rate_in, seconds=2.0)
+    ref = librosa_kaiser_fast(x, rate_in, rate_out)
+    np.testing.assert_array_equal(KaiserFast(rate_in, rate_out, exact=True).resample(x), ref)
+
+
+def test_exact_spans_equal_the_whole_bit_for_bit(excerpt):
+    k = KaiserFast(44100, 48000, exact=True)
+    x = at_rate(excerpt, 44100, seconds=2.3)
+    n_in, n_out = x.shape[0], k.n_out(x.shape[0])
+    parts = []
+    for a in range(0, n_out, 7_777):
+        b = min(a + 7_777, n_out)
+        lo, hi = k.support(a, b, n_in)
+        parts.append(k.span(x[lo:hi], lo, n_in, a, b))
+    np.testing.assert_array_equal(np.concatenate(parts), k.resample(x))
 
 
 def test_fallback_matches_table(excerpt):
     """Rebuilding the group matrices per block (the memory-bounded path) gives the same numbers."""
     x = at_rate(excerpt, 44100, seconds=2.0)
-    kept, rebuilt = KaiserFast(44100, 48000), KaiserFast(44100, 48000, max_table_bytes=0)
+    kept, rebuilt = KaiserFast(44100, 48000, exact=False), KaiserFast(44100, 48000, max_table_bytes=0, exact=False)
     assert kept.precomputed and not rebuilt.precomputed
     assert np.max(np.abs(kept.resample(x) - rebuilt.resample(x))) <= 1e-7
 
@@ -180,7 +204,7 @@ def test_span_blocks_equal_whole(excerpt, rate_in, rate_out, max_table_bytes):
     """60-s style streaming with smaller blocks: spans from just their support, concatenated,
     are bit for bit the whole resample, including librosa's padding zero at the end."""
     kw = {} if max_table_bytes is None else {"max_table_bytes": max_table_bytes}
-    k = KaiserFast(rate_in, rate_out, **kw)
+    k = KaiserFast(rate_in, rate_out, exact=False, **kw)
     x = at_rate(excerpt, rate_in, seconds=2.3)
     n_in = x.shape[0]
     whole = k.resample(x)
