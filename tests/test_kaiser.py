@@ -107,21 +107,34 @@ def test_matches_committed_fixture():
         y = KaiserFast(rate, 48000).resample(x)
         assert y.shape == want.shape
         np.testing.assert_array_equal(y[: want.shape[0]], want, err_msg=str(rate))
+        slow = KaiserFast(rate, 48000)
+        slow.use_numba = False
+        np.testing.assert_array_equal(slow.resample(x), want, err_msg=f"{rate}, numpy path")
         fast = KaiserFast(rate, 48000, exact=False).resample(x)
         assert np.max(np.abs(fast - want)) <= TOL, rate
 
 
+def _exact(rate_in, rate_out, compiled: bool) -> KaiserFast:
+    if compiled:
+        pytest.importorskip("numba", reason="numba (the compiled exact loop) is not installed")
+    k = KaiserFast(rate_in, rate_out, exact=True)
+    k.use_numba = compiled
+    return k
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["numpy", "numba"])
 @pytest.mark.parametrize("rate_in,rate_out", UP + DOWN + AWKWARD)
-def test_the_exact_path_is_resampy_to_the_bit(excerpt, rate_in, rate_out):
+def test_the_exact_path_is_resampy_to_the_bit(excerpt, rate_in, rate_out, compiled):
     """resampy's float times, weights and float32 accumulation order: the same bits, so
-    BirdNET's confidences are BirdNET-Analyzer's."""
+    BirdNET's confidences are BirdNET-Analyzer's; the compiled loop and the numpy one alike."""
     x = at_rate(excerpt, rate_in, seconds=2.0)
     ref = librosa_kaiser_fast(x, rate_in, rate_out)
-    np.testing.assert_array_equal(KaiserFast(rate_in, rate_out, exact=True).resample(x), ref)
+    np.testing.assert_array_equal(_exact(rate_in, rate_out, compiled).resample(x), ref)
 
 
-def test_exact_spans_equal_the_whole_bit_for_bit(excerpt):
-    k = KaiserFast(44100, 48000, exact=True)
+@pytest.mark.parametrize("compiled", [False, True], ids=["numpy", "numba"])
+def test_exact_spans_equal_the_whole_bit_for_bit(excerpt, compiled):
+    k = _exact(44100, 48000, compiled)
     x = at_rate(excerpt, 44100, seconds=2.3)
     n_in, n_out = x.shape[0], k.n_out(x.shape[0])
     parts = []
