@@ -255,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--lon", type=float, default=None, help="longitude (with --lat; -180..180)")
     bn.add_argument("--week", type=int, default=None, help="week of the year for the range model, 1-48 (4 per month), or -1 for the whole year (default: -1)")
     bn.add_argument("--sf-thresh", type=float, default=0.03, metavar="T", help="the range model's threshold: a species is kept when its score is >= T (default: %(default)s, BirdNET-Analyzer's)")
+    bn.add_argument("--range-from-metadata", action="store_true", help="each recording's own species list: the range model at the lat,lon columns of --metadata, in the week of the recording's start (or --week); species off a recording's list score 0 there; the lists go to _species_lists.csv")
     a.add_argument("--embeddings", action="store_true", help="also write each window's 1536-d Perch embedding, one Parquet file per input under <out>/_embeddings/ (file, window, start_s, end_s, embedding)")
     a.add_argument("--embeddings-dtype", choices=EMBEDDING_DTYPES, default=None, help="float32 (Perch's own values) or float16 (half the size) (default: float32; implies --embeddings)")
     a.add_argument("--archive-table", action="store_true", help="with --format raven: also one selection table of the whole archive, _archive.selections.txt")
@@ -466,6 +467,15 @@ def _check_birdnet_flags(args: argparse.Namespace, own: bool) -> None:
     """The range model's flags go together, and only with a recipe of its model's labels or
     Perch's own labels."""
     given = [flag for flag, value in (("--lat", args.lat), ("--lon", args.lon), ("--week", args.week)) if value is not None]
+    if args.range_from_metadata:
+        if args.metadata is None:
+            raise ConfigError("--range-from-metadata reads each recording's lat,lon from --metadata CSV: give it")
+        if args.lat is not None or args.lon is not None or args.species_list is not None:
+            raise ConfigError("--range-from-metadata and --lat/--lon or --species-list: give one")
+        if not own and args.labels != "perch":
+            raise ConfigError("--range-from-metadata: the range model filters BirdNET's labels (--recipe birdnet) or "
+                              "Perch's (--labels perch), not the competition's classes")
+        return
     if not given:
         return
     if (args.lat is None) != (args.lon is None):
@@ -560,6 +570,13 @@ def cmd_archive(args: argparse.Namespace) -> int:
         log.error("interrupted before scoring; rerun the same command to score")
         _report_out(report_before_scoring(entries, settings, time.monotonic() - args.start_time), args.report_json)
         return EXIT_INTERRUPTED
+    if args.range_from_metadata:
+        from streamer.archive.species import PlaceFilter
+
+        litert = plan.model.litert
+        settings = dataclasses.replace(settings, place_filter=PlaceFilter(
+            plan.class_labels.scientific, args.sf_thresh, args.week, args.birdnet_dir,
+            range_model=litert.range_model if litert is not None else None))
     try:
         report = run_archive(plan, entries, settings)
     except ArchiveEngineError as exc:

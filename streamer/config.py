@@ -278,6 +278,8 @@ class ArchiveSettings:
         table_style: the tables' columns, ``streamer``'s or ``birdnet-analyzer``'s (a recipe's).
         detection_defaults: the recipe's ``(min_score, top_k, merge)`` defaults
             (:class:`streamer.recipes.schema.Detections`; ``None`` each: streamer's own).
+        place_filter: each recording's own range-model list, from the metadata CSV's
+            ``lat,lon`` (:class:`streamer.archive.species.PlaceFilter`; ``None``: none).
         location: the range model's place, week and threshold
             (:class:`streamer.archive.species.Location`; ``None``: no range filter).
         split: let several workers score one long input, each a range of its chunks, when there
@@ -304,6 +306,7 @@ class ArchiveSettings:
     species_list: Path | None = None
     split: bool = True
     location: object = None
+    place_filter: object = None
     detection_defaults: tuple = (None, None, None)
     table_style: str = "streamer"
 
@@ -314,7 +317,8 @@ class ArchiveSettings:
             raise ConfigError(f"--scores must be one of {', '.join(SCORE_KINDS)}, got {self.scores!r}")
         if self.labels != "perch" and self.scores != "probability":
             raise ConfigError("--scores goes with --labels perch")
-        if self.labels not in ("perch", "recipe") and (self.species_list is not None or self.location is not None):
+        if self.labels not in ("perch", "recipe") and (self.species_list is not None or self.location is not None
+                                                        or self.place_filter is not None):
             raise ConfigError("--species-list and --lat/--lon go with --labels perch or a recipe of its model's own labels")
         if self.labels == "none" and self.embeddings is None:
             raise ConfigError("--labels none writes the embeddings alone: add --embeddings")

@@ -212,3 +212,37 @@ def test_infer_refuses_a_recipe_of_other_windows_with_one_line():
         _check_competition_recipe(load_recipe("birdnet"))
     assert "streamer archive --recipe birdnet" in str(info.value)
     _check_competition_recipe(load_recipe())  # the model-card recipe passes
+
+
+@needs_birdnet
+def test_each_recording_gets_the_species_list_of_its_own_place_and_week(tmp_path):
+    """--range-from-metadata: the same clip recorded in Pennsylvania and in the Jura (metadata
+    lat,lon; the week from each start time): the warbler stays where it lives, and each
+    recording's list is written to _species_lists.csv."""
+    import shutil
+
+    from streamer.birdnet.files import LABELS_FILE, RANGE_MODEL_FILE, find_model_dir, read_labels
+    from streamer.birdnet.range import RangeModel, week_of
+    import datetime as dt
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(BIRDS, folder / "pennsylvania.ogg")
+    shutil.copy(BIRDS, folder / "jura.ogg")
+    meta = tmp_path / "meta.csv"
+    meta.write_text("path,site,start,lat,lon\n"
+                    f"{folder / 'pennsylvania.ogg'},PA,2021-05-12T10:00:00Z,40.44,-79.99\n"
+                    f"{folder / 'jura.ogg'},JU,2019-05-22T04:00:00Z,47.3,7.0\n")
+    code, out = _archive(tmp_path, [folder], "--format", "csv", "--metadata", str(meta), "--range-from-metadata")
+    assert code == 0
+    assert "Mniotilta varia" in {r["Scientific name"] for r in _rows(out / "in" / "pennsylvania.ogg.csv")}
+    assert "Mniotilta varia" not in {r["Scientific name"] for r in _rows(out / "in" / "jura.ogg.csv")}
+    lists = _rows(out / "_species_lists.csv")
+    folder_ = find_model_dir()
+    labels = read_labels(folder_ / LABELS_FILE)
+    model = RangeModel(folder_ / RANGE_MODEL_FILE)
+    for name, lat, lon, day in (("pennsylvania.ogg", 40.44, -79.99, dt.date(2021, 5, 12)), ("jura.ogg", 47.3, 7.0, dt.date(2019, 5, 22))):
+        week = week_of(day)
+        rows = [r for r in lists if r["recording"] == f"in/{name}"]
+        assert {r["week"] for r in rows} == {str(week)}
+        assert [r["scientific_name"] for r in rows] == [labels[i][0] for i in model.species_list(lat, lon, week)]

@@ -106,6 +106,8 @@ def _output_settings(settings: ArchiveSettings) -> dict:
     return {
         **({} if where is None else {"range model (lat, lon, week, threshold)": [where.lat, where.lon, where.week, where.threshold]}),
         **({} if settings.table_style == "streamer" else {"table style": settings.table_style}),
+        **({} if settings.place_filter is None else {"range model per recording (week, threshold)": [
+            settings.place_filter.week, settings.place_filter.threshold]}),
         "format": settings.fmt,
         "top_k": settings.detections[1],
         "min_score": settings.detections[0],

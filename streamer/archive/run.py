@@ -377,11 +377,27 @@ def _plan_tasks(entries, settings: ArchiveSettings, journal, report, plan: RunPl
             if model is not None and model.litert is not None:
                 # Raven's band as BirdNET-Analyzer draws it: up to 15 kHz, or the input's Nyquist
                 shape["high_freq_hz"] = min(15000.0, _native_rate(entry.path) / 2)
+            if settings.place_filter is not None:
+                got = settings.place_filter.mask(when)
+                shape["keep"] = None if got is None else got[0]
             tasks.append(ArchiveTask(entry.path.resolve(), str(entry.rel), out.resolve(), when, fmt, top_k,
                                      duration, key, min_score, merge, settings.summary_min_score,
                                      emb.resolve() if emb is not None else None, settings.embeddings or "float32",
                                      write_scores=settings.labels != "none", **shape))
     return tasks
+
+
+def _write_species_lists(out_dir: Path, entries, settings: ArchiveSettings) -> None:
+    """``_species_lists.csv``: every input's own range-model list (its place and week)."""
+    from streamer.archive.species import SPECIES_LISTS_FILE, SPECIES_LISTS_HEADER
+    from streamer.files import atomic_write_text
+
+    metadata = read_metadata_csv(settings.metadata) if settings.metadata else None
+    lines = [SPECIES_LISTS_HEADER]
+    for entry in entries:
+        when = recording_time(entry.path, metadata=metadata, site=settings.site, start_utc=settings.start_utc)
+        lines += settings.place_filter.rows(str(entry.rel), when)
+    atomic_write_text(out_dir / SPECIES_LISTS_FILE, "\n".join(lines) + "\n")
 
 
 def _native_rate(path: Path) -> float:
@@ -443,6 +459,8 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float, report: Arc
         from streamer.files import atomic_write_text
 
         atomic_write_text(out_dir / SPECIES_FILE, "".join(line + "\n" for line in plan.species))
+    if settings.place_filter is not None:
+        _write_species_lists(out_dir, entries, settings)
     tasks = _plan_tasks(entries, settings, journal, report, plan)
     if not tasks:
         return _finish_tables(out_dir, settings, report, t0, None)

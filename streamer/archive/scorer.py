@@ -117,6 +117,7 @@ class ArchiveTask:
     embedding_dim: int = EMBEDDING_DIM  # the width of the embedding written
     high_freq_hz: float = 16000.0  # the top of Raven's selection band: what the model hears
     table_style: str = "streamer"  # the tables' columns (streamer's, or BirdNET-Analyzer's)
+    keep: object = None  # bool [C]: this recording's species list (--range-from-metadata); others score 0
 
     @property
     def label(self) -> str:
@@ -253,6 +254,8 @@ class InputSink:
         """The scores and embeddings of windows ``first_window …`` (one chunk's worth), whose
         real audio ends ``end_sample`` samples (at the model's rate) from the recording's start."""
         task = self.task
+        if task.keep is not None and probs is not None:
+            probs = np.where(task.keep[None, :], probs, np.float32(0.0)).astype(np.float32, copy=False)
         if isinstance(self.writer, TableWriter):
             self.writer.write_chunk(first_window, probs, audio_end_s=end_sample / task.framing.rate_hz)
         else:

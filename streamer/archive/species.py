@@ -122,3 +122,67 @@ def perch_keep(perch_labels: tuple[str, ...], location: Location, birdnet_dir: P
     note = (f"{len(keep)} of Perch's {len(perch_labels)} labels at {location.describe()} "
             f"({len(keep) - passed} kept by BirdNET's range model, {passed} unknown to it passed through)")
     return keep, tuple(f"{labels[i][0]}_{labels[i][1]}" for i in ranked), note
+
+
+class PlaceFilter:
+    """Each recording's own species list (``--range-from-metadata``): the range model at the
+    recording's place (the metadata CSV's ``lat,lon``) in the week of its start (or ``--week``),
+    as a mask over the run's columns, matched by scientific name (BirdNET's own labels match
+    one to one; for Perch's, names BirdNET does not know stay). Lists are computed once per
+    place and week. A recording without a place keeps every column."""
+
+    def __init__(self, scientific: tuple[str, ...], threshold: float, week: int | None, birdnet_dir: Path | None,
+                 range_model: Path | None = None) -> None:
+        from streamer.birdnet.files import LABELS_FILE, RANGE_MODEL_FILE, find_model_dir, read_labels
+        from streamer.birdnet.range import RangeModel, check_threshold
+
+        folder = find_model_dir(birdnet_dir) if range_model is None else Path(range_model).parent
+        self.labels = read_labels(folder / LABELS_FILE)
+        self.model = RangeModel(range_model if range_model is not None else folder / RANGE_MODEL_FILE)
+        self.model._check_labels(self.labels)
+        self.scientific = tuple(scientific)
+        self.threshold = check_threshold(threshold)
+        self.week = week
+        self._cache: dict[tuple, tuple] = {}
+
+    def week_of(self, when) -> int:
+        from streamer.birdnet.range import week_of
+
+        if self.week is not None:
+            return self.week
+        return week_of(when.start_utc.date()) if when.start_utc is not None else -1
+
+    def mask(self, when):
+        """``(mask over the columns, the kept BirdNET species in the model's order, week)`` of a
+        recording, or ``None`` when it has no place."""
+        import numpy as np
+
+        from streamer.birdnet.range import by_scientific_name
+
+        if when.lat is None or when.lon is None:
+            return None
+        week = self.week_of(when)
+        key = (when.lat, when.lon, week)
+        if key not in self._cache:
+            kept = self.model.species_list(when.lat, when.lon, week, self.threshold)
+            verdict = by_scientific_name(kept, self.labels, list(self.scientific))
+            self._cache[key] = (np.array([v is not False for v in verdict], dtype=bool), tuple(kept), week)
+        return self._cache[key]
+
+    def rows(self, recording: str, when) -> list[str]:
+        """The recording's lines of ``_species_lists.csv``."""
+        got = self.mask(when)
+        if got is None:
+            return []
+        _, kept, week = got
+        return [",".join(_csv_field(v) for v in (recording, f"{when.lat:g}", f"{when.lon:g}", str(week),
+                                                 self.labels[i][0], self.labels[i][1])) for i in kept]
+
+
+#: Per-recording lists (``--range-from-metadata``), one row per recording and species kept.
+SPECIES_LISTS_FILE = "_species_lists.csv"
+SPECIES_LISTS_HEADER = "recording,lat,lon,week,scientific_name,common_name"
+
+
+def _csv_field(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"' if any(c in value for c in ',"\n') else value

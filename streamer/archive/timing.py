@@ -1,6 +1,7 @@
 """Where and when a recording was made: the site and the UTC hour of each 60-s chunk.
 
-Sources, in order: a metadata CSV row for the file (``path,site,start``), the competition file
+Sources, in order: a metadata CSV row for the file (``path,site,start``, optionally ``lat,lon``:
+where it was recorded, for BirdNET's range model), the competition file
 name pattern (``BC2026_Train_0001_S05_20250227_010002``), the ``--site`` / ``--start-utc``
 options, else unknown (site ``S00``, hour 0, as the Kaggle path treats unparsable names). With a
 known start time every chunk gets the hour of its own start, so a 10-hour file crosses hours.
@@ -26,6 +27,8 @@ class RecordingTime:
 
     site: str = UNKNOWN_SITE
     start_utc: datetime | None = None
+    lat: float | None = None
+    lon: float | None = None
 
     def hour_at(self, offset_s: float) -> int:
         """UTC hour at ``offset_s`` seconds into the recording (0 when the start is unknown)."""
@@ -57,7 +60,8 @@ def from_name(stem: str) -> RecordingTime | None:
 
 
 def read_metadata_csv(path: Path) -> dict[Path, RecordingTime]:
-    """``path,site,start`` rows keyed by resolved path (relative paths: from the CSV's folder)."""
+    """``path,site,start`` rows (and ``lat,lon`` where the CSV has them; blank: unknown) keyed by
+    resolved path (relative paths: from the CSV's folder)."""
     table: dict[Path, RecordingTime] = {}
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
@@ -71,7 +75,15 @@ def read_metadata_csv(path: Path) -> dict[Path, RecordingTime]:
                 start = parse_utc(row["start"]) if row["start"].strip() else None
             except ConfigError as exc:
                 raise ConfigError(f"{path}, line {line_no}: {exc}") from exc
-            table[file.resolve()] = RecordingTime(site=row["site"].strip() or UNKNOWN_SITE, start_utc=start)
+            place = []
+            for key in ("lat", "lon"):
+                text = (row.get(key) or "").strip()
+                try:
+                    place.append(float(text) if text else None)
+                except ValueError:
+                    raise ConfigError(f"{path}, line {line_no}: {key} = {text!r} is not a number") from None
+            table[file.resolve()] = RecordingTime(site=row["site"].strip() or UNKNOWN_SITE, start_utc=start,
+                                                  lat=place[0], lon=place[1])
     return table
 
 
