@@ -21,7 +21,7 @@ from streamer.config import (
     ARCHIVE_ENGINES, ARCHIVE_FORMATS, TABLE_MIN_SCORE, TABLE_TOP_K, DEFAULT_DRY_RUN_FILES, ENGINES, STUDENT_BACKENDS,
     ArchiveSettings, ArtifactSettings, EnsembleSettings, ExecutionSettings, InferConfig, default_cache_dir,
 )
-from streamer.config import ARCHIVE_BENCH_SHAPES, ARCHIVE_LABELS, SCORE_KINDS, DEFAULT_SMOOTH, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S, EMBEDDING_DTYPES
+from streamer.config import ARCHIVE_BENCH_SHAPES, ARCHIVE_LABELS, SCORE_KINDS, DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TASK_TIMEOUT_S, EMBEDDING_DTYPES
 from streamer.config import BACKEND_CHOICES, DEFAULT_BUDGET_MINUTES, PRECISIONS
 from streamer.errors import ConfigError, OutputWriteError, StreamerError
 from streamer.install import install_hint
@@ -634,7 +634,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from streamer.validate.cache import load_cache
     from streamer.files import atomic_write_text
     from streamer.validate.score import class_groups
-    from streamer.validate.sweep import SweepPoint, assign_prior_folds, draw_heatmap, parse_grid, prepare_sweep, run_sweep
+    from streamer.validate.sweep import assign_prior_folds, draw_heatmap, parse_grid, prepare_sweep, run_sweep
 
     config = validation_config(args)
     points, values = parse_grid(args.grid, config.ensemble.load_recipe())

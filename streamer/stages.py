@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from streamer.artifacts import UNMATCHED_LOGIT, resolve_perch, resolve_perch_lab
 from streamer.audio import PERCH_FRAMING, WINDOW_SAMPLES, WindowFraming, read_span
 from streamer.config import SCORE_KINDS, InferConfig
 from streamer.errors import ArtifactError, AudioDecodeError
-from streamer.metadata import N_WINDOWS_PER_FILE, ClassLabels, Competition, file_stem, load_competition, parse_hour, parse_site
+from streamer.metadata import N_WINDOWS_PER_FILE, ClassLabels, Competition, file_stem, load_competition
 from streamer.models.graphs import BackendChoice, ThreadSettings, windows_per_call
 from streamer.ensemble import RecipeReducer, ReduceSpec
 from streamer.prior import PriorTables, fit_prior
@@ -377,7 +377,7 @@ def prepare_perch_only(config: InferConfig, *, scores: str = "probability", spec
                        location=None) -> RunPlan:
     """The plan of ``archive --labels perch``: Perch alone, its own classes (all 14,795, or
     those of ``species_list``, or those BirdNET's range model keeps at ``location``
-    (:class:`streamer.archive.species.Location`), by scientific name); reads no competition
+    (:class:`streamer.birdnet.places.Location`), by scientific name); reads no competition
     folder and no MoE bundle.
 
     Raises:
@@ -393,7 +393,7 @@ def prepare_perch_only(config: InferConfig, *, scores: str = "probability", spec
     chosen = read_species_list(species_list, perch.labels) if species_list is not None else tuple(range(len(perch.labels)))
     species, note = None, f"{len(chosen)} of Perch's {len(perch.labels)} labels"
     if location is not None:
-        from streamer.archive.species import perch_keep
+        from streamer.birdnet.places import perch_keep
 
         chosen, species, note = perch_keep(perch.labels, location, config.artifacts.birdnet_dir)
     names = tuple(perch.labels[i] for i in chosen)

@@ -246,3 +246,28 @@ def test_each_recording_gets_the_species_list_of_its_own_place_and_week(tmp_path
         rows = [r for r in lists if r["recording"] == f"in/{name}"]
         assert {r["week"] for r in rows} == {str(week)}
         assert [r["scientific_name"] for r in rows] == [labels[i][0] for i in model.species_list(lat, lon, week)]
+
+
+@needs_birdnet
+def test_perchs_own_labels_are_filtered_by_scientific_name(kit, tmp_path):
+    """--labels perch --lat/--lon: a Perch class BirdNET keeps stays, one it knows but does not
+    keep at the place goes, one it does not know passes through; the BirdNET list is written."""
+    import shutil
+
+    from streamer.archive.species import Location
+    from streamer.config import ArtifactSettings, InferConfig
+    from streamer.stages import prepare_perch_only
+
+    labels = tmp_path / "labels.csv"
+    lines = kit.perch_labels.read_text(encoding="utf-8").splitlines()
+    lines[1:4] = ["Turdus merula", "Ramphastos toco", "Gryllus campestris"]  # after the header
+    labels.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    onnx = tmp_path / kit.perch_onnx.name
+    shutil.copy(kit.perch_onnx, onnx)
+    config = InferConfig(ArtifactSettings(None, onnx, None, perch_labels=labels))
+    plan = prepare_perch_only(config, location=Location(47.3, 7.0, 21))
+    kept = set(plan.class_labels.codes)
+    assert "Turdus merula" in kept and "Ramphastos toco" not in kept and "Gryllus campestris" in kept
+    assert len(kept) == len(lines) - 1 - 1  # only the toucan goes: the stand-in's other names are unknown to BirdNET
+    assert plan.species is not None and "Turdus merula_Eurasian Blackbird" in plan.species
+    assert "passed through" in plan.notes[0]
