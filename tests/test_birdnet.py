@@ -271,3 +271,26 @@ def test_perchs_own_labels_are_filtered_by_scientific_name(kit, tmp_path):
     assert len(kept) == len(lines) - 1 - 1  # only the toucan goes: the stand-in's other names are unknown to BirdNET
     assert plan.species is not None and "Turdus merula_Eurasian Blackbird" in plan.species
     assert "passed through" in plan.notes[0]
+
+
+@needs_birdnet
+def test_a_folder_of_the_model_files_resumes_and_refuses_other_settings(tmp_path, capsys):
+    """--birdnet-dir (the three files anywhere), a rerun resumes from the journal, and a rerun
+    with another sensitivity is refused (the folder holds one configuration)."""
+    import shutil
+
+    from streamer.birdnet.files import find_model_dir
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for path in find_model_dir().glob("BirdNET_GLOBAL_6K_V2.4_*"):
+        shutil.copy(path, folder / path.name)
+    code, out = _archive(tmp_path, [BIRDS], "--format", "csv", "--birdnet-dir", str(folder))
+    assert code == 0
+    first = (out / "birds_10s_32k.ogg.csv").read_bytes()
+    capsys.readouterr()
+    code, out = _archive(tmp_path, [BIRDS], "--format", "csv", "--birdnet-dir", str(folder))
+    assert code == 0 and "0 scored, 1 already finished" in capsys.readouterr().out
+    assert (out / "birds_10s_32k.ogg.csv").read_bytes() == first
+    code, out = _archive(tmp_path, [BIRDS], "--format", "csv", "--birdnet-dir", str(folder), "--sensitivity", "1.2")
+    assert code == 2 and "sensitivity" in capsys.readouterr().err
