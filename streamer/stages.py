@@ -342,9 +342,11 @@ def make_reducer(spec):
     return PerchScores(spec) if isinstance(spec, PerchScoresSpec) else Reducer(spec)
 
 
-def read_species_list(path: Path, labels: tuple[str, ...]) -> tuple[int, ...]:
-    """Positions in Perch's label list of the names in ``path`` (one per line; blank lines and
-    lines starting with ``#`` skipped), in the file's order.
+def read_species_list(path: Path, labels, *, what: str = "Perch's label list") -> tuple[int, ...]:
+    """Positions in a label list of the names in ``path`` (one per line; blank lines and lines
+    starting with ``#`` skipped), in the file's order, each once. ``labels``: the list's names
+    in order, or a mapping ``{name: position}`` (several names for one position: BirdNET's
+    ``Scientific_Common`` lines and scientific names).
 
     Raises:
         ConfigError: an unknown name (with the closest names of the list), or no name at all.
@@ -360,17 +362,16 @@ def read_species_list(path: Path, labels: tuple[str, ...]) -> tuple[int, ...]:
     names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not names:
         raise ConfigError(f"{path}: the species list names no species")
-    index = {name: i for i, name in enumerate(labels)}
+    index = labels if isinstance(labels, dict) else {name: i for i, name in enumerate(labels)}
     unknown = [n for n in names if n not in index]
     if unknown:
         hints = []
         for name in unknown[:10]:
-            close = difflib.get_close_matches(name, labels, n=3, cutoff=0.6)
+            close = difflib.get_close_matches(name, list(index), n=3, cutoff=0.6)
             hints.append(f"{name!r}" + (f" (closest: {', '.join(repr(c) for c in close)})" if close else " (nothing close)"))
         more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-        raise ConfigError(f"{path}: not in Perch's label list: " + "; ".join(hints) + more)
-    seen: dict[str, None] = dict.fromkeys(names)  # duplicates once, first position kept
-    return tuple(index[n] for n in seen)
+        raise ConfigError(f"{path}: not in {what}: " + "; ".join(hints) + more)
+    return tuple(dict.fromkeys(index[n] for n in names))  # duplicates once, first position kept
 
 
 def prepare_perch_only(config: InferConfig, *, scores: str = "probability", species_list: Path | None = None,

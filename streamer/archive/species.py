@@ -14,7 +14,6 @@ BirdNET does not know (an insect, a frog, another taxonomy's name) passes throug
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 from streamer.birdnet.places import Location, range_species
@@ -28,32 +27,19 @@ SPECIES_FILE = "_species_list.txt"
 
 def read_names(path: Path, scientific: tuple[str, ...], common: tuple[str, ...]) -> tuple[int, ...]:
     """Label positions of the names in a species-list file: ``Scientific_Common`` lines (the
-    label file's own, BirdNET-Analyzer's ``--slist``) or scientific names; blank lines and
-    ``#`` comments skipped; in the file's order, each once.
+    label file's own, BirdNET-Analyzer's ``--slist``) or scientific names
+    (:func:`streamer.stages.read_species_list`).
 
     Raises:
         ConfigError: unreadable, empty, or an unknown name (with the closest ones).
     """
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the species list ({exc})") from exc
-    names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not names:
-        raise ConfigError(f"{path}: the species list names no species")
+    from streamer.stages import read_species_list
+
     index: dict[str, int] = {}
     for i, (s, c) in enumerate(zip(scientific, common)):
         index.setdefault(f"{s}_{c}", i)
         index.setdefault(s, i)
-    unknown = [n for n in names if n not in index]
-    if unknown:
-        hints = []
-        for name in unknown[:10]:
-            close = difflib.get_close_matches(name, list(index), n=3, cutoff=0.6)
-            hints.append(f"{name!r}" + (f" (closest: {', '.join(repr(c) for c in close)})" if close else " (nothing close)"))
-        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-        raise ConfigError(f"{path}: not in the model's label list: " + "; ".join(hints) + more)
-    return tuple(dict.fromkeys(index[n] for n in names))
+    return read_species_list(path, index, what="the model's label list")
 
 
 def own_classes_plan(config, recipe, *, species_list: Path | None = None, location: Location | None = None):
