@@ -269,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--status", action="store_true", help="print what --out holds (settings, inputs done and failed, hours of audio; with INPUTs, how many are still to do) and score nothing")
     p.set_defaults(func=cmd_archive)
 
+    p = _command(sub, "search", "find the windows of an archive most like a clip (its stored embeddings, cosine similarity)", 'examples:\n  streamer search scores/ call.wav --top 20 --out hits.csv\n  streamer search scores/ recorders/site3.flac@125.5')
+    p.add_argument("folder", type=Path, help="an archive folder scored with --embeddings")
+    p.add_argument("queries", nargs="+", metavar="QUERY", help="an audio clip (each of its windows a query), or FILE@SECONDS: the stored window of an archived recording holding that second")
+    p.add_argument("--top", type=_positive_int, default=10, metavar="N", help="hits per query (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=None, metavar="CSV", help="write the hits here (query, rank, file, start_s, end_s, similarity); also a Raven table beside it (.selections.txt). Default: print them")
+    p.add_argument("--model", type=Path, default=None, metavar="FILE", help="the archive's model file, where it is now (its SHA-256 must be the recorded one)")
+    p.set_defaults(func=cmd_search)
+
     p = _command(sub, "recipe", "show, list or check recipes (an ensemble as a TOML file)", 'examples:\n  streamer recipe show > my.toml                 # the default (model-card) recipe, to edit\n  streamer recipe list\n  streamer recipe check my.toml                  # the recipe alone\n  streamer recipe check my.toml --data-dir competition --perch perch --moe-dir moe   # and the files it names')
     p.add_argument("action", choices=("show", "list", "check", "calibrate"), help="show: print a packaged recipe (default: model-card) as a file to save and edit; list: the packaged recipes; check: validate a recipe (and, given the artifact flags, every file it names) without reading audio; calibrate: a rank blend's reference from a cache (--cache, --out)")
     p.add_argument("recipe", nargs="?", default=None, metavar="FILE|NAME", help="the recipe (show: a packaged name; check: a file or a packaged name)")
@@ -696,6 +704,36 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     title = f"macro ROC-AUC, prior {'out of fold' if folds is not None else 'fitted on all labels (leaky)'}"
     if draw_heatmap(result, values, heatmap, title) is not None:
         print(f"heatmap: {heatmap}")
+    return EXIT_OK
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from streamer.archive.search import (Embedder, clip_queries, read_embedder_record, search, stored_query, write_hits,
+                                         write_hits_raven)
+    from streamer.files import check_writable_file
+
+    if args.out is not None:
+        check_writable_file(args.out, "--out")
+    record = read_embedder_record(args.folder)
+    embedder, queries = None, []
+    for spec in args.queries:
+        path = Path(spec)
+        if path.is_file():
+            if embedder is None:
+                embedder = Embedder(record, args.model)
+            queries += clip_queries(embedder, path)
+        elif "@" in spec:
+            queries.append(stored_query(args.folder, spec))
+        else:
+            raise ConfigError(f"{spec}: no such audio file (a query is a clip, or FILE@SECONDS of an archived recording)")
+    hits = search(args.folder, queries, top=args.top)
+    if args.out is None:
+        for h in hits:
+            print(f"{h['query']}\t{h['rank']}\t{h['file']}\t{h['start_s']:g}\t{h['end_s']:g}\t{h['similarity']:.4f}")
+        return EXIT_OK
+    write_hits(hits, args.out)
+    raven = write_hits_raven(hits, args.out.with_suffix(".selections.txt"))
+    print(f"{len(hits)} hit(s) of {len(queries)} query window(s): {args.out}, {raven}")
     return EXIT_OK
 
 

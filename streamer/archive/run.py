@@ -454,6 +454,10 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float, report: Arc
     from streamer.archive.summary import write_class_names
 
     write_class_names(out_dir, plan.class_labels)
+    if settings.embeddings is not None:  # what `streamer search` embeds its queries with
+        from streamer.archive.search import embedder_record, write_embedder_record
+
+        write_embedder_record(out_dir, embedder_record(plan, fingerprint.get("sha256", {})))
     if plan.species is not None:
         from streamer.archive.species import SPECIES_FILE
         from streamer.files import atomic_write_text
