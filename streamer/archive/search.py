@@ -173,34 +173,57 @@ def stored_query(folder: Path, spec: str) -> Query:
                       "their path relative to the input given to 'streamer archive')")
 
 
-def search(folder: Path, queries: list[Query], top: int = 10) -> list[dict]:
-    """The ``top`` stored windows most like each query (cosine similarity, exact), best first."""
-    if top < 1:
-        raise ConfigError(f"--top must be >= 1, got {top}")
-    q = np.stack([x.vector for x in queries])  # [Q, D]
-    heaps: list[list] = [[] for _ in queries]  # (similarity, tie-breaker, file, start, end)
-    seen = 0
-    for labels, starts, ends, vectors in _batches(embedding_files(folder)):
+def _file_best(path: Path, file_index: int, q: np.ndarray, top: int) -> list[list[tuple]]:
+    """Each query's best ``top`` windows of one embedding file, as ``(similarity, tie-breaker,
+    file, start, end)``: the file read one Parquet batch at a time."""
+    import pyarrow.parquet as pq
+
+    best: list[list[tuple]] = [[] for _ in range(q.shape[0])]
+    row0 = 0
+    handle = pq.ParquetFile(str(path))
+    for batch in handle.iter_batches(batch_size=SEARCH_BATCH_ROWS, columns=["file", "start_s", "end_s", "embedding"]):
+        n = batch.num_rows
+        if n == 0:
+            continue
+        vectors = batch.column("embedding").values.to_numpy(zero_copy_only=False).reshape(n, -1).astype(np.float32)
         if vectors.shape[1] != q.shape[1]:
-            raise ConfigError(f"{folder}: stored embeddings have {vectors.shape[1]} values, the queries {q.shape[1]}")
-        norms = np.linalg.norm(vectors, axis=1)
+            raise ConfigError(f"{path}: stored embeddings have {vectors.shape[1]} values, the queries {q.shape[1]}")
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
         norms[norms == 0] = np.inf  # an all-zero window matches nothing
         sims = (q @ vectors.T) / norms[None, :]
-        k = min(top, sims.shape[1])
-        for j in range(len(queries)):
-            row = sims[j]
-            best = np.argpartition(-row, k - 1)[:k] if k < row.shape[0] else np.arange(row.shape[0])
-            heap = heaps[j]
-            for i in best:
-                item = (float(row[i]), -(seen + int(i)), labels[i], float(starts[i]), float(ends[i]))
-                if len(heap) < top:
-                    heapq.heappush(heap, item)
-                elif item > heap[0]:
-                    heapq.heapreplace(heap, item)
-        seen += vectors.shape[0]
+        k = min(top, n)
+        picked = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (q.shape[0], 1))
+        rows = np.unique(picked)
+        labels = dict(zip(rows.tolist(), batch.column("file").take(rows).to_pylist()))
+        starts, ends = batch.column("start_s").to_numpy(), batch.column("end_s").to_numpy()
+        for j in range(q.shape[0]):
+            items = [(float(sims[j, i]), (-file_index, -(row0 + int(i))), labels[int(i)], float(starts[i]), float(ends[i]))
+                     for i in picked[j]]
+            best[j] = heapq.nlargest(top, best[j] + items)
+        row0 += n
+    return best
+
+
+def search(folder: Path, queries: list[Query], top: int = 10, *, threads: int | None = None) -> list[dict]:
+    """The ``top`` stored windows most like each query (cosine similarity, exact), best first.
+
+    The embedding files are read side by side, one per thread (``threads``: the CPUs this
+    process may use); each keeps only its best windows per query, so memory holds a Parquet
+    batch per thread and the hits. Ties go to the earlier file, then the earlier window."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    if top < 1:
+        raise ConfigError(f"--top must be >= 1, got {top}")
+    files = embedding_files(folder)
+    q = np.stack([x.vector for x in queries]).astype(np.float32)  # [Q, D]
+    n_threads = threads or max(1, len(os.sched_getaffinity(0)))
+    with ThreadPoolExecutor(max_workers=n_threads) as pool:  # numpy and pyarrow release the GIL
+        per_file = list(pool.map(lambda item: _file_best(item[1], item[0], q, top), enumerate(files)))
     hits = []
-    for query, heap in zip(queries, heaps):
-        for rank, (sim, _, label, start, end) in enumerate(sorted(heap, reverse=True), start=1):
+    for j, query in enumerate(queries):
+        merged = heapq.nlargest(top, (item for best in per_file for item in best[j]))
+        for rank, (sim, _, label, start, end) in enumerate(merged, start=1):
             hits.append({"query": query.name, "rank": rank, "file": label, "start_s": start, "end_s": end,
                          "similarity": sim})
     return hits
