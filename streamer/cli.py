@@ -277,6 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None, metavar="FILE", help="the archive's model file, where it is now (its SHA-256 must be the recorded one)")
     p.set_defaults(func=cmd_search)
 
+    p = _command(sub, "clips", "cut the audio of an archive's detections (or a search's hits) into files to review", 'examples:\n  streamer clips detections/ --out review/ --per-class 10 --sample 10\n  streamer clips scores/ --hits hits.csv --out review/ --kaleidoscope')
+    p.add_argument("folder", type=Path, help="an archive folder (its detection tables, and its journal to find the recordings)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the clips go")
+    p.add_argument("--hits", type=Path, default=None, metavar="CSV", help="cut these search hits (streamer search --out) instead of the detections")
+    p.add_argument("--per-class", type=_positive_int, default=None, metavar="N", help="each class's N best events (default: every event)")
+    p.add_argument("--sample", type=_positive_int, default=None, metavar="N", help="also a random sample of N of each class's other events (seeded: --seed), to estimate precision at the threshold")
+    p.add_argument("--seed", type=int, default=0, help="the sample's seed (default: %(default)s)")
+    p.add_argument("--pad", type=float, default=1.0, metavar="S", help="seconds of audio before and after each event, within the recording (default: %(default)s)")
+    p.add_argument("--audio", choices=("flac", "wav"), default="flac", help="the clips' format (default: %(default)s)")
+    p.add_argument("--kaleidoscope", action="store_true", help="also DIR/kaleidoscope.csv: the kept events in their recordings, as Kaleidoscope reads them (INDIR, FOLDER, IN FILE, OFFSET, DURATION, TOP1MATCH, TOP1DIST)")
+    p.set_defaults(func=cmd_clips)
+
     p = _command(sub, "recipe", "show, list or check recipes (an ensemble as a TOML file)", 'examples:\n  streamer recipe show > my.toml                 # the default (model-card) recipe, to edit\n  streamer recipe list\n  streamer recipe check my.toml                  # the recipe alone\n  streamer recipe check my.toml --data-dir competition --perch perch --moe-dir moe   # and the files it names')
     p.add_argument("action", choices=("show", "list", "check", "calibrate"), help="show: print a packaged recipe (default: model-card) as a file to save and edit; list: the packaged recipes; check: validate a recipe (and, given the artifact flags, every file it names) without reading audio; calibrate: a rank blend's reference from a cache (--cache, --out)")
     p.add_argument("recipe", nargs="?", default=None, metavar="FILE|NAME", help="the recipe (show: a packaged name; check: a file or a packaged name)")
@@ -747,6 +759,20 @@ def cmd_search(args: argparse.Namespace) -> int:
     write_hits(hits, args.out)
     raven = write_hits_raven(hits, args.out.with_suffix(".selections.txt"))
     print(f"{len(hits)} hit(s) of {len(queries)} query window(s): {args.out}, {raven}")
+    return EXIT_OK
+
+
+def cmd_clips(args: argparse.Namespace) -> int:
+    from streamer.archive.clips import cut, folder_events, hit_events, select, write_kaleidoscope
+
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out}: is not a folder")
+    events = hit_events(args.folder, args.hits) if args.hits is not None else folder_events(args.folder)
+    kept = select(events, args.per_class, args.sample, args.seed)
+    written = cut(kept, args.out, pad_s=args.pad, fmt=args.audio)
+    if args.kaleidoscope:
+        write_kaleidoscope(kept, args.out / "kaleidoscope.csv")
+    print(f"{len(written)} clip(s) of {len(events)} event(s) in {args.out}")
     return EXIT_OK
 
 

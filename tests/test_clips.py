@@ -1,0 +1,95 @@
+"""``streamer clips``: the audio of detections and search hits, cut for review (BirdNET 2.4 on
+real recordings)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import needs_birdnet
+from streamer import cli
+
+AUDIO = Path(__file__).parent / "data" / "audio"
+EXCERPT = AUDIO / "jura_excerpt_48k.flac"
+BIRDS = Path(__file__).parent.parent / "streamer" / "data" / "audio" / "birds_10s_32k.ogg"
+
+pytestmark = needs_birdnet
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("rec")
+    for path in (EXCERPT, BIRDS):
+        (folder / path.name).symlink_to(path)
+    out = tmp_path_factory.mktemp("archive")
+    assert cli.main(["archive", "--recipe", "birdnet", str(folder), "--out", str(out), "--format", "csv", "--embeddings",
+                     "--engine", "sequential"]) == 0
+    return out
+
+
+def _detections(archive: Path) -> list[dict]:
+    rows = []
+    for table in sorted(archive.rglob("*.csv")):
+        if not table.name.startswith("_"):
+            with open(table, newline="", encoding="utf-8") as handle:
+                rows += list(csv.DictReader(handle))
+    return rows
+
+
+def test_each_classs_best_events_are_cut_with_padding_and_sort_by_class_then_score(archive, tmp_path):
+    import soundfile as sf
+
+    out = tmp_path / "review"
+    assert cli.main(["clips", str(archive), "--out", str(out), "--per-class", "1", "--pad", "1", "--kaleidoscope"]) == 0
+    rows = _detections(archive)
+    classes = {r["Common name"] for r in rows}
+    clips = sorted(out.glob("*.flac"))
+    assert len(clips) == len(classes)  # one per class
+    for clip in clips:
+        label, score = clip.name.split("_")[:2]
+        best = max(float(r["Confidence"]) for r in rows if r["Common name"].replace(" ", "-") == label)
+        assert float(score) == pytest.approx(best, abs=1e-4)
+        info = sf.info(str(clip))
+        assert info.samplerate in (32000, 48000) and 3.0 <= info.duration <= 5.0 + 1e-3
+    # the warbler at 0-3 s in the 10-s clip: padding stops at the recording's start (4 s of audio)
+    warbler = next(c for c in clips if c.name.startswith("Black-and-white-Warbler"))
+    assert abs(sf.info(str(warbler)).duration - 4.0) < 1e-3
+    data, rate = sf.read(str(warbler), dtype="float32")
+    source, _ = sf.read(str(BIRDS), dtype="float32", frames=4 * 32000)
+    assert np.max(np.abs(data - source)) < 1e-4  # 16-bit FLAC of the recording's own samples
+    with open(out / "kaleidoscope.csv", newline="") as handle:
+        kal = list(csv.DictReader(handle))
+    assert list(kal[0].keys()) == ["INDIR", "FOLDER", "IN FILE", "OFFSET", "DURATION", "TOP1MATCH", "TOP1DIST"]
+    assert len(kal) == len(clips)
+
+
+def test_a_seeded_sample_adds_other_events_the_same_way_every_time(archive, tmp_path):
+    runs = []
+    for n in (1, 2):
+        out = tmp_path / f"r{n}"
+        assert cli.main(["clips", str(archive), "--out", str(out), "--per-class", "1", "--sample", "2", "--seed", "3", "--audio", "wav"]) == 0
+        runs.append(sorted(p.name for p in out.glob("*.wav")))
+    assert runs[0] == runs[1] and len(runs[0]) > len({n.split("_")[0] for n in runs[0]})
+
+
+def test_search_hits_are_cut_too(archive, tmp_path):
+    hits = tmp_path / "hits.csv"
+    assert cli.main(["search", str(archive), f"{EXCERPT.name}@4", "--top", "3", "--out", str(hits)]) == 0
+    out = tmp_path / "review"
+    assert cli.main(["clips", str(archive), "--hits", str(hits), "--out", str(out), "--pad", "0"]) == 0
+    clips = sorted(out.glob("*.flac"))
+    # named by the query (characters other than letters, digits, '.' and '-' become '-'), then the similarity
+    assert len(clips) == 3 and all(c.name.startswith("jura-excerpt-48k.flac-4_") for c in clips)
+    assert any(c.name.startswith("jura-excerpt-48k.flac-4_1.0000_jura-excerpt-48k.flac_00003.00s") for c in clips)
+
+
+def test_mistakes_are_one_line(archive, tmp_path, capsys):
+    assert cli.main(["clips", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "not an archive folder" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    assert cli.main(["clips", str(archive), "--hits", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "not a search's hits" in capsys.readouterr().err
