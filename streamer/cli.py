@@ -289,6 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kaleidoscope", action="store_true", help="also DIR/kaleidoscope.csv: the kept events in their recordings, as Kaleidoscope reads them (INDIR, FOLDER, IN FILE, OFFSET, DURATION, TOP1MATCH, TOP1DIST)")
     p.set_defaults(func=cmd_clips)
 
+    p = _command(sub, "classify", "train a classifier for your own classes on an archive's stored embeddings, from a few labels", 'examples:\n  streamer classify scores/ --labels my_labels.csv --out head.onnx\n  streamer classify scores/ --labels annotations.selections.txt --label-column Species --out head.onnx')
+    p.add_argument("folder", type=Path, help="an archive folder scored with --embeddings")
+    p.add_argument("--labels", type=Path, required=True, metavar="FILE", help="a CSV (file,start_s,end_s,label) or a Raven selection table (Begin File or Begin Path, and a label column)")
+    p.add_argument("--label-column", default=None, metavar="NAME", help="the labels' column (default: label in a CSV; Annotation, Species, Label, Class or Common Name in a Raven table)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="the head, an ONNX graph (embedding -> logits -> scores)")
+    p.add_argument("--weak", type=float, default=0.05, metavar="W", help="weight of the unlabelled windows as negatives (default: %(default)s)")
+    p.add_argument("--folds", type=_positive_int, default=5, help="cross-validation folds (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=0.5, help="the score at which precision and recall are reported (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="the folds' seed (default: %(default)s)")
+    p.set_defaults(func=cmd_classify)
+
     p = _command(sub, "recipe", "show, list or check recipes (an ensemble as a TOML file)", 'examples:\n  streamer recipe show > my.toml                 # the default (model-card) recipe, to edit\n  streamer recipe list\n  streamer recipe check my.toml                  # the recipe alone\n  streamer recipe check my.toml --data-dir competition --perch perch --moe-dir moe   # and the files it names')
     p.add_argument("action", choices=("show", "list", "check", "calibrate"), help="show: print a packaged recipe (default: model-card) as a file to save and edit; list: the packaged recipes; check: validate a recipe (and, given the artifact flags, every file it names) without reading audio; calibrate: a rank blend's reference from a cache (--cache, --out)")
     p.add_argument("recipe", nargs="?", default=None, metavar="FILE|NAME", help="the recipe (show: a packaged name; check: a file or a packaged name)")
@@ -773,6 +784,26 @@ def cmd_clips(args: argparse.Namespace) -> int:
     if args.kaleidoscope:
         write_kaleidoscope(kept, args.out / "kaleidoscope.csv")
     print(f"{len(written)} clip(s) of {len(events)} event(s) in {args.out}")
+    return EXIT_OK
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from streamer.archive.classify import label_matrix, load_stored, read_labels, train, write_head
+    from streamer.archive.search import read_embedder_record
+    from streamer.files import check_writable_file
+
+    check_writable_file(args.out, "--out")
+    if not 0 <= args.weak <= 1 or args.folds < 2:
+        raise ConfigError("--weak must be in [0, 1] and --folds at least 2")
+    record = read_embedder_record(args.folder)
+    stored = load_stored(args.folder)
+    classes, y = label_matrix(stored, read_labels(args.labels, args.label_column), args.labels)
+    weights, biases, report = train(stored, classes, y, weak=args.weak, folds=args.folds, threshold=args.threshold, seed=args.seed)
+    write_head(args.out, weights, biases, classes, record, report)
+    print(f"{'class':<30} {'positives':>9} {'CV ROC-AUC':>10} {'precision':>9} {'recall':>7}  (at {args.threshold:g})")
+    for r in report:
+        print(f"{r['class'][:30]:<30} {r['positives']:>9} {r['cv_roc_auc']:>10.3f} {r['precision']:>9.3f} {r['recall']:>7.3f}")
+    print(f"wrote {args.out}: {len(classes)} class(es) on {stored.vectors.shape[0]} windows of {stored.vectors.shape[1]} values")
     return EXIT_OK
 
 

@@ -1,0 +1,88 @@
+"""``streamer classify``: a linear head for your own classes from a few labelled windows, on an
+archive's stored BirdNET 2.4 embeddings of a real recording."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import needs_birdnet
+from streamer import cli
+
+LONG = Path(__file__).parent / "data" / "audio" / "jura_S4A03895_20190522_24h_16min_22k.ogg"
+PEER = Path(__file__).parent / "data" / "birdnet_peer" / "min_conf_0.01" / "jura_S4A03895_20190522_24h_16min_22k.BirdNET.results.csv"
+SPECIES = ("Common Chiffchaff", "European Robin")
+
+pytestmark = needs_birdnet
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("rec")
+    (folder / LONG.name).symlink_to(LONG)
+    out = tmp_path_factory.mktemp("archive")
+    assert cli.main(["archive", "--recipe", "birdnet", str(folder), "--out", str(out), "--labels", "none", "--embeddings"]) == 0
+    return out
+
+
+def _labels(tmp_path: Path, rows, name: str = "labels.csv") -> Path:
+    path = tmp_path / name
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "start_s", "end_s", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def _confident(min_conf: float = 0.5):
+    """Two species BirdNET-Analyzer itself is sure of in the recording (the peer fixture): the
+    labels an ecologist would have marked, here without one."""
+    with open(PEER, newline="") as handle:
+        return [(LONG.name, r["Start (s)"], r["End (s)"], r["Common name"]) for r in csv.DictReader(handle)
+                if r["Common name"] in SPECIES and float(r["Confidence"]) >= min_conf]
+
+
+def test_a_head_from_a_few_labels_separates_held_out_windows(archive, tmp_path, capsys):
+    import onnxruntime as ort
+    import pyarrow.parquet as pq
+
+    head = tmp_path / "head.onnx"
+    assert cli.main(["classify", str(archive), "--labels", str(_labels(tmp_path, _confident())), "--out", str(head)]) == 0
+    printed = capsys.readouterr().out
+    session = ort.InferenceSession(str(head), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["labels"]) == sorted(SPECIES)
+    assert json.loads(meta["embedding_model"])["kind"] == "litert"
+    report = {r["class"]: r for r in json.loads(meta["report"])}
+    for species in SPECIES:
+        assert report[species]["cv_roc_auc"] > 0.9, report[species]  # cross-validated: held-out windows
+        assert species in printed
+    # the graph is MatMul + Add + Sigmoid: the same numbers as the stored embeddings in numpy
+    table = pq.read_table(next((archive / "_embeddings").rglob("*.parquet")))
+    emb = np.asarray(table.column("embedding").combine_chunks().flatten()).reshape(table.num_rows, -1).astype(np.float32)
+    logits, scores = session.run(["logits", "scores"], {"embedding": emb})
+    import onnx
+    from onnx import numpy_helper
+
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(head)).graph.initializer}
+    np.testing.assert_allclose(logits, emb @ weights["W"] + weights["b"], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(scores, 1 / (1 + np.exp(-logits)), rtol=1e-5, atol=1e-6)
+
+
+def test_mistakes_are_one_line(archive, tmp_path, capsys):
+    few = [(LONG.name, "0.0", "3.0", "Rare bird")] + _confident()
+    cases = [
+        (_labels(tmp_path, few, "few.csv"), "too few labelled windows"),
+        (_labels(tmp_path, [("elsewhere.wav", "0", "3", "x")] * 5, "elsewhere.csv"), "is not a recording of the archive"),
+        (_labels(tmp_path, [(LONG.name, "5000", "5003", "x")] * 5, "outside.csv"), "outside the recording"),
+        (_labels(tmp_path, [], "empty.csv"), "no labels in it"),
+    ]
+    for labels, words in cases:
+        assert cli.main(["classify", str(archive), "--labels", str(labels), "--out", str(tmp_path / "h.onnx")]) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "h.onnx").exists()
