@@ -300,6 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the folds' seed (default: %(default)s)")
     p.set_defaults(func=cmd_classify)
 
+    p = _command(sub, "rescore", "score an archive's stored embeddings with a head from 'streamer classify' (no audio decoded)", 'examples:\n  streamer rescore scores/ --head head.onnx --out rescored/\n  streamer rescore scores/ --head head.onnx --out tables/ --format raven --min-score 0.7')
+    p.add_argument("folder", type=Path, help="an archive folder scored with --embeddings")
+    p.add_argument("--head", type=Path, required=True, metavar="FILE", help="the head (streamer classify --out)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the new archive folder")
+    p.add_argument("--format", choices=ARCHIVE_FORMATS, default="parquet", help="as streamer archive's (default: %(default)s)")
+    p.add_argument("--top-k", type=_positive_int, default=None, metavar="K", help="as streamer archive's")
+    p.add_argument("--min-score", type=float, default=None, metavar="S", help="as streamer archive's")
+    p.add_argument("--merge-consecutive", action=argparse.BooleanOptionalAction, default=None, help="as streamer archive's")
+    p.add_argument("--overwrite", action="store_true", help="the folder holds outputs of other settings: remove them first")
+    p.set_defaults(func=cmd_rescore)
+
     p = _command(sub, "recipe", "show, list or check recipes (an ensemble as a TOML file)", 'examples:\n  streamer recipe show > my.toml                 # the default (model-card) recipe, to edit\n  streamer recipe list\n  streamer recipe check my.toml                  # the recipe alone\n  streamer recipe check my.toml --data-dir competition --perch perch --moe-dir moe   # and the files it names')
     p.add_argument("action", choices=("show", "list", "check", "calibrate"), help="show: print a packaged recipe (default: model-card) as a file to save and edit; list: the packaged recipes; check: validate a recipe (and, given the artifact flags, every file it names) without reading audio; calibrate: a rank blend's reference from a cache (--cache, --out)")
     p.add_argument("recipe", nargs="?", default=None, metavar="FILE|NAME", help="the recipe (show: a packaged name; check: a file or a packaged name)")
@@ -804,6 +815,19 @@ def cmd_classify(args: argparse.Namespace) -> int:
     for r in report:
         print(f"{r['class'][:30]:<30} {r['positives']:>9} {r['cv_roc_auc']:>10.3f} {r['precision']:>9.3f} {r['recall']:>7.3f}")
     print(f"wrote {args.out}: {len(classes)} class(es) on {stored.vectors.shape[0]} windows of {stored.vectors.shape[1]} values")
+    return EXIT_OK
+
+
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from streamer.archive.rescore import rescore
+    from streamer.config import ArchiveSettings
+
+    settings = ArchiveSettings(out_dir=args.out, fmt=args.format, top_k=args.top_k, min_score=args.min_score,
+                               merge=args.merge_consecutive, overwrite=args.overwrite, engine="sequential")
+    done = rescore(args.folder, args.head, settings)
+    rate = done["audio_s"] / done["seconds"] if done["seconds"] > 0 else 0.0
+    print(f"{done['scored']} rescored, {done['skipped']} already finished (journal); {done['windows']} windows, "
+          f"{done['audio_s'] / 3600:.2f} h of audio in {done['seconds']:.1f} s ({rate:,.0f}x real time) into {args.out}")
     return EXIT_OK
 
 

@@ -1,0 +1,164 @@
+"""``streamer rescore``: an archive's stored embeddings scored with a head, no audio decoded.
+
+A head from ``streamer classify`` (an ONNX graph ``embedding -> logits -> scores`` with its
+labels and the embedding model's record in its metadata) scores every stored window of an
+archive folder made by that model: ``sigmoid(embedding @ W + b)``, read one Parquet batch at a
+time. The scores go through the archive's own writers into a new folder: every score
+(Parquet/CSV), detections, Raven or Audacity tables, the summary; with a journal and a
+fingerprint as ``streamer archive`` keeps, so a stopped rescore resumes and a rerun with other
+settings is refused. Scoring costs a matrix product per window: the disk is the limit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamer.errors import ArtifactError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Head:
+    path: Path
+    weights: np.ndarray  # float32 [D, C]
+    biases: np.ndarray  # float32 [C]
+    labels: tuple[str, ...]
+    embedding_model: dict
+
+
+def load_head(path: Path) -> Head:
+    """A ``streamer classify`` head: its weights, labels and embedding model (one-line errors)."""
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # onnx raises several types for a file that is not a model
+        raise ArtifactError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    if "labels" not in meta or "embedding_model" not in meta or "W" not in weights or "b" not in weights:
+        raise ArtifactError(f"{path}: not a head made by 'streamer classify' (it needs W, b and the labels and "
+                            "embedding model in its metadata)")
+    labels = tuple(json.loads(meta["labels"]))
+    w, b = weights["W"].astype(np.float32), weights["b"].astype(np.float32)
+    if w.ndim != 2 or w.shape[1] != len(labels) or b.shape != (len(labels),):
+        raise ArtifactError(f"{path}: its weights {list(w.shape)} and biases {list(b.shape)} do not fit {len(labels)} labels")
+    return Head(Path(path), w, b, labels, json.loads(meta["embedding_model"]))
+
+
+def check_head(head: Head, record: dict, folder: Path) -> None:
+    """The head was trained on embeddings of the model that made the folder's."""
+    want, got = head.embedding_model.get("sha256"), record.get("sha256")
+    if want != got or int(record["embedding_dim"]) != head.weights.shape[0]:
+        raise ConfigError(f"{head.path}: trained on embeddings of another model ({head.embedding_model.get('model')}) "
+                          f"than {folder}'s ({record.get('model')})")
+
+
+def rescore(folder: Path, head_path: Path, settings) -> dict:
+    """Score ``folder``'s stored embeddings with the head into ``settings.out_dir`` (an
+    :class:`streamer.config.ArchiveSettings`: format, thresholds, overwrite). Returns counts."""
+    from streamer.archive import fingerprint as run_fingerprint
+    from streamer.archive.clips import recordings
+    from streamer.archive.journal import DONE, FileKey, Journal
+    from streamer.archive.output import EMBEDDINGS_FOLDER
+    from streamer.archive.run import OutputLock, check_out_dir, write_folder_tables
+    from streamer.archive.scorer import ArchiveTask, InputSink
+    from streamer.archive.search import read_embedder_record
+    from streamer.archive.summary import write_class_names
+    from streamer.archive.tables import SUFFIXES
+    from streamer.archive.timing import RecordingTime
+    from streamer.audio import WindowFraming
+    from streamer.files import sha256_file
+    from streamer.metadata import ClassLabels
+
+    folder = Path(folder)
+    record = read_embedder_record(folder)
+    head = load_head(head_path)
+    check_head(head, record, folder)
+    framing = WindowFraming(**record["framing"])
+    sources = recordings(folder)
+    source_journal = Journal(folder)
+    audio_of = {(e.extra or {}).get("recording", e.output): e.audio_s for e in source_journal.entries.values() if e.status == DONE}
+    out_dir = check_out_dir(Path(settings.out_dir))
+    labels = ClassLabels(head.labels, head.labels, head.labels)
+    min_score, top_k, merge = settings.detections
+    fingerprint = {
+        "output_format_version": run_fingerprint.OUTPUT_FORMAT_VERSION,
+        "sha256": {"head": sha256_file(head.path), "embedding_model": record.get("sha256")},
+        "settings": {"rescore of": str(folder.resolve()), "labels": "head", "precision": "fp32", "embeddings": None,
+                     "format": settings.fmt, "top_k": top_k, "min_score": min_score,
+                     "merge_consecutive": merge, "summary_min_score": settings.summary_min_score},
+    }
+    counts = {"scored": 0, "skipped": 0, "windows": 0, "seconds": 0.0, "audio_s": 0.0}
+    t0 = time.perf_counter()
+    lock = OutputLock(out_dir)
+    try:
+        journal = Journal(out_dir)
+        if run_fingerprint.check(out_dir, fingerprint, has_outputs=bool(journal.entries), overwrite=settings.overwrite):
+            for entry in journal.entries.values():
+                (out_dir / entry.output).unlink(missing_ok=True)
+            journal.remove()
+            journal = Journal(out_dir)
+        run_fingerprint.write(out_dir, fingerprint)
+        write_class_names(out_dir, labels)
+        for name, (recording, _) in sorted(sources.items()):
+            emb_file = folder / EMBEDDINGS_FOLDER / f"{name}.parquet"
+            if not emb_file.is_file():
+                raise ConfigError(f"{folder}: {name} has no stored embeddings ({emb_file})")
+            out = out_dir / f"{name}{SUFFIXES.get(settings.fmt, '.' + settings.fmt)}"
+            if journal.is_done(emb_file, out):
+                counts["skipped"] += 1
+                continue
+            audio_s = audio_of.get(name) or 0.0
+            task = ArchiveTask(recording, name, out, RecordingTime(), settings.fmt, top_k, audio_s, FileKey.of(emb_file),
+                               min_score, merge, settings.summary_min_score, framing=framing, embedding_dim=head.weights.shape[0])
+            n = _score_one(emb_file, head, task, labels, framing, audio_s, InputSink)
+            sink_counts, effort = n[1], n[2]
+            journal.record(emb_file, DONE, str(out.relative_to(out_dir)), key=task.key, audio_s=audio_s,
+                           extra={"counts": sink_counts, "effort": effort, "recording": name})
+            counts["scored"] += 1
+            counts["windows"] += n[0]
+            counts["audio_s"] += audio_s
+        write_folder_tables(out_dir, settings)
+    finally:
+        lock.release()
+    counts["seconds"] = time.perf_counter() - t0
+    return counts
+
+
+def _score_one(emb_file: Path, head: Head, task, labels, framing, audio_s: float, sink_class):
+    """One recording's stored windows through the head into its files, a 60-s chunk at a time
+    (as the archive wrote them, so merged events and summaries come out the same way)."""
+    import pyarrow.parquet as pq
+
+    sink = sink_class(task, labels)
+    total = int(round(audio_s * framing.rate_hz)) if audio_s else None
+    per_chunk = framing.windows_per_chunk
+    n = 0
+    try:
+        handle = pq.ParquetFile(str(emb_file))
+        for batch in handle.iter_batches(batch_size=per_chunk * 256, columns=["window", "embedding"]):
+            vectors = batch.column("embedding").values.to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
+            vectors = vectors.astype(np.float32)
+            first = int(batch.column("window")[0].as_py())
+            probs_all = 1.0 / (1.0 + np.exp(-(vectors @ head.weights + head.biases)))
+            for offset in range(0, vectors.shape[0], per_chunk):
+                rows = slice(offset, offset + per_chunk)
+                m = min(per_chunk, vectors.shape[0] - offset)
+                end = (first + offset + m) * framing.window_samples
+                sink.write(first + offset, probs_all[rows].astype(np.float32), vectors[rows],
+                           min(end, total) if total else end)
+            n += vectors.shape[0]
+        counts, effort = sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    return n, counts, effort

@@ -1,0 +1,88 @@
+"""``streamer rescore``: an archive's stored embeddings scored with a ``classify`` head, no
+audio decoded (BirdNET 2.4 on a real recording)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import needs_birdnet
+from streamer import cli
+
+LONG = Path(__file__).parent / "data" / "audio" / "jura_S4A03895_20190522_24h_16min_22k.ogg"
+PEER = Path(__file__).parent / "data" / "birdnet_peer" / "min_conf_0.01" / "jura_S4A03895_20190522_24h_16min_22k.BirdNET.results.csv"
+
+pytestmark = needs_birdnet
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rec")
+    (folder / LONG.name).symlink_to(LONG)
+    archive = tmp_path_factory.mktemp("archive")
+    assert cli.main(["archive", "--recipe", "birdnet", str(folder), "--out", str(archive), "--labels", "none", "--embeddings"]) == 0
+    labels = tmp_path_factory.mktemp("labels") / "labels.csv"
+    with open(PEER, newline="") as src, open(labels, "w", newline="") as dst:
+        writer = csv.writer(dst)
+        writer.writerow(["file", "start_s", "end_s", "label"])
+        for r in csv.DictReader(src):
+            if r["Common name"] in ("Common Chiffchaff", "European Robin") and float(r["Confidence"]) >= 0.5:
+                writer.writerow([LONG.name, r["Start (s)"], r["End (s)"], r["Common name"]])
+    head = labels.parent / "head.onnx"
+    assert cli.main(["classify", str(archive), "--labels", str(labels), "--out", str(head)]) == 0
+    return archive, head
+
+
+def test_rescore_equals_the_head_on_the_stored_embeddings_in_numpy(trained, tmp_path, capsys):
+    import onnx
+    import pyarrow.parquet as pq
+    from onnx import numpy_helper
+
+    archive, head = trained
+    out = tmp_path / "rescored"
+    assert cli.main(["rescore", str(archive), "--head", str(head), "--out", str(out)]) == 0
+    assert "1 rescored" in capsys.readouterr().out
+    scores = pq.read_table(next(out.rglob("*.ogg.parquet")))
+    stored = pq.read_table(next((archive / "_embeddings").rglob("*.parquet")))
+    emb = np.asarray(stored.column("embedding").combine_chunks().flatten()).reshape(stored.num_rows, -1).astype(np.float32)
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(head)).graph.initializer}
+    want = 1 / (1 + np.exp(-(emb @ weights["W"] + weights["b"])))
+    classes = json.loads({p.key: p.value for p in onnx.load(str(head)).metadata_props}["labels"])
+    got = np.stack([scores.column(c).to_numpy() for c in classes], axis=1)
+    assert got.shape == want.shape == (320, 2)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert scores.column("start_s").to_pylist()[:3] == [0.0, 3.0, 6.0]
+    assert (out / "_summary.csv").is_file()
+    # a rerun resumes (nothing to do); other settings are refused
+    assert cli.main(["rescore", str(archive), "--head", str(head), "--out", str(out)]) == 0
+    assert "0 rescored, 1 already finished" in capsys.readouterr().out
+    assert cli.main(["rescore", str(archive), "--head", str(head), "--out", str(out), "--format", "csv"]) == 2
+
+
+def test_detections_and_raven_tables_from_a_head(trained, tmp_path):
+    archive, head = trained
+    out = tmp_path / "tables"
+    assert cli.main(["rescore", str(archive), "--head", str(head), "--out", str(out), "--format", "raven", "--min-score", "0.5"]) == 0
+    table = next(out.rglob("*.selections.txt")).read_text().splitlines()
+    assert table[0].startswith("Selection\tView\tChannel") and len(table) > 5
+    assert any("Common Chiffchaff" in line for line in table[1:])
+
+
+def test_a_head_of_another_model_or_no_head_is_refused(trained, tmp_path, capsys):
+    archive, head = trained
+    other = tmp_path / "other"
+    shutil.copytree(archive, other)
+    record = json.loads((other / ".streamer-embedder.json").read_text())
+    record["sha256"] = "0" * 64
+    (other / ".streamer-embedder.json").write_text(json.dumps(record))
+    assert cli.main(["rescore", str(other), "--head", str(head), "--out", str(tmp_path / "o")]) == 2
+    assert "another model" in capsys.readouterr().err
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    assert cli.main(["rescore", str(archive), "--head", str(bad), "--out", str(tmp_path / "o2")]) == 2
+    assert "not an ONNX model" in capsys.readouterr().err
