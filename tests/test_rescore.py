@@ -71,6 +71,10 @@ def test_detections_and_raven_tables_from_a_head(trained, tmp_path):
     table = next(out.rglob("*.selections.txt")).read_text().splitlines()
     assert table[0].startswith("Selection\tView\tChannel") and len(table) > 5
     assert any("Common Chiffchaff" in line for line in table[1:])
+    # its events cut from the recordings themselves (the rescored journal names them)
+    review = tmp_path / "review"
+    assert cli.main(["clips", str(out), "--out", str(review), "--per-class", "1"]) == 0
+    assert sorted(p.name.split("_")[0] for p in review.glob("*.flac")) == ["Common-Chiffchaff", "European-Robin"]
 
 
 def test_a_head_of_another_model_or_no_head_is_refused(trained, tmp_path, capsys):

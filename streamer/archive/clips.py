@@ -46,8 +46,10 @@ def recordings(folder: Path) -> dict[str, tuple[Path, Path]]:
     out = {}
     for entry in Journal(Path(folder)).entries.values():
         if entry.status == DONE:
-            name = (entry.extra or {}).get("recording", entry.output)
-            out[name] = (Path(entry.key.path), Path(folder) / entry.output)
+            extra = entry.extra or {}
+            name = extra.get("recording", entry.output)
+            # a rescored folder's journal is keyed by the embeddings it read; "source" is the recording
+            out[name] = (Path(extra.get("source", entry.key.path)), Path(folder) / entry.output)
     if not out:
         raise ConfigError(f"{folder}: no finished input in its journal")
     return out
@@ -147,12 +149,15 @@ def cut(events: list[Event], out_dir: Path, *, pad_s: float = 1.0, fmt: str = "f
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for e in events:
-        with sf.SoundFile(str(e.path)) as handle:
-            rate = handle.samplerate
-            a = max(0, int(round((e.start_s - pad_s) * rate)))
-            b = min(handle.frames, int(round((e.end_s + pad_s) * rate)))
-            handle.seek(a)
-            data = handle.read(max(0, b - a), dtype="float32", always_2d=True)
+        try:
+            with sf.SoundFile(str(e.path)) as handle:
+                rate = handle.samplerate
+                a = max(0, int(round((e.start_s - pad_s) * rate)))
+                b = min(handle.frames, int(round((e.end_s + pad_s) * rate)))
+                handle.seek(a)
+                data = handle.read(max(0, b - a), dtype="float32", always_2d=True)
+        except Exception as exc:  # soundfile raises several types for a missing or unreadable file
+            raise ConfigError(f"{e.path}: cannot read the recording of {e.recording} ({type(exc).__name__}: {exc})") from None
         path = out_dir / clip_name(e, fmt)
         write_audio(path, data, rate, subtype="PCM_16" if fmt == "flac" else "FLOAT")
         written.append(path)

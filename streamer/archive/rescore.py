@@ -123,7 +123,7 @@ def rescore(folder: Path, head_path: Path, settings) -> dict:
             n = _score_one(emb_file, head, task, labels, framing, audio_s, InputSink)
             sink_counts, effort = n[1], n[2]
             journal.record(emb_file, DONE, str(out.relative_to(out_dir)), key=task.key, audio_s=audio_s,
-                           extra={"counts": sink_counts, "effort": effort, "recording": name})
+                           extra={"counts": sink_counts, "effort": effort, "recording": name, "source": str(recording)})
             counts["scored"] += 1
             counts["windows"] += n[0]
             counts["audio_s"] += audio_s
