@@ -110,6 +110,18 @@ def test_a_hung_worker_is_killed_and_its_input_redone(kit, inputs, reference, tm
     assert_resumed(kit, inputs, out, reference)
 
 
+def test_a_hung_ray_actor_is_killed_and_its_input_redone(kit, inputs, reference, tmp_path):
+    """The Ray engine's hang check: an actor that finishes no chunk for --task-timeout is
+    killed, Ray restarts it and the input is scored again, equal to the reference."""
+    pytest.importorskip("ray")
+    out = tmp_path / "out"
+    ray_args = ("--engine", "ray", "--workers", "1", "--threads", "1", "--no-cnn", "--no-crnn")
+    code, doc, text = archive(kit, inputs, out, "archive.worker_chunk=hang@2", "--task-timeout", "5", args=ray_args)
+    assert code == 0, text[-3000:]
+    assert "(hung)" in text
+    assert_resumed(kit, inputs, out, reference)
+
+
 @pytest.mark.parametrize("spec,reason", [
     (f"archive.worker_chunk[{VICTIM}]=kill", "the worker scoring it died 3 times (last: killed by SIGKILL"),
     (f"archive.worker_chunk[{VICTIM}]=nan", "Perch gave non-finite outputs"),

@@ -259,12 +259,22 @@ class RayScorer:
                 exported.append((name, path))
             model_spec = replace(model_spec, exported=tuple(exported))
         self.scorer = ArchiveScorer(model_spec, reducer_spec, classes)
+        self._progress = time.monotonic()
 
     def ping(self) -> int:
         return os.getpid()
 
     def score(self, task: ArchiveTask) -> TaskResult:
-        return self.scorer.score(task)
+        self._progress = time.monotonic()
+        return self.scorer.score(task, on_chunk=self._chunk_done)
+
+    def _chunk_done(self, _seconds: float) -> None:
+        self._progress = time.monotonic()
+
+    def idle_s(self) -> float:
+        """Seconds since the task in hand last finished a 60-s chunk (or began): the driver's
+        hang check, answered from the actor's second thread while ``score`` runs."""
+        return time.monotonic() - self._progress
 
 
 def ray_layout(ray, workers: int | None, threads: int | str) -> tuple[int, int]:
@@ -281,7 +291,9 @@ def ray_layout(ray, workers: int | None, threads: int | str) -> tuple[int, int]:
 class RayEngine:
     """Ray actors scoring inputs and ranges of inputs (see the module notes)."""
 
-    def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes, *, address: str | None, workers: int | None, threads: int | str) -> None:
+    def __init__(self, model_spec: ModelSpec, reducer_spec: ReducerSpec, classes, *, address: str | None, workers: int | None,
+                 threads: int | str, task_timeout_s: float = DEFAULT_TASK_TIMEOUT_S) -> None:
+        self.task_timeout_s = task_timeout_s
         self.model_spec = model_spec
         self.reducer_spec = reducer_spec
         self.classes = classes
@@ -314,6 +326,7 @@ class RayEngine:
             spec = with_threads(self.model_spec, n_threads)
             actor_cls = ray.remote(RayScorer).options(
                 num_cpus=n_threads, max_restarts=-1,  # the loop below decides when an actor is given up
+                max_concurrency=2,  # a second thread answers the hang check (idle_s) while score runs
                 runtime_env={"env_vars": {**thread_env(n_threads), **failpoints.environment()}},
             )
             blobs = self._student_blobs()
@@ -340,6 +353,41 @@ class RayEngine:
         pending.appendleft(task)
         return False
 
+    def _kill_hung(self, ray, in_flight, checks: dict) -> None:
+        """The local engine's hang rule: an actor that finished no 60-s chunk for
+        ``task_timeout_s``, or has not answered the check for that long (a call that holds the
+        GIL), is killed; Ray restarts it, and its task comes back as a death below (counted,
+        retried). Checks are sent without waiting for them (``checks``: actor -> (reference,
+        when sent)), so one silent actor never holds up the others' results."""
+        now = time.monotonic()
+        busy = {actor: task for actor, task in in_flight.values()}
+        for actor in list(checks):
+            if actor not in busy:
+                del checks[actor]
+        for actor in busy:
+            if actor not in checks:
+                checks[actor] = (actor.idle_s.remote(), now)
+        refs = [ref for ref, _ in checks.values()]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        ready = set(ready)
+        for actor, (ref, sent) in list(checks.items()):
+            if ref in ready:
+                del checks[actor]
+                try:
+                    idle = ray.get(ref)
+                except Exception as exc:  # the actor died meanwhile: its task reports that
+                    log.debug("hang check of a Ray actor: %s", exc)
+                    continue
+            elif now - sent > self.task_timeout_s:
+                del checks[actor]
+                idle = now - sent
+            else:
+                continue
+            if idle > self.task_timeout_s:
+                log.warning("%s: the Ray actor scoring it finished no chunk for %.0f s (hung); killing it",
+                            busy[actor].label, idle)
+                ray.kill(actor, no_restart=False)
+
     def _loop(self, ray, actors, pending, work: WorkQueue, errors) -> None:
         ActorUnavailableError, RayActorError, RayTaskError = errors
         idle = list(actors)
@@ -348,6 +396,7 @@ class RayEngine:
         resting: dict = {}  # actor → when it may get a task again (Ray is restarting it)
         waited: collections.Counter = collections.Counter()  # actor → seconds rested in all
         restarting: set = set()  # actors whose death was counted and that have not answered since
+        checks: dict = {}  # actor -> (its pending hang check, when it was sent)
         while pending or in_flight:
             now = time.monotonic()
             for actor, until in list(resting.items()):
@@ -367,6 +416,7 @@ class RayEngine:
                     f"every Ray actor kept dying; {len(pending)} input(s) or range(s) left unscored, rerun to resume"
                 )
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=EVENT_WAIT_S)
+            self._kill_hung(ray, in_flight, checks)
             for ref in done:
                 actor, task = in_flight.pop(ref)
                 try:

@@ -519,6 +519,7 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float, report: Arc
                             startup_timeout_s=execution.startup_timeout_s).run(work)
             else:  # ray (checked on entry)
                 ray_engine = RayEngine(plan.model, plan.reducer, plan.class_labels, address=settings.address,
+                                       task_timeout_s=execution.task_timeout_s,
                                        workers=execution.workers, threads=threads)
                 report.layout = f"address {settings.address or 'local'}"
                 ray_engine.run(work)
