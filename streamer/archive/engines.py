@@ -353,14 +353,16 @@ class RayEngine:
         pending.appendleft(task)
         return False
 
-    def _kill_hung(self, ray, in_flight, checks: dict) -> None:
+    def _kill_hung(self, ray, in_flight, checks: dict, started: dict) -> None:
         """The local engine's hang rule: an actor that finished no 60-s chunk for
         ``task_timeout_s``, or has not answered the check for that long (a call that holds the
         GIL), is killed; Ray restarts it, and its task comes back as a death below (counted,
         retried). Checks are sent without waiting for them (``checks``: actor -> (reference,
-        when sent)), so one silent actor never holds up the others' results."""
+        when sent)), so one silent actor never holds up the others' results, and only to actors
+        whose task began more than ``task_timeout_s`` ago (``started``): a younger one cannot
+        be hung yet."""
         now = time.monotonic()
-        busy = {actor: task for actor, task in in_flight.values()}
+        busy = {actor: task for actor, task in in_flight.values() if now - started.get(actor, now) > self.task_timeout_s}
         for actor in list(checks):
             if actor not in busy:
                 del checks[actor]
@@ -397,6 +399,7 @@ class RayEngine:
         waited: collections.Counter = collections.Counter()  # actor → seconds rested in all
         restarting: set = set()  # actors whose death was counted and that have not answered since
         checks: dict = {}  # actor -> (its pending hang check, when it was sent)
+        started: dict = {}  # actor -> when its task in hand was given
         while pending or in_flight:
             now = time.monotonic()
             for actor, until in list(resting.items()):
@@ -408,6 +411,7 @@ class RayEngine:
             while idle and pending:
                 actor, task = idle.pop(0), pending.popleft()
                 in_flight[actor.score.remote(task)] = (actor, task)
+                started[actor] = time.monotonic()
             if not in_flight:
                 if resting:
                     time.sleep(max(0.0, min(resting.values()) - time.monotonic()))
@@ -416,7 +420,7 @@ class RayEngine:
                     f"every Ray actor kept dying; {len(pending)} input(s) or range(s) left unscored, rerun to resume"
                 )
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=EVENT_WAIT_S)
-            self._kill_hung(ray, in_flight, checks)
+            self._kill_hung(ray, in_flight, checks, started)
             for ref in done:
                 actor, task = in_flight.pop(ref)
                 try:
