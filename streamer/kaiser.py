@@ -538,9 +538,9 @@ class KaiserFast:
         end = min(out_end, self.n_resampy(n_in))
         if end <= out_start:
             return y
-        tiles = self._exact_tiles()
-        cmax, size = self._cmax, self._exact_size
         kernel = _compiled_kernel() if self.use_numba else None
+        tiles = self._exact_tiles() if kernel is None else None  # the compiled loop gathers its own weights
+        cmax, size = self._cmax, self._exact_block()
         for k0 in range(out_start, end, size):
             k1 = min(k0 + size, end)
             m = k1 - k0
@@ -581,13 +581,17 @@ class KaiserFast:
             y[k0 - out_start: k1 - out_start] = acc
         return y
 
+    def _exact_block(self) -> int:
+        """Outputs per block of the exact path: whole periods, so a block's phases start at 0."""
+        L = self.up
+        return max(1, _EXACT_BLOCK // L) * L if L <= _EXACT_BLOCK else _EXACT_BLOCK
+
     def _exact_tiles(self):
         """Per wing: the table's values and deltas at each phase's offsets, tiled over a block
         (float64 ``[cmax, block + L]``), and the offsets they were taken at."""
         if getattr(self, "_tiles", None) is None:
             L = self.up
-            self._exact_size = max(1, _EXACT_BLOCK // L) * L if L <= _EXACT_BLOCK else _EXACT_BLOCK
-            reps = -(-(self._exact_size + L) // L)
+            reps = -(-(self._exact_block() + L) // L)
             t = np.arange(L, dtype=np.int64) * self._inc
             frac = self._scale * (t - t.astype(np.int64))
             tiles = []
