@@ -413,11 +413,12 @@ def prepare_perch_only(config: InferConfig, *, scores: str = "probability", spec
 
 
 def prepare_own_classes(config: InferConfig, recipe=None, *, keep: tuple[int, ...] | None = None,
-                        keep_note: str = "") -> RunPlan:
+                        keep_note: str = "", front=None) -> RunPlan:
     """The plan of a recipe whose columns are its front-end's own labels (``[recipe] classes``
     names a LiteRT front-end: BirdNET's 6,522 species), for the archive; reads no competition
     folder. ``keep``: the label positions to score, in order (a species list or the range
-    model's; ``None``: all), described by ``keep_note``.
+    model's; ``None``: all), described by ``keep_note``. ``front``: the LiteRT front-end already
+    bound (its files hashed) by a caller that chose ``keep`` from its labels; else bound here.
 
     Raises:
         RecipeError: the recipe or a file it names is wrong (one line each).
@@ -430,7 +431,7 @@ def prepare_own_classes(config: InferConfig, recipe=None, *, keep: tuple[int, ..
     recipe = recipe if recipe is not None else config.ensemble.load_recipe()
     backend = choose_backend(config.execution)
     roots = litert_roots(recipe, config)
-    front = bind_litert(recipe, roots)
+    front = front if front is not None else bind_litert(recipe, roots)
     if front is None or recipe.classes != front.name:
         raise RecipeError(recipe.source, [f"recipe.classes = {recipe.classes!r}: this run scores a LiteRT front-end's own "
                                           "labels; name that front-end"])

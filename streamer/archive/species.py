@@ -60,12 +60,12 @@ def own_classes_plan(config, recipe, *, species_list: Path | None = None, locati
     if species_list is not None:
         keep = read_names(species_list, front.scientific, front.common)
         note = f"{len(keep)} of {len(labels)} species, from {species_list}"
-        return prepare_own_classes(config, recipe, keep=tuple(sorted(keep)), keep_note=note)
+        return prepare_own_classes(config, recipe, keep=tuple(sorted(keep)), keep_note=note, front=front)
     if front.range_model is None:
         raise ConfigError(f"--lat/--lon: recipe {recipe.name!r} names no range model (frontends.{front.name}.range_model)")
     ranked = range_species(front.range_model, labels, location)
     note = f"{len(ranked)} of {len(labels)} species at {location.describe()}"
-    plan = prepare_own_classes(config, recipe, keep=tuple(sorted(ranked)), keep_note=note)
+    plan = prepare_own_classes(config, recipe, keep=tuple(sorted(ranked)), keep_note=note, front=front)
     return replace(plan, species=tuple(f"{labels[i][0]}_{labels[i][1]}" for i in ranked))
 
 
