@@ -15,7 +15,8 @@ Grammar: entries separated by commas, each ``POINT[KEY]=ACTION[@COUNT]``:
 * ``ACTION``: ``kill`` (SIGKILL to the process itself), ``raise`` (a :class:`FailpointError`),
   ``sigint`` (SIGINT to the run's main process, as Ctrl-C would send it), ``hang`` (sleep until
   killed), ``nan`` (the call site makes its model outputs NaN), ``enospc`` (``OSError`` ENOSPC,
-  as a full disk);
+  as a full disk), ``count`` (nothing: the hits are only counted, for a test that asks how often
+  a place was passed);
 * ``COUNT`` (optional): ``N`` fires on the N-th hit only, ``N+`` on the N-th and every later
   one; without it, every hit fires.
 
@@ -23,7 +24,10 @@ Hits are counted **across every process of the run** (a shared counter file per 
 folder named by ``STREAMER_FAILPOINTS_STATE``, created by the main process when the variable is
 first read there and inherited by its children), so ``consumer.mid_inference=kill@3`` kills
 exactly one consumer, whichever reaches the third inference, and its replacement does not die
-again. When ``STREAMER_FAILPOINTS`` is unset, :func:`hit` returns at its first line.
+again. Rules of one point share its counter (one count per hit, whatever the number of rules).
+A test that counts hits over a stopped run and its rerun names the counters' folder itself
+with ``STREAMER_FAILPOINTS_COUNTERS``. When ``STREAMER_FAILPOINTS`` is unset, :func:`hit`
+returns at its first line.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ ENV = "STREAMER_FAILPOINTS"
 STATE_ENV = "STREAMER_FAILPOINTS_STATE"
 MAIN_PID_ENV = "STREAMER_FAILPOINTS_MAIN_PID"
 MAIN_HOST_ENV = "STREAMER_FAILPOINTS_MAIN_HOST"
+COUNTERS_ENV = "STREAMER_FAILPOINTS_COUNTERS"
 
 #: Every failpoint in the code, with where it is.
 POINTS = {
@@ -64,11 +69,13 @@ POINTS = {
     "archive.worker_setup": "an archive worker, while it loads its models",
     "archive.worker_chunk": "an archive worker, after the models ran on a 60-s chunk (nan: its outputs)",
     "archive.journal_append": "the archive driver, before it appends an outcome to the journal",
-    "archive.join_ranges": "the archive driver, before it joins the ranges of a split input into its files",
+    "archive.chunk_keep": "an archive worker, before it keeps a scored 60-s chunk on disk (its rows, then its line)",
+    "archive.chunk_done": "the archive driver, on hearing that a 60-s chunk of an input was scored",
+    "archive.join_ranges": "an archive worker or the driver, before it writes an input's files from its kept chunks",
     "archive.summary": "the archive driver, after writing the summary's CSVs, before it draws _summary.png",
     "ceiling.setup": "a ceiling-benchmark process, while it loads its models",
 }
-ACTIONS = ("kill", "raise", "sigint", "hang", "nan", "enospc")
+ACTIONS = ("kill", "raise", "sigint", "hang", "nan", "enospc", "count")
 
 _ENTRY = re.compile(r"^(?P<point>[a-z_.]+)(?:\[(?P<key>[^\]]*)\])?=(?P<action>[a-z]+)(?:@(?P<n>\d+)(?P<plus>\+)?)?$")
 
@@ -137,7 +144,7 @@ def configure(spec: str | None = None, *, fresh: bool = False) -> None:
         by_point.setdefault(rule.point, []).append(rule)
     _rules = {k: tuple(v) for k, v in by_point.items()}
     if _rules and (fresh or not os.environ.get(STATE_ENV)):
-        os.environ[STATE_ENV] = tempfile.mkdtemp(prefix="streamer-failpoints-")
+        os.environ[STATE_ENV] = os.environ.get(COUNTERS_ENV) or tempfile.mkdtemp(prefix="streamer-failpoints-")
         os.environ[MAIN_PID_ENV] = str(os.getpid())
         os.environ[MAIN_HOST_ENV] = socket.gethostname()
 
@@ -157,12 +164,22 @@ def environment() -> dict[str, str]:
     return {k: os.environ[k] for k in (ENV, STATE_ENV, MAIN_PID_ENV, MAIN_HOST_ENV) if os.environ.get(k)}
 
 
+def _counter_file(folder: Path, name: str) -> Path:
+    return Path(folder) / re.sub(r"[^A-Za-z0-9._-]", lambda m: f"%{ord(m.group()):02x}", name)  # keys may hold '/'
+
+
+def counted(folder: str | os.PathLike, name: str) -> int:
+    """How many hits the counter ``name`` (``POINT`` or ``POINT[KEY]``) has in the counters'
+    folder ``folder`` (``STREAMER_FAILPOINTS_COUNTERS``); 0 when it was never hit."""
+    path = _counter_file(Path(folder), name)
+    return int(path.read_text().strip() or 0) if path.exists() else 0
+
+
 def _next_count(name: str) -> int:
     """Increment and return the run-wide hit counter ``name`` (a locked file)."""
     folder = Path(os.environ[STATE_ENV])
     folder.mkdir(parents=True, exist_ok=True)
-    safe = re.sub(r"[^A-Za-z0-9._-]", lambda m: f"%{ord(m.group()):02x}", name)  # keys may hold '/'
-    fd = os.open(folder / safe, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(_counter_file(folder, name), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         raw = os.read(fd, 64).strip()
@@ -185,10 +202,10 @@ def hit(point: str, key: str | None = None) -> str | None:
     rules = _rules.get(point)
     if not rules:
         return None
-    for rule in rules:
-        if rule.key is not None and rule.key != key:
-            continue
-        if not rule.fires(_next_count(rule.counter_name)):
+    matching = [rule for rule in rules if rule.key is None or rule.key == key]
+    counts = {name: _next_count(name) for name in dict.fromkeys(rule.counter_name for rule in matching)}  # every pass is counted, then acted on
+    for rule in matching:
+        if not rule.fires(counts[rule.counter_name]):
             continue
         what = f"failpoint {point}{'' if key is None else f' [{key}]'}"
         if rule.action == "kill":

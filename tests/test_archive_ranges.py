@@ -3,6 +3,7 @@ workers and joined back, equals one worker's run (to float32 round-off). Faults 
 are in test_faults_archive.py."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ import soundfile as sf
 
 from streamer import audio, cli
 from streamer.archive.journal import DONE, Journal
-from streamer.archive.ranges import PARTS_FOLDER, makespan, plan_splits, split_task
+from streamer.archive.checkpoint import PARTS_FOLDER
+from streamer.archive.journal import FileKey
+from streamer.archive.ranges import WorkQueue, makespan, plan_splits
 from streamer.archive.scorer import CHUNK_SAMPLES, ArchiveTask
 
 from conftest import printed_tolerance
@@ -85,13 +88,21 @@ def test_makespan_is_longest_first_on_the_first_free_worker():
 
 
 def test_ranges_cover_the_input_in_order_and_the_last_reads_to_the_end(tmp_path):
-    task = ArchiveTask(path=tmp_path / "a.flac", rel="a.flac", out=tmp_path / "a.parquet", when=None, audio_s=7 * 60 - 30)
-    units = split_task(task, 3, tmp_path / PARTS_FOLDER)
+    from types import SimpleNamespace
+
+    task = ArchiveTask(path=tmp_path / "a.flac", rel="a.flac", out=tmp_path / "a.parquet", when=None, audio_s=7 * 60 - 30,
+                       key=FileKey("a.flac", 1, 1))
+    labels = SimpleNamespace(codes=("x",))
+    units = WorkQueue([task], None, None, labels, out_dir=tmp_path).plan(3)
     spans = [u.span for u in units]
-    assert [(s.first, s.end) for s in spans] == [(0, 2), (2, 5), (5, None)]
-    assert [u.audio_s for u in units] == [120.0, 180.0, 90.0]
+    assert sorted((s.first, s.end) for s in spans) == [(0, 2), (2, 5), (5, None)]
+    assert sorted(u.audio_s for u in units) == [90.0, 120.0, 180.0]
     assert len({s.part for s in spans}) == 3 and all(u.rel == "a.flac" and u.out == task.out for u in units)
-    assert split_task(task, 1, tmp_path) == [task]
+    assert not any(s.joins for s in spans)
+    whole = WorkQueue([task], None, None, labels, out_dir=tmp_path).plan(1)  # one span, which writes the files itself
+    assert [(u.span.first, u.span.end, u.span.joins, u.label) for u in whole] == [(0, None, True, "a.flac")]
+    one_chunk = replace(task, audio_s=59.0)  # its only chunk is the one in flight: scored straight into its files
+    assert WorkQueue([one_chunk], None, None, labels, out_dir=tmp_path).plan(2) == [one_chunk]
 
 
 # ---------------------------------------------------------------------------- decoding a range

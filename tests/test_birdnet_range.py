@@ -262,7 +262,7 @@ def test_read_labels_splits_at_the_first_underscore(tmp_path):
 def test_read_labels_names_a_malformed_line(tmp_path, bad):
     path = tmp_path / "labels.txt"
     path.write_text(f"Dog_Dog\n{bad}\nCat_Cat\n", encoding="utf-8")
-    with pytest.raises(ArtifactError, match=rf"labels.txt:2: expected 'Scientific name_Common name'") as err:
+    with pytest.raises(ArtifactError, match=r"labels.txt:2: expected 'Scientific name_Common name'") as err:
         files.read_labels(path)
     assert "\n" not in str(err.value)
 

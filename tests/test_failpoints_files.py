@@ -56,6 +56,32 @@ def test_counts_and_keys(arm):
     assert failpoints.hit("decoder.read", "b/c.flac") == "nan"  # @1+: every later hit too
 
 
+def test_rules_of_one_point_share_one_count_per_hit(arm, tmp_path):
+    """A counting rule beside a firing one does not shift its count; the counters are read
+    back from the folder a test names."""
+    arm("parent.reduction=count,parent.reduction=raise@3,decoder.read[b/c.flac]=count")
+    failpoints.hit("parent.reduction")
+    failpoints.hit("parent.reduction")
+    with pytest.raises(failpoints.FailpointError):
+        failpoints.hit("parent.reduction")
+    failpoints.hit("decoder.read", "b/c.flac")
+    failpoints.hit("decoder.read", "other")
+    state = tmp_path / "fp-state"
+    assert failpoints.counted(state, "parent.reduction") == 3
+    assert failpoints.counted(state, "decoder.read[b/c.flac]") == 1 and failpoints.counted(state, "decoder.read") == 0
+
+
+def test_a_run_counts_into_the_folder_the_test_names(monkeypatch, tmp_path):
+    monkeypatch.setenv(failpoints.ENV, "parent.reduction=count")
+    monkeypatch.setenv(failpoints.COUNTERS_ENV, str(tmp_path / "mine"))
+    for name in (failpoints.STATE_ENV, failpoints.MAIN_PID_ENV, failpoints.MAIN_HOST_ENV):
+        monkeypatch.setenv(name, "")  # restored after the test: configure() sets them
+    for _ in range(2):  # two runs in a row, each started fresh, count on
+        failpoints.configure(fresh=True)
+        failpoints.hit("parent.reduction")
+    assert failpoints.counted(tmp_path / "mine", "parent.reduction") == 2
+
+
 def test_enospc_is_an_oserror(arm):
     arm("parent.before_rename=enospc")
     with pytest.raises(OSError) as info:

@@ -14,6 +14,8 @@ import pandas as pd
 import psutil
 import pytest
 
+from streamer import failpoints
+from streamer.archive.checkpoint import PARTS_FOLDER
 from streamer.archive.journal import JOURNAL_NAME
 from streamer.audio import write_audio
 
@@ -43,9 +45,14 @@ def _pgid(pid):
         return None
 
 
-def archive(kit, inputs, out, spec="", *extra, args=BASE):
+def archive(kit, inputs, out, spec="", *extra, args=BASE, counters=None):
+    """Run the real command; ``counters``: the folder its failpoints count into (kept across
+    runs, for a test that counts the chunks scored by a stopped run and its rerun)."""
     env = {**os.environ, "STREAMER_FAILPOINTS": spec}
     env.pop("STREAMER_FAILPOINTS_STATE", None)
+    env.pop(failpoints.COUNTERS_ENV, None)
+    if counters is not None:
+        env[failpoints.COUNTERS_ENV] = str(counters)
     report = out.parent / f"{out.name}.json"
     report.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "streamer", "-q", "archive", str(inputs), "--out", str(out), "--data-dir", str(kit.data_dir),
@@ -222,15 +229,20 @@ def split_reference(kit, long_input, tmp_path_factory):
 
 
 def assert_split_resumed(kit, long_input, out, reference, retry_failed=False, args=SPLIT):
-    """A plain rerun completes the folder, equal to the uninterrupted split run; no range arrays
-    or temporary files are left, and the input is journaled done."""
+    """A plain rerun completes the folder, equal to the uninterrupted split run; no kept chunks
+    or temporary files are left, and the input is journaled done. The input is resampled, and a
+    run that went on after kept chunks started its resampler at another chunk than the
+    reference's ranges did: the scores are equal to float32 round-off (the 32-kHz cells below
+    are equal bit for bit)."""
+    from test_archive_ranges import _assert_close
+
     code, doc, text = archive(kit, long_input, out, "", *(["--retry-failed"] if retry_failed else []), args=args)
     assert code == 0, text[-3000:]
     got = read_all(out)
     assert sorted(got) == sorted(reference)
     for name in reference:
-        pd.testing.assert_frame_equal(got[name], reference[name], check_exact=True)
-    assert not (out / ".streamer-ranges").exists() and not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+        _assert_close(got[name], reference[name])
+    assert not (out / PARTS_FOLDER).exists() and not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     status = {}
     for line in (out / JOURNAL_NAME).read_text().splitlines():
         entry = json.loads(line)
@@ -259,27 +271,46 @@ def test_a_hung_range_is_killed_and_redone(kit, long_input, split_reference, tmp
     assert_split_resumed(kit, long_input, out, split_reference)
 
 
-@pytest.mark.parametrize("spec,reason", [
-    ("archive.worker_chunk=nan@2", "Perch gave non-finite outputs"),  # one range unscorable: the input fails
-    ("archive.join_ranges=enospc", "joining its 2 ranges failed"),
-])
-def test_a_failed_range_fails_its_input(kit, long_input, split_reference, tmp_path, spec, reason):
+def test_an_unscorable_range_fails_its_input(kit, long_input, split_reference, tmp_path):
     out = tmp_path / "out"
-    code, doc, text = archive(kit, long_input, out, spec, args=SPLIT)
+    code, doc, text = archive(kit, long_input, out, "archive.worker_chunk=nan@2", args=SPLIT)
     assert code == 1, text[-3000:]
-    assert list(doc["failed"]) == [LONG_NAME] and reason in doc["failed"][LONG_NAME]
+    assert list(doc["failed"]) == [LONG_NAME] and "Perch gave non-finite outputs" in doc["failed"][LONG_NAME]
     assert not doc["done"] and not list(out.rglob("*.parquet"))
-    assert not (out / ".streamer-ranges").exists()
+    assert not (out / PARTS_FOLDER).exists()  # its audio cannot be scored: nothing of it is kept
     assert_split_resumed(kit, long_input, out, split_reference, retry_failed=True)
 
 
+def test_a_split_input_whose_files_cannot_be_written_keeps_its_chunks(kit, long_input, split_reference, tmp_path):
+    """Disk full while the ranges are joined: the input fails, its scored chunks stay, and the
+    retry only writes the files (no chunk is scored again)."""
+    out, counters = tmp_path / "out", tmp_path / "counters"
+    count = f"archive.worker_chunk[{LONG_NAME}]=count"
+    code, doc, text = archive(kit, long_input, out, f"archive.join_ranges=enospc,{count}", args=SPLIT, counters=counters)
+    assert code == 1, text[-3000:]
+    assert list(doc["failed"]) == [LONG_NAME] and "joining its 2 ranges failed" in doc["failed"][LONG_NAME]
+    assert not list(out.rglob("*.parquet")) and (out / PARTS_FOLDER).is_dir()
+    assert failpoints.counted(counters, f"archive.worker_chunk[{LONG_NAME}]") == 5
+    code, doc, text = archive(kit, long_input, out, count, "--retry-failed", args=SPLIT, counters=counters)
+    assert code == 0 and doc["resumed"] == {LONG_NAME: pytest.approx(250.0)} and doc["audio_hours"] == 0, text[-3000:]
+    assert failpoints.counted(counters, f"archive.worker_chunk[{LONG_NAME}]") == 5
+    assert_split_resumed(kit, long_input, out, split_reference)
+
+
 def test_an_interrupted_split_run_resumes(kit, long_input, split_reference, tmp_path):
-    out = tmp_path / "out"
-    code, doc, text = archive(kit, long_input, out, "archive.worker_chunk=sigint@3", args=SPLIT)
+    out, counters = tmp_path / "out", tmp_path / "counters"
+    count = f"archive.worker_chunk[{LONG_NAME}]=count"
+    code, doc, text = archive(kit, long_input, out, f"archive.worker_chunk=sigint@3,{count}", args=SPLIT, counters=counters)
     assert code == 130, text[-3000:]
     assert doc["unfinished"] == [LONG_NAME] and not doc["done"]  # the report is written on Ctrl-C too
     assert not list(out.rglob("*.parquet"))
-    assert not (out / ".streamer-ranges").exists()  # the finished range is not kept: the input is redone
+    assert (out / PARTS_FOLDER).is_dir()  # the chunks finished before Ctrl-C are kept
+    code, doc, text = archive(kit, long_input, out, count, args=SPLIT, counters=counters)
+    assert code == 0, text[-3000:]
+    kept = doc["resumed"][LONG_NAME]
+    assert kept >= 60 and kept + doc["audio_hours"] * 3600 == pytest.approx(250.0)
+    # At most the chunks in flight when Ctrl-C came (one per worker) were scored twice.
+    assert 5 <= failpoints.counted(counters, f"archive.worker_chunk[{LONG_NAME}]") <= 5 + 2
     assert_split_resumed(kit, long_input, out, split_reference)
 
 
@@ -291,3 +322,104 @@ def test_a_split_input_on_ray(kit, long_input, split_reference, tmp_path):
     assert code == 0, text[-3000:]
     assert doc["ranges"] == {LONG_NAME: 2}
     assert_split_resumed(kit, long_input, out, split_reference, args=ray_args)  # equal to the local engine's
+
+
+# ---------------------------------------------------------------------------- resuming inside one long input
+
+LONG32_NAME = "in/long32.flac"
+COUNTED = f"archive.worker_chunk[{LONG32_NAME}]"
+WHOLE = BASE + ("--embeddings",)
+
+
+@pytest.fixture(scope="module")
+def long32(tmp_path_factory):
+    """250 s of the real field recording stored at 32 kHz (5 chunks, the last of 10 s): nothing
+    is resampled, so a run that goes on at any chunk decodes the very samples an uninterrupted
+    run does, and its files are equal bit for bit."""
+    import soundfile as sf
+    import soxr
+    from test_archive_ranges import LONG
+
+    folder = tmp_path_factory.mktemp("long32") / "in"
+    folder.mkdir()
+    mono, rate = sf.read(str(LONG), dtype="float32", frames=250 * 22000)
+    write_audio(folder / "long32.flac", soxr.resample(mono, rate, 32000), 32000)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def long32_reference(kit, long32, tmp_path_factory):
+    out = tmp_path_factory.mktemp("long32-ref") / "out"
+    code, doc, text = archive(kit, long32, out, args=WHOLE)
+    assert code == 0 and doc["ranges"] == {} and not doc["resumed"], text[-3000:]
+    return read_all(out)
+
+
+def assert_whole_resumed(got_dir, reference):
+    got = read_all(got_dir)
+    assert sorted(got) == sorted(reference) == ["_embeddings/in/long32.flac.parquet", "in/long32.flac.parquet"]
+    for name in reference:
+        pd.testing.assert_frame_equal(got[name], reference[name], check_exact=True)
+    assert not (got_dir / PARTS_FOLDER).exists() and not [p for p in got_dir.rglob("*") if p.name.endswith(".tmp")]
+    status = [json.loads(line)["status"] for line in (got_dir / JOURNAL_NAME).read_text().splitlines()]
+    assert status == ["done"]
+
+
+@pytest.mark.parametrize("spec,args", [
+    ("archive.worker_chunk=kill@3", WHOLE),  # the worker dies while scoring the third chunk
+    ("archive.chunk_keep=enospc@3", WHOLE),  # the disk is full when the third chunk is to be kept
+    ("archive.worker_chunk=raise@3", ("--engine", "sequential", "--threads", "1", "--no-cnn", "--no-crnn", "--embeddings")),
+    ("archive.worker_chunk=kill@3", ("--engine", "ray", "--workers", "1", "--threads", "1", "--no-cnn", "--no-crnn", "--embeddings")),
+])
+def test_a_retried_input_goes_on_after_its_kept_chunks(kit, long32, long32_reference, tmp_path, spec, args):
+    """Within one run: the retry scores only the chunk that was in flight again."""
+    if "ray" in args:
+        pytest.importorskip("ray")
+    out, counters = tmp_path / "out", tmp_path / "counters"
+    code, doc, text = archive(kit, long32, out, f"{spec},{COUNTED}=count", args=args, counters=counters)
+    assert code == 0 and doc["done"] == [LONG32_NAME], text[-3000:]
+    assert failpoints.counted(counters, COUNTED) == 5 + 1
+    assert doc["audio_hours"] * 3600 == pytest.approx(250.0)
+    assert_whole_resumed(out, long32_reference)
+
+
+def test_a_retried_input_whose_files_cannot_be_written_scores_nothing_again(kit, long32, long32_reference, tmp_path):
+    out, counters = tmp_path / "out", tmp_path / "counters"
+    code, doc, text = archive(kit, long32, out, f"archive.join_ranges=enospc@1,{COUNTED}=count", args=WHOLE, counters=counters)
+    assert code == 0 and doc["done"] == [LONG32_NAME], text[-3000:]
+    assert failpoints.counted(counters, COUNTED) == 5
+    assert_whole_resumed(out, long32_reference)
+
+
+@pytest.mark.parametrize("spec,expected,least_kept_s", [
+    ("archive.worker_chunk=sigint@3", 130, 120),  # Ctrl-C while the third chunk is scored
+    ("archive.chunk_done=kill@3", -9, 180),  # the whole run killed once the third chunk is kept
+])
+def test_a_stopped_run_goes_on_inside_its_input(kit, long32, long32_reference, tmp_path, spec, expected, least_kept_s):
+    """Across runs: the rerun keeps what the stopped run finished and scores only the rest."""
+    out, counters = tmp_path / "out", tmp_path / "counters"
+    code, doc, text = archive(kit, long32, out, f"{spec},{COUNTED}=count", args=WHOLE, counters=counters)
+    assert code == expected, text[-3000:]
+    assert not list(out.rglob("*.parquet")) and (out / PARTS_FOLDER).is_dir()
+    code, doc, text = archive(kit, long32, out, f"{COUNTED}=count", args=WHOLE, counters=counters)
+    assert code == 0, text[-3000:]
+    kept = doc["resumed"][LONG32_NAME]
+    assert kept >= least_kept_s and kept + doc["audio_hours"] * 3600 == pytest.approx(250.0)
+    assert "resumed inside 1 input(s)" in text
+    # One worker: at most the one chunk in flight when the run stopped was scored twice.
+    assert 5 <= failpoints.counted(counters, COUNTED) <= 5 + 1
+    assert_whole_resumed(out, long32_reference)
+
+
+def test_chunks_kept_under_other_settings_are_refused_then_removed_with_overwrite(kit, long32, tmp_path):
+    out, counters = tmp_path / "out", tmp_path / "counters"
+    code, _, text = archive(kit, long32, out, f"archive.worker_chunk=sigint@3,{COUNTED}=count", args=WHOLE, counters=counters)
+    assert code == 130 and (out / PARTS_FOLDER).is_dir(), text[-3000:]
+    code, _, text = archive(kit, long32, out, "", "--min-score", "0.5", args=WHOLE)
+    assert code == 2 and "--overwrite" in text, text[-3000:]
+    assert (out / PARTS_FOLDER).is_dir()  # refused: nothing touched
+    code, doc, text = archive(kit, long32, out, f"{COUNTED}=count", "--min-score", "0.5", "--overwrite", args=WHOLE,
+                              counters=counters)
+    assert code == 0 and not doc["resumed"] and doc["audio_hours"] * 3600 == pytest.approx(250.0), text[-3000:]
+    assert failpoints.counted(counters, COUNTED) >= 3 + 5  # scored again from its start
+    assert not (out / PARTS_FOLDER).exists()

@@ -109,9 +109,10 @@ class _Slot:
 class LocalEngine:
     """Worker processes on this machine (see the module notes).
 
-    A worker that dies is restarted and its unit (input or range) redone from the start; a unit
-    in flight during :data:`~streamer.pipeline.attempts.MAX_FILE_ATTEMPTS` deaths is reported
-    failed. A worker slot is given up after deaths in a row without progress (a set-up error at
+    A worker that dies is restarted and its unit (input or range) retried, from the start for a
+    one-chunk input, else after the chunks it kept; a unit in flight during
+    :data:`~streamer.pipeline.attempts.MAX_FILE_ATTEMPTS` deaths with no chunk kept in between
+    is reported failed. A worker slot is given up after deaths in a row without progress (a set-up error at
     once); when every slot is given up the run stops. A worker silent for ``task_timeout_s`` on an input (no chunk done), or not ready
     ``startup_timeout_s`` after it started, is declared hung and killed, which counts as a
     death."""
@@ -174,6 +175,10 @@ class LocalEngine:
         elif isinstance(msg, ChunkProgress):
             slot.since = time.monotonic()
             if slot.task is not None:
+                if slot.task.span is not None:
+                    # Its chunks are kept: a retry goes on after this one, so only deaths
+                    # without a chunk kept in between count towards giving the unit up.
+                    self.attempts.pop(slot.task.label, None)
                 work.progress(slot.task, msg.audio_s)
         elif isinstance(msg, TaskResult):
             task, slot.task = slot.task, None

@@ -78,6 +78,11 @@ class Journal:
         entry = self.entries.get(str(Path(path).resolve()))
         return entry is not None and entry.status == DONE and entry.key == FileKey.of(path) and Path(output).is_file()
 
+    def is_done_key(self, path: Path, key: FileKey) -> bool:
+        """Whether this version (``key``) of ``path`` is journaled as done."""
+        entry = self.entries.get(str(Path(path).resolve()))
+        return entry is not None and entry.status == DONE and entry.key == key
+
     def _ends_with_newline(self) -> bool:
         with open(self.path, "rb") as handle:
             handle.seek(-1, os.SEEK_END)

@@ -15,41 +15,43 @@ the fewest ranges). One 128-minute input on two workers becomes two 64-minute ra
 ranges (60 + 30 minutes on each worker). Inputs whose header gives no duration are never split.
 
 Each range is decoded from a little before its first chunk, so its samples equal the whole
-file's (:func:`streamer.audio.iter_chunks`), and writes its window arrays to the hidden
-``.streamer-ranges/`` folder of the output folder (shared by every node, as the outputs are).
-When every range of an input is done, the driver joins them in order into the input's files
-through the same writers as a whole-input run (:func:`~streamer.archive.scorer.join_ranges`):
-the files equal a single worker's to float32 round-off, row groups, merged events and the
-summary's counts included. The journal is unchanged: an input is done when its files are.
+file's (:func:`streamer.audio.iter_chunks`). Every task of an input longer than one chunk, a
+range or the whole input, keeps its finished chunks in the hidden ``.streamer-ranges/`` folder
+of the output folder (shared by every node, as the outputs are; see
+:mod:`streamer.archive.checkpoint`). The queue starts from what earlier runs kept: only the gaps
+are planned (and split, if balancing needs it). When every chunk of an input is kept, its files
+are written from them in order, by the task itself when it is the input's only one this run,
+else by the driver once the last range is done (:func:`~streamer.archive.scorer.join_input`):
+the files equal a single uninterrupted pass's (to float32 round-off of the resampler), row
+groups, merged events and the summary's counts included. The journal is unchanged: an input is
+done when its files are; its kept chunks are removed once it is journaled.
 
-Failures keep their meaning: a range whose worker dies is redone (its attempts are counted
-apart from the other ranges'); a range that cannot be scored (undecodable audio, non-finite
-Perch outputs) fails its input, whose other ranges are then dropped; a run that stops leaves
-its unfinished inputs to the next run, which scores them again (arrays of unfinished inputs are
-removed at the start of every run).
+Failures keep their meaning: a task whose worker dies is retried and goes on after its kept
+chunks; a range that cannot be scored (undecodable audio, non-finite Perch outputs) fails its
+input, whose other ranges are then dropped and whose kept chunks are removed; other failures
+(a task whose workers kept dying, files that could not be written) keep them for
+``--retry-failed``; a run that stops leaves the kept chunks of its unfinished inputs to the
+next run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import logging
 import math
-import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from streamer import failpoints
+from streamer.archive.checkpoint import Coverage, coverage, part_of, parts_dir, remove_runs, runs_of
 from streamer.archive.output import remove_temporaries_of
-from streamer.archive.scorer import CHUNK_SAMPLES, ArchiveTask, ChunkSpan, TaskResult, join_ranges
+from streamer.archive.scorer import CHUNK_SAMPLES, ArchiveTask, ChunkSpan, TaskResult, join_input
 from streamer.audio import TARGET_SAMPLE_RATE_HZ
 from streamer.metadata import ClassLabels
 
 log = logging.getLogger(__name__)
 
-#: The folder of the ranges' window arrays, inside the output folder. Its leading dot keeps it
-#: out of dataset readers and of the folder's outputs.
-PARTS_FOLDER = ".streamer-ranges"
 #: Shortest range, in 60-s chunks: a range costs a task round trip, a 2-s resampler warm-up and
 #: one chunk decoded before the models can start.
 MIN_RANGE_CHUNKS = 2
@@ -118,36 +120,18 @@ def longest_first(tasks: list[ArchiveTask]) -> list[ArchiveTask]:
     return sorted(tasks, key=lambda t: -(t.audio_s if t.audio_s is not None else -1.0))
 
 
-def parts_dir(out_dir: Path) -> Path:
-    return Path(out_dir) / PARTS_FOLDER
+def kept_in_runs(task: ArchiveTask) -> bool:
+    """Whether ``task``'s finished chunks are kept as it goes (every input but those of one
+    chunk, whose only chunk is the one in flight)."""
+    return task.key is not None and n_chunks(task.audio_s) != 1
 
 
-def remove_stale_parts(out_dir: Path) -> int:
-    """Remove the ranges' arrays a stopped run left (its unfinished inputs are scored again)."""
-    folder = parts_dir(out_dir)
-    if not folder.is_dir():
-        return 0
-    n = sum(1 for p in folder.iterdir() if p.is_file())
-    shutil.rmtree(folder)
-    if n:
-        log.info("removed %d range file(s) of inputs an interrupted run left unfinished", n)
-    return n
-
-
-def split_task(task: ArchiveTask, k: int, folder: Path) -> list[ArchiveTask]:
-    """``task`` as ``k`` range tasks (``task`` itself when ``k`` is 1)."""
-    if k <= 1:
-        return [task]
-    chunks = n_chunks(task.audio_s)
-    firsts = _bounds(chunks, k)
-    digest = hashlib.sha256(task.rel.encode("utf-8", "surrogateescape")).hexdigest()[:20]
-    units = []
-    for j, first in enumerate(firsts):
-        end = firsts[j + 1] if j + 1 < k else None  # the last range reads to the end, whatever the header said
-        seconds = (end - first) * CHUNK_S if end is not None else max(0.0, (task.audio_s or 0.0) - first * CHUNK_S)
-        span = ChunkSpan(j, k, first, end, folder / f"{digest}.{j:03d}")
-        units.append(replace(task, span=span, audio_s=seconds))
-    return units
+def _unit_seconds(task: ArchiveTask, first: int, end: int | None) -> float | None:
+    """Seconds of audio in chunks ``first .. end - 1`` of ``task`` (None: unknown)."""
+    if task.audio_s is None:
+        return None if end is None else (end - first) * CHUNK_S
+    left = max(0.0, task.audio_s - first * CHUNK_S)
+    return left if end is None else min(left, (end - first) * CHUNK_S)
 
 
 @dataclass
@@ -166,11 +150,14 @@ class WorkQueue:
     Engines call :meth:`plan` with their worker count, hand out :attr:`units` (skipping those
     :meth:`wanted` refuses), report every unit's result to :meth:`report` and its progress to
     :meth:`progress`, and :meth:`discard` the partial files of a unit whose worker died. The
-    caller's ``on_result`` sees whole inputs only."""
+    caller's ``on_result`` sees whole inputs only, with what earlier runs had kept of them
+    (``kept_s``), and must have journaled the input when it returns: its kept chunks are then
+    removed."""
 
     def __init__(self, tasks: list[ArchiveTask], on_result: OnResult, on_progress: OnProgress, labels: ClassLabels,
                  *, out_dir: Path | None = None, split: bool = True) -> None:
         self.tasks = longest_first(tasks)
+        self.inputs = {t.rel: t for t in tasks}
         self.units = list(self.tasks)
         self.on_result = on_result
         self.on_progress = on_progress
@@ -178,55 +165,102 @@ class WorkQueue:
         self.folder = parts_dir(out_dir) if out_dir is not None else None
         self.split = split and out_dir is not None
         self.splits: dict[str, _Split] = {}
+        #: What earlier runs kept of each input scored in runs (read once, before planning).
+        self.held: dict[str, Coverage] = {}
+        if self.folder is not None:
+            n_classes = len(labels.codes)
+            for task in self.tasks:
+                if kept_in_runs(task):
+                    runs = (runs_of(self.folder, task.rel, task.key, task.widths(n_classes), task.framing.rate_hz)
+                            if self.folder.is_dir() else [])
+                    self.held[task.rel] = coverage(runs)
+
+    def kept_s(self, rel: str) -> float:
+        """Seconds of input ``rel`` that earlier runs scored and kept."""
+        held = self.held.get(rel)
+        return held.kept_samples / self.inputs[rel].framing.rate_hz if held is not None else 0.0
+
+    @property
+    def resumed(self) -> dict[str, float]:
+        """The inputs that go on after chunks an earlier run kept: seconds kept of each."""
+        return {rel: self.kept_s(rel) for rel, held in self.held.items() if held.kept_chunks}
 
     def plan(self, n_workers: int) -> list[ArchiveTask]:
-        """The units for ``n_workers`` workers, longest first (ranges of an input in order)."""
-        if not self.split or n_workers <= 1:
-            self.units = list(self.tasks)
-            return self.units
-        ks = plan_splits([n_chunks(t.audio_s) for t in self.tasks], n_workers)
-        units = []
+        """The units for ``n_workers`` workers, longest first (ranges of an input in order):
+        the inputs of one chunk whole, the others' chunks not kept yet in spans, split where
+        balancing needs it."""
+        pieces: list[tuple[ArchiveTask, int | None, int | None, int]] = []  # (input, first, end, chunks)
+        for task in self.tasks:
+            held = self.held.get(task.rel)
+            if held is None:
+                pieces.append((task, None, None, 0))
+            elif held.complete:  # every chunk kept: only the files are left to write
+                end = held.pieces[-1][0].end if held.pieces else 0
+                pieces.append((task, end, end, 0))
+            else:
+                for first, end in held.gaps:
+                    length = (end - first) if end is not None else max(0, n_chunks(task.audio_s) - first)
+                    pieces.append((task, first, end, length))
+        ks = plan_splits([p[3] for p in pieces], n_workers if self.split else 1)
+        units: list[ArchiveTask] = []
+        ranges: dict[str, list[tuple[int, int | None]]] = {}
+        for (task, first, end, length), k in zip(pieces, ks):
+            if first is None:
+                units.append(task)
+            elif k > 1:
+                firsts = [first + b for b in _bounds(length, k)]
+                ranges.setdefault(task.rel, []).extend(zip(firsts, firsts[1:] + [end]))
+            else:
+                ranges.setdefault(task.rel, []).append((first, end))
         self.splits = {}
-        for task, k in zip(self.tasks, ks):
-            parts = split_task(task, k, self.folder)
-            if k > 1:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                self.splits[task.rel] = _Split(task, [u.span for u in parts])
-                log.info("%s: split into %d ranges of about %.0f min for %d workers", task.rel, k, parts[0].audio_s / 60, n_workers)
+        for rel, spans in ranges.items():
+            task, count = self.inputs[rel], len(spans)
+            parts = [replace(task, span=ChunkSpan(j, count, a, b, part_of(self.folder, rel, a), joins=count == 1),
+                             audio_s=_unit_seconds(task, a, b)) for j, (a, b) in enumerate(spans)]
+            if count > 1:
+                self.splits[rel] = _Split(task, [u.span for u in parts])
+                log.info("%s: split into %d ranges of about %.0f min for %d workers", rel, count, (parts[0].audio_s or 0) / 60, n_workers)
             units += parts
         self.units = longest_first(units)
         return self.units
 
     def wanted(self, unit: ArchiveTask) -> bool:
         """False for a range of an input that already failed."""
-        return unit.span is None or not self.splits[unit.rel].settled
+        return unit.span is None or unit.span.joins or not self.splits[unit.rel].settled
 
     def progress(self, unit: ArchiveTask, audio_s: float) -> None:
+        failpoints.hit("archive.chunk_done", unit.rel)
         if self.wanted(unit):
             self.on_progress(unit.rel, audio_s)
 
     def discard(self, unit: ArchiveTask) -> None:
-        """Remove what a unit whose worker died left half written."""
+        """Remove what a unit whose worker died left half written (its kept chunks stay)."""
         for path in unit.partial_files():
             remove_temporaries_of(path)
 
+    def _settle(self, task: ArchiveTask, result: TaskResult) -> None:
+        """Hand an input's outcome to ``on_result`` (which journals it), then drop its kept
+        chunks when it is done or its audio cannot be scored; after other failures (workers
+        that kept dying, files that could not be written) they stay for ``--retry-failed``."""
+        result.kept_s = self.kept_s(task.rel)
+        self.on_result(task, result)
+        if task.rel in self.held and (result.ok or result.unscorable):
+            remove_runs(self.folder, task.rel)
+
     def report(self, unit: ArchiveTask, result: TaskResult) -> None:
         """A unit's outcome: a whole input's goes to ``on_result``; a range's is kept until its
-        input's last range is done (then joined) or fails it."""
-        if unit.span is None:
-            self.on_result(unit, result)
+        input's last range is done (then the input's files are written) or fails it."""
+        if unit.span is None or unit.span.joins:
+            self._settle(self.inputs[unit.rel], result)
             return
         split = self.splits[unit.rel]
         if split.settled:  # its input already failed
-            unit.span.remove()
             return
         if not result.ok:
             split.settled = True
-            for span in split.spans:
-                span.remove()
             done_s = sum(r.audio_s for r in split.results.values()) + result.audio_s
-            self.on_result(split.task, TaskResult(unit.rel, False, f"{result.reason} ({unit.span.describe()})", done_s,
-                                                  peak_rss_kb=result.peak_rss_kb))
+            self._settle(split.task, TaskResult(unit.rel, False, f"{result.reason} ({unit.span.describe()})", done_s,
+                                                peak_rss_kb=result.peak_rss_kb, unscorable=result.unscorable))
             return
         split.results[unit.span.index] = result
         if len(split.results) < len(split.spans):
@@ -234,8 +268,8 @@ class WorkQueue:
         split.settled = True
         results = [split.results[j] for j in range(len(split.spans))]
         try:
-            joined = join_ranges(split.task, split.spans, results, self.labels)
+            joined = join_input(unit, self.labels, results)
         except (OSError, ValueError) as exc:
             joined = TaskResult(unit.rel, False, f"joining its {len(split.spans)} ranges failed ({type(exc).__name__}: {exc})",
                                 sum(r.audio_s for r in results))
-        self.on_result(split.task, joined)
+        self._settle(split.task, joined)

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -28,7 +29,8 @@ from streamer.archive.inputs import ArchiveInput
 from streamer.archive import fingerprint as run_fingerprint
 from streamer.archive.journal import DONE, FAILED, JOURNAL_NAME, FileKey, Journal
 from streamer.archive.output import embeddings_path, remove_stale_temporaries
-from streamer.archive.ranges import WorkQueue, remove_stale_parts
+from streamer.archive import checkpoint
+from streamer.archive.ranges import WorkQueue
 from streamer.archive.scorer import ArchiveTask, TaskResult
 from streamer.archive.tables import SUFFIXES
 from streamer.archive.timing import read_metadata_csv, recording_time
@@ -64,6 +66,7 @@ class ArchiveReport:
     models: dict[str, str] = field(default_factory=dict)
     backend_check: dict | None = None
     ranges: dict[str, int] = field(default_factory=dict)  # inputs split across workers: how many ranges each
+    resumed: dict[str, float] = field(default_factory=dict)  # inputs that went on after chunks kept by earlier runs: seconds kept
     licence: str = ""  # the models' terms (a recipe's [recipe] licence), said once per run
 
     @property
@@ -81,6 +84,9 @@ class ArchiveReport:
             lines.append("models: " + ", ".join(f"{k.replace('_', '-')} in {v}" for k, v in self.models.items()))
         if self.ranges:
             lines.append(f"split across workers: {len(self.ranges)} input(s), into {sum(self.ranges.values())} ranges of 60-s chunks")
+        if self.resumed:
+            lines.append(f"resumed inside {len(self.resumed)} input(s): {sum(self.resumed.values()) / 3600:.2f} h of audio "
+                         f"scored by earlier runs was kept, not scored again")
         lines += [f"  failed: {name}: {reason}" for name, reason in sorted(self.failed.items())]
         lines += [f"  note: {name}: {note}" for name, notes in sorted(self.notes.items()) for note in notes]
         if self.failed:
@@ -110,6 +116,7 @@ class ArchiveReport:
             "models": dict(self.models),
             "backend_check": self.backend_check,
             "ranges": dict(self.ranges),
+            "resumed": dict(self.resumed),
             "licence": self.licence,
         }
 
@@ -433,6 +440,7 @@ def _remove_outputs(out_dir: Path, entries: list[ArchiveInput], journal: Journal
         if path.is_file():
             path.unlink()
             n += 1
+    shutil.rmtree(checkpoint.parts_dir(out_dir), ignore_errors=True)  # chunks kept under the earlier settings
     journal.remove()
     log.warning("--overwrite: removed %d output file(s) and the journal of the earlier settings", n)
 
@@ -444,13 +452,13 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float, report: Arc
     out_dir, engine, execution = Path(settings.out_dir), settings.engine, plan.config.execution
     threads = execution.threads
     remove_stale_temporaries(out_dir)
-    remove_stale_parts(out_dir)
     journal = Journal(out_dir)
     fingerprint = run_fingerprint.compute(plan, settings)
     if run_fingerprint.check(out_dir, fingerprint, has_outputs=bool(journal.entries) or _any_output(out_dir),
                              overwrite=settings.overwrite):
         _remove_outputs(out_dir, entries, journal, settings)
     run_fingerprint.write(out_dir, fingerprint)
+    checkpoint.prune(checkpoint.parts_dir(out_dir), journal.is_done_key)
     from streamer.archive.summary import write_class_names
 
     write_class_names(out_dir, plan.class_labels)
@@ -467,9 +475,16 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float, report: Arc
         _write_species_lists(out_dir, entries, settings)
     tasks = _plan_tasks(entries, settings, journal, report, plan)
     if not tasks:
+        checkpoint.tidy(checkpoint.parts_dir(out_dir))
         return _finish_tables(out_dir, settings, report, t0, None)
-    total_s = sum(t.audio_s or 0.0 for t in tasks)
+    work = WorkQueue(tasks, lambda task, result: on_result(task, result), lambda rel, s: bar.advance(rel, s),
+                     plan.class_labels, out_dir=out_dir, split=settings.split)
+    report.resumed = work.resumed
+    kept_s = sum(report.resumed.values())
+    total_s = sum(t.audio_s or 0.0 for t in tasks) - kept_s
     log.info("archive: %d input(s) to score (%.2f h of audio), %d already finished", len(tasks), total_s / 3600, len(report.skipped))
+    if kept_s:
+        log.info("archive: %d input(s) go on after %.2f h of audio earlier runs scored and kept", len(report.resumed), kept_s / 3600)
     bar = _Progress(total_s, len(tasks), execution.progress and sys.stderr.isatty())
     outstanding = {t.rel for t in tasks}
 
@@ -483,7 +498,7 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float, report: Arc
             journal.record(task.path, DONE, output, key=task.key, audio_s=result.audio_s,
                            extra={"counts": result.counts, "effort": result.effort, "recording": task.rel})
             report.done.append(task.rel)
-            report.audio_s += result.audio_s
+            report.audio_s += result.audio_s - result.kept_s  # what this run scored
             for k, v in result.stage_s.items():
                 report.stage_s[k] = report.stage_s.get(k, 0.0) + v
         else:
@@ -493,13 +508,13 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float, report: Arc
             log.warning("%s: %s", task.path, reason)
         outstanding.discard(task.rel)  # only once journaled: an input whose record was cut short is unfinished
         report.peak_worker_rss_mb = max(report.peak_worker_rss_mb, result.peak_rss_kb / 1024)
-        bar.file_done(task.rel, result.ok, result.audio_s, task.audio_s)
+        bar.file_done(task.rel, result.ok, result.audio_s - result.kept_s,
+                      None if task.audio_s is None else task.audio_s - result.kept_s)
 
     with tempfile.TemporaryDirectory(prefix="streamer-archive-") as tmp:
         plan, check = with_backends(plan, Path(tmp), sequential=engine == "sequential")
         report.models = describe_models(plan.model, plan.reducer)
         report.backend_check = check.to_dict() if check is not None else None
-        work = WorkQueue(tasks, on_result, bar.advance, plan.class_labels, out_dir=out_dir, split=settings.split)
         interrupted = None
         try:
             if engine == "sequential":
@@ -528,7 +543,7 @@ def _run_locked(plan, entries, settings: ArchiveSettings, t0: float, report: Arc
         finally:
             bar.close()
             report.ranges = {rel: len(split.spans) for rel, split in work.splits.items()}
-            remove_stale_parts(out_dir)  # an input not finished now is scored again next time
+            checkpoint.tidy(checkpoint.parts_dir(out_dir))  # the kept chunks of unfinished inputs stay for the next run
             report.unfinished = sorted(outstanding)
             report.seconds = time.perf_counter() - t0
             report.peak_parent_rss_mb = maxrss_kb() / 1024  # not ru_maxrss: see maxrss_kb
@@ -576,6 +591,10 @@ def folder_status(out_dir: Path, entries: list[ArchiveInput] | None = None) -> s
         lines.append(f"  output format version {stored.get('output_format_version')}")
     lines.append(f"  {len(done)} input(s) done ({hours:.2f} h of audio), {len(failed)} failed")
     lines += [f"    failed: {e.output}: {e.reason}" for e in failed]
+    kept = checkpoint.kept_by_input(checkpoint.parts_dir(out_dir))
+    if kept:
+        lines.append(f"  {len(kept)} input(s) partly scored: {sum(kept.values()) / 3600:.2f} h of audio kept, "
+                     f"a rerun goes on from there")
     if entries is not None:
         fmt = (stored or {}).get("settings", {}).get("format") or "parquet"
         failed_paths = {f.key.path for f in failed}

@@ -8,21 +8,22 @@ of its own start, and only its real windows are written. The sequential engine r
 in the calling process, the local engine one per worker process, the Ray engine one per actor;
 so a recording scored by any of them gives the same file (at the same thread count).
 
-A task may also be one *range* of an input's chunks (:class:`ChunkSpan`, planned by
-:mod:`streamer.archive.ranges` when there are fewer long inputs than workers): the scorer then
-writes the range's raw window arrays (:class:`RangeSink`) instead of the input's files, and
-:func:`join_ranges` later turns the ranges, in order, into the same files through the same
-writers (:class:`InputSink`).
+A task of an input longer than one chunk carries a :class:`ChunkSpan`: the chunks it scores
+(the whole input, or one *range* of its chunks planned by :mod:`streamer.archive.ranges` when
+there are fewer long inputs than workers). Its finished chunks are kept on disk as they come
+(:mod:`streamer.archive.checkpoint`), so a task stopped by anything (Ctrl-C, a kill, a dead
+worker, a full disk) loses only the chunk in flight, and its retry, or the next run, goes on
+from there. When all the input's chunks are kept, :func:`join_input` replays them in order
+through the input's writers (:class:`InputSink`): the same files as one uninterrupted pass.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import os
 import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator
@@ -31,13 +32,13 @@ import numpy as np
 
 from streamer.recipes.schema import OWN_LOGITS_KINDS
 from streamer import failpoints
+from streamer.archive.checkpoint import RunWriter, coverage, header_of, runs_of
 from streamer.archive.journal import FileKey
-from streamer.archive.output import EMBEDDING_DIM, EmbeddingWriter, ScoreWriter, remove_temporaries_of
+from streamer.archive.output import EMBEDDING_DIM, EmbeddingWriter, ScoreWriter
 from streamer.archive.tables import EventBuilder, TableWriter
 from streamer.archive.timing import RecordingTime
 from streamer.audio import PERCH_FRAMING, AudioChunk, WindowFraming, iter_chunks
 from streamer.errors import AudioDecodeError, StreamerError
-from streamer.files import install, temporary_sibling
 from streamer.metadata import ClassLabels
 from streamer.models.moe import set_torch_threads
 from streamer.pipeline.children import maxrss_kb
@@ -58,32 +59,25 @@ PREFETCH_CHUNKS = 1
 @dataclass(frozen=True)
 class ChunkSpan:
     """Chunks ``first .. end - 1`` of an input (``end=None``: to the end of the file), range
-    ``index`` of ``count``; its window arrays go to ``<part>.scores.f32`` and
-    ``<part>.embeddings.f32`` (raw float32 rows, C or 1536 values each)."""
+    ``index`` of the ``count`` its input has in this run, kept in the run at ``part``
+    (:mod:`streamer.archive.checkpoint`). ``joins``: the task that scores it also writes the
+    input's files (it is the input's only task of the run)."""
 
     index: int
     count: int
     first: int
     end: int | None
     part: Path
+    joins: bool = False
 
     @property
-    def scores_path(self) -> Path:
-        return self.part.with_name(self.part.name + ".scores.f32")
+    def folder(self) -> Path:
+        return self.part.parent
 
     @property
-    def embeddings_path(self) -> Path:
-        return self.part.with_name(self.part.name + ".embeddings.f32")
-
-    @property
-    def paths(self) -> tuple[Path, Path]:
-        return self.scores_path, self.embeddings_path
-
-    def remove(self) -> None:
-        """Delete the range's arrays and any temporary file of them."""
-        for path in self.paths:
-            path.unlink(missing_ok=True)
-            remove_temporaries_of(path)
+    def scores_nothing(self) -> bool:
+        """Every chunk is kept already: the task only joins them."""
+        return self.end is not None and self.end <= self.first
 
     def describe(self) -> str:
         last = "the end" if self.end is None else f"{self.end * CHUNK_S} s"
@@ -120,18 +114,23 @@ class ArchiveTask:
 
     @property
     def label(self) -> str:
-        """The input's name, and the range when the task is one."""
-        return self.rel if self.span is None else f"{self.rel} ({self.span.describe()})"
+        """The input's name, and the range when the task is one of several."""
+        return self.rel if self.span is None or self.span.count == 1 else f"{self.rel} ({self.span.describe()})"
 
     @property
     def needs_embeddings(self) -> bool:
         return self.embeddings_out is not None or not self.write_scores
 
     def partial_files(self) -> list[Path]:
-        """The files this task writes (their temporary siblings are what a dead worker leaves)."""
-        if self.span is not None:
-            return list(self.span.paths)
+        """The files this task writes atomically (their temporary siblings are what a dead
+        worker leaves; its kept chunks are not among them)."""
+        if self.span is not None and not self.span.joins:
+            return []
         return [self.out] + ([self.embeddings_out] if self.embeddings_out is not None else [])
+
+    def widths(self, n_classes: int) -> tuple[int, int]:
+        """The widths of its kept rows: scores, embeddings (0: not kept)."""
+        return (n_classes if self.write_scores else 0), (self.embedding_dim if self.needs_embeddings else 0)
 
 
 @dataclass
@@ -148,6 +147,8 @@ class TaskResult:
     notes: list[str] = field(default_factory=list)  # chunks scored without the students, and why
     counts: list = field(default_factory=list)  # [class, UTC date, UTC hour, detection windows] for the summary
     effort: list = field(default_factory=list)  # [UTC date, UTC hour, seconds of audio] for the summary
+    kept_s: float = 0.0  # of audio_s, what earlier runs scored (kept chunks): not scored by this run
+    unscorable: bool = False  # failed on its audio (undecodable, non-finite outputs), not on the machine
 
 
 class UnscorableInput(StreamerError):
@@ -202,12 +203,11 @@ class _Prefetcher:
         self._thread.join()
 
 
-def chunks_of(path: Path, prefetch: int = PREFETCH_CHUNKS, span: ChunkSpan | None = None,
+def chunks_of(path: Path, prefetch: int = PREFETCH_CHUNKS, first: int = 0, end: int | None = None,
               framing: WindowFraming = PERCH_FRAMING):
-    """The 60-s chunks of a recording (of one range of it), decoded ``prefetch`` chunks ahead
-    (0: in line)."""
-    size = framing.chunk_samples
-    chunks = iter_chunks(path, size, framing=framing) if span is None else iter_chunks(path, size, span.first, span.end, framing=framing)
+    """The 60-s chunks ``first .. end - 1`` of a recording (``end=None``: to its end), decoded
+    ``prefetch`` chunks ahead (0: in line)."""
+    chunks = iter_chunks(path, framing.chunk_samples, first, end, framing=framing)
     if prefetch <= 0:
         return chunks, None
     fetcher = _Prefetcher(chunks, prefetch)
@@ -308,65 +308,6 @@ def _count_effort(effort: collections.Counter, when: RecordingTime, first_window
             effort[_window_cell(when, window, framing)] += real
 
 
-class _RawRows:
-    """float32 rows appended to a temporary sibling of ``path``, renamed into place on close."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        fd, self._tmp = temporary_sibling(path)
-        self._file = os.fdopen(fd, "wb")
-
-    def write(self, rows: np.ndarray) -> None:
-        self._file.write(np.ascontiguousarray(rows, dtype=np.float32).tobytes())
-
-    def close(self) -> None:
-        self._file.close()
-        install(self._tmp, self.path)
-
-    def abort(self) -> None:
-        self._file.close()
-        self._tmp.unlink(missing_ok=True)
-
-
-class RangeSink:
-    """Where a range's windows go: its raw float32 score and embedding rows (see
-    :class:`ChunkSpan`), read back in order by :func:`join_ranges`."""
-
-    def __init__(self, task: ArchiveTask) -> None:
-        self.task = task
-        self.span = task.span
-        self.n_windows = 0
-        self.scores = _RawRows(self.span.scores_path) if task.write_scores else None
-        self.embeddings = None
-        try:
-            if task.needs_embeddings:
-                self.embeddings = _RawRows(self.span.embeddings_path)
-        except BaseException:
-            self.abort()
-            raise
-
-    def write(self, first_window: int, probs: np.ndarray | None, embedding: np.ndarray, end_sample: int) -> None:
-        expected = self.span.first * self.task.framing.windows_per_chunk + self.n_windows
-        if first_window != expected:  # chunks come in order, one after the other
-            raise RuntimeError(f"{self.task.label}: window {first_window} came where {expected} was due")
-        if self.scores is not None:
-            self.scores.write(probs)
-        if self.embeddings is not None:
-            self.embeddings.write(embedding)
-        self.n_windows += embedding.shape[0]
-
-    def close(self) -> tuple[list, list]:
-        for rows in (self.embeddings, self.scores):
-            if rows is not None:
-                rows.close()
-        return [], []  # the summary's counts and effort are made when the ranges are joined
-
-    def abort(self) -> None:
-        for rows in (self.scores, self.embeddings):
-            if rows is not None:
-                rows.abort()
-
-
 class ArchiveScorer:
     """Models loaded once; :meth:`score` turns one recording (or a range of it) into its files."""
 
@@ -417,18 +358,21 @@ class ArchiveScorer:
         return probs[:n_real], outputs.embedding[:n_real]
 
     def score(self, task: ArchiveTask, on_chunk: Callable[[float], None] | None = None) -> TaskResult:
-        """Score ``task`` into its output files (written atomically): the input's, or for a
-        range its window arrays.
+        """Score ``task``: a one-chunk input straight into its files (written atomically); a
+        task with a span into its kept run, going on after the chunks kept there, then, when
+        the span ``joins``, every kept chunk of the input into its files.
 
-        ``on_chunk(seconds_of_audio)`` is called after every chunk (for progress). Unreadable or
-        broken audio gives a failed result; any other error removes the partial files and is
-        raised."""
+        ``on_chunk(seconds_of_audio)`` is called after every chunk scored (for progress).
+        Unreadable or broken audio gives a failed result; any other error is raised (the files
+        being written are removed; the chunks kept stay)."""
+        if task.span is not None:
+            return self._score_span(task, on_chunk)
         before = {**self.models.seconds, **self.reducer.seconds}
-        sink = InputSink(task, self.labels) if task.span is None else RangeSink(task)
+        sink = InputSink(task, self.labels)
         n_samples = 0
         notes: list[str] = []
         framing = self.framing
-        chunks, fetcher = chunks_of(task.path, self.prefetch, task.span, framing)
+        chunks, fetcher = chunks_of(task.path, self.prefetch, framing=framing)
         try:
             for chunk in chunks:
                 probs, embedding = self.score_chunk(chunk, task.when, key=task.rel, notes=notes)
@@ -439,7 +383,7 @@ class ArchiveScorer:
                     on_chunk(chunk.n_real / framing.rate_hz)
         except (AudioDecodeError, UnscorableInput) as exc:
             sink.abort()
-            return TaskResult(task.rel, False, str(exc), n_samples / framing.rate_hz, peak_rss_kb=maxrss_kb())
+            return TaskResult(task.rel, False, str(exc), n_samples / framing.rate_hz, peak_rss_kb=maxrss_kb(), unscorable=True)
         except BaseException:
             sink.abort()
             raise
@@ -447,74 +391,79 @@ class ArchiveScorer:
             if fetcher is not None:
                 fetcher.close()
         counts, effort = sink.close()
+        return TaskResult(task.rel, True, audio_s=n_samples / framing.rate_hz, stage_s=self._seconds_since(before),
+                          peak_rss_kb=maxrss_kb(), notes=notes, counts=counts, effort=effort)
+
+    def _seconds_since(self, before: dict) -> dict:
         after = {**self.models.seconds, **self.reducer.seconds}
-        return TaskResult(
-            task.rel,
-            True,
-            audio_s=n_samples / framing.rate_hz,
-            stage_s={k: after[k] - before.get(k, 0.0) for k in after},
-            peak_rss_kb=maxrss_kb(),
-            notes=notes,
-            counts=counts,
-            effort=effort,
-        )
+        return {k: after[k] - before.get(k, 0.0) for k in after}
+
+    def _score_span(self, task: ArchiveTask, on_chunk) -> TaskResult:
+        span, framing = task.span, self.framing
+        before = {**self.models.seconds, **self.reducer.seconds}
+        samples = 0
+        if not span.scores_nothing:
+            header = header_of(task.rel, task.key, span.first, task.widths(len(self.labels.codes)), framing.rate_hz)
+            run = RunWriter(span.part, header, task.rel)
+            try:
+                start = span.first + run.n_chunks
+                if not run.eof and (span.end is None or start < span.end):
+                    chunks, fetcher = chunks_of(task.path, self.prefetch, start, span.end, framing)
+                    try:
+                        for chunk in chunks:
+                            notes: list[str] = []
+                            probs, embedding = self.score_chunk(chunk, task.when, key=task.rel, notes=notes)
+                            run.append(chunk.index, probs if task.write_scores else None, embedding, chunk.n_real, notes)
+                            if on_chunk is not None:
+                                on_chunk(chunk.n_real / framing.rate_hz)
+                    finally:
+                        if fetcher is not None:
+                            fetcher.close()
+                    if span.end is None or span.first + run.n_chunks < span.end:  # the input ended in the span
+                        run.reached_end()
+                samples = run.audio_samples
+            except (AudioDecodeError, UnscorableInput) as exc:
+                return TaskResult(task.rel, False, str(exc), run.audio_samples / framing.rate_hz, peak_rss_kb=maxrss_kb(),
+                                  unscorable=True)
+            finally:
+                run.close()
+        scored = TaskResult(task.rel, True, audio_s=samples / framing.rate_hz, stage_s=self._seconds_since(before),
+                            peak_rss_kb=maxrss_kb())
+        return join_input(task, self.labels, [scored]) if span.joins else scored
 
 
-def _read_rows(path: Path, width: int) -> np.ndarray:
-    """A range's raw float32 rows ``[n, width]``, mapped from disk (read as they are used)."""
-    size = path.stat().st_size
-    if size % (4 * width):
-        raise ValueError(f"{path}: {size} bytes is not a whole number of {width}-value rows")
-    if size == 0:
-        return np.zeros((0, width), np.float32)
-    return np.memmap(path, dtype=np.float32, mode="r", shape=(size // (4 * width), width))
-
-
-def join_ranges(task: ArchiveTask, spans: list[ChunkSpan], results: list[TaskResult], labels: ClassLabels) -> TaskResult:
-    """The input's files from its ranges' window arrays, written chunk by chunk through the same
-    writers as a whole-input run (so the files are the same, row groups and merged events
-    included), and the input's result from the ranges' results. The ranges' arrays are removed
-    afterwards, whatever happened.
+def join_input(task: ArchiveTask, labels: ClassLabels, results: list[TaskResult] = ()) -> TaskResult:
+    """The input's files from its kept chunks (:mod:`streamer.archive.checkpoint`), replayed
+    in order through the same writers as a one-pass run (so the files are the same, row groups
+    and merged events included), and the input's result: its audio and notes from the chunks,
+    its stage times and memory from the ``results`` of the tasks that scored them now.
 
     Raises:
-        ValueError: the ranges do not follow each other (a range ended before its end while the
-            next one holds windows): nothing is written.
-        OSError: writing failed (the partial files are removed).
+        ValueError: chunks are missing (nothing is written).
+        OSError: writing failed (the partial files are removed; the chunks stay).
     """
     failpoints.hit("archive.join_ranges", task.rel)
-    # The ranges' audio, in samples (each range counted whole samples), ends the last chunk.
     framing = task.framing
-    total_samples = int(round(sum(r.audio_s for r in results) * framing.rate_hz))
     per_chunk = framing.windows_per_chunk
+    held = coverage(runs_of(task.span.folder, task.rel, task.key, task.widths(len(labels.codes)), framing.rate_hz))
+    if not held.complete:
+        missing = ", ".join(f"{a * CHUNK_S} s to {'the end' if b is None else f'{b * CHUNK_S} s'}" for a, b in held.gaps)
+        raise ValueError(f"{task.rel}: chunks not scored: {missing}")
+    whole = replace(task, span=None)
+    sink = InputSink(whole, labels)
     try:
-        sink = InputSink(task, labels)
-        try:
-            next_window = 0
-            n_classes = len(labels.codes)
-            for span in spans:
-                scores = _read_rows(span.scores_path, n_classes) if task.write_scores else None
-                embeddings = _read_rows(span.embeddings_path, task.embedding_dim) if task.needs_embeddings else None
-                n = (scores if scores is not None else embeddings).shape[0]
-                if embeddings is not None and embeddings.shape[0] != n:
-                    raise ValueError(f"{task.rel}: {span.describe()} has {n} score rows and {embeddings.shape[0]} embeddings")
-                first = span.first * per_chunk
-                if n and first != next_window:
-                    raise ValueError(f"{task.rel}: {span.describe()} starts at window {first}, the ranges before end at {next_window}")
-                for offset in range(0, n, per_chunk):
-                    rows = slice(offset, offset + per_chunk)
-                    n_rows = min(per_chunk, n - offset)
-                    end_sample = min((first + offset + n_rows) * framing.window_samples, total_samples)
-                    sink.write(first + offset, None if scores is None else np.asarray(scores[rows]),
-                               None if embeddings is None else np.asarray(embeddings[rows]), end_sample)
-                next_window = first + n if n else next_window
-                del scores, embeddings
-            counts, effort = sink.close()
-        except BaseException:
-            sink.abort()
-            raise
-    finally:
-        for span in spans:
-            span.remove()
+        for run, records in held.pieces:
+            scores, embeddings = run.rows(0), run.rows(1)
+            for record in records:
+                rows = slice(record.row, record.row + record.windows)
+                sink.write(record.index * per_chunk, None if scores is None else np.asarray(scores[rows]),
+                           None if embeddings is None else np.asarray(embeddings[rows]),
+                           record.index * framing.chunk_samples + record.n_real)
+            del scores, embeddings
+        counts, effort = sink.close()
+    except BaseException:
+        sink.abort()
+        raise
     stage_s: dict[str, float] = {}
     for r in results:
         for k, v in r.stage_s.items():
@@ -522,10 +471,10 @@ def join_ranges(task: ArchiveTask, spans: list[ChunkSpan], results: list[TaskRes
     return TaskResult(
         task.rel,
         True,
-        audio_s=sum(r.audio_s for r in results),
+        audio_s=held.kept_samples / framing.rate_hz,
         stage_s=stage_s,
         peak_rss_kb=max((r.peak_rss_kb for r in results), default=0),
-        notes=[note for r in results for note in r.notes],
+        notes=[note for _, records in held.pieces for record in records for note in record.notes],
         counts=counts,
         effort=effort,
     )
