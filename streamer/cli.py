@@ -281,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path, help="an archive folder (its detection tables, and its journal to find the recordings)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the clips go")
     p.add_argument("--hits", type=Path, default=None, metavar="CSV", help="cut these search hits (streamer search --out) instead of the detections")
+    p.add_argument("--class", dest="classes", action="append", default=None, metavar="NAME", help="only this class's events: its code, common or scientific name, in any case (a search's: its query); repeat for more")
     p.add_argument("--per-class", type=_positive_int, default=None, metavar="N", help="each class's N best events (default: every event)")
     p.add_argument("--sample", type=_positive_int, default=None, metavar="N", help="also a random sample of N of each class's other events (seeded: --seed), to estimate precision at the threshold")
     p.add_argument("--seed", type=int, default=0, help="the sample's seed (default: %(default)s)")
@@ -789,7 +790,8 @@ def cmd_clips(args: argparse.Namespace) -> int:
 
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out}: is not a folder")
-    events = hit_events(args.folder, args.hits) if args.hits is not None else folder_events(args.folder)
+    classes = tuple(args.classes or ())
+    events = hit_events(args.folder, args.hits, classes) if args.hits is not None else folder_events(args.folder, classes)
     kept = select(events, args.per_class, args.sample, args.seed)
     written = cut(kept, args.out, pad_s=args.pad, fmt=args.audio)
     if args.kaleidoscope:
