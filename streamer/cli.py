@@ -294,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path, help="an archive folder scored with --embeddings")
     p.add_argument("--labels", type=Path, required=True, metavar="FILE", help="a CSV (file,start_s,end_s,label) or a Raven selection table (Begin File or Begin Path, and a label column)")
     p.add_argument("--label-column", default=None, metavar="NAME", help="the labels' column (default: label in a CSV; Annotation, Species, Label, Class or Common Name in a Raven table)")
+    p.add_argument("--class", dest="classes", action="append", default=None, metavar="NAME", help="train only this class of the labels (any case; the other classes' windows stay negatives); repeat for more")
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="the head, an ONNX graph (embedding -> logits -> scores)")
     p.add_argument("--weak", type=float, default=0.05, metavar="W", help="weight of the unlabelled windows as negatives (default: %(default)s)")
     p.add_argument("--folds", type=_positive_int, default=5, help="cross-validation folds (default: %(default)s)")
@@ -801,17 +802,21 @@ def cmd_clips(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from streamer.archive.classify import label_matrix, load_stored, read_labels, train, write_head
+    from streamer.archive.classify import label_matrix, load_stored, named_labels, read_labels, train, write_head
     from streamer.archive.search import read_embedder_record
     from streamer.files import check_writable_file
 
     check_writable_file(args.out, "--out")
     if not 0 <= args.weak <= 1 or args.folds < 2:
         raise ConfigError("--weak must be in [0, 1] and --folds at least 2")
+    labels = read_labels(args.labels, args.label_column)
+    only = named_labels(labels, tuple(args.classes), args.labels) if args.classes else None
     record = read_embedder_record(args.folder)
     stored = load_stored(args.folder)
-    classes, y = label_matrix(stored, read_labels(args.labels, args.label_column), args.labels)
-    weights, biases, report = train(stored, classes, y, weak=args.weak, folds=args.folds, threshold=args.threshold, seed=args.seed)
+    classes, y = label_matrix(stored, labels, args.labels)
+    weights, biases, report = train(stored, classes, y, only=only, weak=args.weak, folds=args.folds, threshold=args.threshold,
+                                    seed=args.seed)
+    classes = [r["class"] for r in report]
     write_head(args.out, weights, biases, classes, record, report)
     print(f"{'class':<30} {'positives':>9} {'CV ROC-AUC':>10} {'precision':>9} {'recall':>7}  (at {args.threshold:g})")
     for r in report:
