@@ -305,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "rescore", "score an archive's stored embeddings with a head from 'streamer classify' (no audio decoded)", 'examples:\n  streamer rescore scores/ --head head.onnx --out rescored/\n  streamer rescore scores/ --head head.onnx --out tables/ --format raven --min-score 0.7')
     p.add_argument("folder", type=Path, help="an archive folder scored with --embeddings")
     p.add_argument("--head", type=Path, required=True, metavar="FILE", help="the head (streamer classify --out)")
+    p.add_argument("--class", dest="classes", action="append", default=None, metavar="NAME", help="score only this class of the head (any case); repeat for more")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the new archive folder")
     p.add_argument("--format", choices=ARCHIVE_FORMATS, default="parquet", help="as streamer archive's (default: %(default)s)")
     p.add_argument("--top-k", type=_positive_int, default=None, metavar="K", help="as streamer archive's")
@@ -831,7 +832,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
     settings = ArchiveSettings(out_dir=args.out, fmt=args.format, top_k=args.top_k, min_score=args.min_score,
                                merge=args.merge_consecutive, overwrite=args.overwrite, engine="sequential")
-    done = rescore(args.folder, args.head, settings)
+    done = rescore(args.folder, args.head, settings, tuple(args.classes or ()))
     rate = done["audio_s"] / done["seconds"] if done["seconds"] > 0 else 0.0
     print(f"{done['scored']} rescored, {done['skipped']} already finished (journal); {done['windows']} windows, "
           f"{done['audio_s'] / 3600:.2f} h of audio in {done['seconds']:.1f} s ({rate:,.0f}x real time) into {args.out}")
