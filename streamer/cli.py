@@ -281,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path, help="an archive folder (its detection tables, and its journal to find the recordings)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the clips go")
     p.add_argument("--hits", type=Path, default=None, metavar="CSV", help="cut these search hits (streamer search --out) instead of the detections")
+    p.add_argument("--class", dest="classes", action="append", default=None, metavar="NAME", help="only this class's events: its code, common or scientific name, in any case (a search's: its query); repeat for more")
     p.add_argument("--per-class", type=_positive_int, default=None, metavar="N", help="each class's N best events (default: every event)")
     p.add_argument("--sample", type=_positive_int, default=None, metavar="N", help="also a random sample of N of each class's other events (seeded: --seed), to estimate precision at the threshold")
     p.add_argument("--seed", type=int, default=0, help="the sample's seed (default: %(default)s)")
@@ -293,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path, help="an archive folder scored with --embeddings")
     p.add_argument("--labels", type=Path, required=True, metavar="FILE", help="a CSV (file,start_s,end_s,label) or a Raven selection table (Begin File or Begin Path, and a label column)")
     p.add_argument("--label-column", default=None, metavar="NAME", help="the labels' column (default: label in a CSV; Annotation, Species, Label, Class or Common Name in a Raven table)")
+    p.add_argument("--class", dest="classes", action="append", default=None, metavar="NAME", help="train only this class of the labels (any case; the other classes' windows stay negatives); repeat for more")
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="the head, an ONNX graph (embedding -> logits -> scores)")
     p.add_argument("--weak", type=float, default=0.05, metavar="W", help="weight of the unlabelled windows as negatives (default: %(default)s)")
     p.add_argument("--folds", type=_positive_int, default=5, help="cross-validation folds (default: %(default)s)")
@@ -303,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "rescore", "score an archive's stored embeddings with a head from 'streamer classify' (no audio decoded)", 'examples:\n  streamer rescore scores/ --head head.onnx --out rescored/\n  streamer rescore scores/ --head head.onnx --out tables/ --format raven --min-score 0.7')
     p.add_argument("folder", type=Path, help="an archive folder scored with --embeddings")
     p.add_argument("--head", type=Path, required=True, metavar="FILE", help="the head (streamer classify --out)")
+    p.add_argument("--class", dest="classes", action="append", default=None, metavar="NAME", help="score only this class of the head (any case); repeat for more")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the new archive folder")
     p.add_argument("--format", choices=ARCHIVE_FORMATS, default="parquet", help="as streamer archive's (default: %(default)s)")
     p.add_argument("--top-k", type=_positive_int, default=None, metavar="K", help="as streamer archive's")
@@ -789,7 +792,8 @@ def cmd_clips(args: argparse.Namespace) -> int:
 
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out}: is not a folder")
-    events = hit_events(args.folder, args.hits) if args.hits is not None else folder_events(args.folder)
+    classes = tuple(args.classes or ())
+    events = hit_events(args.folder, args.hits, classes) if args.hits is not None else folder_events(args.folder, classes)
     kept = select(events, args.per_class, args.sample, args.seed)
     written = cut(kept, args.out, pad_s=args.pad, fmt=args.audio)
     if args.kaleidoscope:
@@ -799,17 +803,21 @@ def cmd_clips(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from streamer.archive.classify import label_matrix, load_stored, read_labels, train, write_head
+    from streamer.archive.classify import label_matrix, load_stored, named_labels, read_labels, train, write_head
     from streamer.archive.search import read_embedder_record
     from streamer.files import check_writable_file
 
     check_writable_file(args.out, "--out")
     if not 0 <= args.weak <= 1 or args.folds < 2:
         raise ConfigError("--weak must be in [0, 1] and --folds at least 2")
+    labels = read_labels(args.labels, args.label_column)
+    only = named_labels(labels, tuple(args.classes), args.labels) if args.classes else None
     record = read_embedder_record(args.folder)
     stored = load_stored(args.folder)
-    classes, y = label_matrix(stored, read_labels(args.labels, args.label_column), args.labels)
-    weights, biases, report = train(stored, classes, y, weak=args.weak, folds=args.folds, threshold=args.threshold, seed=args.seed)
+    classes, y = label_matrix(stored, labels, args.labels)
+    weights, biases, report = train(stored, classes, y, only=only, weak=args.weak, folds=args.folds, threshold=args.threshold,
+                                    seed=args.seed)
+    classes = [r["class"] for r in report]
     write_head(args.out, weights, biases, classes, record, report)
     print(f"{'class':<30} {'positives':>9} {'CV ROC-AUC':>10} {'precision':>9} {'recall':>7}  (at {args.threshold:g})")
     for r in report:
@@ -824,7 +832,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
     settings = ArchiveSettings(out_dir=args.out, fmt=args.format, top_k=args.top_k, min_score=args.min_score,
                                merge=args.merge_consecutive, overwrite=args.overwrite, engine="sequential")
-    done = rescore(args.folder, args.head, settings)
+    done = rescore(args.folder, args.head, settings, tuple(args.classes or ()))
     rate = done["audio_s"] / done["seconds"] if done["seconds"] > 0 else 0.0
     print(f"{done['scored']} rescored, {done['skipped']} already finished (journal); {done['windows']} windows, "
           f"{done['audio_s'] / 3600:.2f} h of audio in {done['seconds']:.1f} s ({rate:,.0f}x real time) into {args.out}")

@@ -86,3 +86,52 @@ def test_mistakes_are_one_line(archive, tmp_path, capsys):
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "h.onnx").exists()
+
+
+def test_named_classes_are_trained_alone_with_the_others_windows_still_negatives():
+    """A named class's head is the one it gets among all classes (synthetic embeddings: exact)."""
+    from streamer.archive.classify import Stored, train
+
+    rng = np.random.default_rng(0)
+    n = 120
+    stored = Stored([f"r{i % 3}" for i in range(n)], np.arange(n) * 3.0, np.arange(n) * 3.0 + 3, rng.standard_normal((n, 6)))
+    y = np.zeros((n, 3), dtype=bool)
+    for c in range(3):
+        y[rng.choice(n, 8, replace=False), c] = True
+    every = train(stored, ["a", "b", "c"], y, folds=2)
+    named = train(stored, ["a", "b", "c"], y, only=("b",), folds=2)
+    np.testing.assert_allclose(named[0], every[0][:, [1]], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(named[1], every[1][[1]], rtol=1e-6, atol=1e-7)
+    assert named[2] == [every[2][1]]
+
+
+def test_a_named_class_in_any_case_leaves_a_rare_one_out(archive, tmp_path, capsys):
+    import onnx
+
+    few = _labels(tmp_path, [(LONG.name, "0.0", "3.0", "Rare bird")] + _confident(), "few.csv")
+    head = tmp_path / "head.onnx"
+    assert cli.main(["classify", str(archive), "--labels", str(few), "--class", "common chiffchaff", "--folds", "2",
+                     "--out", str(head)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    meta = {p.key: p.value for p in onnx.load(str(head)).metadata_props}
+    assert json.loads(meta["labels"]) == ["Common Chiffchaff"]
+    assert [r["class"] for r in json.loads(meta["report"])] == ["Common Chiffchaff"]
+    # named, the rare class is still refused as before
+    assert cli.main(["classify", str(archive), "--labels", str(few), "--class", "Rare bird", "--out", str(tmp_path / "h.onnx")]) == 2
+    assert capsys.readouterr().err.strip() == "ERROR streamer: too few labelled windows (at least 4 a class): Rare bird (1)"
+    assert not (tmp_path / "h.onnx").exists()
+
+
+def test_an_unknown_class_is_one_line_before_the_embeddings_are_read(archive, tmp_path, capsys, monkeypatch):
+    from streamer.archive import classify
+
+    def boom(folder):
+        raise AssertionError("the embeddings were read before the classes were checked")
+
+    monkeypatch.setattr(classify, "load_stored", boom)
+    labels = _labels(tmp_path, _confident())
+    for name, why in (("Chifchaf", "(closest: 'Common Chiffchaff')"), ("Wren", "(nothing close among its 2 classes)")):
+        assert cli.main(["classify", str(archive), "--labels", str(labels), "--class", "European Robin", "--class", name,
+                         "--out", str(tmp_path / "h.onnx")]) == 2
+        assert capsys.readouterr().err.strip() == f"ERROR streamer: --class {name!r}: no such class in {labels} {why}"
+        assert not (tmp_path / "h.onnx").exists()

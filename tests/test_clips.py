@@ -93,3 +93,51 @@ def test_mistakes_are_one_line(archive, tmp_path, capsys):
     bad.write_text("a,b\n1,2\n")
     assert cli.main(["clips", str(archive), "--hits", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "not a search's hits" in capsys.readouterr().err
+
+
+def _error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("ERROR")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0].removeprefix("ERROR streamer: ")
+
+
+def test_named_classes_only_by_any_of_their_names_in_any_case(archive, tmp_path):
+    rows = _detections(archive)
+    out = tmp_path / "review"
+    # a common name in other case, a scientific name, and a code (BirdNET's label: only in the folder's class list)
+    assert cli.main(["clips", str(archive), "--out", str(out), "--class", "european robin", "--class", "Phylloscopus collybita",
+                     "--class", "Strix nebulosa_Great Gray Owl"]) == 0
+    names = ("European Robin", "Common Chiffchaff", "Great Gray Owl")
+    clips = sorted(p.name.split("_")[0] for p in out.glob("*.flac"))
+    assert clips == sorted(r["Common name"].replace(" ", "-") for r in rows if r["Common name"] in names)
+    assert set(clips) == {n.replace(" ", "-") for n in names}
+    # a class the folder scored but never detected is no mistake: no clip
+    empty = tmp_path / "wren"
+    assert cli.main(["clips", str(archive), "--out", str(empty), "--class", "Eurasian Wren"]) == 0
+    assert not any(r["Common name"] == "Eurasian Wren" for r in rows) and list(empty.iterdir()) == []
+
+
+def test_an_unknown_class_is_one_line_with_the_closest_names_and_nothing_is_cut(archive, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert cli.main(["clips", str(archive), "--out", str(out), "--class", "Europen Robin", "--per-class", "1"]) == 2
+    assert _error(capsys.readouterr().err) == (
+        f"--class 'Europen Robin': no such class in {archive} (closest: 'European Robin', 'European Serin', 'Rose Robin', "
+        "'European Starling', 'European Roller', 'European Goldfinch', 'Pink Robin', 'European Greenfinch', "
+        "'American Robin', 'European Stonechat')")
+    # with a known one: refused all the same; nothing close: how many classes BirdNET's list has
+    assert cli.main(["clips", str(archive), "--out", str(out), "--class", "European Robin", "--class", "Zzyzx"]) == 2
+    assert _error(capsys.readouterr().err) == f"--class 'Zzyzx': no such class in {archive} (nothing close among its 6522 classes)"
+    assert not out.exists()
+
+
+def test_named_queries_of_search_hits(archive, tmp_path, capsys):
+    hits = tmp_path / "hits.csv"
+    assert cli.main(["search", str(archive), f"{EXCERPT.name}@4", f"{EXCERPT.name}@10", "--top", "2", "--out", str(hits)]) == 0
+    out = tmp_path / "review"
+    assert cli.main(["clips", str(archive), "--hits", str(hits), "--out", str(out), "--class", f"{EXCERPT.name}@10"]) == 0
+    assert sorted(p.name.split("_")[0] for p in out.glob("*.flac")) == ["jura-excerpt-48k.flac-10"] * 2
+    capsys.readouterr()
+    assert cli.main(["clips", str(archive), "--hits", str(hits), "--out", str(tmp_path / "o"), "--class", f"{EXCERPT.name}@11"]) == 2
+    assert _error(capsys.readouterr().err) == (f"--class '{EXCERPT.name}@11': no such class in the queries of {hits} "
+                                               f"(closest: '{EXCERPT.name}@10', '{EXCERPT.name}@4')")
+    assert not (tmp_path / "o").exists()

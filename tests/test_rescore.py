@@ -90,3 +90,31 @@ def test_a_head_of_another_model_or_no_head_is_refused(trained, tmp_path, capsys
     bad.write_bytes(b"not onnx")
     assert cli.main(["rescore", str(archive), "--head", str(bad), "--out", str(tmp_path / "o2")]) == 2
     assert "not an ONNX model" in capsys.readouterr().err
+
+
+def test_named_classes_of_the_head_only(trained, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    archive, head = trained
+    every, robin = tmp_path / "every", tmp_path / "robin"
+    assert cli.main(["rescore", str(archive), "--head", str(head), "--out", str(every)]) == 0
+    assert cli.main(["rescore", str(archive), "--head", str(head), "--out", str(robin), "--class", "european robin"]) == 0
+    got, want = pq.read_table(next(robin.rglob("*.ogg.parquet"))), pq.read_table(next(every.rglob("*.ogg.parquet")))
+    assert "European Robin" in got.column_names and "Common Chiffchaff" not in got.column_names
+    assert got.drop(["European Robin"]).column_names == want.drop(["European Robin", "Common Chiffchaff"]).column_names
+    # one column of the product instead of two: the same to float32 rounding
+    np.testing.assert_allclose(got.column("European Robin").to_numpy(), want.column("European Robin").to_numpy(), rtol=1e-5, atol=1e-7)
+    assert (robin / ".classes.tsv").read_text() == "European Robin\tEuropean Robin\tEuropean Robin\n"
+    # the named classes are a setting: a rerun into the folder with others is refused
+    capsys.readouterr()
+    assert cli.main(["rescore", str(archive), "--head", str(head), "--out", str(robin), "--class", "Common Chiffchaff"]) == 2
+    assert 'labels: ["European Robin"] → ["Common Chiffchaff"]' in capsys.readouterr().err
+
+
+def test_an_unknown_class_of_the_head_is_one_line_and_nothing_is_written(trained, tmp_path, capsys):
+    archive, head = trained
+    for name, why in (("Europan Robin", "(closest: 'European Robin')"), ("Wren", "(nothing close among its 2 classes)")):
+        out = tmp_path / name
+        assert cli.main(["rescore", str(archive), "--head", str(head), "--out", str(out), "--class", name]) == 2
+        assert capsys.readouterr().err.strip() == f"ERROR streamer: --class {name!r}: no such class in {head} {why}"
+        assert not out.exists()

@@ -13,7 +13,10 @@ weights). A class's positives are its labelled windows (weight 1), its negatives
 labelled with other classes (weight 1) and every unlabelled window (weight ``weak``, 0.05 by
 default: most of an archive is not the class, but some of it may be). Each class is
 cross-validated in ``folds`` folds (seeded): ROC-AUC, and precision and recall at
-``threshold``, over its labelled windows and the unlabelled ones as negatives.
+``threshold``, over its labelled windows and the unlabelled ones as negatives. Named classes
+(``--class``) are trained alone, the windows of the label file's other classes still labelled
+negatives: each named class's head is the one it gets among all, and a class too rare to train
+can be left out without editing the label file.
 """
 
 from __future__ import annotations
@@ -85,10 +88,24 @@ def read_labels(path: Path, label_column: str | None = None) -> list[tuple[str, 
     return [r for r in out if r[3]]
 
 
+def label_classes(labels: list[tuple[str, float, float, str]]) -> list[str]:
+    """The label file's classes, sorted: the head's columns, whatever the file's order."""
+    return sorted({r[3] for r in labels})
+
+
+def named_labels(labels: list[tuple[str, float, float, str]], names: tuple[str, ...], source: Path) -> tuple[str, ...]:
+    """The label file's classes that ``names`` name (``--class``, any case); checked before the
+    embeddings are read, so a typo costs nothing."""
+    from streamer.archive.classnames import named_classes
+
+    classes = label_classes(labels)
+    return tuple(classes[i] for i in named_classes(names, [(c,) for c in classes], str(source)))
+
+
 def label_matrix(stored: Stored, labels: list[tuple[str, float, float, str]], source: Path) -> tuple[list[str], np.ndarray]:
     """The classes and a bool ``[N, C]`` of the windows each label covers (at least half the
     window, or the whole label when it is shorter)."""
-    classes = sorted({r[3] for r in labels})
+    classes = label_classes(labels)
     index = {c: i for i, c in enumerate(classes)}
     by_file: dict[str, np.ndarray] = {}
     names = np.asarray(stored.files)
@@ -145,22 +162,25 @@ def _auc(scores: np.ndarray, truth: np.ndarray) -> float:
     return float((ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
 
 
-def train(stored: Stored, classes: list[str], y: np.ndarray, *, weak: float = 0.05, folds: int = 5, threshold: float = 0.5,
-          l2: float = 1e-3, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+def train(stored: Stored, classes: list[str], y: np.ndarray, *, only: tuple[str, ...] | None = None, weak: float = 0.05,
+          folds: int = 5, threshold: float = 0.5, l2: float = 1e-3, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """The head's weights ``[D, C]`` and biases ``[C]`` on the raw embeddings (standardisation
-    folded in), and a report per class."""
+    folded in), and a report per class: of every class, or of the classes ``only`` names
+    (:func:`named_labels`)."""
+    keep = range(len(classes)) if only is None else [classes.index(c) for c in only]
     counts = y.sum(axis=0)
-    few = [f"{c} ({int(n)})" for c, n in zip(classes, counts) if n < MIN_POSITIVES]
+    few = [f"{classes[c]} ({int(counts[c])})" for c in keep if counts[c] < MIN_POSITIVES]
     if few:
         raise ConfigError(f"too few labelled windows (at least {MIN_POSITIVES} a class): {', '.join(few)}")
     mean = stored.vectors.mean(axis=0)
     std = stored.vectors.std(axis=0) + 1e-6
     x = (stored.vectors - mean) / std
-    labelled = y.any(axis=1)
+    labelled = y.any(axis=1)  # by any class, named or not
     rng = np.random.default_rng(seed)
     fold = rng.permutation(x.shape[0]) % folds
     weights, biases, report = [], [], []
-    for c, name in enumerate(classes):
+    for c in keep:
+        name = classes[c]
         target = y[:, c]
         weight = np.where(labelled, 1.0, weak)
         scores = np.empty(x.shape[0])

@@ -7,7 +7,10 @@ clips keep the recording's own rate and channels, with ``pad`` seconds either si
 the recording goes), and are named ``<class>_<score>_<recording>_<start>.flac`` so that a
 folder listing sorts them by class, then score. ``per_class`` keeps each class's best events;
 ``sample`` adds a seeded random sample of each class's other events, which is what estimating
-the precision at a threshold needs (the best ones alone overstate it). A Kaleidoscope CSV of
+the precision at a threshold needs (the best ones alone overstate it). Named classes
+(``--class``, :mod:`streamer.archive.classnames`) narrow the events to theirs: a folder's
+names are every class it scored (``.classes.tsv``), so a class without an event is known but
+has no clip, and a name it never scored is refused; a search's are its queries. A Kaleidoscope CSV of
 the kept events (``INDIR, FOLDER, IN FILE, OFFSET, DURATION, TOP1MATCH, TOP1DIST``) lets
 Kaleidoscope open them in the recordings themselves.
 """
@@ -35,6 +38,7 @@ class Event:
     end_s: float
     label: str
     score: float
+    names: tuple[str, ...]  # the class's code, common and scientific name, as many as the table has
 
 
 def recordings(folder: Path) -> dict[str, tuple[Path, Path]]:
@@ -72,32 +76,44 @@ def table_events(name: str, recording: Path, table: Path) -> list[Event]:
         if "score" in row and "start_s" in row:  # streamer's detections (Parquet or CSV)
             start, end = float(row["start_s"]), float(row["end_s"])
             label, score = row.get("common_name") or row.get("class"), float(row["score"])
+            names = (row.get("class"), row.get("common_name"), row.get("scientific_name"))
         elif "Start (s)" in row:  # BirdNET-Analyzer's CSV
             start, end, label, score = float(row["Start (s)"]), float(row["End (s)"]), row["Common name"], float(row["Confidence"])
+            names = (row["Scientific name"], row["Common name"])
         elif "Begin Time (s)" in row:  # Raven, either style
             if row.get("Common Name") == "nocall":
                 continue
             start, end = float(row["Begin Time (s)"]), float(row["End Time (s)"])
             label = row.get("Common Name") or row.get("Class")
             score = float(row.get("Score") or row.get("Confidence"))
+            names = (row.get("Class") or row.get("Species Code"), row.get("Common Name"), row.get("Scientific Name"))
         else:
             raise ConfigError(f"{table}: not a detection table (every score, not detections: score the archive with "
                               "--min-score, or use --format raven/csv with a threshold)")
-        out.append(Event(name, recording, start, end, str(label), score))
+        out.append(Event(name, recording, start, end, str(label), score, tuple(str(n) for n in names if n)))
     return out
 
 
-def folder_events(folder: Path) -> list[Event]:
+def folder_events(folder: Path, classes: tuple[str, ...] = ()) -> list[Event]:
+    """The folder's detections; with ``classes`` (``--class``), only theirs."""
+    from streamer.archive.summary import read_class_names
+
     events = []
     for name, (recording, table) in sorted(recordings(folder).items()):
         if table.suffix == ".txt" and not table.name.endswith(".selections.txt"):
             raise ConfigError(f"{table}: Audacity label tracks carry no scores to rank; score the archive as csv, parquet or raven")
         events += table_events(name, recording, table)
-    return events
+    if not classes:
+        return events
+    scored = [(code, *names) for code, names in read_class_names(folder).items()]
+    # a folder of a streamer before .classes.tsv: the classes its tables have
+    where = str(folder) if scored else f"the detection tables of {folder}"
+    return only_classes(events, classes, scored or sorted({e.names for e in events}), where)
 
 
-def hit_events(folder: Path, hits: Path) -> list[Event]:
-    """A search's hits (``streamer search --out``): each query is the class, the similarity the score."""
+def hit_events(folder: Path, hits: Path, classes: tuple[str, ...] = ()) -> list[Event]:
+    """A search's hits (``streamer search --out``): each query is the class, the similarity the
+    score; with ``classes`` (``--class``), only those queries'."""
     known = recordings(folder)
     out = []
     for row in _rows(hits):
@@ -106,8 +122,17 @@ def hit_events(folder: Path, hits: Path) -> list[Event]:
         if row["file"] not in known:
             raise ConfigError(f"{hits}: {row['file']!r} is not a finished input of {folder}")
         out.append(Event(row["file"], known[row["file"]][0], float(row["start_s"]), float(row["end_s"]), row["query"],
-                         float(row["similarity"])))
-    return out
+                         float(row["similarity"]), (row["query"],)))
+    return only_classes(out, classes, sorted({e.names for e in out}), f"the queries of {hits}") if classes else out
+
+
+def only_classes(events: list[Event], classes: tuple[str, ...], known: list[tuple[str, ...]], where: str) -> list[Event]:
+    """The events of the ``known`` classes (each its names) that ``classes`` name; an unknown
+    name is refused before any clip is cut."""
+    from streamer.archive.classnames import named_classes
+
+    wanted = {n.casefold() for i in named_classes(classes, known, where) for n in known[i]}
+    return [e for e in events if any(n.casefold() in wanted for n in e.names)]
 
 
 def select(events: list[Event], per_class: int | None, sample: int | None, seed: int = 0) -> list[Event]:

@@ -6,7 +6,9 @@ archive folder made by that model: ``sigmoid(embedding @ W + b)``, read one Parq
 time. The scores go through the archive's own writers into a new folder: every score
 (Parquet/CSV), detections, Raven or Audacity tables, the summary; with a journal and a
 fingerprint as ``streamer archive`` keeps, so a stopped rescore resumes and a rerun with other
-settings is refused. Scoring costs a matrix product per window: the disk is the limit.
+settings is refused. Scoring costs a matrix product per window: the disk is the limit. Named
+classes (``--class``) keep only those columns of the head: the outputs of a head's classes that
+matter, without retraining it.
 """
 
 from __future__ import annotations
@@ -62,9 +64,20 @@ def check_head(head: Head, record: dict, folder: Path) -> None:
                           f"than {folder}'s ({record.get('model')})")
 
 
-def rescore(folder: Path, head_path: Path, settings) -> dict:
-    """Score ``folder``'s stored embeddings with the head into ``settings.out_dir`` (an
-    :class:`streamer.config.ArchiveSettings`: format, thresholds, overwrite). Returns counts."""
+def head_classes(head: Head, names: tuple[str, ...]) -> Head:
+    """The head of the classes ``names`` name (any case), in the head's order."""
+    from dataclasses import replace
+
+    from streamer.archive.classnames import named_classes
+
+    keep = named_classes(names, [(c,) for c in head.labels], str(head.path))
+    return replace(head, weights=head.weights[:, keep], biases=head.biases[keep], labels=tuple(head.labels[i] for i in keep))
+
+
+def rescore(folder: Path, head_path: Path, settings, classes: tuple[str, ...] = ()) -> dict:
+    """Score ``folder``'s stored embeddings with the head (or its ``classes``) into
+    ``settings.out_dir`` (an :class:`streamer.config.ArchiveSettings`: format, thresholds,
+    overwrite). Returns counts."""
     from streamer.archive import fingerprint as run_fingerprint
     from streamer.archive.clips import recordings
     from streamer.archive.journal import DONE, FileKey, Journal
@@ -83,6 +96,9 @@ def rescore(folder: Path, head_path: Path, settings) -> dict:
     record = read_embedder_record(folder)
     head = load_head(head_path)
     check_head(head, record, folder)
+    every = head.labels
+    if classes:
+        head = head_classes(head, classes)
     framing = WindowFraming(**record["framing"])
     sources = recordings(folder)
     source_journal = Journal(folder)
@@ -93,8 +109,8 @@ def rescore(folder: Path, head_path: Path, settings) -> dict:
     fingerprint = {
         "output_format_version": run_fingerprint.OUTPUT_FORMAT_VERSION,
         "sha256": {"head": sha256_file(head.path), "embedding_model": record.get("sha256")},
-        "settings": {"rescore of": str(folder.resolve()), "labels": "head", "precision": "fp32", "embeddings": None,
-                     "format": settings.fmt, "top_k": top_k, "min_score": min_score,
+        "settings": {"rescore of": str(folder.resolve()), "labels": "head" if head.labels == every else list(head.labels),
+                     "precision": "fp32", "embeddings": None, "format": settings.fmt, "top_k": top_k, "min_score": min_score,
                      "merge_consecutive": merge, "summary_min_score": settings.summary_min_score},
     }
     counts = {"scored": 0, "skipped": 0, "windows": 0, "seconds": 0.0, "audio_s": 0.0}

@@ -101,7 +101,8 @@ def write_class_names(out_dir: Path, labels) -> None:
     atomic_write_text(Path(out_dir) / CLASS_NAMES_FILE, "".join(r + "\n" for r in rows))
 
 
-def _class_names(out_dir: Path) -> dict:
+def read_class_names(out_dir: Path) -> dict:
+    """``{code: (common, scientific)}`` of every class the folder scored (none before ``.classes.tsv``)."""
     path = Path(out_dir) / CLASS_NAMES_FILE
     if not path.is_file():
         return {}
@@ -118,7 +119,7 @@ def read_summary(out_dir: Path) -> FolderSummary:
     stored = run_fingerprint.read(out_dir) or {}
     settings = stored.get("settings", {})
     summary = FolderSummary(threshold=settings.get("summary_min_score"))
-    summary.names = _class_names(out_dir) or {code: (common, scientific) for code, common, scientific in
+    summary.names = read_class_names(out_dir) or {code: (common, scientific) for code, common, scientific in
                                               settings.get("classes (code, common, scientific)", [])}
     windows: collections.Counter = collections.Counter()
     effort: collections.Counter = collections.Counter()
