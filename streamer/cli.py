@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None, metavar="FILE", help="the archive's model file, where it is now (its SHA-256 must be the recorded one)")
     p.set_defaults(func=cmd_search)
 
-    p = _command(sub, "clips", "cut the audio of an archive's detections (or a search's hits) into files to review", 'examples:\n  streamer clips detections/ --out review/ --per-class 10 --sample 10\n  streamer clips scores/ --hits hits.csv --out review/ --kaleidoscope')
+    p = _command(sub, "clips", "cut the audio of an archive's detections (or a search's hits) into files to review", 'examples:\n  streamer clips detections/ --out review/ --per-class 10 --sample 10\n  streamer clips scores/ --hits hits.csv --out review/ --format kaleidoscope')
     p.add_argument("folder", type=Path, help="an archive folder (its detection tables, and its journal to find the recordings)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where the clips go")
     p.add_argument("--hits", type=Path, default=None, metavar="CSV", help="cut these search hits (streamer search --out) instead of the detections")
@@ -287,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the sample's seed (default: %(default)s)")
     p.add_argument("--pad", type=float, default=1.0, metavar="S", help="seconds of audio before and after each event, within the recording (default: %(default)s)")
     p.add_argument("--audio", choices=("flac", "wav"), default="flac", help="the clips' format (default: %(default)s)")
-    p.add_argument("--kaleidoscope", action="store_true", help="also DIR/kaleidoscope.csv: the kept events in their recordings, as Kaleidoscope reads them (INDIR, FOLDER, IN FILE, OFFSET, DURATION, TOP1MATCH, TOP1DIST)")
+    p.add_argument("--format", dest="table_format", choices=("kaleidoscope",), default=None, help="also this table of the kept events: kaleidoscope, DIR/kaleidoscope.csv, the events in their recordings as Kaleidoscope reads them (INDIR, FOLDER, IN FILE, OFFSET, DURATION, TOP1MATCH, TOP1DIST)")
+    p.add_argument("--kaleidoscope", action="store_true", help="the same as --format kaleidoscope")
     p.set_defaults(func=cmd_clips)
 
     p = _command(sub, "classify", "train a classifier for your own classes on an archive's stored embeddings, from a few labels", 'examples:\n  streamer classify scores/ --labels my_labels.csv --out head.onnx\n  streamer classify scores/ --labels annotations.selections.txt --label-column Species --out head.onnx')
@@ -796,7 +797,7 @@ def cmd_clips(args: argparse.Namespace) -> int:
     events = hit_events(args.folder, args.hits, classes) if args.hits is not None else folder_events(args.folder, classes)
     kept = select(events, args.per_class, args.sample, args.seed)
     written = cut(kept, args.out, pad_s=args.pad, fmt=args.audio)
-    if args.kaleidoscope:
+    if args.kaleidoscope or args.table_format == "kaleidoscope":
         write_kaleidoscope(kept, args.out / "kaleidoscope.csv")
     print(f"{len(written)} clip(s) of {len(events)} event(s) in {args.out}")
     return EXIT_OK

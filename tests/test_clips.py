@@ -64,6 +64,9 @@ def test_each_classs_best_events_are_cut_with_padding_and_sort_by_class_then_sco
         kal = list(csv.DictReader(handle))
     assert list(kal[0].keys()) == ["INDIR", "FOLDER", "IN FILE", "OFFSET", "DURATION", "TOP1MATCH", "TOP1DIST"]
     assert len(kal) == len(clips)
+    same = tmp_path / "same"  # --format kaleidoscope is the same table
+    assert cli.main(["clips", str(archive), "--out", str(same), "--per-class", "1", "--pad", "1", "--format", "kaleidoscope"]) == 0
+    assert (same / "kaleidoscope.csv").read_bytes() == (out / "kaleidoscope.csv").read_bytes()
 
 
 def test_a_seeded_sample_adds_other_events_the_same_way_every_time(archive, tmp_path):
