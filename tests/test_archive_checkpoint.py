@@ -183,3 +183,12 @@ def test_a_settled_input_drops_its_kept_chunks_unless_it_may_be_retried(tmp_path
         (unit,) = work.plan(1)
         work.report(unit, result)
         assert seen[-1].kept_s == pytest.approx(2 * W * 5) and bool(list(folder.iterdir())) == kept
+
+
+@pytest.mark.parametrize("header", [b"", b"not json\n", b'{"format": 1}\n', b"[1, 2]\n", b'{"format": 99, "input": "a"}\n'])
+def test_a_records_file_this_version_did_not_write_is_no_run(tmp_path, header):
+    part = tmp_path / "0123456789abcdef0123.000000"
+    Path(str(part) + checkpoint.RECORDS_SUFFIX).write_bytes(header)
+    assert load_run(part) is None
+    assert checkpoint.kept_by_input(tmp_path) == {}
+    assert prune(tmp_path, lambda path, key: False) == 1 and not list(tmp_path.iterdir())

@@ -401,6 +401,9 @@ def test_a_stopped_run_goes_on_inside_its_input(kit, long32, long32_reference, t
     code, doc, text = archive(kit, long32, out, f"{spec},{COUNTED}=count", args=WHOLE, counters=counters)
     assert code == expected, text[-3000:]
     assert not list(out.rglob("*.parquet")) and (out / PARTS_FOLDER).is_dir()
+    from streamer.archive.run import folder_status
+
+    assert "1 input(s) partly scored" in folder_status(out)
     code, doc, text = archive(kit, long32, out, f"{COUNTED}=count", args=WHOLE, counters=counters)
     assert code == 0, text[-3000:]
     kept = doc["resumed"][LONG32_NAME]

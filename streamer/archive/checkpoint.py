@@ -143,15 +143,16 @@ def load_run(part: Path, expected: dict | None = None) -> StoredRun | None:
     except FileNotFoundError:
         return None
     lines = raw.split(b"\n")
+    if len(lines) == 1:  # the header line itself was cut short
+        return None
     try:
         header = json.loads(lines[0])
-    except ValueError:
-        return None
-    if not isinstance(header, dict) or header.get("format") != FORMAT or (expected is not None and header != expected):
-        return None
-    widths = tuple(int(w) for w in header["widths"])
-    run = StoredRun(part, header["input"], int(header["first"]), widths, int(header["rate_hz"]), records_bytes=len(lines[0]) + 1)
-    if len(lines) == 1:  # the header line itself was cut short
+        if not isinstance(header, dict) or header.get("format") != FORMAT or (expected is not None and header != expected):
+            return None
+        widths = tuple(int(w) for w in header["widths"])
+        run = StoredRun(part, str(header["input"]), int(header["first"]), widths, int(header["rate_hz"]),
+                        records_bytes=len(lines[0]) + 1)
+    except (ValueError, KeyError, TypeError):  # not a header this version wrote
         return None
     handles = [open(p, "rb") if w else None for p, w in zip((scores_path, embeddings_path), widths)]
     try:
@@ -160,6 +161,8 @@ def load_run(part: Path, expected: dict | None = None) -> StoredRun | None:
             try:
                 doc = json.loads(line)
             except ValueError:
+                break
+            if not isinstance(doc, dict):
                 break
             if doc.get("eof") is True:
                 run.eof = True
@@ -171,7 +174,11 @@ def load_run(part: Path, expected: dict | None = None) -> StoredRun | None:
             blobs = [h.read(windows * w * 4) if h is not None else b"" for h, w in zip(handles, widths)]
             if any(len(b) != windows * w * 4 for b, w in zip(blobs, widths)) or _crc(*blobs) != doc.get("crc"):
                 break
-            run.records.append(ChunkRecord(index, row, windows, int(doc["n_real"]), int(doc["crc"]), tuple(doc.get("notes", ()))))
+            try:
+                record = ChunkRecord(index, row, windows, int(doc["n_real"]), int(doc["crc"]), tuple(map(str, doc.get("notes", ()))))
+            except (KeyError, TypeError, ValueError):
+                break
+            run.records.append(record)
             run.records_bytes += len(line) + 1
             row += windows
     finally:
