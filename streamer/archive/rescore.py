@@ -139,6 +139,8 @@ def _score_one(emb_file: Path, head: Head, task, labels, framing, audio_s: float
     (as the archive wrote them, so merged events and summaries come out the same way)."""
     import pyarrow.parquet as pq
 
+    from streamer.archive.search import as_float32, stored_vectors
+
     sink = sink_class(task, labels)
     total = int(round(audio_s * framing.rate_hz)) if audio_s else None
     per_chunk = framing.windows_per_chunk
@@ -146,8 +148,7 @@ def _score_one(emb_file: Path, head: Head, task, labels, framing, audio_s: float
     try:
         handle = pq.ParquetFile(str(emb_file))
         for batch in handle.iter_batches(batch_size=per_chunk * 256, columns=["window", "embedding"]):
-            vectors = batch.column("embedding").values.to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
-            vectors = vectors.astype(np.float32)
+            vectors = as_float32(stored_vectors(batch, emb_file))  # numpy's astype: 10x the time
             first = int(batch.column("window")[0].as_py())
             probs_all = 1.0 / (1.0 + np.exp(-(vectors @ head.weights + head.biases)))
             for offset in range(0, vectors.shape[0], per_chunk):

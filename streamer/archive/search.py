@@ -152,7 +152,7 @@ def embedding_files(folder: Path) -> list[Path]:
     return files
 
 
-def _stored_vectors(batch, path: Path) -> np.ndarray:
+def stored_vectors(batch, path: Path) -> np.ndarray:
     """A non-empty batch's embeddings ``[n, D]`` as stored (float16 or float32): the flat values
     of its list column, without a copy."""
     n = batch.num_rows
@@ -220,7 +220,7 @@ def _batches(files: list[Path]):
             if batch.num_rows == 0:
                 continue
             yield (batch.column("file").to_pylist(), batch.column("start_s").to_numpy(), batch.column("end_s").to_numpy(),
-                   as_float32(_stored_vectors(batch, path)))
+                   as_float32(stored_vectors(batch, path)))
 
 
 def stored_query(folder: Path, spec: str) -> Query:
@@ -240,7 +240,7 @@ def stored_query(folder: Path, spec: str) -> Query:
             for i in np.flatnonzero((starts <= seconds) & (seconds < ends)).tolist():
                 label = batch.column("file")[i].as_py()
                 if label == name or Path(label).name == name:
-                    return Query(spec, _unit(as_float32(_stored_vectors(batch, path)[i: i + 1]), spec)[0])
+                    return Query(spec, _unit(as_float32(stored_vectors(batch, path)[i: i + 1]), spec)[0])
     raise ConfigError(f"{spec!r}: no stored window of {name!r} holds {seconds:g} s (the archive's files are named by "
                       "their path relative to the input given to 'streamer archive')")
 
@@ -315,7 +315,7 @@ def _scan(path: Path, file_index: int, similarity: _Similarity, best: _Best) -> 
                                      use_threads=False):  # the files are read side by side instead
         if batch.num_rows == 0:
             continue
-        rows = _stored_vectors(batch, path)
+        rows = stored_vectors(batch, path)
         if rows.shape[1] != similarity.dim:
             raise ConfigError(f"{path}: stored embeddings have {rows.shape[1]} values, the queries {similarity.dim}")
         best.offer(similarity(rows), file_index, row0, batch)
