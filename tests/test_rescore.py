@@ -90,3 +90,12 @@ def test_a_head_of_another_model_or_no_head_is_refused(trained, tmp_path, capsys
     bad.write_bytes(b"not onnx")
     assert cli.main(["rescore", str(archive), "--head", str(bad), "--out", str(tmp_path / "o2")]) == 2
     assert "not an ONNX model" in capsys.readouterr().err
+
+
+def test_the_benchmark_rescores_and_searches_a_small_synthetic_archive(tmp_path):
+    assert cli.main(["bench-archive", "--search", "--rescore", "--search-windows", "900", "--repeats", "1",
+                     "--out-dir", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench-rescore.json").read_text())
+    assert [(r["format"], r["windows"], r["audio_hours"]) for r in result["rescore"]] == [("parquet", 900, 1.25), ("raven", 900, 1.25)]
+    assert [r["hits"] for r in json.loads((tmp_path / "bench-search.json").read_text())["runs"]] == [10, 100]
+    assert "real-time factor" in (tmp_path / "bench-rescore.md").read_text()
