@@ -164,7 +164,7 @@ def stored_vectors(batch, path: Path) -> np.ndarray:
     return values.reshape(n, -1)
 
 
-class _Graphs:
+class RowsGraph:
     """An ONNX Runtime graph over stored rows: ``nodes`` computing ``outputs`` from ``x``, the
     rows as float32. The graph casts them itself, ten times as fast as numpy's ``astype`` and
     as exact (every float16 is a float32). One session per stored dtype and width, each run on
@@ -200,7 +200,7 @@ class _Graphs:
         return self._session(rows.dtype, rows.shape[1]).run(self._outputs, {"stored": rows})
 
 
-_to_float32 = _Graphs([], ["x"])
+_to_float32 = RowsGraph([], ["x"])
 
 
 def as_float32(rows: np.ndarray) -> np.ndarray:
@@ -257,7 +257,7 @@ class _Similarity:
         from onnx import helper, numpy_helper
 
         self.n_queries, self.dim = q.shape
-        self._graphs = _Graphs([helper.make_node("MatMul", ["x", "queries"], ["dots"]),
+        self._graphs = RowsGraph([helper.make_node("MatMul", ["x", "queries"], ["dots"]),
                                 helper.make_node("Mul", ["x", "x"], ["x2"]), helper.make_node("MatMul", ["x2", "ones"], ["squares"])],
                                ["dots", "squares"], [numpy_helper.from_array(np.ascontiguousarray(q.T), "queries"),
                                                      numpy_helper.from_array(np.ones((self.dim, 1), np.float32), "ones")])
