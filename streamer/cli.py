@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", nargs="+", choices=ARCHIVE_ENGINES, default=["local"], help="archive engines to measure (default: local)")
     p.add_argument("--labels", nargs="+", choices=("competition", "perch"), default=["competition"], help="the ensemble, and/or Perch alone with its own labels (--labels perch), measured side by side (default: competition)")
     p.add_argument("--shapes", nargs="+", choices=ARCHIVE_BENCH_SHAPES, default=list(ARCHIVE_BENCH_SHAPES), help="the same audio as: one input (split across the workers), the same input with --no-split, and 4 inputs of a quarter of the length each (default: all three)")
-    p.add_argument("--repeats", type=_positive_int, default=None, help="interleaved repeats (default: 2, quick 1)")
+    p.add_argument("--repeats", type=_positive_int, default=None, help="interleaved repeats (default: 2, quick 1; --search and --rescore 3)")
     p.add_argument("--source", type=Path, default=None, metavar="FILE", help="recording looped to each length (default: the 16-min 22-kHz field recording shipped with streamer)")
     p.add_argument("--recipe", default=None, metavar="birdnet", help="birdnet: BirdNET 2.4 in streamer beside BirdNET-Analyzer on the same files (1 x 16 min, 4 x 16 min, 1 x 2 h; quick: 1 x 4, 4 x 4, 1 x 16 min), and the model alone (the ceiling)")
     p.add_argument("--search", action="store_true", help="measure 'streamer search' instead: an archive of --search-windows stored windows of 1536 float16 values built from real BirdNET embeddings, searched with 1 and 10 queries (--repeats, default 3, medians)")

@@ -14,7 +14,7 @@ belongs to the stored layout; the rest is kept small. The float16 values become 
 ONNX Runtime (numpy's ``astype`` converts one value at a time: 3.8 s of CPU, against 0.4 s), in
 the same call as the float32 product with the queries, run on the calling thread: numpy's
 product ran on OpenBLAS's own threads, which spin after each call and took a CPU from the file
-being decoded beside it (a quarter to a half of the old search's CPU time).
+being decoded beside it (about a third of the old search's CPU time).
 """
 
 from __future__ import annotations
