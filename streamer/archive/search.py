@@ -258,9 +258,9 @@ class _Similarity:
 
         self.n_queries, self.dim = q.shape
         self._graphs = RowsGraph([helper.make_node("MatMul", ["x", "queries"], ["dots"]),
-                                helper.make_node("Mul", ["x", "x"], ["x2"]), helper.make_node("MatMul", ["x2", "ones"], ["squares"])],
-                               ["dots", "squares"], [numpy_helper.from_array(np.ascontiguousarray(q.T), "queries"),
-                                                     numpy_helper.from_array(np.ones((self.dim, 1), np.float32), "ones")])
+                                  helper.make_node("Mul", ["x", "x"], ["x2"]), helper.make_node("MatMul", ["x2", "ones"], ["squares"])],
+                                 ["dots", "squares"], [numpy_helper.from_array(np.ascontiguousarray(q.T), "queries"),
+                                                       numpy_helper.from_array(np.ones((self.dim, 1), np.float32), "ones")])
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         dots, squares = self._graphs.run(rows)
