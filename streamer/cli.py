@@ -373,11 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", nargs="+", choices=ARCHIVE_ENGINES, default=["local"], help="archive engines to measure (default: local)")
     p.add_argument("--labels", nargs="+", choices=("competition", "perch"), default=["competition"], help="the ensemble, and/or Perch alone with its own labels (--labels perch), measured side by side (default: competition)")
     p.add_argument("--shapes", nargs="+", choices=ARCHIVE_BENCH_SHAPES, default=list(ARCHIVE_BENCH_SHAPES), help="the same audio as: one input (split across the workers), the same input with --no-split, and 4 inputs of a quarter of the length each (default: all three)")
-    p.add_argument("--repeats", type=_positive_int, default=None, help="interleaved repeats (default: 2, quick 1)")
+    p.add_argument("--repeats", type=_positive_int, default=None, help="interleaved repeats (default: 2, quick 1; --search and --rescore 3)")
     p.add_argument("--source", type=Path, default=None, metavar="FILE", help="recording looped to each length (default: the 16-min 22-kHz field recording shipped with streamer)")
     p.add_argument("--recipe", default=None, metavar="birdnet", help="birdnet: BirdNET 2.4 in streamer beside BirdNET-Analyzer on the same files (1 x 16 min, 4 x 16 min, 1 x 2 h; quick: 1 x 4, 4 x 4, 1 x 16 min), and the model alone (the ceiling)")
-    p.add_argument("--search", action="store_true", help="measure 'streamer search' instead: an archive of --search-windows stored windows of 1536 float16 values built from real BirdNET embeddings, searched with 1 and 10 queries")
-    p.add_argument("--search-windows", type=_positive_int, default=720_000, metavar="N", help="with --search: stored windows (default: %(default)s, 1,000 hours of 5-s windows)")
+    p.add_argument("--search", action="store_true", help="measure 'streamer search' instead: an archive of --search-windows stored windows of 1536 float16 values built from real BirdNET embeddings, searched with 1 and 10 queries (--repeats, default 3, medians)")
+    p.add_argument("--rescore", action="store_true", help="measure 'streamer rescore' instead (with --search: on the same archive): that archive scored by a 5-class head into every score (Parquet) and into Raven tables at 0.5")
+    p.add_argument("--search-windows", type=_positive_int, default=720_000, metavar="N", help="with --search or --rescore: stored windows (default: %(default)s, 1,000 hours of 5-s windows)")
     p.add_argument("--peer-venv", type=Path, default=None, metavar="DIR", help="with --recipe birdnet: BirdNET-Analyzer 2.4.0's virtualenv (benchmarks/birdnet_peer/setup_peer.sh makes it); without it only streamer and the ceiling are measured")
     _add_bench_model_arguments(p)
     p.add_argument("--out-dir", type=Path, default=Path("bench-results"), help="where bench-archive.md, .json and .png go (default: %(default)s)")
@@ -462,16 +463,21 @@ def cmd_bench_archive(args: argparse.Namespace) -> int:
     from streamer.bench.archive import archive_markdown, draw_archive_chart, run_archive_bench
     from streamer.files import atomic_write_text
 
-    if args.search:
+    if args.search or args.rescore:
         from streamer.bench.runner import _machine
-        from streamer.bench.search import run_search_bench, search_markdown
+        from streamer.bench.search import rescore_markdown, run_search_bench, search_markdown
 
-        result = run_search_bench(n_windows=args.search_windows)
-        text = search_markdown(result, _machine())
+        result = run_search_bench(n_windows=args.search_windows, search=args.search, rescore=args.rescore,
+                                  repeats=args.repeats or 3)
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out_dir / "bench-search.md", text)
-        atomic_write_text(args.out_dir / "bench-search.json", json.dumps(result, indent=2) + "\n")
-        print(text)
+        for wanted, name, markdown, other in ((args.search, "search", search_markdown, "rescore"),
+                                              (args.rescore, "rescore", rescore_markdown, "runs")):
+            if wanted:
+                text = markdown(result, _machine())
+                atomic_write_text(args.out_dir / f"bench-{name}.md", text)
+                atomic_write_text(args.out_dir / f"bench-{name}.json",
+                                  json.dumps({k: v for k, v in result.items() if k != other}, indent=2) + "\n")
+                print(text)
         return EXIT_OK
     if args.recipe is not None:
         if args.recipe != "birdnet":

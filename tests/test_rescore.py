@@ -118,3 +118,12 @@ def test_an_unknown_class_of_the_head_is_one_line_and_nothing_is_written(trained
         assert cli.main(["rescore", str(archive), "--head", str(head), "--out", str(out), "--class", name]) == 2
         assert capsys.readouterr().err.strip() == f"ERROR streamer: --class {name!r}: no such class in {head} {why}"
         assert not out.exists()
+
+
+def test_the_benchmark_rescores_and_searches_a_small_synthetic_archive(tmp_path):
+    assert cli.main(["bench-archive", "--search", "--rescore", "--search-windows", "900", "--repeats", "1",
+                     "--out-dir", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench-rescore.json").read_text())
+    assert [(r["format"], r["windows"], r["audio_hours"]) for r in result["rescore"]] == [("parquet", 900, 1.25), ("raven", 900, 1.25)]
+    assert [r["hits"] for r in json.loads((tmp_path / "bench-search.json").read_text())["runs"]] == [10, 100]
+    assert "real-time factor" in (tmp_path / "bench-rescore.md").read_text()
