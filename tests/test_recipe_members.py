@@ -234,3 +234,46 @@ def test_a_member_that_fails_to_load_names_itself(kit, tmp_path):
     bound = _bind(kit, parse_recipe(tomllib.loads(text), "r.toml", folder=tmp_path))  # declarations pass
     with pytest.raises(ArtifactError, match=r"^member 'probe': .*probe\.onnx: onnxruntime cannot load this model"):
         MemberSet((bound.member("probe"),), exported={}, threads=ThreadSettings(1), backend=BackendChoice(), n_classes=234)
+
+
+def test_a_head_from_streamer_classify_is_a_member_a_recipe_can_name(kit, tmp_path):
+    """``streamer classify``'s ONNX head (input ``embedding``, outputs ``logits`` and ``scores``,
+    its labels in the metadata) named as an ``onnx`` member on Perch's embedding, with a label
+    file of its classes: its logits land in those classes' columns, the others get ``unmapped``."""
+    import json
+
+    import onnx
+    from streamer.archive.classify import write_head
+    from streamer.models.graphs import BackendChoice, ThreadSettings
+    from streamer.models.members import MemberSet
+    from streamer.recipes.schema import parse_recipe
+    import tomllib
+
+    classes = list(pd.read_csv(kit.data_dir / "sample_submission.csv", nrows=0).columns[1:])
+    mine = [classes[7], classes[100], classes[201]]
+    rng = np.random.default_rng(4)
+    w = (rng.standard_normal((1536, 3)) * 0.05).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    write_head(tmp_path / "head.onnx", w, b, mine, {"kind": "perch"}, [])
+    labels = json.loads({p.key: p.value for p in onnx.load(str(tmp_path / "head.onnx")).metadata_props}["labels"])
+    pd.DataFrame({"primary_label": labels}).to_csv(tmp_path / "head_labels.csv", index=False)
+    text = packaged_text() + """
+[members.mine]
+kind = "onnx"
+input = "perch.embedding"
+file = "head.onnx"
+output_tensor = "logits"
+labels = "head_labels.csv"
+match = "primary_label"
+unmapped = -6.0
+weight = 0.1
+"""
+    from test_recipes import _bind
+
+    member = _bind(kit, parse_recipe(tomllib.loads(text), "r.toml", folder=tmp_path)).member("mine")
+    members = MemberSet((member,), exported={}, threads=ThreadSettings(1), backend=BackendChoice(), n_classes=234)
+    emb = rng.standard_normal((12, 1536)).astype(np.float32)
+    got = members.run(np.zeros((12, 160000), np.float32), emb, None)["mine"]
+    want = np.full((12, 234), -6.0, np.float32)
+    want[:, [classes.index(c) for c in mine]] = emb @ w + b
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
