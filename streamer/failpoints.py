@@ -32,10 +32,12 @@ returns at its first line.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import fcntl
 import os
 import re
+import shutil
 import signal
 import socket
 import tempfile
@@ -144,7 +146,13 @@ def configure(spec: str | None = None, *, fresh: bool = False) -> None:
         by_point.setdefault(rule.point, []).append(rule)
     _rules = {k: tuple(v) for k, v in by_point.items()}
     if _rules and (fresh or not os.environ.get(STATE_ENV)):
-        os.environ[STATE_ENV] = os.environ.get(COUNTERS_ENV) or tempfile.mkdtemp(prefix="streamer-failpoints-")
+        folder = os.environ.get(COUNTERS_ENV)
+        if not folder:
+            folder = tempfile.mkdtemp(prefix="streamer-failpoints-")
+            # The run's own counters go with the process that made them (its children have
+            # ended by then); a folder named by STREAMER_FAILPOINTS_COUNTERS is the caller's.
+            atexit.register(shutil.rmtree, folder, True)
+        os.environ[STATE_ENV] = folder
         os.environ[MAIN_PID_ENV] = str(os.getpid())
         os.environ[MAIN_HOST_ENV] = socket.gethostname()
 
