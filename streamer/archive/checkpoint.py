@@ -273,12 +273,16 @@ class RunWriter:
                 handle.close()
 
 
+def _parts(folder: Path, stem: str = "*") -> list[Path]:
+    """The runs in ``folder`` (of the input whose file-name stem is ``stem``), by their records
+    files."""
+    return [path.with_name(path.name[: -len(RECORDS_SUFFIX)]) for path in sorted(Path(folder).glob(f"{stem}.*{RECORDS_SUFFIX}"))]
+
+
 def runs_of(folder: Path, rel: str, key, widths: tuple[int, int], rate_hz: int) -> list[StoredRun]:
     """The valid runs of this version of input ``rel``, by first chunk."""
     runs = []
-    stem = input_stem(rel)
-    for records_path in sorted(Path(folder).glob(f"{stem}.*{RECORDS_SUFFIX}")):
-        part = records_path.with_name(records_path.name[: -len(RECORDS_SUFFIX)])
+    for part in _parts(folder, input_stem(rel)):
         try:
             first = int(part.name.split(".")[1])
         except (IndexError, ValueError):
@@ -372,11 +376,8 @@ def prune(folder: Path, is_done) -> int:
 def kept_by_input(folder: Path) -> dict[str, float]:
     """Seconds of audio kept per input (what ``streamer archive --status`` shows)."""
     kept: dict[str, float] = {}
-    folder = Path(folder)
-    if not folder.is_dir():
-        return kept
-    for records_path in sorted(folder.glob(f"*{RECORDS_SUFFIX}")):
-        run = load_run(records_path.with_name(records_path.name[: -len(RECORDS_SUFFIX)]))
+    for part in _parts(folder):  # none when the folder is missing
+        run = load_run(part)
         if run is not None:
             kept[run.rel] = kept.get(run.rel, 0.0) + sum(r.n_real for r in run.records) / run.rate_hz
     return kept

@@ -75,8 +75,7 @@ class Journal:
 
     def is_done(self, path: Path, output: Path) -> bool:
         """Finished before, unchanged since, and its output is still there."""
-        entry = self.entries.get(str(Path(path).resolve()))
-        return entry is not None and entry.status == DONE and entry.key == FileKey.of(path) and Path(output).is_file()
+        return self.is_done_key(path, FileKey.of(path)) and Path(output).is_file()
 
     def is_done_key(self, path: Path, key: FileKey) -> bool:
         """Whether this version (``key``) of ``path`` is journaled as done."""

@@ -171,8 +171,7 @@ class WorkQueue:
             n_classes = len(labels.codes)
             for task in self.tasks:
                 if kept_in_runs(task):
-                    runs = (runs_of(self.folder, task.rel, task.key, task.widths(n_classes), task.framing.rate_hz)
-                            if self.folder.is_dir() else [])
+                    runs = runs_of(self.folder, task.rel, task.key, task.widths(n_classes), task.framing.rate_hz)
                     self.held[task.rel] = coverage(runs)
 
     def kept_s(self, rel: str) -> float:

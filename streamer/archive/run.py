@@ -316,8 +316,7 @@ def report_before_scoring(entries: list[ArchiveInput], settings: ArchiveSettings
     journal = Journal(Path(settings.out_dir)) if Path(settings.out_dir).is_dir() else None
     report = ArchiveReport(engine=settings.engine, n_inputs=len(entries), seconds=seconds)
     for entry in entries:
-        known = journal.entries.get(str(entry.path.resolve())) if journal is not None else None
-        done = known is not None and known.status == DONE and known.key == FileKey.of(entry.path)
+        done = journal is not None and journal.is_done_key(entry.path, FileKey.of(entry.path))
         (report.skipped if done else report.unfinished).append(str(entry.rel))
     return report
 
