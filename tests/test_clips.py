@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import needs_birdnet
+from conftest import birdnet_archive, needs_birdnet
 from streamer import cli
 
 AUDIO = Path(__file__).parent / "data" / "audio"
@@ -21,13 +21,7 @@ pytestmark = needs_birdnet
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("rec")
-    for path in (EXCERPT, BIRDS):
-        (folder / path.name).symlink_to(path)
-    out = tmp_path_factory.mktemp("archive")
-    assert cli.main(["archive", "--recipe", "birdnet", str(folder), "--out", str(out), "--format", "csv", "--embeddings",
-                     "--engine", "sequential"]) == 0
-    return out
+    return birdnet_archive(tmp_path_factory, [EXCERPT, BIRDS], "--format", "csv", "--embeddings", "--engine", "sequential")
 
 
 def _detections(archive: Path) -> list[dict]:

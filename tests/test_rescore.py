@@ -6,33 +6,26 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import needs_birdnet
+from conftest import JURA_16MIN, birdnet_archive, confident_labels, needs_birdnet
 from streamer import cli
 
-LONG = Path(__file__).parent / "data" / "audio" / "jura_S4A03895_20190522_24h_16min_22k.ogg"
-PEER = Path(__file__).parent / "data" / "birdnet_peer" / "min_conf_0.01" / "jura_S4A03895_20190522_24h_16min_22k.BirdNET.results.csv"
+LONG = JURA_16MIN
 
 pytestmark = needs_birdnet
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("rec")
-    (folder / LONG.name).symlink_to(LONG)
-    archive = tmp_path_factory.mktemp("archive")
-    assert cli.main(["archive", "--recipe", "birdnet", str(folder), "--out", str(archive), "--labels", "none", "--embeddings"]) == 0
+    archive = birdnet_archive(tmp_path_factory, [LONG], "--labels", "none", "--embeddings")
     labels = tmp_path_factory.mktemp("labels") / "labels.csv"
-    with open(PEER, newline="") as src, open(labels, "w", newline="") as dst:
+    with open(labels, "w", newline="") as dst:
         writer = csv.writer(dst)
         writer.writerow(["file", "start_s", "end_s", "label"])
-        for r in csv.DictReader(src):
-            if r["Common name"] in ("Common Chiffchaff", "European Robin") and float(r["Confidence"]) >= 0.5:
-                writer.writerow([LONG.name, r["Start (s)"], r["End (s)"], r["Common name"]])
+        writer.writerows(confident_labels())
     head = labels.parent / "head.onnx"
     assert cli.main(["classify", str(archive), "--labels", str(labels), "--out", str(head)]) == 0
     return archive, head

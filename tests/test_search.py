@@ -9,25 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import needs_birdnet
+from conftest import JURA_16MIN, birdnet_archive, needs_birdnet
 from streamer import cli
 
 AUDIO = Path(__file__).parent / "data" / "audio"
 EXCERPT = AUDIO / "jura_excerpt_48k.flac"  # 30 s at 48 kHz: ten 3-s windows
-LONG = AUDIO / "jura_S4A03895_20190522_24h_16min_22k.ogg"
+LONG = JURA_16MIN
 
 pytestmark = needs_birdnet
 
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("recorders")
-    for path in (EXCERPT, LONG):
-        (folder / path.name).symlink_to(path)
-    out = tmp_path_factory.mktemp("archive")
-    assert cli.main(["archive", "--recipe", "birdnet", str(folder), "--out", str(out), "--labels", "none",
-                     "--embeddings", "--embeddings-dtype", "float16"]) == 0
-    return out
+    return birdnet_archive(tmp_path_factory, [EXCERPT, LONG], "--labels", "none", "--embeddings", "--embeddings-dtype", "float16")
 
 
 def _clip(tmp_path: Path, name: str, start_s: float, *, rate: int = 48000, gain: float = 1.0, snr_db: float | None = None) -> Path:
